@@ -1,0 +1,82 @@
+//! What the core asks its driver to do. Effects are drained in order with
+//! [`Server::poll_effect`](crate::Server::poll_effect); their order matters (for example an
+//! `InvalidateCache` comes before the reply that tells the client its write is done).
+
+use bytes::Bytes;
+
+use crate::codec::{Frame, QueryKind};
+use crate::ids::{ConnId, Millis, QueryHandle, TimerKey};
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Effect {
+    /// Queue `frame` on the connection's writer. Report it written with
+    /// [`Server::handle_sent`](crate::Server::handle_sent) so outbound accounting stays exact.
+    Send { conn: ConnId, frame: Frame },
+    /// Close the WebSocket with this code and reason; then report
+    /// [`Server::handle_closed`](crate::Server::handle_closed).
+    Close {
+        conn: ConnId,
+        code: u16,
+        reason: String,
+    },
+    /// Run SQL on the worker pool; report with `handle_query_done`.
+    RunQuery(RunQuery),
+    /// Interrupt a running query (its result, if any still comes, is dropped or answered
+    /// as cancelled).
+    Interrupt { query: QueryHandle },
+    /// `CREATE OR REPLACE TABLE table_name` from an Arrow IPC stream; report with
+    /// `handle_upload_done`.
+    UploadTable(UploadTable),
+    /// Read the room's stored snapshot; report with `handle_snapshot_loaded`.
+    LoadSnapshot { room_id: String },
+    /// Store the room's snapshot; report with `handle_snapshot_persisted` and the same version.
+    PersistSnapshot {
+        room_id: String,
+        snapshot: Vec<u8>,
+        version: u64,
+    },
+    /// Call `handle_timer(key)` at `at` (replaces an earlier timer with the same key).
+    SetTimer { key: TimerKey, at: Millis },
+    /// Forget the timer with this key.
+    CancelTimer { key: TimerKey },
+    /// A write went through the server: drop every cached result.
+    InvalidateCache,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunQuery {
+    pub query: QueryHandle,
+    pub conn: ConnId,
+    pub kind: QueryKind,
+    pub sql: String,
+    /// The client asked for the result to be cached.
+    pub persist: bool,
+    /// Prefix of the Arrow result frame; the executor appends the IPC stream to it and
+    /// reports the whole frame in [`QueryOutcome::Arrow`].
+    pub arrow_header: Bytes,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct UploadTable {
+    pub query: QueryHandle,
+    pub conn: ConnId,
+    /// Validated: one to three dot-separated identifiers.
+    pub table_name: String,
+    /// The Arrow IPC stream.
+    pub payload: Bytes,
+}
+
+/// How a query ended, as the executor reports it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum QueryOutcome {
+    /// The complete result frame: `arrow_header` followed by the IPC stream.
+    Arrow(Bytes),
+    /// A JSON array of row objects.
+    Json(String),
+    /// The last statement yielded no result set (DDL, INSERT…).
+    NoResultSet,
+    /// DuckDB's error message.
+    Failed(String),
+    /// Interrupted.
+    Cancelled,
+}

@@ -1,0 +1,27 @@
+#![doc = include_str!("../README.md")]
+#![forbid(unsafe_code)]
+
+pub mod auth;
+mod channels;
+pub mod codec;
+pub mod effect;
+mod error;
+mod ids;
+pub mod limits;
+mod queries;
+mod rooms;
+mod server;
+
+pub use auth::{tokens_match, OriginPolicy};
+pub use codec::{
+    decode_client_frame, encode_arrow_frame_header, ClientMessage, DecodeError, Frame, QueryKind,
+    ServerMessage,
+};
+pub use effect::{Effect, QueryOutcome, RunQuery, UploadTable};
+pub use error::{ProtocolError, ServerError};
+pub use ids::{ConnId, Millis, QueryHandle, QueryId, TimerKey};
+pub use limits::Limits;
+pub use server::{close_code, Config, ConnectionInfo, Server, MAX_AUTH_STRIKES};
+
+#[cfg(test)]
+mod tests;

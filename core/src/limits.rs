@@ -1,0 +1,76 @@
+//! Caps on every size the protocol lets a peer choose (SPEC §7).
+//!
+//! As in `dqlite-wire`, every cap is named, has a default, and `None` disables it.
+//! Exceeding a cap produces an error that names the cap and its value
+//! ([`CapExceeded`](crate::ProtocolError::CapExceeded)).
+
+/// All caps of SPEC §7. `None` disables a cap.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// One incoming WebSocket message, in bytes. Over it the connection is closed with 1009.
+    pub max_frame_bytes: Option<usize>,
+    /// The JSON header of a framed binary message, in bytes.
+    pub max_header_bytes: Option<usize>,
+    /// A `queryId`, in bytes (numbers count their JSON text).
+    pub max_query_id_len: Option<usize>,
+    /// A channel name, in bytes.
+    pub max_channel_len: Option<usize>,
+    /// A CRDT room id, in bytes.
+    pub max_room_id_len: Option<usize>,
+    /// Queries (and uploads) running or queued for one connection.
+    pub max_inflight_per_conn: Option<usize>,
+    /// Channel subscriptions of one connection.
+    pub max_subscriptions_per_conn: Option<usize>,
+    /// Open WebSocket connections.
+    pub max_connections: Option<usize>,
+    /// Replies queued for one connection but not yet written to its socket, in bytes.
+    /// Past it the connection is closed with 1008 and its queries are interrupted.
+    pub max_outbound_bytes_per_conn: Option<usize>,
+}
+
+pub const MIB: usize = 1024 * 1024;
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_frame_bytes: Some(128 * MIB),
+            max_header_bytes: Some(64 * 1024),
+            max_query_id_len: Some(256),
+            max_channel_len: Some(256),
+            max_room_id_len: Some(256),
+            max_inflight_per_conn: Some(1024),
+            max_subscriptions_per_conn: Some(1024),
+            max_connections: Some(4096),
+            max_outbound_bytes_per_conn: Some(256 * MIB),
+        }
+    }
+}
+
+impl Limits {
+    /// Every cap disabled. Useful for tests and trusted deployments.
+    pub fn unlimited() -> Self {
+        Limits {
+            max_frame_bytes: None,
+            max_header_bytes: None,
+            max_query_id_len: None,
+            max_channel_len: None,
+            max_room_id_len: None,
+            max_inflight_per_conn: None,
+            max_subscriptions_per_conn: None,
+            max_connections: None,
+            max_outbound_bytes_per_conn: None,
+        }
+    }
+}
+
+/// Checks `value` against an optional cap; the error names the cap.
+pub(crate) fn check_cap(
+    cap: &'static str,
+    limit: Option<usize>,
+    value: usize,
+) -> Result<(), crate::ProtocolError> {
+    match limit {
+        Some(limit) if value > limit => Err(crate::ProtocolError::CapExceeded { cap, limit }),
+        _ => Ok(()),
+    }
+}

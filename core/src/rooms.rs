@@ -1,0 +1,459 @@
+//! CRDT rooms on Loro (SPEC §6): lazy load, join/leave, updates that leave the room
+//! untouched when Loro rejects them, client seeding of empty rooms, and the persistence
+//! timers (debounce, max latency, last leave, shutdown) and idle eviction.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use bytes::Bytes;
+use loro::{ExportMode, LoroDoc};
+
+use crate::codec::{Frame, ServerMessage};
+use crate::effect::Effect;
+use crate::ids::{ConnId, Millis, TimerKey};
+use crate::server::Server;
+use crate::ProtocolError;
+
+pub(crate) struct Room {
+    doc: LoroDoc,
+    /// False until the stored snapshot (if any) is imported.
+    loaded: bool,
+    /// Connections waiting for the load to finish.
+    joining: Vec<ConnId>,
+    /// `crdt-snapshot` seeds that arrived while loading, applied in order after it.
+    queued_snapshots: Vec<(ConnId, Vec<u8>)>,
+    members: BTreeSet<ConnId>,
+    /// Bumped on every accepted change.
+    version: u64,
+    saved_version: u64,
+    /// A `PersistSnapshot` of this version is in progress.
+    persisting: Option<u64>,
+    debounce_due: Option<Millis>,
+    latency_due: Option<Millis>,
+}
+
+impl Room {
+    fn new(doc: LoroDoc) -> Self {
+        Room {
+            doc,
+            loaded: false,
+            joining: Vec::new(),
+            queued_snapshots: Vec::new(),
+            members: BTreeSet::new(),
+            version: 0,
+            saved_version: 0,
+            persisting: None,
+            debounce_due: None,
+            latency_due: None,
+        }
+    }
+
+    fn needs_save(&self) -> bool {
+        self.version > self.saved_version.max(self.persisting.unwrap_or(0))
+    }
+
+    fn is_idle(&self) -> bool {
+        self.members.is_empty() && self.joining.is_empty()
+    }
+
+    fn snapshot(&self) -> Vec<u8> {
+        // Exporting a snapshot of a document we hold cannot fail short of a Loro bug;
+        // an empty snapshot would still be importable by clients.
+        self.doc.export(ExportMode::Snapshot).unwrap_or_default()
+    }
+}
+
+#[derive(Default)]
+pub(crate) struct Rooms {
+    rooms: BTreeMap<String, Room>,
+}
+
+impl Rooms {
+    pub(crate) fn pending_persists(&self) -> usize {
+        self.rooms
+            .values()
+            .filter(|room| room.persisting.is_some())
+            .count()
+    }
+}
+
+impl std::fmt::Debug for Rooms {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.rooms.keys()).finish()
+    }
+}
+
+impl Server {
+    /// Rooms currently in memory.
+    pub fn room_count(&self) -> usize {
+        self.rooms.rooms.len()
+    }
+
+    /// A snapshot of a loaded room's current state (for observers and tests).
+    pub fn room_snapshot(&self, room_id: &str) -> Option<Vec<u8>> {
+        let room = self.rooms.rooms.get(room_id)?;
+        room.loaded.then(|| room.snapshot())
+    }
+
+    fn new_doc(&mut self) -> LoroDoc {
+        let doc = LoroDoc::new();
+        // The server never edits, but a deterministic peer id keeps its exports reproducible.
+        let _ = doc.set_peer_id(self.ids.next_peer_id());
+        doc
+    }
+
+    pub(crate) fn join_room(&mut self, conn: ConnId, room_id: String, now: Millis) {
+        if !self.config.sync_enabled {
+            self.send_error(conn, ProtocolError::SyncDisabled, None, now);
+            return;
+        }
+        let previous = self.conns.get(&conn).and_then(|c| c.room.clone());
+        if let Some(previous) = previous.filter(|p| *p != room_id) {
+            self.leave_room(conn, &previous, now);
+        }
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.room = Some(room_id.clone());
+        }
+        if !self.rooms.rooms.contains_key(&room_id) {
+            let doc = self.new_doc();
+            self.rooms.rooms.insert(room_id.clone(), Room::new(doc));
+            self.push(Effect::LoadSnapshot {
+                room_id: room_id.clone(),
+            });
+        }
+        let room = self.rooms.rooms.get_mut(&room_id).expect("inserted above");
+        if !room.loaded {
+            if !room.joining.contains(&conn) {
+                room.joining.push(conn);
+            }
+            return;
+        }
+        room.members.insert(conn);
+        let snapshot = room.snapshot();
+        self.push(Effect::CancelTimer {
+            key: TimerKey::RoomEvict(room_id.clone()),
+        });
+        self.send_joined(conn, room_id, snapshot, now);
+    }
+
+    fn send_joined(&mut self, conn: ConnId, room_id: String, snapshot: Vec<u8>, now: Millis) {
+        self.send(
+            conn,
+            ServerMessage::CrdtJoined {
+                room_id: room_id.clone(),
+            },
+            now,
+        );
+        self.send(conn, ServerMessage::CrdtSnapshot { room_id, snapshot }, now);
+    }
+
+    /// `conn` leaves `room_id` (join elsewhere, or disconnect). The last member out saves.
+    pub(crate) fn leave_room(&mut self, conn: ConnId, room_id: &str, now: Millis) {
+        let Some(room) = self.rooms.rooms.get_mut(room_id) else {
+            return;
+        };
+        room.members.remove(&conn);
+        room.joining.retain(|c| *c != conn);
+        room.queued_snapshots.retain(|(c, _)| *c != conn);
+        if room.loaded && room.is_idle() {
+            self.after_room_quiet(room_id, now);
+        }
+    }
+
+    /// A loaded room with nobody in it: save now if needed, else schedule eviction.
+    fn after_room_quiet(&mut self, room_id: &str, now: Millis) {
+        let Some(room) = self.rooms.rooms.get(room_id) else {
+            return;
+        };
+        if room.needs_save() && room.persisting.is_none() {
+            self.persist_room(room_id);
+        } else if room.persisting.is_none() {
+            let at = now.plus(self.config.room_idle_evict_ms);
+            self.push(Effect::SetTimer {
+                key: TimerKey::RoomEvict(room_id.to_string()),
+                at,
+            });
+        }
+    }
+
+    pub(crate) fn snapshot_loaded(
+        &mut self,
+        room_id: &str,
+        result: Result<Option<Vec<u8>>, String>,
+        now: Millis,
+    ) {
+        let Some(room) = self.rooms.rooms.get_mut(room_id) else {
+            return;
+        };
+        if room.loaded {
+            return;
+        }
+        let imported = match result {
+            Ok(None) => Ok(()),
+            Ok(Some(bytes)) => room
+                .doc
+                .import(&bytes)
+                .map(|_| ())
+                .map_err(|e| format!("stored snapshot is corrupt: {e}")),
+            Err(message) => Err(message),
+        };
+        if let Err(message) = imported {
+            // Refuse the join rather than serve (and later overwrite) an empty room.
+            let room = self.rooms.rooms.remove(room_id).expect("present");
+            for conn in room.joining {
+                if let Some(c) = self.conns.get_mut(&conn) {
+                    c.room = None;
+                }
+                let error = ProtocolError::RoomLoadFailed(message.clone());
+                self.send_error(conn, error, None, now);
+            }
+            return;
+        }
+        room.loaded = true;
+        let joining = std::mem::take(&mut room.joining);
+        let queued = std::mem::take(&mut room.queued_snapshots);
+        room.members.extend(joining.iter().copied());
+        let snapshot = room.snapshot();
+        for conn in joining {
+            self.send_joined(conn, room_id.to_string(), snapshot.clone(), now);
+        }
+        for (conn, data) in queued {
+            self.apply_client_snapshot(conn, room_id, data, now);
+        }
+        if self.rooms.rooms.get(room_id).is_some_and(Room::is_idle) {
+            self.after_room_quiet(room_id, now);
+        }
+    }
+
+    /// The room `conn` may send updates to, or the error to answer.
+    fn joined_room(&self, conn: ConnId) -> Result<String, ProtocolError> {
+        if !self.config.sync_enabled {
+            return Err(ProtocolError::SyncDisabled);
+        }
+        let room_id = self
+            .conns
+            .get(&conn)
+            .and_then(|c| c.room.clone())
+            .ok_or(ProtocolError::NotJoined)?;
+        match self.rooms.rooms.get(&room_id) {
+            Some(room) if room.loaded => Ok(room_id),
+            Some(_) => Err(ProtocolError::RoomLoading),
+            None => Err(ProtocolError::NotJoined),
+        }
+    }
+
+    pub(crate) fn room_update(&mut self, conn: ConnId, update: Bytes, now: Millis) {
+        let room_id = match self.joined_room(conn) {
+            Ok(room_id) => room_id,
+            Err(error) => return self.send_error(conn, error, None, now),
+        };
+        let room = self
+            .rooms
+            .rooms
+            .get_mut(&room_id)
+            .expect("joined_room checked");
+        let before = room.doc.oplog_vv();
+        if let Err(e) = room.doc.import(&update) {
+            let error = ProtocolError::InvalidUpdate(e.to_string());
+            return self.send_error(conn, error, None, now);
+        }
+        let changed = room.doc.oplog_vv() != before;
+        let others: Vec<ConnId> = room
+            .members
+            .iter()
+            .copied()
+            .filter(|c| *c != conn)
+            .collect();
+        if changed {
+            self.mark_changed(&room_id, now);
+        }
+        let frame = Frame::Binary(update);
+        for other in others {
+            self.send_frame(other, frame.clone(), now);
+        }
+        self.send(conn, ServerMessage::CrdtUpdateAck { room_id }, now);
+    }
+
+    pub(crate) fn client_snapshot(
+        &mut self,
+        conn: ConnId,
+        room_id: String,
+        data: Vec<u8>,
+        now: Millis,
+    ) {
+        if !self.config.sync_enabled {
+            return self.send_error(conn, ProtocolError::SyncDisabled, None, now);
+        }
+        if !self.config.allow_client_snapshots {
+            return self.send_error(conn, ProtocolError::ClientSnapshotsDisabled, None, now);
+        }
+        match self.conns.get(&conn).and_then(|c| c.room.as_deref()) {
+            None => return self.send_error(conn, ProtocolError::NotJoined, None, now),
+            Some(joined) if joined != room_id => {
+                return self.send_error(conn, ProtocolError::WrongRoom, None, now)
+            }
+            Some(_) => {}
+        }
+        let Some(room) = self.rooms.rooms.get_mut(&room_id) else {
+            return self.send_error(conn, ProtocolError::NotJoined, None, now);
+        };
+        if !room.loaded {
+            room.queued_snapshots.push((conn, data));
+            return;
+        }
+        self.apply_client_snapshot(conn, &room_id, data, now);
+    }
+
+    /// Seeds an empty room from a client's snapshot and relays it to the other members.
+    fn apply_client_snapshot(&mut self, conn: ConnId, room_id: &str, data: Vec<u8>, now: Millis) {
+        let Some(room) = self.rooms.rooms.get(room_id) else {
+            return;
+        };
+        if !room.doc.oplog_vv().is_empty() {
+            return self.send_error(conn, ProtocolError::RoomNotEmpty, None, now);
+        }
+        // Import into a scratch document so a rejected snapshot cannot touch the room.
+        let seeded = self.new_doc();
+        if let Err(e) = seeded.import(&data) {
+            let error = ProtocolError::InvalidSnapshot(e.to_string());
+            return self.send_error(conn, error, None, now);
+        }
+        let room = self.rooms.rooms.get_mut(room_id).expect("checked above");
+        room.doc = seeded;
+        let others: Vec<ConnId> = room
+            .members
+            .iter()
+            .copied()
+            .filter(|c| *c != conn)
+            .collect();
+        self.mark_changed(room_id, now);
+        let frame = Frame::Binary(Bytes::from(data));
+        for other in others {
+            self.send_frame(other, frame.clone(), now);
+        }
+        let room_id = room_id.to_string();
+        self.send(conn, ServerMessage::CrdtSnapshotAck { room_id }, now);
+    }
+
+    fn mark_changed(&mut self, room_id: &str, now: Millis) {
+        let debounce_at = now.plus(self.config.save_debounce_ms);
+        let latency_at = now.plus(self.config.max_save_latency_ms);
+        let Some(room) = self.rooms.rooms.get_mut(room_id) else {
+            return;
+        };
+        room.version += 1;
+        room.debounce_due = Some(debounce_at);
+        let arm_latency = room.latency_due.is_none();
+        if arm_latency {
+            room.latency_due = Some(latency_at);
+        }
+        self.push(Effect::SetTimer {
+            key: TimerKey::RoomDebounce(room_id.to_string()),
+            at: debounce_at,
+        });
+        if arm_latency {
+            self.push(Effect::SetTimer {
+                key: TimerKey::RoomMaxLatency(room_id.to_string()),
+                at: latency_at,
+            });
+        }
+    }
+
+    fn persist_room(&mut self, room_id: &str) {
+        let Some(room) = self.rooms.rooms.get_mut(room_id) else {
+            return;
+        };
+        let version = room.version;
+        room.persisting = Some(version);
+        room.debounce_due = None;
+        room.latency_due = None;
+        let snapshot = room.snapshot();
+        for key in [
+            TimerKey::RoomDebounce(room_id.to_string()),
+            TimerKey::RoomMaxLatency(room_id.to_string()),
+        ] {
+            self.push(Effect::CancelTimer { key });
+        }
+        self.push(Effect::PersistSnapshot {
+            room_id: room_id.to_string(),
+            snapshot,
+            version,
+        });
+    }
+
+    pub(crate) fn persist_all_dirty_rooms(&mut self) {
+        let dirty: Vec<String> = self
+            .rooms
+            .rooms
+            .iter()
+            .filter(|(_, room)| room.loaded && room.needs_save() && room.persisting.is_none())
+            .map(|(id, _)| id.clone())
+            .collect();
+        for room_id in dirty {
+            self.persist_room(&room_id);
+        }
+    }
+
+    pub(crate) fn snapshot_persisted(
+        &mut self,
+        room_id: &str,
+        version: u64,
+        result: Result<(), String>,
+        now: Millis,
+    ) {
+        let Some(room) = self.rooms.rooms.get_mut(room_id) else {
+            return;
+        };
+        if room.persisting != Some(version) {
+            return;
+        }
+        room.persisting = None;
+        if result.is_ok() {
+            room.saved_version = room.saved_version.max(version);
+        }
+        if room.needs_save() && !self.shutting_down {
+            // Changed while saving, or the save failed: try again after the debounce.
+            room.latency_due = None;
+            self.mark_changed_again(room_id, now);
+        } else if room.needs_save() {
+            if result.is_ok() {
+                self.persist_room(room_id);
+            }
+        } else if room.is_idle() {
+            self.after_room_quiet(room_id, now);
+        }
+    }
+
+    /// Re-arms the save timers without counting a new change.
+    fn mark_changed_again(&mut self, room_id: &str, now: Millis) {
+        self.mark_changed(room_id, now);
+        if let Some(room) = self.rooms.rooms.get_mut(room_id) {
+            // `mark_changed` bumped the version; undo that, the content did not change.
+            room.version -= 1;
+        }
+    }
+
+    pub(crate) fn timer(&mut self, key: TimerKey, now: Millis) {
+        match key {
+            TimerKey::RoomDebounce(room_id) | TimerKey::RoomMaxLatency(room_id) => {
+                let Some(room) = self.rooms.rooms.get(&room_id) else {
+                    return;
+                };
+                let due = [room.debounce_due, room.latency_due]
+                    .into_iter()
+                    .flatten()
+                    .any(|at| at <= now);
+                if due && room.loaded && room.needs_save() && room.persisting.is_none() {
+                    self.persist_room(&room_id);
+                }
+            }
+            TimerKey::RoomEvict(room_id) => {
+                let evictable = self.rooms.rooms.get(&room_id).is_some_and(|room| {
+                    room.loaded && room.is_idle() && !room.needs_save() && room.persisting.is_none()
+                });
+                if evictable {
+                    self.rooms.rooms.remove(&room_id);
+                }
+            }
+        }
+    }
+}

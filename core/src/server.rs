@@ -1,0 +1,494 @@
+//! The state machine: entry points (`handle_*`), the effect queue (`poll_effect`), and the
+//! per-connection bookkeeping every handler shares (sending, closing, accounting).
+//!
+//! Single owner: a `Server` is `Send` but not meant to be shared; the driver owns it and
+//! feeds it inputs one at a time (see the crate docs).
+
+use std::collections::{BTreeMap, VecDeque};
+
+use crate::auth::tokens_match;
+use crate::channels::Channels;
+use crate::codec::{decode_client_frame, ClientMessage, Frame, ServerMessage};
+use crate::effect::{Effect, QueryOutcome};
+use crate::ids::{ConnId, IdGenerator, Millis, QueryHandle, QueryId, TimerKey};
+use crate::limits::Limits;
+use crate::queries::Queries;
+use crate::rooms::Rooms;
+use crate::{ProtocolError, ServerError};
+
+/// WebSocket close codes the core uses.
+pub mod close_code {
+    /// Server shutting down.
+    pub const GOING_AWAY: u16 = 1001;
+    /// Policy violation: too many wrong tokens, or a reader too slow for its replies.
+    pub const POLICY_VIOLATION: u16 = 1008;
+    /// A frame over `max_frame_bytes`.
+    pub const MESSAGE_TOO_BIG: u16 = 1009;
+    /// `max_connections` reached.
+    pub const TRY_AGAIN_LATER: u16 = 1013;
+}
+
+/// Wrong tokens a connection may send before it is closed with 1008.
+pub const MAX_AUTH_STRIKES: u8 = 3;
+
+/// Everything the core needs to know about the deployment.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub limits: Limits,
+    /// `--auth-token`; `None` means every connection is authenticated.
+    pub auth_token: Option<String>,
+    /// `--sync`: CRDT rooms are available.
+    pub sync_enabled: bool,
+    /// Clients may seed empty rooms with `crdt-snapshot`.
+    pub allow_client_snapshots: bool,
+    /// Quiet time after a room change before it is saved.
+    pub save_debounce_ms: u64,
+    /// Longest a changed room stays unsaved under continuous updates.
+    pub max_save_latency_ms: u64,
+    /// How long an idle, saved room with no members stays in memory.
+    pub room_idle_evict_ms: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            limits: Limits::default(),
+            auth_token: None,
+            sync_enabled: false,
+            allow_client_snapshots: false,
+            save_debounce_ms: 500,
+            max_save_latency_ms: 5_000,
+            room_idle_evict_ms: 30_000,
+        }
+    }
+}
+
+/// What the transport learned from the WebSocket upgrade request.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ConnectionInfo {
+    /// Peer address, for the driver's logs only: authentication never depends on it.
+    pub peer: String,
+    /// Token from `Authorization: Bearer …`.
+    pub bearer_token: Option<String>,
+    /// Token from the `token=` query parameter of the upgrade URL.
+    pub url_token: Option<String>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Conn {
+    pub(crate) authenticated: bool,
+    pub(crate) auth_strikes: u8,
+    /// False once the core has emitted `Close`: nothing more is sent or acted on.
+    pub(crate) open: bool,
+    pub(crate) inflight: BTreeMap<QueryId, QueryHandle>,
+    /// The room joined (or being joined).
+    pub(crate) room: Option<String>,
+    /// Bytes handed to the writer and not yet reported written.
+    pub(crate) outbound_bytes: usize,
+}
+
+/// The protocol state machine of one server. See the crate docs for the input/effect model.
+pub struct Server {
+    pub(crate) config: Config,
+    pub(crate) conns: BTreeMap<ConnId, Conn>,
+    pub(crate) queries: Queries,
+    pub(crate) channels: Channels,
+    pub(crate) rooms: Rooms,
+    pub(crate) ids: IdGenerator,
+    effects: VecDeque<Effect>,
+    /// Set while a handler runs; stays set if it panicked.
+    poisoned: bool,
+    pub(crate) shutting_down: bool,
+    #[cfg(test)]
+    pub(crate) panic_on_next_input: bool,
+}
+
+impl Server {
+    /// `seed` is the only entropy the core uses (generated query ids, Loro peer ids).
+    pub fn new(config: Config, seed: [u8; 16]) -> Self {
+        Server {
+            config,
+            conns: BTreeMap::new(),
+            queries: Queries::default(),
+            channels: Channels::default(),
+            rooms: Rooms::default(),
+            ids: IdGenerator::new(seed),
+            effects: VecDeque::new(),
+            poisoned: false,
+            shutting_down: false,
+            #[cfg(test)]
+            panic_on_next_input: false,
+        }
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// True after a handler panicked; every later input returns [`ServerError::Poisoned`].
+    pub fn is_poisoned(&self) -> bool {
+        self.poisoned
+    }
+
+    /// Next effect to carry out, in order.
+    pub fn poll_effect(&mut self) -> Option<Effect> {
+        self.effects.pop_front()
+    }
+
+    /// Open connections (closing ones excluded).
+    pub fn connection_count(&self) -> usize {
+        self.conns.values().filter(|c| c.open).count()
+    }
+
+    /// Queries and uploads in flight for `conn`.
+    pub fn inflight_count(&self, conn: ConnId) -> usize {
+        self.conns.get(&conn).map_or(0, |c| c.inflight.len())
+    }
+
+    /// Whether `conn` is authenticated (false for unknown connections).
+    pub fn is_authenticated(&self, conn: ConnId) -> bool {
+        self.conns.get(&conn).is_some_and(|c| c.authenticated)
+    }
+
+    /// Snapshot saves emitted and not yet reported (shutdown waits for these).
+    pub fn pending_persists(&self) -> usize {
+        self.rooms.pending_persists()
+    }
+
+    /// Runs a handler; if it panics, the machine stays poisoned (as in `dqlite-wire`).
+    fn guarded<R>(&mut self, handler: impl FnOnce(&mut Self) -> R) -> Result<R, ServerError> {
+        if self.poisoned {
+            return Err(ServerError::Poisoned);
+        }
+        self.poisoned = true;
+        #[cfg(test)]
+        if std::mem::take(&mut self.panic_on_next_input) {
+            panic!("test-injected panic inside a handler");
+        }
+        let result = handler(self);
+        self.poisoned = false;
+        Ok(result)
+    }
+
+    // ----- inputs -------------------------------------------------------------------------
+
+    /// A WebSocket connection was upgraded. `conn` must be new.
+    pub fn handle_open(
+        &mut self,
+        conn: ConnId,
+        info: ConnectionInfo,
+        now: Millis,
+    ) -> Result<(), ServerError> {
+        self.guarded(|server| server.open(conn, info, now))
+    }
+
+    /// A complete WebSocket message arrived on `conn`.
+    pub fn handle_frame(
+        &mut self,
+        conn: ConnId,
+        frame: Frame,
+        now: Millis,
+    ) -> Result<(), ServerError> {
+        self.guarded(|server| server.frame(conn, frame, now))
+    }
+
+    /// The executor finished a query. `wrote` tells whether it may have changed data (so
+    /// cached results must go).
+    pub fn handle_query_done(
+        &mut self,
+        query: QueryHandle,
+        outcome: QueryOutcome,
+        wrote: bool,
+        now: Millis,
+    ) -> Result<(), ServerError> {
+        self.guarded(|server| server.query_done(query, outcome, wrote, now))
+    }
+
+    /// The executor finished an upload.
+    pub fn handle_upload_done(
+        &mut self,
+        query: QueryHandle,
+        result: Result<(), String>,
+        now: Millis,
+    ) -> Result<(), ServerError> {
+        self.guarded(|server| server.upload_done(query, result, now))
+    }
+
+    /// A `LoadSnapshot` finished: `Ok(None)` when the room was never saved.
+    pub fn handle_snapshot_loaded(
+        &mut self,
+        room_id: &str,
+        result: Result<Option<Vec<u8>>, String>,
+        now: Millis,
+    ) -> Result<(), ServerError> {
+        self.guarded(|server| server.snapshot_loaded(room_id, result, now))
+    }
+
+    /// A `PersistSnapshot` finished.
+    pub fn handle_snapshot_persisted(
+        &mut self,
+        room_id: &str,
+        version: u64,
+        result: Result<(), String>,
+        now: Millis,
+    ) -> Result<(), ServerError> {
+        self.guarded(|server| server.snapshot_persisted(room_id, version, result, now))
+    }
+
+    /// A timer set with `SetTimer` fired. Stale timers are harmless.
+    pub fn handle_timer(&mut self, key: TimerKey, now: Millis) -> Result<(), ServerError> {
+        self.guarded(|server| server.timer(key, now))
+    }
+
+    /// The writer put `bytes` of an earlier `Send` on the socket.
+    pub fn handle_sent(&mut self, conn: ConnId, bytes: usize) -> Result<(), ServerError> {
+        self.guarded(|server| {
+            if let Some(c) = server.conns.get_mut(&conn) {
+                c.outbound_bytes = c.outbound_bytes.saturating_sub(bytes);
+            }
+        })
+    }
+
+    /// The connection is gone (peer closed, socket error, or after our `Close`).
+    pub fn handle_closed(&mut self, conn: ConnId, now: Millis) -> Result<(), ServerError> {
+        self.guarded(|server| {
+            server.release_connection(conn, now);
+            server.conns.remove(&conn);
+        })
+    }
+
+    /// SIGINT/SIGTERM: close every connection, interrupt every query, save every changed
+    /// room. The driver waits until [`pending_persists`](Self::pending_persists) is 0.
+    pub fn handle_shutdown(&mut self, now: Millis) -> Result<(), ServerError> {
+        self.guarded(|server| {
+            server.shutting_down = true;
+            let open: Vec<ConnId> = server
+                .conns
+                .iter()
+                .filter(|(_, c)| c.open)
+                .map(|(id, _)| *id)
+                .collect();
+            for conn in open {
+                server.close(conn, close_code::GOING_AWAY, "server shutting down", now);
+            }
+            server.persist_all_dirty_rooms();
+        })
+    }
+
+    // ----- shared helpers ------------------------------------------------------------------
+
+    pub(crate) fn push(&mut self, effect: Effect) {
+        self.effects.push_back(effect);
+    }
+
+    /// Sends a reply to an open connection, with outbound accounting (SPEC §7).
+    pub(crate) fn send(&mut self, conn: ConnId, message: ServerMessage, now: Millis) {
+        self.send_frame(conn, message.encode(), now);
+    }
+
+    pub(crate) fn send_frame(&mut self, conn: ConnId, frame: Frame, now: Millis) {
+        let limit = self.config.limits.max_outbound_bytes_per_conn;
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        if !c.open {
+            return;
+        }
+        let queued = c.outbound_bytes.saturating_add(frame.len());
+        if let Some(limit) = limit {
+            if queued > limit {
+                let reason = ProtocolError::CapExceeded {
+                    cap: "max_outbound_bytes_per_conn",
+                    limit,
+                }
+                .to_string();
+                self.close(conn, close_code::POLICY_VIOLATION, &reason, now);
+                return;
+            }
+        }
+        c.outbound_bytes = queued;
+        self.push(Effect::Send { conn, frame });
+    }
+
+    pub(crate) fn send_error(
+        &mut self,
+        conn: ConnId,
+        error: ProtocolError,
+        query_id: Option<QueryId>,
+        now: Millis,
+    ) {
+        let message = ServerMessage::Error {
+            error: error.to_string(),
+            query_id,
+        };
+        self.send(conn, message, now);
+    }
+
+    /// Closes a connection from our side: interrupts its queries, leaves its room and
+    /// channels, and sends nothing more to it.
+    pub(crate) fn close(&mut self, conn: ConnId, code: u16, reason: &str, now: Millis) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        if !c.open {
+            return;
+        }
+        c.open = false;
+        self.push(Effect::Close {
+            conn,
+            code,
+            reason: reason.to_string(),
+        });
+        self.release_connection(conn, now);
+    }
+
+    /// Frees everything a connection holds. Idempotent.
+    fn release_connection(&mut self, conn: ConnId, now: Millis) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        c.open = false;
+        let inflight = std::mem::take(&mut c.inflight);
+        let room = c.room.take();
+        for handle in inflight.into_values() {
+            self.queries.remove(handle);
+            self.push(Effect::Interrupt { query: handle });
+        }
+        self.channels.remove_connection(conn);
+        if let Some(room) = room {
+            self.leave_room(conn, &room, now);
+        }
+    }
+
+    fn open(&mut self, conn: ConnId, info: ConnectionInfo, now: Millis) {
+        let open_now = self.connection_count();
+        let authenticated = match &self.config.auth_token {
+            None => true,
+            Some(expected) => [&info.bearer_token, &info.url_token]
+                .into_iter()
+                .flatten()
+                .any(|given| tokens_match(expected, given)),
+        };
+        self.conns.insert(
+            conn,
+            Conn {
+                authenticated,
+                auth_strikes: 0,
+                open: true,
+                inflight: BTreeMap::new(),
+                room: None,
+                outbound_bytes: 0,
+            },
+        );
+        if self.shutting_down {
+            self.close(conn, close_code::GOING_AWAY, "server shutting down", now);
+            return;
+        }
+        if let Some(limit) = self.config.limits.max_connections {
+            if open_now >= limit {
+                let reason = ProtocolError::CapExceeded {
+                    cap: "max_connections",
+                    limit,
+                }
+                .to_string();
+                self.close(conn, close_code::TRY_AGAIN_LATER, &reason, now);
+            }
+        }
+    }
+
+    fn frame(&mut self, conn: ConnId, frame: Frame, now: Millis) {
+        let Some(c) = self.conns.get(&conn) else {
+            return;
+        };
+        if !c.open {
+            return;
+        }
+        let authenticated = c.authenticated;
+        if let Some(limit) = self.config.limits.max_frame_bytes {
+            if frame.len() > limit {
+                let reason = ProtocolError::CapExceeded {
+                    cap: "max_frame_bytes",
+                    limit,
+                }
+                .to_string();
+                self.close(conn, close_code::MESSAGE_TOO_BIG, &reason, now);
+                return;
+            }
+        }
+        let message = match decode_client_frame(&frame, &self.config.limits) {
+            Ok(message) => message,
+            Err(e) => {
+                // An unauthenticated peer learns nothing about the protocol.
+                let error = if authenticated {
+                    e.error
+                } else {
+                    ProtocolError::Unauthorized
+                };
+                self.send_error(conn, error, e.query_id, now);
+                return;
+            }
+        };
+        if let ClientMessage::Auth { token } = &message {
+            self.authenticate(conn, token, now);
+            return;
+        }
+        if !authenticated {
+            let query_id = message.query_id().cloned();
+            self.send_error(conn, ProtocolError::Unauthorized, query_id, now);
+            return;
+        }
+        self.dispatch(conn, message, now);
+    }
+
+    fn authenticate(&mut self, conn: ConnId, token: &str, now: Millis) {
+        let ok = match &self.config.auth_token {
+            None => true,
+            Some(expected) => tokens_match(expected, token),
+        };
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        if ok {
+            c.authenticated = true;
+            self.send(conn, ServerMessage::AuthAck, now);
+            return;
+        }
+        c.auth_strikes = c.auth_strikes.saturating_add(1);
+        let strikes = c.auth_strikes;
+        self.send_error(conn, ProtocolError::Unauthorized, None, now);
+        if strikes >= MAX_AUTH_STRIKES {
+            self.close(
+                conn,
+                close_code::POLICY_VIOLATION,
+                "too many failed authentication attempts",
+                now,
+            );
+        }
+    }
+
+    fn dispatch(&mut self, conn: ConnId, message: ClientMessage, now: Millis) {
+        match message {
+            ClientMessage::Auth { .. } => unreachable!("handled before dispatch"),
+            ClientMessage::Query {
+                kind,
+                sql,
+                query_id,
+                persist,
+            } => self.start_query(conn, kind, sql, query_id, persist, now),
+            ClientMessage::UploadArrow {
+                query_id,
+                table_name,
+                payload,
+            } => self.start_upload(conn, query_id, table_name, payload, now),
+            ClientMessage::Cancel { query_id } => self.cancel_query(conn, query_id, now),
+            ClientMessage::Subscribe { channel } => self.subscribe(conn, channel, now),
+            ClientMessage::Unsubscribe { channel } => self.unsubscribe(conn, channel, now),
+            ClientMessage::Notify { channel, payload } => self.notify(conn, channel, payload, now),
+            ClientMessage::CrdtJoin { room_id } => self.join_room(conn, room_id, now),
+            ClientMessage::CrdtSnapshot { room_id, data } => {
+                self.client_snapshot(conn, room_id, data, now)
+            }
+            ClientMessage::CrdtUpdate(update) => self.room_update(conn, update, now),
+        }
+    }
+}

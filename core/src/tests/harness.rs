@@ -1,0 +1,160 @@
+//! A tiny in-memory driver used by the unit and property tests.
+
+use bytes::Bytes;
+use serde_json::Value;
+
+use crate::{Config, ConnId, ConnectionInfo, Effect, Frame, Millis, Server};
+
+pub(crate) struct Harness {
+    pub server: Server,
+    pub now: u64,
+}
+
+impl Harness {
+    pub fn new(config: Config) -> Self {
+        Harness {
+            server: Server::new(config, [42; 16]),
+            now: 1_000,
+        }
+    }
+
+    pub fn now(&self) -> Millis {
+        Millis(self.now)
+    }
+
+    pub fn open(&mut self, conn: u64) -> Vec<Effect> {
+        self.open_with(conn, ConnectionInfo::default())
+    }
+
+    pub fn open_with(&mut self, conn: u64, info: ConnectionInfo) -> Vec<Effect> {
+        self.server
+            .handle_open(ConnId(conn), info, self.now())
+            .unwrap();
+        self.drain()
+    }
+
+    pub fn text(&mut self, conn: u64, message: Value) -> Vec<Effect> {
+        self.frame(conn, Frame::Text(message.to_string()))
+    }
+
+    pub fn frame(&mut self, conn: u64, frame: Frame) -> Vec<Effect> {
+        self.server
+            .handle_frame(ConnId(conn), frame, self.now())
+            .unwrap();
+        self.drain()
+    }
+
+    pub fn binary(&mut self, conn: u64, bytes: Vec<u8>) -> Vec<Effect> {
+        self.frame(conn, Frame::Binary(Bytes::from(bytes)))
+    }
+
+    pub fn drain(&mut self) -> Vec<Effect> {
+        std::iter::from_fn(|| self.server.poll_effect()).collect()
+    }
+}
+
+/// JSON text frames sent to `conn`, parsed.
+pub(crate) fn sent_json(effects: &[Effect], conn: u64) -> Vec<Value> {
+    effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Send {
+                conn: c,
+                frame: Frame::Text(text),
+            } if c.0 == conn => Some(serde_json::from_str(text).expect("server sends JSON")),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Binary frames sent to `conn`.
+pub(crate) fn sent_binary(effects: &[Effect], conn: u64) -> Vec<Bytes> {
+    effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Send {
+                conn: c,
+                frame: Frame::Binary(bytes),
+            } if c.0 == conn => Some(bytes.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+pub(crate) fn only_json(effects: &[Effect], conn: u64) -> Value {
+    let sent = sent_json(effects, conn);
+    assert_eq!(
+        sent.len(),
+        1,
+        "expected one reply, got {sent:?} from {effects:?}"
+    );
+    sent.into_iter().next().unwrap()
+}
+
+pub(crate) fn closes(effects: &[Effect]) -> Vec<(u64, u16)> {
+    effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Close { conn, code, .. } => Some((conn.0, *code)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A Loro update setting `key` to `value` in map "m", from a fresh peer.
+pub(crate) fn loro_update(peer: u64, key: &str, value: i64) -> Vec<u8> {
+    let doc = loro::LoroDoc::new();
+    doc.set_peer_id(peer).unwrap();
+    doc.get_map("m").insert(key, value).unwrap();
+    doc.commit();
+    doc.export(loro::ExportMode::all_updates()).unwrap()
+}
+
+/// The deep value of a snapshot, for comparing room states.
+pub(crate) fn snapshot_value(snapshot: &[u8]) -> loro::LoroValue {
+    let doc = loro::LoroDoc::new();
+    doc.import(snapshot).unwrap();
+    doc.get_deep_value()
+}
+
+/// A minimal independent decoder of server frames, used to check that everything the
+/// server encodes is well-formed (invariant e).
+pub(crate) fn decode_server_frame(frame: &Frame) -> Result<Value, String> {
+    match frame {
+        Frame::Text(text) => {
+            let value: Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
+            let kind = value.get("type").and_then(Value::as_str).ok_or("no type")?;
+            let needs: &[&str] = match kind {
+                "authAck" => &[],
+                "error" => &["error"],
+                "ok" | "uploadAck" => &["queryId"],
+                "json" => &["queryId", "data"],
+                "cancelAck" => &["queryId", "cancelled"],
+                "subscribed" | "unsubscribed" | "notifyAck" => &["channel"],
+                "notify" => &["channel", "payload"],
+                "crdt-joined" | "crdt-snapshot-ack" | "crdt-update-ack" => &["roomId"],
+                "crdt-snapshot" => &["roomId", "data"],
+                other => return Err(format!("unknown server message {other}")),
+            };
+            for field in needs {
+                if value.get(*field).is_none() {
+                    return Err(format!("{kind} lacks {field}"));
+                }
+            }
+            Ok(value)
+        }
+        Frame::Binary(bytes) => {
+            if bytes.len() >= 4 {
+                let n = u32::from_be_bytes(bytes[..4].try_into().unwrap()) as usize;
+                if n > 0 && n <= bytes.len() - 4 {
+                    if let Ok(header) = serde_json::from_slice::<Value>(&bytes[4..4 + n]) {
+                        if header.get("type") == Some(&Value::from("arrow")) {
+                            return Ok(header);
+                        }
+                    }
+                }
+            }
+            Ok(Value::String("raw".into()))
+        }
+    }
+}

@@ -1,0 +1,7 @@
+mod harness;
+
+mod codec_tests;
+mod props;
+mod queries_tests;
+mod rooms_tests;
+mod session_tests;

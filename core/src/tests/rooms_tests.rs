@@ -1,0 +1,353 @@
+//! CRDT rooms (§6): load, join, updates, seeding, persistence timers, eviction.
+
+use serde_json::json;
+
+use super::harness::{loro_update, only_json, sent_binary, sent_json, snapshot_value, Harness};
+use crate::{Config, ConnId, Effect, Millis, TimerKey};
+
+fn sync_config() -> Config {
+    Config {
+        sync_enabled: true,
+        allow_client_snapshots: true,
+        ..Config::default()
+    }
+}
+
+/// Opens `conns`, joins them all to room "r", and completes the (empty) load.
+fn joined(conns: &[u64]) -> Harness {
+    let mut h = Harness::new(sync_config());
+    for conn in conns {
+        h.open(*conn);
+        h.text(*conn, json!({"type":"crdt-join","roomId":"r"}));
+    }
+    h.server
+        .handle_snapshot_loaded("r", Ok(None), h.now())
+        .unwrap();
+    h.drain();
+    h
+}
+
+fn persist_effect(effects: &[Effect]) -> Option<(Vec<u8>, u64)> {
+    effects.iter().find_map(|e| match e {
+        Effect::PersistSnapshot {
+            snapshot, version, ..
+        } => Some((snapshot.clone(), *version)),
+        _ => None,
+    })
+}
+
+#[test]
+fn sync_disabled_answers_an_error() {
+    let mut h = Harness::new(Config::default());
+    h.open(1);
+    let reply = only_json(&h.text(1, json!({"type":"crdt-join","roomId":"r"})), 1);
+    assert_eq!(reply["type"], json!("error"));
+    assert!(reply["error"].as_str().unwrap().contains("--sync"));
+}
+
+#[test]
+fn first_join_loads_then_replies_joined_and_snapshot() {
+    let mut h = Harness::new(sync_config());
+    h.open(1);
+    let effects = h.text(1, json!({"type":"crdt-join","roomId":"r","clientId":"c"}));
+    assert_eq!(
+        effects,
+        vec![Effect::LoadSnapshot {
+            room_id: "r".into()
+        }]
+    );
+    let stored = {
+        let doc = loro::LoroDoc::new();
+        doc.get_map("m").insert("k", 1).unwrap();
+        doc.commit();
+        doc.export(loro::ExportMode::Snapshot).unwrap()
+    };
+    h.server
+        .handle_snapshot_loaded("r", Ok(Some(stored.clone())), h.now())
+        .unwrap();
+    let replies = sent_json(&h.drain(), 1);
+    assert_eq!(replies[0], json!({"type":"crdt-joined","roomId":"r"}));
+    assert_eq!(replies[1]["type"], json!("crdt-snapshot"));
+    use base64::Engine;
+    let data = base64::engine::general_purpose::STANDARD
+        .decode(replies[1]["data"].as_str().unwrap())
+        .unwrap();
+    assert_eq!(snapshot_value(&data), snapshot_value(&stored));
+}
+
+#[test]
+fn a_failed_or_corrupt_load_refuses_the_join() {
+    let mut h = Harness::new(sync_config());
+    h.open(1);
+    h.text(1, json!({"type":"crdt-join","roomId":"r"}));
+    h.server
+        .handle_snapshot_loaded("r", Ok(Some(b"garbage".to_vec())), h.now())
+        .unwrap();
+    let reply = only_json(&h.drain(), 1);
+    assert!(reply["error"]
+        .as_str()
+        .unwrap()
+        .starts_with("failed to load room"));
+    assert_eq!(h.server.room_count(), 0);
+}
+
+#[test]
+fn update_before_join_is_an_error() {
+    let mut h = Harness::new(sync_config());
+    h.open(1);
+    assert_eq!(
+        only_json(&h.binary(1, loro_update(1, "k", 1)), 1),
+        json!({"type":"error","error":"join a room first"})
+    );
+}
+
+#[test]
+fn update_is_imported_relayed_to_others_and_acked() {
+    let mut h = joined(&[1, 2, 3]);
+    let update = loro_update(7, "k", 1);
+    let effects = h.binary(1, update.clone());
+    assert!(
+        sent_binary(&effects, 1).is_empty(),
+        "not echoed to the sender"
+    );
+    assert_eq!(sent_binary(&effects, 2), vec![update.clone()]);
+    assert_eq!(sent_binary(&effects, 3), vec![update.clone()]);
+    assert_eq!(
+        only_json(&effects, 1),
+        json!({"type":"crdt-update-ack","roomId":"r"})
+    );
+    let state = snapshot_value(&h.server.room_snapshot("r").unwrap());
+    assert_eq!(state, snapshot_value(&update));
+}
+
+#[test]
+fn a_rejected_update_leaves_the_room_unchanged() {
+    let mut h = joined(&[1, 2]);
+    h.binary(1, loro_update(7, "k", 1));
+    let before = h.server.room_snapshot("r").unwrap();
+    let mut corrupt = loro_update(8, "k", 2);
+    let last = corrupt.len() - 1;
+    corrupt[last] ^= 0xff;
+    corrupt[20] ^= 0xff;
+    for bad in [corrupt, b"junk".to_vec(), Vec::new()] {
+        let effects = h.binary(1, bad);
+        let reply = only_json(&effects, 1);
+        assert!(
+            reply["error"]
+                .as_str()
+                .unwrap()
+                .starts_with("invalid CRDT update"),
+            "{reply}"
+        );
+        assert!(sent_binary(&effects, 2).is_empty());
+    }
+    assert_eq!(
+        snapshot_value(&h.server.room_snapshot("r").unwrap()),
+        snapshot_value(&before)
+    );
+}
+
+#[test]
+fn client_snapshot_seeds_only_an_empty_room() {
+    let mut h = joined(&[1, 2]);
+    let seed = loro_update(9, "seed", 1);
+    let effects = h.text(
+        1,
+        json!({"type":"crdt-snapshot","roomId":"r","data":b64(&seed)}),
+    );
+    assert_eq!(
+        only_json(&effects, 1),
+        json!({"type":"crdt-snapshot-ack","roomId":"r"})
+    );
+    assert_eq!(sent_binary(&effects, 2), vec![seed.clone()]);
+    let effects = h.text(
+        2,
+        json!({"type":"crdt-snapshot","roomId":"r","data":b64(&seed)}),
+    );
+    assert_eq!(
+        only_json(&effects, 2),
+        json!({"type":"error","error":"room already has state; snapshot rejected"})
+    );
+    let effects = h.text(
+        2,
+        json!({"type":"crdt-snapshot","roomId":"other","data":b64(&seed)}),
+    );
+    assert_eq!(
+        only_json(&effects, 2)["error"],
+        json!("roomId does not match the joined room")
+    );
+}
+
+#[test]
+fn client_snapshots_can_be_disabled() {
+    let mut h = Harness::new(Config {
+        allow_client_snapshots: false,
+        ..sync_config()
+    });
+    h.open(1);
+    h.text(1, json!({"type":"crdt-join","roomId":"r"}));
+    h.server
+        .handle_snapshot_loaded("r", Ok(None), h.now())
+        .unwrap();
+    h.drain();
+    let effects = h.text(
+        1,
+        json!({"type":"crdt-snapshot","roomId":"r","data":b64(&loro_update(1, "k", 1))}),
+    );
+    assert!(only_json(&effects, 1)["error"]
+        .as_str()
+        .unwrap()
+        .starts_with("client snapshots are disabled"));
+}
+
+#[test]
+fn a_snapshot_sent_while_the_room_loads_is_applied_after_the_load() {
+    let mut h = Harness::new(sync_config());
+    h.open(1);
+    h.text(1, json!({"type":"crdt-join","roomId":"r"}));
+    let seed = loro_update(9, "k", 1);
+    assert!(h
+        .text(
+            1,
+            json!({"type":"crdt-snapshot","roomId":"r","data":b64(&seed)})
+        )
+        .is_empty());
+    h.server
+        .handle_snapshot_loaded("r", Ok(None), h.now())
+        .unwrap();
+    let types: Vec<_> = sent_json(&h.drain(), 1)
+        .into_iter()
+        .map(|m| m["type"].clone())
+        .collect();
+    assert_eq!(
+        types,
+        vec![
+            json!("crdt-joined"),
+            json!("crdt-snapshot"),
+            json!("crdt-snapshot-ack")
+        ]
+    );
+}
+
+#[test]
+fn changes_are_saved_after_the_debounce() {
+    let mut h = joined(&[1]);
+    let effects = h.binary(1, loro_update(1, "k", 1));
+    let debounce_at = effects.iter().find_map(|e| match e {
+        Effect::SetTimer {
+            key: TimerKey::RoomDebounce(_),
+            at,
+        } => Some(*at),
+        _ => None,
+    });
+    assert_eq!(debounce_at, Some(Millis(h.now + 500)));
+    // A stale (early) timer does nothing.
+    h.server
+        .handle_timer(TimerKey::RoomDebounce("r".into()), h.now())
+        .unwrap();
+    assert!(persist_effect(&h.drain()).is_none());
+    h.now += 500;
+    h.server
+        .handle_timer(TimerKey::RoomDebounce("r".into()), h.now())
+        .unwrap();
+    let (snapshot, version) = persist_effect(&h.drain()).expect("saved");
+    assert_eq!(
+        snapshot_value(&snapshot),
+        snapshot_value(&loro_update(1, "k", 1))
+    );
+    h.server
+        .handle_snapshot_persisted("r", version, Ok(()), h.now())
+        .unwrap();
+    assert_eq!(h.server.pending_persists(), 0);
+}
+
+#[test]
+fn continuous_updates_are_saved_within_the_max_latency() {
+    let mut h = joined(&[1]);
+    let mut saved = false;
+    for i in 0..30 {
+        h.binary(1, loro_update(1 + i, "k", i as i64));
+        h.now += 200; // never 500 ms of quiet
+        h.server
+            .handle_timer(TimerKey::RoomMaxLatency("r".into()), h.now())
+            .unwrap();
+        if persist_effect(&h.drain()).is_some() {
+            saved = true;
+            assert!(h.now - 1_000 <= 5_000 + 200);
+            break;
+        }
+    }
+    assert!(saved);
+}
+
+#[test]
+fn the_last_member_leaving_saves_and_an_idle_saved_room_is_evicted() {
+    let mut h = joined(&[1, 2]);
+    h.binary(1, loro_update(1, "k", 1));
+    h.server.handle_closed(ConnId(1), h.now()).unwrap();
+    assert!(persist_effect(&h.drain()).is_none(), "a member remains");
+    h.server.handle_closed(ConnId(2), h.now()).unwrap();
+    let (_, version) = persist_effect(&h.drain()).expect("saved on last leave");
+    h.server
+        .handle_snapshot_persisted("r", version, Ok(()), h.now())
+        .unwrap();
+    let effects = h.drain();
+    assert!(effects.iter().any(|e| matches!(
+        e,
+        Effect::SetTimer {
+            key: TimerKey::RoomEvict(_),
+            ..
+        }
+    )));
+    h.server
+        .handle_timer(TimerKey::RoomEvict("r".into()), h.now())
+        .unwrap();
+    assert_eq!(h.server.room_count(), 0);
+}
+
+#[test]
+fn a_failed_save_is_retried() {
+    let mut h = joined(&[1]);
+    h.binary(1, loro_update(1, "k", 1));
+    h.now += 500;
+    h.server
+        .handle_timer(TimerKey::RoomDebounce("r".into()), h.now())
+        .unwrap();
+    let (_, version) = persist_effect(&h.drain()).unwrap();
+    h.server
+        .handle_snapshot_persisted("r", version, Err("disk full".into()), h.now())
+        .unwrap();
+    h.drain();
+    h.now += 500;
+    h.server
+        .handle_timer(TimerKey::RoomDebounce("r".into()), h.now())
+        .unwrap();
+    assert!(persist_effect(&h.drain()).is_some());
+}
+
+#[test]
+fn shutdown_closes_connections_and_saves_dirty_rooms() {
+    let mut h = joined(&[1]);
+    h.binary(1, loro_update(1, "k", 1));
+    h.server.handle_shutdown(h.now()).unwrap();
+    let effects = h.drain();
+    assert!(effects
+        .iter()
+        .any(|e| matches!(e, Effect::Close { code: 1001, .. })));
+    assert!(persist_effect(&effects).is_some());
+    assert_eq!(h.server.pending_persists(), 1);
+}
+
+#[test]
+fn joining_another_room_leaves_the_first() {
+    let mut h = joined(&[1, 2]);
+    h.text(2, json!({"type":"crdt-join","roomId":"other"}));
+    h.drain();
+    let effects = h.binary(1, loro_update(1, "k", 1));
+    assert!(sent_binary(&effects, 2).is_empty());
+}
+
+fn b64(bytes: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
