@@ -1,1 +1,268 @@
-fn main() {}
+//! `duckwire`: flags → config → run. Nothing else lives here.
+
+use std::path::PathBuf;
+
+use argh::FromArgs;
+use duckwire_core::{Limits, OriginPolicy};
+use duckwire_smol::ServerConfig;
+
+/// A DuckDB server speaking the SQLRooms WebSocket protocol (drop-in for sqlrooms-server).
+#[derive(FromArgs, Debug)]
+struct Args {
+    /// path to the DuckDB database file (default: :memory:)
+    #[argh(option, default = "String::from(\":memory:\")")]
+    db_path: String,
+    /// port to listen on (default: 4000)
+    #[argh(option, default = "4000")]
+    port: u16,
+    /// host to bind (default: 127.0.0.1)
+    #[argh(option, default = "String::from(\"127.0.0.1\")")]
+    host: String,
+    /// comma-separated extensions to install and load: name or name@repository
+    #[argh(option)]
+    extensions: Option<String>,
+    /// bearer token clients must present (or env DUCKWIRE_AUTH_TOKEN)
+    #[argh(option)]
+    auth_token: Option<String>,
+    /// enable CRDT sync rooms
+    #[argh(switch)]
+    sync: bool,
+    /// schema (or ATTACH alias with --meta-db) for meta tables (default: __sqlrooms)
+    #[argh(option, default = "String::from(\"__sqlrooms\")")]
+    meta_namespace: String,
+    /// a DuckDB file to attach for meta tables
+    #[argh(option)]
+    meta_db: Option<PathBuf>,
+    /// quiet time before a changed room is saved, in ms (default: 500)
+    #[argh(option, default = "500")]
+    save_debounce_ms: u64,
+    /// let clients seed empty rooms with crdt-snapshot (always on for :memory:)
+    #[argh(switch)]
+    allow_client_snapshots: bool,
+    /// comma-separated browser origins allowed besides loopback ones; * allows all
+    #[argh(option)]
+    allowed_origins: Option<String>,
+    /// result cache budget in bytes; 0 or none disables it (default: 268435456)
+    #[argh(option, from_str_fn(parse_cap), default = "Some(256 * 1024 * 1024)")]
+    cache_bytes: Option<usize>,
+    /// directory for the on-disk result cache tier
+    #[argh(option)]
+    cache_dir: Option<PathBuf>,
+    /// number of DuckDB worker threads (default: number of cores)
+    #[argh(option)]
+    threads: Option<usize>,
+    /// cap: bytes of one incoming message (default 134217728; 0/none disables)
+    #[argh(option, from_str_fn(parse_cap))]
+    max_frame_bytes: Option<Option<usize>>,
+    /// cap: bytes of a framed binary header (default 65536; 0/none disables)
+    #[argh(option, from_str_fn(parse_cap))]
+    max_header_bytes: Option<Option<usize>>,
+    /// cap: bytes of a queryId (default 256; 0/none disables)
+    #[argh(option, from_str_fn(parse_cap))]
+    max_query_id_len: Option<Option<usize>>,
+    /// cap: bytes of a channel name (default 256; 0/none disables)
+    #[argh(option, from_str_fn(parse_cap))]
+    max_channel_len: Option<Option<usize>>,
+    /// cap: bytes of a room id (default 256; 0/none disables)
+    #[argh(option, from_str_fn(parse_cap))]
+    max_room_id_len: Option<Option<usize>>,
+    /// cap: queries in flight per connection (default 1024; 0/none disables)
+    #[argh(option, from_str_fn(parse_cap))]
+    max_inflight_per_conn: Option<Option<usize>>,
+    /// cap: subscriptions per connection (default 1024; 0/none disables)
+    #[argh(option, from_str_fn(parse_cap))]
+    max_subscriptions_per_conn: Option<Option<usize>>,
+    /// cap: open WebSocket connections (default 4096; 0/none disables)
+    #[argh(option, from_str_fn(parse_cap))]
+    max_connections: Option<Option<usize>>,
+    /// cap: unsent reply bytes per connection (default 268435456; 0/none disables)
+    #[argh(option, from_str_fn(parse_cap))]
+    max_outbound_bytes_per_conn: Option<Option<usize>>,
+    /// log level: error, warn, info, debug, trace (default: info; RUST_LOG overrides)
+    #[argh(option, default = "String::from(\"info\")")]
+    log_level: String,
+}
+
+/// `0` or `none` disables a cap (as `None` does in dqlite-wire).
+fn parse_cap(value: &str) -> Result<Option<usize>, String> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "0" | "none" => Ok(None),
+        v => v
+            .parse::<usize>()
+            .map(Some)
+            .map_err(|_| format!("expected a number, 0 or none, got {value:?}")),
+    }
+}
+
+fn is_loopback(host: &str) -> bool {
+    matches!(host, "localhost" | "::1" | "[::1]") || host.starts_with("127.")
+}
+
+fn config_from(args: Args) -> ServerConfig {
+    let defaults = Limits::default();
+    let pick = |flag: Option<Option<usize>>, default: Option<usize>| flag.unwrap_or(default);
+    let limits = Limits {
+        max_frame_bytes: pick(args.max_frame_bytes, defaults.max_frame_bytes),
+        max_header_bytes: pick(args.max_header_bytes, defaults.max_header_bytes),
+        max_query_id_len: pick(args.max_query_id_len, defaults.max_query_id_len),
+        max_channel_len: pick(args.max_channel_len, defaults.max_channel_len),
+        max_room_id_len: pick(args.max_room_id_len, defaults.max_room_id_len),
+        max_inflight_per_conn: pick(args.max_inflight_per_conn, defaults.max_inflight_per_conn),
+        max_subscriptions_per_conn: pick(
+            args.max_subscriptions_per_conn,
+            defaults.max_subscriptions_per_conn,
+        ),
+        max_connections: pick(args.max_connections, defaults.max_connections),
+        max_outbound_bytes_per_conn: pick(
+            args.max_outbound_bytes_per_conn,
+            defaults.max_outbound_bytes_per_conn,
+        ),
+    };
+    let auth_token = args
+        .auth_token
+        .or_else(|| std::env::var("DUCKWIRE_AUTH_TOKEN").ok())
+        .filter(|t| !t.is_empty());
+    let in_memory = args.db_path == ":memory:";
+    let mut config = ServerConfig {
+        host: args.host,
+        port: args.port,
+        db_path: args.db_path,
+        extensions: args
+            .extensions
+            .map(|e| {
+                e.split(',')
+                    .map(|s| s.trim().to_string())
+                    .filter(|s| !s.is_empty())
+                    .collect()
+            })
+            .unwrap_or_default(),
+        core: duckwire_core::Config {
+            limits,
+            auth_token,
+            sync_enabled: args.sync,
+            allow_client_snapshots: args.allow_client_snapshots || in_memory,
+            save_debounce_ms: args.save_debounce_ms,
+            ..duckwire_core::Config::default()
+        },
+        meta_namespace: args.meta_namespace,
+        meta_db: args.meta_db,
+        origins: args
+            .allowed_origins
+            .as_deref()
+            .map(OriginPolicy::from_list)
+            .unwrap_or_default(),
+        cache_bytes: args.cache_bytes,
+        cache_dir: args.cache_dir,
+        ..ServerConfig::default()
+    };
+    if let Some(threads) = args.threads {
+        config.threads = threads.max(1);
+    }
+    config
+}
+
+fn main() {
+    let args: Args = argh::from_env();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&args.log_level));
+    use std::io::IsTerminal;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+
+    let config = config_from(args);
+    if config.core.auth_token.is_none() && !is_loopback(&config.host) {
+        tracing::warn!(
+            host = config.host,
+            "binding a non-loopback address without --auth-token: anyone who can reach this port can run SQL"
+        );
+    }
+
+    let (stop, shutdown) = async_channel::bounded::<()>(1);
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+    ])
+    .expect("install signal handlers");
+    std::thread::spawn(move || {
+        let mut received = 0;
+        for signal in signals.forever() {
+            received += 1;
+            if received == 1 {
+                tracing::info!(signal, "signal received; shutting down gracefully");
+                let _ = stop.try_send(());
+            } else {
+                tracing::warn!("second signal; exiting immediately");
+                std::process::exit(130);
+            }
+        }
+    });
+
+    let sync = config.core.sync_enabled;
+    let db = config.db_path.clone();
+    let result = duckwire_smol::run(
+        config,
+        |addr| {
+            println!(
+                "duckwire listening on ws://{addr}/ (database {db}, sync {})",
+                if sync { "on" } else { "off" }
+            );
+            use std::io::Write;
+            let _ = std::io::stdout().flush();
+        },
+        shutdown,
+    );
+    if let Err(e) = result {
+        tracing::error!("{e}");
+        eprintln!("duckwire: {e}");
+        std::process::exit(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn caps_accept_numbers_zero_and_none() {
+        assert_eq!(parse_cap("10"), Ok(Some(10)));
+        assert_eq!(parse_cap("0"), Ok(None));
+        assert_eq!(parse_cap("None"), Ok(None));
+        assert!(parse_cap("ten").is_err());
+    }
+
+    #[test]
+    fn flags_map_to_config() {
+        let args = Args::from_args(
+            &["duckwire"],
+            &[
+                "--port",
+                "0",
+                "--sync",
+                "--max-frame-bytes",
+                "none",
+                "--max-connections",
+                "7",
+                "--extensions",
+                "httpfs, h3@community",
+            ],
+        )
+        .unwrap();
+        let config = config_from(args);
+        assert_eq!(config.port, 0);
+        assert!(config.core.sync_enabled);
+        assert!(
+            config.core.allow_client_snapshots,
+            ":memory: allows client snapshots"
+        );
+        assert_eq!(config.core.limits.max_frame_bytes, None);
+        assert_eq!(config.core.limits.max_connections, Some(7));
+        assert_eq!(
+            config.core.limits.max_header_bytes,
+            Limits::default().max_header_bytes
+        );
+        assert_eq!(config.extensions, vec!["httpfs", "h3@community"]);
+    }
+}

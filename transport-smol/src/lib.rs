@@ -1,1 +1,14 @@
+#![doc = include_str!("../README.md")]
 
+pub mod cache;
+pub mod config;
+mod driver;
+pub mod executor;
+mod http;
+pub mod meta;
+pub mod metrics;
+mod server;
+mod ws;
+
+pub use config::ServerConfig;
+pub use server::{open_database, run, StartError};

@@ -1,0 +1,347 @@
+//! The result cache of `persist: true` queries (SPEC §3): key = (query type, exact SQL),
+//! a byte budget with LRU eviction, single flight for concurrent identical misses, an optional
+//! on-disk tier, and invalidation by writes.
+//!
+//! A generation counter closes the race where a read that started before a write finishes
+//! after it: its result is not cached, because the generation moved on.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Condvar, Mutex};
+
+use bytes::Bytes;
+use sha2::{Digest, Sha256};
+
+use crate::metrics::Metrics;
+
+pub type CacheKey = (&'static str, String);
+
+/// What the cache stores: Arrow IPC stream bytes or a JSON rows string (as bytes).
+pub type CachedValue = Bytes;
+
+#[derive(Default)]
+struct Lru {
+    entries: HashMap<CacheKey, (CachedValue, u64)>,
+    /// Recency tick → key.
+    order: BTreeMap<u64, CacheKey>,
+    tick: u64,
+    bytes: usize,
+    generation: u64,
+}
+
+/// One computation in progress that other identical requests wait for: its value and
+/// whether it may be shared.
+type Flight = Arc<(Mutex<Option<Result<(CachedValue, bool), String>>>, Condvar)>;
+
+pub struct ResultCache {
+    budget: Option<usize>,
+    disk: Option<PathBuf>,
+    lru: Mutex<Lru>,
+    flights: Mutex<HashMap<CacheKey, Flight>>,
+    metrics: Arc<Metrics>,
+    /// Callers currently waiting on another's computation (lets tests line up a flight).
+    waiting: std::sync::atomic::AtomicUsize,
+}
+
+impl ResultCache {
+    /// `budget`: bytes for the in-memory tier (`None` → no in-memory tier). The on-disk tier
+    /// is emptied at start: the database may have changed while the server was down.
+    pub fn new(
+        budget: Option<usize>,
+        disk: Option<PathBuf>,
+        metrics: Arc<Metrics>,
+    ) -> std::io::Result<Self> {
+        if let Some(dir) = &disk {
+            std::fs::create_dir_all(dir)?;
+            clear_dir(dir);
+        }
+        Ok(ResultCache {
+            budget,
+            disk,
+            lru: Mutex::new(Lru::default()),
+            flights: Mutex::new(HashMap::new()),
+            metrics,
+            waiting: Default::default(),
+        })
+    }
+
+    pub fn is_enabled(&self) -> bool {
+        self.budget.is_some() || self.disk.is_some()
+    }
+
+    /// Drops every cached result (a write went through the server).
+    pub fn invalidate(&self) {
+        let mut lru = self.lru.lock().unwrap_or_else(|e| e.into_inner());
+        lru.entries.clear();
+        lru.order.clear();
+        lru.bytes = 0;
+        lru.generation += 1;
+        self.metrics.cache_bytes.store(0, Relaxed);
+        if let Some(dir) = &self.disk {
+            clear_dir(dir);
+        }
+    }
+
+    /// Returns the cached value for `key`, or computes it once however many callers ask at
+    /// the same time. `compute` returns the value and whether it may be cached.
+    pub fn get_or_compute(
+        &self,
+        key: CacheKey,
+        compute: impl FnOnce() -> Result<(CachedValue, bool), String>,
+    ) -> Result<(CachedValue, bool), String> {
+        if let Some(value) = self.lookup(&key) {
+            self.metrics.cache_hits.fetch_add(1, Relaxed);
+            return Ok((value, true));
+        }
+        let (flight, leader) = {
+            let mut flights = self.flights.lock().unwrap_or_else(|e| e.into_inner());
+            match flights.get(&key) {
+                Some(flight) => (flight.clone(), false),
+                None => {
+                    let flight: Flight = Arc::new((Mutex::new(None), Condvar::new()));
+                    flights.insert(key.clone(), flight.clone());
+                    (flight, true)
+                }
+            }
+        };
+        if !leader {
+            let (slot, ready) = &*flight;
+            let mut result = slot.lock().unwrap_or_else(|e| e.into_inner());
+            self.waiting.fetch_add(1, Relaxed);
+            while result.is_none() {
+                result = ready.wait(result).unwrap_or_else(|e| e.into_inner());
+            }
+            match result.clone().expect("set above") {
+                // The leader's result could not be shared (not a cacheable read): run our own.
+                Ok((_, false)) => {
+                    drop(result);
+                    self.metrics.cache_misses.fetch_add(1, Relaxed);
+                    return compute().map(|(v, _)| (v, false));
+                }
+                Ok((value, true)) => {
+                    self.metrics.cache_hits.fetch_add(1, Relaxed);
+                    return Ok((value, true));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        self.metrics.cache_misses.fetch_add(1, Relaxed);
+        let generation = self.generation();
+        let computed = compute();
+        if let Ok((value, true)) = &computed {
+            self.insert(key.clone(), value.clone(), generation);
+        }
+        let shared = computed.clone();
+        let (slot, ready) = &*flight;
+        *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(shared);
+        ready.notify_all();
+        self.flights
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&key);
+        computed.map(|(v, _)| (v, false))
+    }
+
+    fn generation(&self) -> u64 {
+        self.lru
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .generation
+    }
+
+    fn lookup(&self, key: &CacheKey) -> Option<CachedValue> {
+        {
+            let mut lru = self.lru.lock().unwrap_or_else(|e| e.into_inner());
+            lru.tick += 1;
+            let tick = lru.tick;
+            if let Some((value, old_tick)) = lru.entries.get_mut(key) {
+                let value = value.clone();
+                let old = std::mem::replace(old_tick, tick);
+                lru.order.remove(&old);
+                lru.order.insert(tick, key.clone());
+                return Some(value);
+            }
+        }
+        let path = self.disk_path(key)?;
+        let bytes = std::fs::read(path).ok()?;
+        Some(Bytes::from(bytes))
+    }
+
+    fn insert(&self, key: CacheKey, value: CachedValue, generation: u64) {
+        let mut lru = self.lru.lock().unwrap_or_else(|e| e.into_inner());
+        if lru.generation != generation {
+            return;
+        }
+        if let Some(path) = self.disk_path(&key) {
+            // Best effort: a failed disk write only means a later miss.
+            let _ = std::fs::write(path, &value);
+        }
+        let Some(budget) = self.budget else {
+            return;
+        };
+        if value.len() > budget {
+            return;
+        }
+        lru.tick += 1;
+        let tick = lru.tick;
+        lru.bytes += value.len();
+        if let Some((old, old_tick)) = lru.entries.insert(key.clone(), (value, tick)) {
+            lru.bytes -= old.len();
+            lru.order.remove(&old_tick);
+        }
+        lru.order.insert(tick, key);
+        while lru.bytes > budget {
+            let Some((_, oldest)) = lru.order.pop_first() else {
+                break;
+            };
+            if let Some((evicted, _)) = lru.entries.remove(&oldest) {
+                lru.bytes -= evicted.len();
+            }
+        }
+        self.metrics.cache_bytes.store(lru.bytes as u64, Relaxed);
+    }
+
+    fn disk_path(&self, key: &CacheKey) -> Option<PathBuf> {
+        let dir = self.disk.as_ref()?;
+        let mut hasher = Sha256::new();
+        hasher.update(key.0.as_bytes());
+        hasher.update([0]);
+        hasher.update(key.1.as_bytes());
+        Some(dir.join(format!("{}.bin", hex::encode(hasher.finalize()))))
+    }
+
+    #[cfg(test)]
+    fn bytes(&self) -> usize {
+        self.lru.lock().unwrap().bytes
+    }
+}
+
+fn clear_dir(dir: &std::path::Path) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            if entry.path().extension().is_some_and(|e| e == "bin") {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    fn cache(budget: Option<usize>) -> ResultCache {
+        ResultCache::new(budget, None, Arc::default()).unwrap()
+    }
+
+    fn value(text: &str) -> Result<(CachedValue, bool), String> {
+        Ok((Bytes::copy_from_slice(text.as_bytes()), true))
+    }
+
+    #[test]
+    fn hit_after_miss_and_invalidation_drops_everything() {
+        let cache = cache(Some(1024));
+        let key = ("json", "select 1".to_string());
+        assert_eq!(
+            cache.get_or_compute(key.clone(), || value("a")).unwrap().1,
+            false
+        );
+        let (hit, was_hit) = cache
+            .get_or_compute(key.clone(), || panic!("cached"))
+            .unwrap();
+        assert!(was_hit);
+        assert_eq!(&hit[..], b"a");
+        cache.invalidate();
+        assert_eq!(
+            cache.get_or_compute(key, || value("b")).unwrap().0,
+            Bytes::from("b")
+        );
+    }
+
+    #[test]
+    fn lru_eviction_keeps_the_budget() {
+        let cache = cache(Some(10));
+        for i in 0..5 {
+            cache
+                .get_or_compute(("json", format!("q{i}")), || value("xxxx"))
+                .unwrap();
+        }
+        assert!(cache.bytes() <= 10);
+        // The most recent entries survive.
+        assert!(
+            cache
+                .get_or_compute(("json", "q4".into()), || value("new"))
+                .unwrap()
+                .1
+        );
+        assert!(
+            !cache
+                .get_or_compute(("json", "q0".into()), || value("new"))
+                .unwrap()
+                .1
+        );
+    }
+
+    #[test]
+    fn concurrent_identical_misses_compute_once() {
+        let cache = Arc::new(cache(Some(1024)));
+        let runs = Arc::new(AtomicUsize::new(0));
+        let gate = Arc::new(std::sync::Barrier::new(4));
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let (cache, runs, gate) = (cache.clone(), runs.clone(), gate.clone());
+                std::thread::spawn(move || {
+                    gate.wait();
+                    cache
+                        .get_or_compute(("arrow", "slow".into()), || {
+                            runs.fetch_add(1, Ordering::SeqCst);
+                            // Hold the flight open until the three others wait on it.
+                            while cache.waiting.load(Ordering::SeqCst) < 3 {
+                                std::thread::yield_now();
+                            }
+                            value("result")
+                        })
+                        .unwrap()
+                        .0
+                })
+            })
+            .collect();
+        for t in threads {
+            assert_eq!(&t.join().unwrap()[..], b"result");
+        }
+        assert_eq!(runs.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn a_result_computed_across_an_invalidation_is_not_cached() {
+        let cache = cache(Some(1024));
+        let key = ("json", "select * from t".to_string());
+        cache
+            .get_or_compute(key.clone(), || {
+                cache.invalidate();
+                value("stale")
+            })
+            .unwrap();
+        assert!(!cache.get_or_compute(key, || value("fresh")).unwrap().1);
+    }
+
+    #[test]
+    fn disk_tier_serves_entries_evicted_from_memory() {
+        let dir = std::env::temp_dir().join(format!("duckwire-cache-test-{}", std::process::id()));
+        let cache = ResultCache::new(Some(4), Some(dir.clone()), Arc::default()).unwrap();
+        cache
+            .get_or_compute(("json", "a".into()), || value("aaaa"))
+            .unwrap();
+        cache
+            .get_or_compute(("json", "b".into()), || value("bbbb"))
+            .unwrap();
+        let (value_a, hit) = cache
+            .get_or_compute(("json", "a".into()), || value("miss"))
+            .unwrap();
+        assert!(hit);
+        assert_eq!(&value_a[..], b"aaaa");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}

@@ -1,0 +1,50 @@
+//! Everything the server needs to start, as the CLI resolved it.
+
+use std::path::PathBuf;
+
+use duckwire_core::OriginPolicy;
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub host: String,
+    /// 0 picks a free port (tests).
+    pub port: u16,
+    /// `:memory:` or a file path.
+    pub db_path: String,
+    /// `name` or `name@repository`.
+    pub extensions: Vec<String>,
+    /// Protocol settings: caps, token, sync, snapshot policy, save timing.
+    pub core: duckwire_core::Config,
+    pub meta_namespace: String,
+    pub meta_db: Option<PathBuf>,
+    pub origins: OriginPolicy,
+    /// Result cache byte budget; `None` disables the in-memory tier.
+    pub cache_bytes: Option<usize>,
+    pub cache_dir: Option<PathBuf>,
+    /// DuckDB worker threads (and `SET threads`).
+    pub threads: usize,
+}
+
+impl ServerConfig {
+    pub fn is_in_memory(&self) -> bool {
+        self.db_path == ":memory:" || self.db_path.is_empty()
+    }
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            host: "127.0.0.1".into(),
+            port: 4000,
+            db_path: ":memory:".into(),
+            extensions: Vec::new(),
+            core: duckwire_core::Config::default(),
+            meta_namespace: "__sqlrooms".into(),
+            meta_db: None,
+            origins: OriginPolicy::default(),
+            cache_bytes: Some(256 * 1024 * 1024),
+            cache_dir: None,
+            threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
+        }
+    }
+}

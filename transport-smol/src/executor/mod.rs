@@ -1,0 +1,429 @@
+//! The DuckDB executor: a bounded pool of worker threads, each query on its own connection
+//! cloned from the one database, interrupts, conflict retries, the result cache, uploads.
+
+pub mod ipc;
+pub mod json;
+pub mod sql;
+pub mod upload;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use duckdb::arrow::record_batch::RecordBatch;
+use duckdb::{Connection, InterruptHandle};
+use duckwire_core::{QueryHandle, QueryKind, QueryOutcome};
+
+use crate::cache::ResultCache;
+use crate::metrics::Metrics;
+
+/// Conflict retries (SPEC §3): up to 5, 10 ms doubling, capped at 500 ms, ±30 % jitter.
+const MAX_CONFLICT_RETRIES: u32 = 5;
+const FIRST_BACKOFF_MS: f64 = 10.0;
+const MAX_BACKOFF_MS: f64 = 500.0;
+
+pub enum Job {
+    Query {
+        handle: QueryHandle,
+        kind: QueryKind,
+        sql: String,
+        persist: bool,
+        arrow_header: Bytes,
+    },
+    Upload {
+        handle: QueryHandle,
+        table_name: String,
+        payload: Bytes,
+    },
+    /// Mosaic REST: no handle, the reply goes straight back to the HTTP task.
+    Rest {
+        kind: QueryKind,
+        sql: String,
+        reply: async_channel::Sender<Result<QueryOutcome, String>>,
+    },
+}
+
+/// How the executor reports back to the driver.
+pub enum Completion {
+    Query {
+        handle: QueryHandle,
+        outcome: QueryOutcome,
+        wrote: bool,
+    },
+    Upload {
+        handle: QueryHandle,
+        result: Result<(), String>,
+    },
+}
+
+pub type CompletionSink = Arc<dyn Fn(Completion) + Send + Sync>;
+
+/// Interrupt bookkeeping: queued handles can be cancelled before they start, running ones
+/// through their connection's interrupt handle.
+#[derive(Default)]
+struct Interrupts {
+    state: Mutex<InterruptState>,
+}
+
+#[derive(Default)]
+struct InterruptState {
+    queued: HashSet<QueryHandle>,
+    cancelled_before_start: HashSet<QueryHandle>,
+    running: HashMap<QueryHandle, Arc<InterruptHandle>>,
+    shutting_down: bool,
+}
+
+impl Interrupts {
+    fn lock(&self) -> std::sync::MutexGuard<'_, InterruptState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn queued(&self, handle: QueryHandle) {
+        self.lock().queued.insert(handle);
+    }
+
+    fn interrupt(&self, handle: QueryHandle) {
+        let mut state = self.lock();
+        if let Some(running) = state.running.get(&handle) {
+            running.interrupt();
+        } else if state.queued.contains(&handle) {
+            state.cancelled_before_start.insert(handle);
+        }
+    }
+
+    /// Registers a starting query; `false` if it was cancelled while queued.
+    fn start(&self, handle: QueryHandle, interrupt: Arc<InterruptHandle>) -> bool {
+        let mut state = self.lock();
+        state.queued.remove(&handle);
+        if state.cancelled_before_start.remove(&handle) || state.shutting_down {
+            return false;
+        }
+        state.running.insert(handle, interrupt);
+        true
+    }
+
+    fn finish(&self, handle: QueryHandle) {
+        self.lock().running.remove(&handle);
+    }
+
+    fn interrupt_all(&self) {
+        let mut state = self.lock();
+        state.shutting_down = true;
+        for running in state.running.values() {
+            running.interrupt();
+        }
+    }
+}
+
+pub struct Executor {
+    jobs: async_channel::Sender<Job>,
+    interrupts: Arc<Interrupts>,
+    workers: Mutex<Vec<JoinHandle<()>>>,
+}
+
+struct Worker {
+    base: Arc<Mutex<Connection>>,
+    interrupts: Arc<Interrupts>,
+    cache: Arc<ResultCache>,
+    metrics: Arc<Metrics>,
+    completions: CompletionSink,
+    jitter: u64,
+}
+
+impl Executor {
+    pub fn start(
+        base: Arc<Mutex<Connection>>,
+        threads: usize,
+        cache: Arc<ResultCache>,
+        metrics: Arc<Metrics>,
+        completions: CompletionSink,
+    ) -> Executor {
+        let (jobs, queue) = async_channel::unbounded::<Job>();
+        let interrupts = Arc::new(Interrupts::default());
+        let workers = (0..threads.max(1))
+            .map(|i| {
+                let queue = queue.clone();
+                let mut worker = Worker {
+                    base: base.clone(),
+                    interrupts: interrupts.clone(),
+                    cache: cache.clone(),
+                    metrics: metrics.clone(),
+                    completions: completions.clone(),
+                    jitter: seed() ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+                };
+                std::thread::Builder::new()
+                    .name(format!("duckdb-worker-{i}"))
+                    .spawn(move || {
+                        while let Ok(job) = queue.recv_blocking() {
+                            worker.run(job);
+                        }
+                    })
+                    .expect("spawn DuckDB worker thread")
+            })
+            .collect();
+        Executor {
+            jobs,
+            interrupts,
+            workers: Mutex::new(workers),
+        }
+    }
+
+    pub fn submit(&self, job: Job) {
+        match &job {
+            Job::Query { handle, .. } | Job::Upload { handle, .. } => {
+                self.interrupts.queued(*handle)
+            }
+            Job::Rest { .. } => {}
+        }
+        // The queue is closed only at shutdown; a job then is dropped (its connection is gone).
+        let _ = self.jobs.try_send(job);
+    }
+
+    pub fn interrupt(&self, handle: QueryHandle) {
+        self.interrupts.interrupt(handle);
+    }
+
+    /// Interrupts running queries, drops queued ones, and waits for the workers to stop.
+    pub fn shutdown(&self) {
+        self.interrupts.interrupt_all();
+        self.jobs.close();
+        let workers = std::mem::take(&mut *self.workers.lock().unwrap_or_else(|e| e.into_inner()));
+        for worker in workers {
+            let _ = worker.join();
+        }
+    }
+}
+
+fn seed() -> u64 {
+    let mut bytes = [0u8; 8];
+    let _ = getrandom::fill(&mut bytes);
+    u64::from_le_bytes(bytes) | 1
+}
+
+fn is_conflict(message: &str) -> bool {
+    [
+        "Transaction conflict",
+        "Conflict on",
+        "write-write conflict",
+    ]
+    .iter()
+    .any(|needle| message.contains(needle))
+}
+
+impl Worker {
+    fn connection(&self) -> Result<Connection, String> {
+        self.base
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .try_clone()
+            .map_err(|e| format!("cannot open a DuckDB connection: {e}"))
+    }
+
+    /// xorshift, for backoff jitter only.
+    fn next_jitter(&mut self) -> f64 {
+        self.jitter ^= self.jitter << 13;
+        self.jitter ^= self.jitter >> 7;
+        self.jitter ^= self.jitter << 17;
+        (self.jitter % 10_000) as f64 / 10_000.0
+    }
+
+    fn backoff(&mut self, attempt: u32) -> Duration {
+        let base = (FIRST_BACKOFF_MS * 2f64.powi(attempt as i32)).min(MAX_BACKOFF_MS);
+        let factor = 0.7 + 0.6 * self.next_jitter();
+        Duration::from_secs_f64(base * factor / 1000.0)
+    }
+
+    fn run(&mut self, job: Job) {
+        let started = Instant::now();
+        match job {
+            Job::Query {
+                handle,
+                kind,
+                sql,
+                persist,
+                arrow_header,
+            } => {
+                let (outcome, wrote) = self.query(handle, kind, &sql, persist, &arrow_header);
+                self.record(kind.as_str(), &outcome, started);
+                (self.completions)(Completion::Query {
+                    handle,
+                    outcome,
+                    wrote,
+                });
+            }
+            Job::Upload {
+                handle,
+                table_name,
+                payload,
+            } => {
+                let result = self.upload(handle, &table_name, payload);
+                let outcome = match &result {
+                    Ok(()) => QueryOutcome::NoResultSet,
+                    Err(e) => QueryOutcome::Failed(e.clone()),
+                };
+                self.record("upload", &outcome, started);
+                (self.completions)(Completion::Upload { handle, result });
+            }
+            Job::Rest { kind, sql, reply } => {
+                let result = self
+                    .connection()
+                    .and_then(|conn| {
+                        self.with_retries(|| run_sql(&conn, kind, &sql, &Bytes::new()))
+                    })
+                    .map(|(outcome, _)| outcome);
+                let _ = reply.try_send(result);
+            }
+        }
+    }
+
+    fn record(&self, kind: &str, outcome: &QueryOutcome, started: Instant) {
+        let label = match outcome {
+            QueryOutcome::Failed(_) => "error",
+            QueryOutcome::Cancelled => "cancelled",
+            _ => "ok",
+        };
+        self.metrics
+            .record_query(kind, label, started.elapsed().as_secs_f64());
+    }
+
+    fn with_retries<T>(&mut self, mut run: impl FnMut() -> Result<T, String>) -> Result<T, String> {
+        let mut attempt = 0;
+        loop {
+            match run() {
+                Err(message) if is_conflict(&message) && attempt < MAX_CONFLICT_RETRIES => {
+                    std::thread::sleep(self.backoff(attempt));
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn query(
+        &mut self,
+        handle: QueryHandle,
+        kind: QueryKind,
+        sql: &str,
+        persist: bool,
+        arrow_header: &Bytes,
+    ) -> (QueryOutcome, bool) {
+        let conn = match self.connection() {
+            Ok(conn) => conn,
+            Err(e) => return (QueryOutcome::Failed(e), false),
+        };
+        if !self.interrupts.start(handle, conn.interrupt_handle()) {
+            return (QueryOutcome::Cancelled, false);
+        }
+        let result = if persist && self.cache.is_enabled() {
+            self.cached_query(&conn, kind, sql, arrow_header)
+        } else {
+            self.with_retries(|| run_sql(&conn, kind, sql, arrow_header))
+        };
+        self.interrupts.finish(handle);
+        match result {
+            Ok(done) => done,
+            Err(message) if message.contains("INTERRUPT") => (QueryOutcome::Cancelled, false),
+            Err(message) => (QueryOutcome::Failed(message), !sql::classify(sql).read_only),
+        }
+    }
+
+    /// Through the cache: the stored value is the IPC stream (Arrow) or the rows text (JSON).
+    fn cached_query(
+        &mut self,
+        conn: &Connection,
+        kind: QueryKind,
+        sql: &str,
+        arrow_header: &Bytes,
+    ) -> Result<(QueryOutcome, bool), String> {
+        let cache = self.cache.clone();
+        let mut computed: Option<(QueryOutcome, bool)> = None;
+        let (value, _) = cache.get_or_compute((kind.as_str(), sql.to_string()), || {
+            let (outcome, wrote) = self.with_retries(|| run_sql(conn, kind, sql, arrow_header))?;
+            let shareable = match (&outcome, wrote) {
+                (QueryOutcome::Arrow(frame), false) => Some(frame.slice(arrow_header.len()..)),
+                (QueryOutcome::Json(rows), false) => Some(Bytes::copy_from_slice(rows.as_bytes())),
+                _ => None,
+            };
+            computed = Some((outcome, wrote));
+            Ok(match shareable {
+                Some(value) => (value, true),
+                None => (Bytes::new(), false),
+            })
+        })?;
+        if let Some(done) = computed {
+            return Ok(done);
+        }
+        // Served from the cache (or another request's identical computation).
+        let outcome = match kind {
+            QueryKind::Arrow => {
+                let mut frame = Vec::with_capacity(arrow_header.len() + value.len());
+                frame.extend_from_slice(arrow_header);
+                frame.extend_from_slice(&value);
+                QueryOutcome::Arrow(Bytes::from(frame))
+            }
+            _ => QueryOutcome::Json(String::from_utf8_lossy(&value).into_owned()),
+        };
+        Ok((outcome, false))
+    }
+
+    fn upload(
+        &mut self,
+        handle: QueryHandle,
+        table_name: &str,
+        payload: Bytes,
+    ) -> Result<(), String> {
+        let conn = self.connection()?;
+        if !self.interrupts.start(handle, conn.interrupt_handle()) {
+            return Err(duckwire_core::ProtocolError::Cancelled.to_string());
+        }
+        let result = self.with_retries(|| upload::upload(&conn, table_name, payload.clone()));
+        self.interrupts.finish(handle);
+        result
+    }
+}
+
+/// Runs `sql` and shapes its last result. `arrow_header` prefixes Arrow output.
+pub fn run_sql(
+    conn: &Connection,
+    kind: QueryKind,
+    sql: &str,
+    arrow_header: &Bytes,
+) -> Result<(QueryOutcome, bool), String> {
+    if sql.trim().is_empty() {
+        return Err(duckwire_core::ProtocolError::EmptySql.to_string());
+    }
+    let class = sql::classify(sql);
+    let wrote = !class.read_only;
+    let mut statement = conn.prepare(sql).map_err(|e| e.to_string())?;
+    if kind == QueryKind::Exec || !class.returns_rows {
+        statement.execute([]).map_err(|e| e.to_string())?;
+        return Ok((QueryOutcome::NoResultSet, wrote));
+    }
+    // Stream the result: DuckDB hands over one chunk at a time, so a large result is held
+    // once, as the bytes being written.
+    drop(statement.stream_arrow([]).map_err(|e| e.to_string())?);
+    let schema = statement.schema();
+    let batches = std::iter::from_fn(|| match statement.step() {
+        Ok(Some(chunk)) => Some(Ok(RecordBatch::from(&chunk))),
+        Ok(None) => None,
+        Err(e) => Some(Err(e.to_string())),
+    });
+    match kind {
+        QueryKind::Arrow => {
+            let mut frame = Vec::with_capacity(arrow_header.len() + 4096);
+            frame.extend_from_slice(arrow_header);
+            ipc::write_stream(&mut frame, &schema, batches)?;
+            Ok((QueryOutcome::Arrow(Bytes::from(frame)), wrote))
+        }
+        _ => {
+            let batches = batches.collect::<Result<Vec<_>, String>>()?;
+            let names =
+                json::unique_column_names(schema.fields().iter().map(|f| f.name().as_str()));
+            let mut rows = String::new();
+            json::write_rows(&batches, &names, &mut rows);
+            Ok((QueryOutcome::Json(rows), wrote))
+        }
+    }
+}

@@ -1,0 +1,175 @@
+//! A light lexical look at SQL text: split statements and tell reads from writes.
+//!
+//! DuckDB parses and runs the SQL; this only decides two things the C API does not tell
+//! duckdb-rs users: whether the last statement yields a result set (else the reply is `ok`),
+//! and whether the whole text may have written (then cached results are dropped).
+
+/// Splits on top-level `;`, skipping quotes, comments and dollar-quoted strings.
+pub fn split_statements(sql: &str) -> Vec<&str> {
+    let bytes = sql.as_bytes();
+    let mut statements = Vec::new();
+    let (mut start, mut i) = (0, 0);
+    while i < bytes.len() {
+        match bytes[i] {
+            b'\'' | b'"' => i = skip_quoted(bytes, i, bytes[i]),
+            b'-' if bytes.get(i + 1) == Some(&b'-') => {
+                i = bytes[i..]
+                    .iter()
+                    .position(|b| *b == b'\n')
+                    .map_or(bytes.len(), |p| i + p)
+            }
+            b'/' if bytes.get(i + 1) == Some(&b'*') => {
+                i = find(bytes, i + 2, b"*/").map_or(bytes.len(), |p| p + 2)
+            }
+            b'$' => i = skip_dollar_quoted(bytes, i),
+            b';' => {
+                statements.push(&sql[start..i]);
+                start = i + 1;
+                i += 1;
+            }
+            _ => i += 1,
+        }
+    }
+    statements.push(&sql[start..]);
+    statements
+        .into_iter()
+        .filter(|s| !strip_comments_and_space(s).is_empty())
+        .collect()
+}
+
+fn skip_quoted(bytes: &[u8], start: usize, quote: u8) -> usize {
+    let mut i = start + 1;
+    while i < bytes.len() {
+        if bytes[i] == quote {
+            if bytes.get(i + 1) == Some(&quote) {
+                i += 2;
+                continue;
+            }
+            return i + 1;
+        }
+        i += 1;
+    }
+    bytes.len()
+}
+
+fn skip_dollar_quoted(bytes: &[u8], start: usize) -> usize {
+    let tag_end = bytes[start + 1..]
+        .iter()
+        .position(|b| !(b.is_ascii_alphanumeric() || *b == b'_'))
+        .map(|p| start + 1 + p);
+    match tag_end {
+        Some(end) if bytes[end] == b'$' => {
+            let tag = &bytes[start..=end];
+            find(bytes, end + 1, tag).map_or(bytes.len(), |p| p + tag.len())
+        }
+        _ => start + 1,
+    }
+}
+
+fn find(bytes: &[u8], from: usize, needle: &[u8]) -> Option<usize> {
+    bytes
+        .get(from..)?
+        .windows(needle.len())
+        .position(|w| w == needle)
+        .map(|p| from + p)
+}
+
+fn strip_comments_and_space(mut s: &str) -> &str {
+    loop {
+        s = s.trim_start();
+        if let Some(rest) = s.strip_prefix("--") {
+            s = rest.split_once('\n').map_or("", |(_, r)| r);
+        } else if let Some(rest) = s.strip_prefix("/*") {
+            s = rest.split_once("*/").map_or("", |(_, r)| r);
+        } else {
+            return s.trim_end();
+        }
+    }
+}
+
+/// The leading keyword of a statement, uppercased (parentheses skipped).
+fn leading_keyword(statement: &str) -> String {
+    strip_comments_and_space(statement)
+        .trim_start_matches(|c: char| c == '(' || c.is_whitespace())
+        .chars()
+        .take_while(|c| c.is_ascii_alphabetic())
+        .collect::<String>()
+        .to_ascii_uppercase()
+}
+
+const QUERY_KEYWORDS: [&str; 12] = [
+    "SELECT",
+    "WITH",
+    "VALUES",
+    "FROM",
+    "TABLE",
+    "SHOW",
+    "DESCRIBE",
+    "DESC",
+    "SUMMARIZE",
+    "EXPLAIN",
+    "PIVOT",
+    "UNPIVOT",
+];
+
+/// Statements that return rows although they may do more (procedures, pragmas).
+const ROW_RETURNING_COMMANDS: [&str; 2] = ["CALL", "PRAGMA"];
+
+fn has_returning(statement: &str) -> bool {
+    statement
+        .to_ascii_uppercase()
+        .split(|c: char| !c.is_ascii_alphanumeric() && c != '_')
+        .any(|word| word == "RETURNING")
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Classification {
+    /// The last statement yields a result set.
+    pub returns_rows: bool,
+    /// Every statement is a plain read (so the cache need not be invalidated).
+    pub read_only: bool,
+}
+
+pub fn classify(sql: &str) -> Classification {
+    let statements = split_statements(sql);
+    let is_read = |s: &&str| QUERY_KEYWORDS.contains(&leading_keyword(s).as_str());
+    let returns_rows = statements.last().is_some_and(|last| {
+        let keyword = leading_keyword(last);
+        QUERY_KEYWORDS.contains(&keyword.as_str())
+            || ROW_RETURNING_COMMANDS.contains(&keyword.as_str())
+            || has_returning(last)
+    });
+    Classification {
+        returns_rows,
+        read_only: !statements.is_empty() && statements.iter().all(|s| is_read(s)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_on_top_level_semicolons_only() {
+        let sql = "select 'a;b'; -- c;d\n select \"x;\" /* ; */ ; select $$;$$; ;";
+        assert_eq!(split_statements(sql).len(), 3);
+        assert_eq!(split_statements("  ;; -- only a comment").len(), 0);
+    }
+
+    #[test]
+    fn reads_and_writes() {
+        let read = classify("select 1");
+        assert!(read.returns_rows && read.read_only);
+        let cte = classify("  (WITH t AS (select 1) SELECT * FROM t)");
+        assert!(cte.returns_rows && cte.read_only);
+        let ddl = classify("create table t(x int)");
+        assert!(!ddl.returns_rows && !ddl.read_only);
+        let insert_then_select = classify("insert into t values (1); select * from t");
+        assert!(insert_then_select.returns_rows && !insert_then_select.read_only);
+        let returning = classify("insert into t values (1) returning x");
+        assert!(returning.returns_rows && !returning.read_only);
+        let call = classify("call pragma_version()");
+        assert!(call.returns_rows && !call.read_only);
+        assert!(!classify("  ").returns_rows);
+    }
+}
