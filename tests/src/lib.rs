@@ -1,1 +1,358 @@
+//! Helpers for end-to-end tests: the real `duckwire` binary on a free port, a real
+//! WebSocket client (tungstenite), raw HTTP over a TCP socket, and Arrow IPC decoding.
 
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+use tungstenite::client::IntoClientRequest;
+use tungstenite::protocol::frame::coding::CloseCode;
+use tungstenite::{Message, WebSocket};
+
+/// How long a test waits for any single reply before failing (instead of hanging).
+pub const REPLY_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The repository's shared Parquet data (flights, athletes, penguins).
+pub fn data_file(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared/data")
+        .join(name)
+}
+
+/// The `duckwire` binary next to this test executable (target/<profile>/duckwire).
+pub fn binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target dir");
+    let binary = dir.join("duckwire");
+    assert!(
+        binary.exists(),
+        "{} not found: build it first (scripts/test.sh does)",
+        binary.display()
+    );
+    binary
+}
+
+/// A running server process; killed when dropped.
+pub struct ServerProcess {
+    child: Option<Child>,
+    pub addr: String,
+}
+
+impl ServerProcess {
+    pub fn start(args: &[&str]) -> ServerProcess {
+        Self::start_with_env(args, &[])
+    }
+
+    pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> ServerProcess {
+        let mut command = Command::new(binary());
+        command.args(["--port", "0", "--log-level", "warn"]);
+        if !args.contains(&"--threads") {
+            command.args(["--threads", "2"]);
+        }
+        command
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let mut child = command.spawn().expect("start duckwire");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("startup line");
+        let addr = line
+            .split("ws://")
+            .nth(1)
+            .and_then(|rest| rest.split('/').next())
+            .unwrap_or_else(|| panic!("no address in startup line {line:?}"))
+            .to_string();
+        ServerProcess {
+            child: Some(child),
+            addr,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("ws://{}{}", self.addr, path)
+    }
+
+    pub fn connect(&self) -> Client {
+        Client::connect(&self.url("/"), &[])
+    }
+
+    /// SIGTERM, then wait for the exit status.
+    pub fn terminate(mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("running");
+        let status = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+        child.wait().expect("wait")
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// What a client received.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Received {
+    Json(Value),
+    Binary(Vec<u8>),
+    Closed(Option<u16>),
+}
+
+pub struct Client {
+    socket: WebSocket<tungstenite::stream::MaybeTlsStream<TcpStream>>,
+}
+
+impl Client {
+    pub fn try_connect(url: &str, headers: &[(&str, &str)]) -> Result<Client, tungstenite::Error> {
+        let mut request = url.into_client_request()?;
+        for (name, value) in headers {
+            request.headers_mut().insert(
+                tungstenite::http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                value.parse().unwrap(),
+            );
+        }
+        let (socket, _) = tungstenite::connect(request)?;
+        if let tungstenite::stream::MaybeTlsStream::Plain(stream) = socket.get_ref() {
+            stream.set_read_timeout(Some(REPLY_TIMEOUT)).unwrap();
+        }
+        Ok(Client { socket })
+    }
+
+    pub fn connect(url: &str, headers: &[(&str, &str)]) -> Client {
+        Self::try_connect(url, headers).expect("WebSocket connect")
+    }
+
+    pub fn send_json(&mut self, value: Value) {
+        self.socket
+            .send(Message::Text(value.to_string().into()))
+            .expect("send");
+    }
+
+    pub fn send_text(&mut self, text: &str) {
+        self.socket.send(Message::Text(text.into())).expect("send");
+    }
+
+    pub fn send_binary(&mut self, bytes: Vec<u8>) {
+        self.socket
+            .send(Message::Binary(bytes.into()))
+            .expect("send");
+    }
+
+    pub fn recv(&mut self) -> Received {
+        loop {
+            match self.socket.read() {
+                Ok(Message::Text(text)) => {
+                    return Received::Json(
+                        serde_json::from_str(text.as_str()).expect("server sent JSON"),
+                    )
+                }
+                Ok(Message::Binary(bytes)) => return Received::Binary(bytes.to_vec()),
+                Ok(Message::Close(frame)) => {
+                    return Received::Closed(frame.map(|f| u16::from(f.code)))
+                }
+                Ok(_) => continue,
+                Err(tungstenite::Error::ConnectionClosed)
+                | Err(tungstenite::Error::AlreadyClosed) => return Received::Closed(None),
+                Err(tungstenite::Error::Io(e))
+                    if e.kind() == std::io::ErrorKind::WouldBlock
+                        || e.kind() == std::io::ErrorKind::TimedOut =>
+                {
+                    panic!("no reply within {REPLY_TIMEOUT:?}")
+                }
+                Err(e) => return Received::Closed(Some(close_code_of(&e))),
+            }
+        }
+    }
+
+    pub fn recv_json(&mut self) -> Value {
+        match self.recv() {
+            Received::Json(value) => value,
+            other => panic!("expected a JSON message, got {other:?}"),
+        }
+    }
+
+    pub fn recv_binary(&mut self) -> Vec<u8> {
+        match self.recv() {
+            Received::Binary(bytes) => bytes,
+            other => panic!("expected a binary message, got {other:?}"),
+        }
+    }
+
+    /// Waits for the close frame and returns its code.
+    pub fn recv_close(&mut self) -> Option<u16> {
+        loop {
+            if let Received::Closed(code) = self.recv() {
+                return code;
+            }
+        }
+    }
+
+    /// Sends a request and returns the reply (convenience for one-at-a-time tests).
+    pub fn request(&mut self, value: Value) -> Value {
+        self.send_json(value);
+        self.recv_json()
+    }
+
+    pub fn close(mut self) {
+        let _ = self.socket.close(Some(tungstenite::protocol::CloseFrame {
+            code: CloseCode::Normal,
+            reason: "".into(),
+        }));
+        let _ = self.socket.flush();
+    }
+}
+
+fn close_code_of(_: &tungstenite::Error) -> u16 {
+    1006
+}
+
+/// Splits an Arrow result frame into its header JSON and IPC stream bytes.
+pub fn split_arrow_frame(frame: &[u8]) -> (Value, &[u8]) {
+    let n = u32::from_be_bytes(frame[..4].try_into().unwrap()) as usize;
+    let header = serde_json::from_slice(&frame[4..4 + n]).expect("header JSON");
+    (header, &frame[4 + n..])
+}
+
+/// Decodes an Arrow IPC stream into record batches.
+pub fn read_ipc(bytes: &[u8]) -> Vec<arrow_array::RecordBatch> {
+    let reader =
+        arrow_ipc::reader::StreamReader::try_new(std::io::Cursor::new(bytes.to_vec()), None)
+            .expect("valid Arrow IPC stream");
+    reader.map(|b| b.expect("batch")).collect()
+}
+
+/// A raw HTTP/1.1 exchange: returns (status, headers, body).
+pub fn http(addr: &str, request: &str) -> (u16, Vec<(String, String)>, Vec<u8>) {
+    http_bytes(addr, request.as_bytes())
+}
+
+pub fn http_bytes(addr: &str, request: &[u8]) -> (u16, Vec<(String, String)>, Vec<u8>) {
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    stream.set_read_timeout(Some(REPLY_TIMEOUT)).unwrap();
+    stream.write_all(request).unwrap();
+    let mut response = Vec::new();
+    let _ = stream.read_to_end(&mut response);
+    let split = response
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("response head");
+    let head = String::from_utf8_lossy(&response[..split]).to_string();
+    let mut lines = head.lines();
+    let status: u16 = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|s| s.parse().ok())
+        .expect("status line");
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    (status, headers, response[split + 4..].to_vec())
+}
+
+pub fn get(addr: &str, path: &str, extra_headers: &str) -> (u16, Vec<(String, String)>, Vec<u8>) {
+    http(
+        addr,
+        &format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n{extra_headers}Connection: close\r\n\r\n"),
+    )
+}
+
+pub fn post_json(
+    addr: &str,
+    body: &Value,
+    extra_headers: &str,
+) -> (u16, Vec<(String, String)>, Vec<u8>) {
+    let body = body.to_string();
+    http(
+        addr,
+        &format!(
+            "POST / HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{extra_headers}Connection: close\r\n\r\n{body}",
+            body.len()
+        ),
+    )
+}
+
+pub fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| v.as_str())
+}
+
+/// A fresh temporary directory for a test.
+pub fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("duckwire-e2e-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// An Arrow IPC stream with columns id BIGINT and name VARCHAR.
+pub fn arrow_ipc_table(ids: &[i64], names: &[&str]) -> Vec<u8> {
+    use arrow_array::{ArrayRef, Int64Array, RecordBatch, StringArray};
+    use std::sync::Arc;
+    let batch = RecordBatch::try_from_iter(vec![
+        ("id", Arc::new(Int64Array::from(ids.to_vec())) as ArrayRef),
+        (
+            "name",
+            Arc::new(StringArray::from(names.to_vec())) as ArrayRef,
+        ),
+    ])
+    .unwrap();
+    let mut buffer = Vec::new();
+    let mut writer =
+        arrow_ipc::writer::StreamWriter::try_new(&mut buffer, &batch.schema()).unwrap();
+    writer.write(&batch).unwrap();
+    writer.finish().unwrap();
+    drop(writer);
+    buffer
+}
+
+/// A framed binary `uploadArrow` message.
+pub fn upload_frame(query_id: &str, table: &str, ipc: &[u8]) -> Vec<u8> {
+    let header =
+        serde_json::json!({"type":"uploadArrow","queryId":query_id,"tableName":table}).to_string();
+    let mut frame = (header.len() as u32).to_be_bytes().to_vec();
+    frame.extend_from_slice(header.as_bytes());
+    frame.extend_from_slice(ipc);
+    frame
+}
+
+/// A Loro update setting `key` = `value` in map "m" (from a fresh peer).
+pub fn loro_update(key: &str, value: i64) -> Vec<u8> {
+    let doc = loro::LoroDoc::new();
+    doc.get_map("m").insert(key, value).unwrap();
+    doc.commit();
+    doc.export(loro::ExportMode::all_updates()).unwrap()
+}
+
+/// The map "m" of a base64 snapshot, as JSON.
+pub fn snapshot_map(base64_snapshot: &str) -> Value {
+    use base64::Engine;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(base64_snapshot)
+        .expect("base64 snapshot");
+    let doc = loro::LoroDoc::new();
+    doc.import(&bytes).expect("valid snapshot");
+    let value = doc.get_map("m").get_deep_value();
+    serde_json::to_value(value).expect("loro value as JSON")
+}

@@ -1,0 +1,155 @@
+//! SPEC §6: CRDT rooms over the real server with real Loro updates.
+
+use duckwire_tests::*;
+use serde_json::json;
+
+fn join(client: &mut Client, room: &str) -> serde_json::Value {
+    assert_eq!(
+        client.request(json!({"type":"crdt-join","roomId":room,"clientId":"c"})),
+        json!({"type":"crdt-joined","roomId":room})
+    );
+    let snapshot = client.recv_json();
+    assert_eq!(snapshot["type"], "crdt-snapshot");
+    assert_eq!(snapshot["roomId"], room);
+    snapshot_map(snapshot["data"].as_str().unwrap())
+}
+
+#[test]
+fn without_sync_rooms_are_an_error() {
+    let server = ServerProcess::start(&[]);
+    let mut client = server.connect();
+    let reply = client.request(json!({"type":"crdt-join","roomId":"r"}));
+    assert_eq!(
+        reply["error"],
+        "CRDT sync is disabled (start the server with --sync)"
+    );
+}
+
+#[test]
+fn join_gets_the_snapshot_and_updates_reach_the_other_members() {
+    let server = ServerProcess::start(&["--sync"]);
+    let mut a = server.connect();
+    let mut b = server.connect();
+    assert_eq!(join(&mut a, "r1"), json!({}));
+    join(&mut b, "r1");
+    let update = loro_update("k", 7);
+    a.send_binary(update.clone());
+    assert_eq!(
+        a.recv_json(),
+        json!({"type":"crdt-update-ack","roomId":"r1"})
+    );
+    assert_eq!(b.recv_binary(), update, "the same bytes, relayed");
+    // A late joiner sees the state in its snapshot.
+    let mut c = server.connect();
+    assert_eq!(join(&mut c, "r1"), json!({"k": 7}));
+}
+
+#[test]
+fn update_before_join_and_invalid_updates_are_errors() {
+    let server = ServerProcess::start(&["--sync"]);
+    let mut a = server.connect();
+    a.send_binary(loro_update("k", 1));
+    assert_eq!(
+        a.recv_json(),
+        json!({"type":"error","error":"join a room first"})
+    );
+    join(&mut a, "r");
+    a.send_binary(loro_update("k", 1));
+    a.recv_json();
+    a.send_binary(b"definitely not loro".to_vec());
+    assert!(a.recv_json()["error"]
+        .as_str()
+        .unwrap()
+        .starts_with("invalid CRDT update"));
+    let mut b = server.connect();
+    assert_eq!(
+        join(&mut b, "r"),
+        json!({"k": 1}),
+        "the bad update left the room unchanged"
+    );
+}
+
+#[test]
+fn client_snapshot_seeds_an_empty_room_only() {
+    let server = ServerProcess::start(&["--sync"]);
+    let mut a = server.connect();
+    join(&mut a, "seed");
+    let seed = {
+        let doc = loro::LoroDoc::new();
+        doc.get_map("m").insert("from", "client").unwrap();
+        doc.commit();
+        doc.export(loro::ExportMode::Snapshot).unwrap()
+    };
+    use base64::Engine;
+    let data = base64::engine::general_purpose::STANDARD.encode(&seed);
+    assert_eq!(
+        a.request(json!({"type":"crdt-snapshot","roomId":"seed","data":data})),
+        json!({"type":"crdt-snapshot-ack","roomId":"seed"})
+    );
+    assert_eq!(
+        a.request(json!({"type":"crdt-snapshot","roomId":"seed","data":data})),
+        json!({"type":"error","error":"room already has state; snapshot rejected"})
+    );
+    let mut b = server.connect();
+    assert_eq!(join(&mut b, "seed"), json!({"from": "client"}));
+}
+
+#[test]
+fn client_snapshots_are_off_by_default_for_file_databases() {
+    let dir = temp_dir("crdt-snapshot-policy");
+    let db = dir.join("db.duckdb");
+    let server = ServerProcess::start(&["--sync", "--db-path", db.to_str().unwrap()]);
+    let mut a = server.connect();
+    join(&mut a, "r");
+    let reply = a.request(json!({"type":"crdt-snapshot","roomId":"r","data":""}));
+    assert!(reply["error"]
+        .as_str()
+        .unwrap()
+        .starts_with("client snapshots are disabled"));
+}
+
+#[test]
+fn rooms_survive_a_restart_of_a_file_database() {
+    let dir = temp_dir("crdt-restart");
+    let db = dir.join("nested/app.duckdb");
+    let args = ["--sync", "--db-path", db.to_str().unwrap()];
+    let server = ServerProcess::start(&args);
+    let mut a = server.connect();
+    join(&mut a, "durable");
+    a.send_binary(loro_update("saved", 1));
+    assert_eq!(a.recv_json()["type"], "crdt-update-ack");
+    // SIGTERM while the member is still connected: the shutdown flush must save the room.
+    assert!(server.terminate().success());
+    let server = ServerProcess::start(&args);
+    let mut b = server.connect();
+    assert_eq!(join(&mut b, "durable"), json!({"saved": 1}));
+}
+
+#[test]
+fn meta_db_stores_rooms_in_an_attached_file() {
+    let dir = temp_dir("crdt-meta-db");
+    let db = dir.join("main.duckdb");
+    let meta = dir.join("meta.duckdb");
+    let args = [
+        "--sync",
+        "--db-path",
+        db.to_str().unwrap(),
+        "--meta-db",
+        meta.to_str().unwrap(),
+        "--meta-namespace",
+        "meta",
+    ];
+    let server = ServerProcess::start(&args);
+    let mut a = server.connect();
+    join(&mut a, "r");
+    a.send_binary(loro_update("x", 5));
+    a.recv_json();
+    a.close();
+    assert!(server.terminate().success());
+    assert!(meta.exists());
+    let server = ServerProcess::start(&args);
+    let mut b = server.connect();
+    let reply =
+        b.request(json!({"type":"json","sql":"select room_id from meta.sync_rooms","queryId":"m"}));
+    assert_eq!(reply["data"], "[{\"room_id\":\"r\"}]");
+}

@@ -1,0 +1,171 @@
+//! SPEC §1: one port, HTTP routes, origin policy, Mosaic REST.
+
+use duckwire_tests::*;
+use serde_json::{json, Value};
+
+#[test]
+fn healthz_readyz_version() {
+    let server = ServerProcess::start(&[]);
+    let (status, _, body) = get(&server.addr, "/healthz", "");
+    assert_eq!((status, body.as_slice()), (200, b"ok".as_slice()));
+    let (status, _, body) = get(&server.addr, "/readyz", "");
+    assert_eq!((status, body.as_slice()), (200, b"ok".as_slice()));
+    let (status, _, body) = get(&server.addr, "/version", "");
+    assert_eq!(status, 200);
+    let version: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(version["name"], "duckwire");
+    assert_eq!(version["duckdb"], "v1.5.6");
+    assert!(version["version"].is_string());
+}
+
+#[test]
+fn metrics_count_queries_and_connections() {
+    let server = ServerProcess::start(&[]);
+    let mut client = server.connect();
+    client.request(json!({"type":"json","sql":"select 1","queryId":"m"}));
+    let (status, _, body) = get(&server.addr, "/metrics", "");
+    assert_eq!(status, 200);
+    let text = String::from_utf8(body).unwrap();
+    assert!(
+        text.contains("duckwire_queries_total{type=\"json\",outcome=\"ok\"} 1"),
+        "{text}"
+    );
+    assert!(text.contains("duckwire_connections_open 1"), "{text}");
+    assert!(text.contains("duckwire_query_seconds_count 1"));
+    assert!(text.contains("duckwire_cache_hits_total 0"));
+}
+
+#[test]
+fn unknown_routes_are_404_and_malformed_http_is_400() {
+    let server = ServerProcess::start(&[]);
+    assert_eq!(get(&server.addr, "/nope", "").0, 404);
+    let (status, _, _) = http(&server.addr, "NOT HTTP AT ALL\r\n\r\n");
+    assert_eq!(status, 400);
+}
+
+#[test]
+fn http_endpoints_need_the_token_except_health() {
+    let server = ServerProcess::start(&["--auth-token", "tok"]);
+    assert_eq!(get(&server.addr, "/healthz", "").0, 200);
+    assert_eq!(get(&server.addr, "/readyz", "").0, 200);
+    assert_eq!(get(&server.addr, "/version", "").0, 401);
+    assert_eq!(get(&server.addr, "/metrics", "").0, 401);
+    assert_eq!(
+        get(&server.addr, "/version", "Authorization: Bearer tok\r\n").0,
+        200
+    );
+    assert_eq!(
+        post_json(&server.addr, &json!({"type":"json","sql":"select 1"}), "").0,
+        401
+    );
+}
+
+#[test]
+fn foreign_origins_are_refused_and_loopback_or_listed_ones_allowed() {
+    let server = ServerProcess::start(&["--allowed-origins", "https://app.example.com"]);
+    let refused = Client::try_connect(&server.url("/"), &[("Origin", "https://evil.example")]);
+    match refused {
+        Err(tungstenite::Error::Http(response)) => assert_eq!(response.status(), 403),
+        other => panic!("expected 403, got {:?}", other.map(|_| ())),
+    }
+    for origin in ["http://localhost:5173", "https://app.example.com"] {
+        let mut client = Client::connect(&server.url("/"), &[("Origin", origin)]);
+        assert_eq!(
+            client.request(json!({"type":"subscribe","channel":"c"}))["type"],
+            "subscribed"
+        );
+    }
+    // Non-browser clients send no Origin and are accepted.
+    server.connect();
+    assert_eq!(
+        get(&server.addr, "/version", "Origin: https://evil.example\r\n").0,
+        403
+    );
+}
+
+#[test]
+fn mosaic_rest_arrow_json_exec_and_errors() {
+    let server = ServerProcess::start(&[]);
+    let (status, headers, body) = post_json(
+        &server.addr,
+        &json!({"type":"arrow","sql":"select 42::int as x"}),
+        "",
+    );
+    assert_eq!(status, 200);
+    assert_eq!(
+        header(&headers, "content-type"),
+        Some("application/vnd.apache.arrow.stream")
+    );
+    let batches = read_ipc(&body);
+    assert_eq!(batches[0].num_rows(), 1);
+    let (status, _, body) = post_json(
+        &server.addr,
+        &json!({"type":"json","sql":"select 1 as a"}),
+        "",
+    );
+    assert_eq!(status, 200);
+    assert_eq!(
+        serde_json::from_slice::<Value>(&body).unwrap(),
+        json!([{"a":1}])
+    );
+    let (status, _, body) = post_json(
+        &server.addr,
+        &json!({"type":"exec","sql":"create table t(x int)"}),
+        "",
+    );
+    assert_eq!(
+        (status, serde_json::from_slice::<Value>(&body).unwrap()),
+        (200, json!({}))
+    );
+    let (status, _, body) = post_json(
+        &server.addr,
+        &json!({"type":"json","sql":"select * from missing"}),
+        "",
+    );
+    assert_eq!(status, 500);
+    assert!(serde_json::from_slice::<Value>(&body).unwrap()["error"]
+        .as_str()
+        .unwrap()
+        .contains("missing"));
+    assert_eq!(
+        post_json(&server.addr, &json!({"type":"nope","sql":"select 1"}), "").0,
+        400
+    );
+    assert_eq!(
+        post_json(&server.addr, &json!({"type":"json","sql":"  "}), "").0,
+        400
+    );
+}
+
+#[test]
+fn rest_answers_cors_headers_for_allowed_origins() {
+    let server = ServerProcess::start(&[]);
+    let (status, headers, _) = post_json(
+        &server.addr,
+        &json!({"type":"json","sql":"select 1"}),
+        "Origin: http://localhost:3000\r\n",
+    );
+    assert_eq!(status, 200);
+    assert_eq!(
+        header(&headers, "access-control-allow-origin"),
+        Some("http://localhost:3000")
+    );
+    let (status, headers, _) = http(
+        &server.addr,
+        "OPTIONS / HTTP/1.1\r\nHost: x\r\nOrigin: http://localhost:3000\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(status, 204);
+    assert!(header(&headers, "access-control-allow-methods")
+        .unwrap()
+        .contains("POST"));
+}
+
+#[test]
+fn websocket_upgrade_works_on_any_path_with_a_query_string() {
+    let server = ServerProcess::start(&[]);
+    let mut client = Client::connect(&server.url("/some/path?roomId=r1&x=y"), &[]);
+    assert_eq!(
+        client.request(json!({"type":"subscribe","channel":"c"}))["type"],
+        "subscribed"
+    );
+}

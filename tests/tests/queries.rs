@@ -1,0 +1,248 @@
+//! SPEC §3: the query messages against a real DuckDB.
+
+use arrow_array::cast::AsArray;
+use arrow_array::types::Int64Type;
+use duckwire_tests::*;
+use serde_json::{json, Value};
+
+/// A query that runs until interrupted (several seconds on these machines).
+const SLOW_SQL: &str = "select count(*) from range(100000000000) t(i) where i % 7 = 3";
+
+#[test]
+fn arrow_query_returns_an_ipc_stream_framed_with_its_query_id() {
+    let server = ServerProcess::start(&[]);
+    let mut client = server.connect();
+    client
+        .send_json(json!({"type":"arrow","sql":"select range as n from range(5)","queryId":"a1"}));
+    let frame = client.recv_binary();
+    let (header, ipc) = split_arrow_frame(&frame);
+    assert_eq!(header, json!({"type":"arrow","queryId":"a1"}));
+    let batches = read_ipc(ipc);
+    let values: Vec<i64> = batches
+        .iter()
+        .flat_map(|b| b.column(0).as_primitive::<Int64Type>().values().to_vec())
+        .collect();
+    assert_eq!(values, vec![0, 1, 2, 3, 4]);
+}
+
+#[test]
+fn arrow_query_over_real_parquet_data() {
+    let server = ServerProcess::start(&[]);
+    let mut client = server.connect();
+    let path = data_file("flights-200k.parquet");
+    let sql = format!(
+        "select count(*)::bigint as n from read_parquet('{}')",
+        path.display()
+    );
+    client.send_json(json!({"type":"arrow","sql":sql,"queryId":"p"}));
+    let frame = client.recv_binary();
+    let batches = read_ipc(split_arrow_frame(&frame).1);
+    // Despite its name the file holds 231,083 rows (num_rows in its Parquet footer).
+    assert_eq!(
+        batches[0].column(0).as_primitive::<Int64Type>().value(0),
+        231_083
+    );
+}
+
+#[test]
+fn json_query_returns_rows_as_a_string() {
+    let server = ServerProcess::start(&[]);
+    let mut client = server.connect();
+    let reply =
+        client.request(json!({"type":"json","sql":"select 1 as x, 'a' as y","queryId":"j"}));
+    assert_eq!(reply["type"], "json");
+    assert_eq!(reply["queryId"], "j");
+    let rows: Value = serde_json::from_str(reply["data"].as_str().unwrap()).unwrap();
+    assert_eq!(rows, json!([{"x":1,"y":"a"}]));
+}
+
+#[test]
+fn json_values_follow_the_python_server() {
+    let server = ServerProcess::start(&[]);
+    let mut client = server.connect();
+    let sql = "select date '2024-01-02' as d, timestamp '2024-01-02 00:00:01' as ts, \
+               interval 2 second as iv, 1.25::decimal(5,2) as dec, 'nan'::double as nan, \
+               time '01:02:03' as t, [1,2] as l, {'a': 1} as s, 'ab'::blob as b, \
+               9007199254740993::bigint as big, 1 as x, 2 as x";
+    let reply = client.request(json!({"type":"json","sql":sql,"queryId":1}));
+    let rows: Value = serde_json::from_str(reply["data"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        rows[0],
+        json!({"d":1704153600000i64,"ts":1704153601000i64,"iv":2000,"dec":1.25,"nan":null,
+               "t":"01:02:03","l":[1,2],"s":{"a":1},"b":"YWI=","big":9007199254740993i64,"x":1,"x_1":2})
+    );
+}
+
+#[test]
+fn exec_and_statements_without_results_answer_ok() {
+    let server = ServerProcess::start(&[]);
+    let mut client = server.connect();
+    assert_eq!(
+        client.request(json!({"type":"exec","sql":"create table t(x int)","queryId":"e"})),
+        json!({"type":"ok","queryId":"e"})
+    );
+    // Divergence: the Python server answers a JSON insert with a NoneType error.
+    assert_eq!(
+        client.request(json!({"type":"json","sql":"insert into t values (1), (2)","queryId":"i"})),
+        json!({"type":"ok","queryId":"i"})
+    );
+    assert_eq!(
+        client.request(json!({"type":"arrow","sql":"insert into t values (3)","queryId":"a"})),
+        json!({"type":"ok","queryId":"a"})
+    );
+}
+
+#[test]
+fn several_statements_return_the_last_result() {
+    let server = ServerProcess::start(&[]);
+    let mut client = server.connect();
+    let reply = client.request(json!({"type":"json",
+        "sql":"create table t(x int); insert into t values (7); select x from t","queryId":"m"}));
+    assert_eq!(reply["data"], "[{\"x\":7}]");
+}
+
+#[test]
+fn empty_sql_and_failures_answer_errors_with_the_query_id() {
+    let server = ServerProcess::start(&[]);
+    let mut client = server.connect();
+    assert_eq!(
+        client.request(json!({"type":"json","sql":"   ","queryId":"e"})),
+        json!({"type":"error","queryId":"e","error":"empty SQL"})
+    );
+    let reply = client.request(json!({"type":"json","sql":"select * from nowhere","queryId":"f"}));
+    assert_eq!(reply["type"], "error");
+    assert_eq!(reply["queryId"], "f");
+    assert!(reply["error"].as_str().unwrap().contains("nowhere"));
+    // The connection stays usable.
+    assert_eq!(
+        client.request(json!({"type":"json","sql":"select 1","queryId":"g"}))["type"],
+        "json"
+    );
+}
+
+#[test]
+fn query_ids_keep_their_json_type_and_missing_ones_are_generated() {
+    let server = ServerProcess::start(&[]);
+    let mut client = server.connect();
+    assert_eq!(
+        client.request(json!({"type":"exec","sql":"select 1","queryId":17}))["queryId"],
+        json!(17)
+    );
+    assert_eq!(
+        client.request(json!({"type":"exec","sql":"select 1","queryId":"17"}))["queryId"],
+        json!("17")
+    );
+    let generated = client.request(json!({"type":"exec","sql":"select 1"}));
+    let id = generated["queryId"].as_str().unwrap();
+    assert_eq!(id.len(), 36);
+    assert_eq!(&id[14..15], "4", "UUID v4");
+}
+
+#[test]
+fn queries_are_multiplexed_and_finish_in_any_order() {
+    let server = ServerProcess::start(&[]);
+    let mut client = server.connect();
+    client.send_json(json!({"type":"json","sql":SLOW_SQL,"queryId":"slow"}));
+    client.send_json(json!({"type":"json","sql":"select 2 as y","queryId":"fast"}));
+    let first = client.recv_json();
+    assert_eq!(
+        first["queryId"], "fast",
+        "the fast query is not stuck behind the slow one"
+    );
+    client.send_json(json!({"type":"cancel","queryId":"slow"}));
+    let mut replies = vec![client.recv_json(), client.recv_json()];
+    replies.sort_by_key(|r| r["type"].as_str().unwrap().to_string());
+    assert_eq!(
+        replies[0],
+        json!({"type":"cancelAck","queryId":"slow","cancelled":true})
+    );
+    assert_eq!(
+        replies[1],
+        json!({"type":"error","queryId":"slow","error":"Query was cancelled"})
+    );
+}
+
+#[test]
+fn cancel_of_an_unknown_query_is_not_cancelled() {
+    let server = ServerProcess::start(&[]);
+    let mut client = server.connect();
+    assert_eq!(
+        client.request(json!({"type":"cancel","queryId":"ghost"})),
+        json!({"type":"cancelAck","queryId":"ghost","cancelled":false})
+    );
+}
+
+#[test]
+fn persisted_results_are_cached_and_writes_invalidate_them() {
+    let server = ServerProcess::start(&[]);
+    let mut client = server.connect();
+    client.request(json!({"type":"exec","sql":"create table t as select 1 as x","queryId":"c"}));
+    let query =
+        json!({"type":"json","sql":"select sum(x) as s from t","persist":true,"queryId":"q"});
+    assert_eq!(client.request(query.clone())["data"], "[{\"s\":1}]");
+    assert_eq!(client.request(query.clone())["data"], "[{\"s\":1}]");
+    let (_, _, metrics) = get(&server.addr, "/metrics", "");
+    assert!(String::from_utf8(metrics)
+        .unwrap()
+        .contains("duckwire_cache_hits_total 1"));
+    client.request(json!({"type":"exec","sql":"insert into t values (41)","queryId":"w"}));
+    assert_eq!(
+        client.request(query)["data"],
+        "[{\"s\":42}]",
+        "no stale result after a write"
+    );
+}
+
+#[test]
+fn upload_arrow_creates_or_replaces_a_table() {
+    let server = ServerProcess::start(&[]);
+    let mut client = server.connect();
+    client.send_binary(upload_frame(
+        "u1",
+        "people",
+        &arrow_ipc_table(&[1, 2], &["ann", "bob"]),
+    ));
+    assert_eq!(
+        client.recv_json(),
+        json!({"type":"uploadAck","queryId":"u1"})
+    );
+    let reply = client
+        .request(json!({"type":"json","sql":"select * from people order by id","queryId":"r"}));
+    assert_eq!(
+        reply["data"],
+        "[{\"id\":1,\"name\":\"ann\"},{\"id\":2,\"name\":\"bob\"}]"
+    );
+    client.send_binary(upload_frame(
+        "u2",
+        "people",
+        &arrow_ipc_table(&[3], &["cy"]),
+    ));
+    assert_eq!(client.recv_json()["type"], "uploadAck");
+    let reply = client
+        .request(json!({"type":"json","sql":"select count(*) as n from people","queryId":"r2"}));
+    assert_eq!(reply["data"], "[{\"n\":1}]", "replaced, not appended");
+}
+
+#[test]
+fn upload_errors_are_reported() {
+    let server = ServerProcess::start(&[]);
+    let mut client = server.connect();
+    client.send_binary(upload_frame(
+        "bad",
+        "t; drop table x",
+        &arrow_ipc_table(&[1], &["a"]),
+    ));
+    let reply = client.recv_json();
+    assert_eq!(reply["queryId"], "bad");
+    assert!(reply["error"]
+        .as_str()
+        .unwrap()
+        .starts_with("invalid table name"));
+    client.send_binary(upload_frame("junk", "t", b"not arrow"));
+    let reply = client.recv_json();
+    assert_eq!(reply["queryId"], "junk");
+    assert!(reply["error"]
+        .as_str()
+        .unwrap()
+        .starts_with("invalid Arrow IPC stream"));
+}
