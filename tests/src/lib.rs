@@ -327,6 +327,24 @@ pub fn arrow_ipc_table(ids: &[i64], names: &[&str]) -> Vec<u8> {
     buffer
 }
 
+/// An Arrow IPC stream whose string column is dictionary-encoded, as apache-arrow JS
+/// writes every string column.
+pub fn arrow_ipc_dictionary_table(names: &[&str]) -> Vec<u8> {
+    use arrow_array::types::Int32Type;
+    use arrow_array::{ArrayRef, DictionaryArray, RecordBatch};
+    use std::sync::Arc;
+    let dictionary: DictionaryArray<Int32Type> = names.iter().copied().collect();
+    let batch =
+        RecordBatch::try_from_iter(vec![("name", Arc::new(dictionary) as ArrayRef)]).unwrap();
+    let mut buffer = Vec::new();
+    let mut writer =
+        arrow_ipc::writer::StreamWriter::try_new(&mut buffer, &batch.schema()).unwrap();
+    writer.write(&batch).unwrap();
+    writer.finish().unwrap();
+    drop(writer);
+    buffer
+}
+
 /// A framed binary `uploadArrow` message.
 pub fn upload_frame(query_id: &str, table: &str, ipc: &[u8]) -> Vec<u8> {
     let header =

@@ -224,6 +224,26 @@ fn upload_arrow_creates_or_replaces_a_table() {
 }
 
 #[test]
+fn upload_accepts_dictionary_encoded_strings_as_apache_arrow_js_sends_them() {
+    let server = ServerProcess::start(&[]);
+    let mut client = server.connect();
+    client.send_binary(upload_frame(
+        "d",
+        "tags",
+        &arrow_ipc_dictionary_table(&["x", "y", "x"]),
+    ));
+    assert_eq!(
+        client.recv_json(),
+        json!({"type":"uploadAck","queryId":"d"})
+    );
+    let reply = client.request(json!({"type":"json","sql":"select name, count(*) as n from tags group by name order by name","queryId":"r"}));
+    assert_eq!(
+        reply["data"],
+        "[{\"name\":\"x\",\"n\":2},{\"name\":\"y\",\"n\":1}]"
+    );
+}
+
+#[test]
 fn upload_errors_are_reported() {
     let server = ServerProcess::start(&[]);
     let mut client = server.connect();

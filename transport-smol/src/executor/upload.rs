@@ -3,8 +3,12 @@
 use std::io::Cursor;
 
 use bytes::Bytes;
-use duckdb::arrow::datatypes::{DataType, TimeUnit};
+use std::sync::Arc;
+
+use duckdb::arrow::array::ArrayRef;
+use duckdb::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use duckdb::arrow::ipc::reader::StreamReader;
+use duckdb::arrow::record_batch::RecordBatch;
 use duckdb::Connection;
 
 /// `a.b.c` → `"a"."b"."c"` (parts were validated by the core; quoting is still applied).
@@ -67,6 +71,45 @@ fn sql_type(data_type: &DataType) -> Result<String, String> {
     })
 }
 
+/// The plain type the DuckDB appender takes for `data_type` (it rejects dictionaries, which
+/// apache-arrow JS uses for every string column, and the large/view variants).
+fn appendable_type(data_type: &DataType) -> Option<DataType> {
+    match data_type {
+        DataType::Dictionary(_, value) => Some(appendable_type(value).unwrap_or((**value).clone())),
+        DataType::LargeUtf8 | DataType::Utf8View => Some(DataType::Utf8),
+        DataType::LargeBinary | DataType::BinaryView => Some(DataType::Binary),
+        _ => None,
+    }
+}
+
+fn appendable(batch: RecordBatch) -> Result<RecordBatch, String> {
+    if !batch
+        .schema()
+        .fields()
+        .iter()
+        .any(|f| appendable_type(f.data_type()).is_some())
+    {
+        return Ok(batch);
+    }
+    let mut fields = Vec::with_capacity(batch.num_columns());
+    let mut columns: Vec<ArrayRef> = Vec::with_capacity(batch.num_columns());
+    for (field, column) in batch.schema().fields().iter().zip(batch.columns()) {
+        match appendable_type(field.data_type()) {
+            Some(target) => {
+                let cast = duckdb::arrow::compute::cast(column, &target)
+                    .map_err(|e| format!("cannot decode column {}: {e}", field.name()))?;
+                fields.push(Field::new(field.name(), target, field.is_nullable()));
+                columns.push(cast);
+            }
+            None => {
+                fields.push(field.as_ref().clone());
+                columns.push(column.clone());
+            }
+        }
+    }
+    RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).map_err(|e| e.to_string())
+}
+
 pub fn upload(conn: &Connection, table_name: &str, payload: Bytes) -> Result<(), String> {
     let reader = StreamReader::try_new(Cursor::new(payload), None)
         .map_err(|e| format!("invalid Arrow IPC stream: {e}"))?;
@@ -109,7 +152,7 @@ pub fn upload(conn: &Connection, table_name: &str, payload: Bytes) -> Result<(),
         for batch in batches {
             if batch.num_rows() > 0 {
                 appender
-                    .append_record_batch(batch)
+                    .append_record_batch(appendable(batch)?)
                     .map_err(|e| e.to_string())?;
             }
         }

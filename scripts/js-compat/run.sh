@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Runs the official SQLRooms JS client (unchanged) against a freshly started duckwire.
+# Needs node/npm and the registry; used by .ci/run.
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+root="$here/../.."
+cd "$here"
+. "$root/scripts/dev-env.sh"
+npm install --no-audit --no-fund --silent >/dev/null
+npx esbuild compat.mjs --bundle --platform=node --format=esm --outfile=dist/compat.mjs \
+  --banner:js="import{createRequire}from'module';const require=createRequire(import.meta.url);" --log-level=warning
+binary="$CARGO_TARGET_DIR/release/duckwire"
+log=$(mktemp)
+"$binary" --port 0 --log-level warn >"$log" 2>&1 &
+pid=$!
+trap 'kill $pid 2>/dev/null || true; rm -f "$log"' EXIT
+for _ in $(seq 1 100); do grep -q "listening on" "$log" && break; sleep 0.1; done
+url=$(grep -o 'ws://[0-9.:]*' "$log" | head -n 1)
+node dist/compat.mjs "$url"
