@@ -7,13 +7,17 @@ root="$here/../.."
 cd "$here"
 . "$root/scripts/dev-env.sh"
 npm install --no-audit --no-fund --silent >/dev/null
-npx esbuild compat.mjs --bundle --platform=node --format=esm --outfile=dist/compat.mjs \
-  --banner:js="import{createRequire}from'module';const require=createRequire(import.meta.url);" --log-level=warning
+for script in compat crdt-compat; do
+  npx esbuild "$script.mjs" --bundle --platform=node --format=esm --outfile="dist/$script.mjs" \
+    --external:loro-crdt --banner:js="import{createRequire}from'module';const require=createRequire(import.meta.url);" \
+    --log-level=warning
+done
 binary="$CARGO_TARGET_DIR/release/duckwire"
 log=$(mktemp)
-"$binary" --port 0 --log-level warn >"$log" 2>&1 &
+"$binary" --port 0 --sync --log-level warn >"$log" 2>&1 &
 pid=$!
 trap 'kill $pid 2>/dev/null || true; rm -f "$log"' EXIT
 for _ in $(seq 1 100); do grep -q "listening on" "$log" && break; sleep 0.1; done
 url=$(grep -o 'ws://[0-9.:]*' "$log" | head -n 1)
 node dist/compat.mjs "$url"
+node dist/crdt-compat.mjs "$url"
