@@ -5,7 +5,7 @@
 #
 # The library comes from the npm package @duckdb/node-bindings-linux-x64@1.5.6-r.1, which ships
 # DuckDB's own release build of libduckdb.so.
-set -euo pipefail 2>/dev/null || true
+# No `set -e` here: this file is sourced, and must not change the caller's shell options.
 
 DUCKDB_NPM_PACKAGE="@duckdb/node-bindings-linux-x64@1.5.6-r.1"
 DUCKWIRE_CACHE="${DUCKWIRE_CACHE:-$HOME/.cache/duckwire}"
@@ -14,7 +14,11 @@ export DUCKDB_LIB_DIR="$DUCKWIRE_CACHE/libduckdb-1.5.6"
 if [ ! -f "$DUCKDB_LIB_DIR/libduckdb.so" ]; then
   mkdir -p "$DUCKDB_LIB_DIR"
   tmp=$(mktemp -d)
-  (cd "$tmp" && npm pack --silent "$DUCKDB_NPM_PACKAGE" >/dev/null && tar xzf ./*.tgz)
+  if ! (cd "$tmp" && npm pack --silent "$DUCKDB_NPM_PACKAGE" >/dev/null && tar xzf ./*.tgz); then
+    echo "dev-env: could not fetch $DUCKDB_NPM_PACKAGE from the npm registry" >&2
+    rm -rf "$tmp"
+    return 1 2>/dev/null || exit 1
+  fi
   found=$(find "$tmp" -name 'libduckdb.so' | head -n 1)
   if [ -z "$found" ]; then
     echo "dev-env: libduckdb.so not found in $DUCKDB_NPM_PACKAGE" >&2

@@ -150,7 +150,7 @@ fn queries_are_multiplexed_and_finish_in_any_order() {
         "the fast query is not stuck behind the slow one"
     );
     client.send_json(json!({"type":"cancel","queryId":"slow"}));
-    let mut replies = vec![client.recv_json(), client.recv_json()];
+    let mut replies = [client.recv_json(), client.recv_json()];
     replies.sort_by_key(|r| r["type"].as_str().unwrap().to_string());
     assert_eq!(
         replies[0],

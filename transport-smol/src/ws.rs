@@ -6,7 +6,6 @@ use async_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use async_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use async_tungstenite::tungstenite::{Error as WsError, Message};
 use async_tungstenite::WebSocketStream;
-use bytes::Bytes;
 use duckwire_core::{close_code, ConnId, ConnectionInfo, Frame, Limits, ProtocolError};
 use futures_util::StreamExt;
 use smol::net::TcpStream;
@@ -71,7 +70,7 @@ pub async fn serve(
     while let Some(message) = source.next().await {
         let frame = match message {
             Ok(Message::Text(text)) => Frame::Text(text.as_str().to_owned()),
-            Ok(Message::Binary(data)) => Frame::Binary(Bytes::from(data)),
+            Ok(Message::Binary(data)) => Frame::Binary(data),
             Ok(Message::Close(_)) => break,
             Ok(_) => continue,
             Err(WsError::Capacity(_)) => {

@@ -141,7 +141,7 @@ pub fn classify(sql: &str) -> Classification {
     });
     Classification {
         returns_rows,
-        read_only: !statements.is_empty() && statements.iter().all(|s| is_read(s)),
+        read_only: !statements.is_empty() && statements.iter().all(is_read),
     }
 }
 
