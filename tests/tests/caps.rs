@@ -70,3 +70,35 @@ fn caps_can_be_disabled_with_none() {
         "subscribed"
     );
 }
+
+#[test]
+fn header_subscription_and_room_id_caps() {
+    let server = ServerProcess::start(&[
+        "--max-header-bytes",
+        "32",
+        "--max-subscriptions-per-conn",
+        "1",
+        "--max-room-id-len",
+        "3",
+        "--sync",
+    ]);
+    let mut client = server.connect();
+    client.send_binary(upload_frame(
+        "long-header-id",
+        "some_table",
+        &arrow_ipc_table(&[1], &["a"]),
+    ));
+    assert_eq!(
+        client.recv_json()["error"],
+        "max_header_bytes exceeded (limit 32)"
+    );
+    client.request(json!({"type":"subscribe","channel":"a"}));
+    assert_eq!(
+        client.request(json!({"type":"subscribe","channel":"b"}))["error"],
+        "max_subscriptions_per_conn exceeded (limit 1)"
+    );
+    assert_eq!(
+        client.request(json!({"type":"crdt-join","roomId":"abcd"}))["error"],
+        "max_room_id_len exceeded (limit 3)"
+    );
+}

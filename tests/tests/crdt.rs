@@ -153,3 +153,34 @@ fn meta_db_stores_rooms_in_an_attached_file() {
         b.request(json!({"type":"json","sql":"select room_id from meta.sync_rooms","queryId":"m"}));
     assert_eq!(reply["data"], "[{\"room_id\":\"r\"}]");
 }
+
+#[test]
+fn debounced_saves_survive_sigkill() {
+    let dir = temp_dir("crdt-sigkill");
+    let db = dir.join("app.duckdb");
+    let args = [
+        "--sync",
+        "--db-path",
+        db.to_str().unwrap(),
+        "--save-debounce-ms",
+        "50",
+    ];
+    let server = ServerProcess::start(&args);
+    let mut a = server.connect();
+    join(&mut a, "k");
+    a.send_binary(loro_update("quick", 3));
+    assert_eq!(a.recv_json()["type"], "crdt-update-ack");
+    // Wait (bounded) until the debounce timer has saved the room, observed through the server.
+    let deadline = std::time::Instant::now() + REPLY_TIMEOUT;
+    loop {
+        let reply = a.request(json!({"type":"json","sql":"select count(*) as n from __sqlrooms.sync_rooms where room_id = 'k'","queryId":"poll"}));
+        if reply["data"] == "[{\"n\":1}]" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "room never saved");
+    }
+    drop(server); // SIGKILL: no shutdown flush.
+    let server = ServerProcess::start(&args);
+    let mut b = server.connect();
+    assert_eq!(join(&mut b, "k"), json!({"quick": 3}));
+}

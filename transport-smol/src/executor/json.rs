@@ -302,8 +302,11 @@ mod tests {
 
     #[test]
     fn duplicate_names_get_suffixes() {
-        let names = unique_column_names(["x", "x", "y", "x", "x_1"].into_iter());
-        assert_eq!(names, vec!["x", "x_1", "y", "x_2", "x_1_1"]);
+        let names = unique_column_names(["x", "x", "y", "x"].into_iter());
+        assert_eq!(names, vec!["x", "x_1", "y", "x_2"]);
+        // A real column named like a suffix keeps its name; the duplicate skips past it.
+        let names = unique_column_names(["x", "x", "x_1"].into_iter());
+        assert_eq!(names, vec!["x", "x_2", "x_1"]);
     }
 
     #[test]

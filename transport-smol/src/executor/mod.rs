@@ -19,6 +19,9 @@ use duckwire_core::{QueryHandle, QueryKind, QueryOutcome};
 use crate::cache::ResultCache;
 use crate::metrics::Metrics;
 
+/// How often a cancelled query that is still running is interrupted again.
+const REINTERRUPT_EVERY: Duration = Duration::from_millis(20);
+
 /// Conflict retries (SPEC §3): up to 5, 10 ms doubling, capped at 500 ms, ±30 % jitter.
 const MAX_CONFLICT_RETRIES: u32 = 5;
 const FIRST_BACKOFF_MS: f64 = 10.0;
@@ -72,7 +75,12 @@ struct InterruptState {
     queued: HashSet<QueryHandle>,
     cancelled_before_start: HashSet<QueryHandle>,
     running: HashMap<QueryHandle, Arc<InterruptHandle>>,
+    /// Cancelled while running. DuckDB clears a connection's interrupt flag when a statement
+    /// begins, so an interrupt that lands between two statements (or just before the first)
+    /// would be lost; these are interrupted again until they finish.
+    cancel_requested: HashSet<QueryHandle>,
     shutting_down: bool,
+    stopped: bool,
 }
 
 impl Interrupts {
@@ -88,6 +96,7 @@ impl Interrupts {
         let mut state = self.lock();
         if let Some(running) = state.running.get(&handle) {
             running.interrupt();
+            state.cancel_requested.insert(handle);
         } else if state.queued.contains(&handle) {
             state.cancelled_before_start.insert(handle);
         }
@@ -105,7 +114,25 @@ impl Interrupts {
     }
 
     fn finish(&self, handle: QueryHandle) {
-        self.lock().running.remove(&handle);
+        let mut state = self.lock();
+        state.running.remove(&handle);
+        state.cancel_requested.remove(&handle);
+    }
+
+    /// Re-interrupts cancelled queries (and, at shutdown, all) until they finish.
+    fn reinterrupt_until_stopped(&self) {
+        loop {
+            std::thread::sleep(REINTERRUPT_EVERY);
+            let state = self.lock();
+            if state.stopped {
+                return;
+            }
+            for (handle, running) in &state.running {
+                if state.shutting_down || state.cancel_requested.contains(handle) {
+                    running.interrupt();
+                }
+            }
+        }
     }
 
     fn interrupt_all(&self) {
@@ -121,6 +148,7 @@ pub struct Executor {
     jobs: async_channel::Sender<Job>,
     interrupts: Arc<Interrupts>,
     workers: Mutex<Vec<JoinHandle<()>>>,
+    reinterrupter: Mutex<Option<JoinHandle<()>>>,
 }
 
 struct Worker {
@@ -163,10 +191,18 @@ impl Executor {
                     .expect("spawn DuckDB worker thread")
             })
             .collect();
+        let reinterrupter = {
+            let interrupts = interrupts.clone();
+            std::thread::Builder::new()
+                .name("duckdb-reinterrupt".into())
+                .spawn(move || interrupts.reinterrupt_until_stopped())
+                .expect("spawn re-interrupt thread")
+        };
         Executor {
             jobs,
             interrupts,
             workers: Mutex::new(workers),
+            reinterrupter: Mutex::new(Some(reinterrupter)),
         }
     }
 
@@ -192,6 +228,15 @@ impl Executor {
         let workers = std::mem::take(&mut *self.workers.lock().unwrap_or_else(|e| e.into_inner()));
         for worker in workers {
             let _ = worker.join();
+        }
+        self.interrupts.lock().stopped = true;
+        if let Some(thread) = self
+            .reinterrupter
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
+            let _ = thread.join();
         }
     }
 }
