@@ -318,13 +318,7 @@ pub fn arrow_ipc_table(ids: &[i64], names: &[&str]) -> Vec<u8> {
         ),
     ])
     .unwrap();
-    let mut buffer = Vec::new();
-    let mut writer =
-        arrow_ipc::writer::StreamWriter::try_new(&mut buffer, &batch.schema()).unwrap();
-    writer.write(&batch).unwrap();
-    writer.finish().unwrap();
-    drop(writer);
-    buffer
+    ipc_stream(&batch)
 }
 
 /// An Arrow IPC stream whose string column is dictionary-encoded, as apache-arrow JS
@@ -336,10 +330,15 @@ pub fn arrow_ipc_dictionary_table(names: &[&str]) -> Vec<u8> {
     let dictionary: DictionaryArray<Int32Type> = names.iter().copied().collect();
     let batch =
         RecordBatch::try_from_iter(vec![("name", Arc::new(dictionary) as ArrayRef)]).unwrap();
+    ipc_stream(&batch)
+}
+
+/// One record batch as an Arrow IPC stream.
+fn ipc_stream(batch: &arrow_array::RecordBatch) -> Vec<u8> {
     let mut buffer = Vec::new();
     let mut writer =
         arrow_ipc::writer::StreamWriter::try_new(&mut buffer, &batch.schema()).unwrap();
-    writer.write(&batch).unwrap();
+    writer.write(batch).unwrap();
     writer.finish().unwrap();
     drop(writer);
     buffer

@@ -6,7 +6,7 @@ use bytes::Bytes;
 use std::sync::Arc;
 
 use duckdb::arrow::array::ArrayRef;
-use duckdb::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+use duckdb::arrow::datatypes::{DataType, Field, Fields, Schema, TimeUnit};
 use duckdb::arrow::ipc::reader::StreamReader;
 use duckdb::arrow::record_batch::RecordBatch;
 use duckdb::Connection;
@@ -54,21 +54,24 @@ fn sql_type(data_type: &DataType) -> Result<String, String> {
             format!("{}[]", sql_type(field.data_type())?)
         }
         DataType::FixedSizeList(field, n) => format!("{}[{n}]", sql_type(field.data_type())?),
-        DataType::Struct(fields) => {
-            let members = fields
-                .iter()
-                .map(|f| {
-                    Ok(format!(
-                        "{} {}",
-                        quote_identifier(f.name()),
-                        sql_type(f.data_type())?
-                    ))
-                })
-                .collect::<Result<Vec<_>, String>>()?;
-            format!("STRUCT({})", members.join(", "))
-        }
+        DataType::Struct(fields) => format!("STRUCT({})", column_definitions(fields)?),
         other => return Err(format!("unsupported Arrow type in upload: {other}")),
     })
+}
+
+/// `"name" TYPE, …` for a table's columns or a struct's members.
+fn column_definitions(fields: &Fields) -> Result<String, String> {
+    let definitions = fields
+        .iter()
+        .map(|f| {
+            Ok(format!(
+                "{} {}",
+                quote_identifier(f.name()),
+                sql_type(f.data_type())?
+            ))
+        })
+        .collect::<Result<Vec<_>, String>>()?;
+    Ok(definitions.join(", "))
 }
 
 /// The plain type the DuckDB appender takes for `data_type` (it rejects dictionaries, which
@@ -117,17 +120,7 @@ pub fn upload(conn: &Connection, table_name: &str, payload: Bytes) -> Result<(),
     if schema.fields().is_empty() {
         return Err("invalid Arrow IPC stream: the schema has no columns".into());
     }
-    let columns = schema
-        .fields()
-        .iter()
-        .map(|f| {
-            Ok(format!(
-                "{} {}",
-                quote_identifier(f.name()),
-                sql_type(f.data_type())?
-            ))
-        })
-        .collect::<Result<Vec<_>, String>>()?;
+    let columns = column_definitions(schema.fields())?;
     let batches = reader
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| format!("invalid Arrow IPC stream: {e}"))?;
@@ -136,9 +129,8 @@ pub fn upload(conn: &Connection, table_name: &str, payload: Bytes) -> Result<(),
         .map_err(|e| e.to_string())?;
     let result = (|| {
         let ddl = format!(
-            "CREATE OR REPLACE TABLE {} ({})",
+            "CREATE OR REPLACE TABLE {} ({columns})",
             quote_qualified(table_name),
-            columns.join(", ")
         );
         conn.execute_batch(&ddl).map_err(|e| e.to_string())?;
         let parts: Vec<&str> = table_name.split('.').collect();
@@ -164,5 +156,39 @@ pub fn upload(conn: &Connection, table_name: &str, payload: Bytes) -> Result<(),
             let _ = conn.execute_batch("ROLLBACK");
             Err(e)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn column_definitions_quote_names_and_map_nested_types() {
+        let inner = Fields::from(vec![Field::new("a b", DataType::Int32, true)]);
+        let fields = Fields::from(vec![
+            Field::new("id", DataType::Int64, false),
+            Field::new("s", DataType::Struct(inner), true),
+            Field::new(
+                "tags",
+                DataType::List(Arc::new(Field::new("item", DataType::Utf8, true))),
+                true,
+            ),
+            Field::new(
+                "d",
+                DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8)),
+                true,
+            ),
+        ]);
+        assert_eq!(
+            column_definitions(&fields).unwrap(),
+            r#""id" BIGINT, "s" STRUCT("a b" INTEGER), "tags" VARCHAR[], "d" VARCHAR"#
+        );
+        let unsupported = Fields::from(vec![Field::new("f", DataType::Decimal256(50, 2), true)]);
+        assert_eq!(
+            column_definitions(&unsupported).unwrap_err(),
+            "unsupported Arrow type in upload: Decimal256(50, 2)"
+        );
+        assert_eq!(quote_qualified("main.t\"x"), r#""main"."t""x""#);
     }
 }
