@@ -334,13 +334,21 @@ impl Server {
         self.send(conn, ServerMessage::CrdtSnapshotAck { room_id }, now);
     }
 
+    /// An accepted change: count it and (re)arm the save timers.
     fn mark_changed(&mut self, room_id: &str, now: Millis) {
+        if let Some(room) = self.rooms.rooms.get_mut(room_id) {
+            room.version += 1;
+        }
+        self.arm_save_timers(room_id, now);
+    }
+
+    /// Debounce from `now`; max latency from the first unsaved change (armed once).
+    fn arm_save_timers(&mut self, room_id: &str, now: Millis) {
         let debounce_at = now.plus(self.config.save_debounce_ms);
         let latency_at = now.plus(self.config.max_save_latency_ms);
         let Some(room) = self.rooms.rooms.get_mut(room_id) else {
             return;
         };
-        room.version += 1;
         room.debounce_due = Some(debounce_at);
         let arm_latency = room.latency_due.is_none();
         if arm_latency {
@@ -410,25 +418,16 @@ impl Server {
         if result.is_ok() {
             room.saved_version = room.saved_version.max(version);
         }
-        if room.needs_save() && !self.shutting_down {
+        let (needs_save, idle) = (room.needs_save(), room.is_idle());
+        match (needs_save, self.shutting_down) {
             // Changed while saving, or the save failed: try again after the debounce.
-            room.latency_due = None;
-            self.mark_changed_again(room_id, now);
-        } else if room.needs_save() {
-            if result.is_ok() {
-                self.persist_room(room_id);
-            }
-        } else if room.is_idle() {
-            self.after_room_quiet(room_id, now);
-        }
-    }
-
-    /// Re-arms the save timers without counting a new change.
-    fn mark_changed_again(&mut self, room_id: &str, now: Millis) {
-        self.mark_changed(room_id, now);
-        if let Some(room) = self.rooms.rooms.get_mut(room_id) {
-            // `mark_changed` bumped the version; undo that, the content did not change.
-            room.version -= 1;
+            (true, false) => self.arm_save_timers(room_id, now),
+            // At shutdown no timer will fire: save what changed during the save right away
+            // (a failed save is not retried, so shutdown cannot loop on a broken database).
+            (true, true) if result.is_ok() => self.persist_room(room_id),
+            (true, true) => {}
+            (false, _) if idle => self.after_room_quiet(room_id, now),
+            (false, _) => {}
         }
     }
 
