@@ -234,6 +234,16 @@ mod tests {
     }
 
     #[test]
+    fn loopback_hosts() {
+        for host in ["127.0.0.1", "localhost", "::1", "[::1]", "127.1.2.3"] {
+            assert!(is_loopback(host), "{host}");
+        }
+        for host in ["0.0.0.0", "192.168.1.2", "::", "example.com"] {
+            assert!(!is_loopback(host), "{host}");
+        }
+    }
+
+    #[test]
     fn flags_map_to_config() {
         let args = Args::from_args(
             &["duckwire"],

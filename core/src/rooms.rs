@@ -65,6 +65,8 @@ impl Room {
 #[derive(Default)]
 pub(crate) struct Rooms {
     rooms: BTreeMap<String, Room>,
+    /// CRDT updates imported so far (for metrics).
+    updates_accepted: u64,
 }
 
 impl Rooms {
@@ -86,6 +88,11 @@ impl Server {
     /// Rooms currently in memory.
     pub fn room_count(&self) -> usize {
         self.rooms.rooms.len()
+    }
+
+    /// CRDT updates accepted into rooms since the server started.
+    pub fn crdt_updates_accepted(&self) -> u64 {
+        self.rooms.updates_accepted
     }
 
     /// A snapshot of a loaded room's current state (for observers and tests).
@@ -257,6 +264,7 @@ impl Server {
             return self.send_error(conn, error, None, now);
         }
         let changed = room.doc.oplog_vv() != before;
+        self.rooms.updates_accepted += 1;
         let others: Vec<ConnId> = room
             .members
             .iter()

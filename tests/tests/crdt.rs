@@ -42,6 +42,13 @@ fn join_gets_the_snapshot_and_updates_reach_the_other_members() {
     // A late joiner sees the state in its snapshot.
     let mut c = server.connect();
     assert_eq!(join(&mut c, "r1"), json!({"k": 7}));
+    let (_, _, metrics) = get(&server.addr, "/metrics", "");
+    let metrics = String::from_utf8(metrics).unwrap();
+    assert!(
+        metrics.contains("duckwire_crdt_updates_total 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("duckwire_crdt_rooms 1"), "{metrics}");
 }
 
 #[test]

@@ -124,9 +124,6 @@ impl Driver {
             }
             DriverInput::Frame { conn, frame } => {
                 self.metrics.bytes_in.fetch_add(frame.len() as u64, Relaxed);
-                if matches!(frame, Frame::Binary(_)) {
-                    self.metrics.crdt_updates.fetch_add(1, Relaxed);
-                }
                 self.server.handle_frame(conn, frame, now)
             }
             DriverInput::Sent { conn, bytes } => {
@@ -216,5 +213,8 @@ impl Driver {
         self.metrics
             .crdt_rooms
             .store(self.server.room_count() as u64, Relaxed);
+        self.metrics
+            .crdt_updates
+            .store(self.server.crdt_updates_accepted(), Relaxed);
     }
 }
