@@ -5,5 +5,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/dev-env.sh
 # The end-to-end tests start the real binary, so build it first.
-cargo build --release -p duckwire-cli $DUCKWIRE_CARGO_FEATURES
+cargo build --release --workspace $DUCKWIRE_CARGO_FEATURES
 cargo test --release --workspace $DUCKWIRE_CARGO_FEATURES "$@"

@@ -6,8 +6,8 @@ set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 cd "$root"
 . scripts/dev-env.sh
-cargo build --release -p duckwire-cli $DUCKWIRE_CARGO_FEATURES
-cargo build --release -p duckwire-tests --example loadgen
+cargo build --release --workspace $DUCKWIRE_CARGO_FEATURES
+cargo build --release --workspace $DUCKWIRE_CARGO_FEATURES --example loadgen
 if [ ! -x /tmp/pyref/bin/sqlrooms-server ]; then
   command -v apt-get >/dev/null && apt-get install -y libuv1 >/dev/null
   python3 -m venv /tmp/pyref
