@@ -83,3 +83,15 @@ fn a_disconnecting_client_has_its_queries_interrupted() {
         "[{\"x\":1}]"
     );
 }
+
+#[test]
+fn extensions_that_fail_to_load_are_skipped() {
+    // No network here: INSTALL fails; the server must still start and serve.
+    let server =
+        ServerProcess::start(&["--extensions", "no_such_extension_xyz,other@nowhere_repo"]);
+    let mut client = server.connect();
+    assert_eq!(
+        client.request(json!({"type":"json","sql":"select 1 as x","queryId":1}))["data"],
+        "[{\"x\":1}]"
+    );
+}

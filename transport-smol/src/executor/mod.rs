@@ -472,3 +472,38 @@ pub fn run_sql(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conflicts_are_recognised_by_duckdb_message() {
+        assert!(is_conflict(
+            "TransactionContext Error: Transaction conflict: cannot update"
+        ));
+        assert!(is_conflict("Conflict on tuple deletion!"));
+        assert!(is_conflict("write-write conflict on key"));
+        assert!(!is_conflict("Parser Error: syntax error"));
+    }
+
+    #[test]
+    fn backoff_doubles_from_10ms_caps_at_500ms_with_30_percent_jitter() {
+        let mut worker = Worker {
+            base: Arc::new(Mutex::new(Connection::open_in_memory().unwrap())),
+            interrupts: Arc::default(),
+            cache: Arc::new(ResultCache::new(None, None, Arc::default()).unwrap()),
+            metrics: Arc::default(),
+            completions: Arc::new(|_| {}),
+            jitter: 12345,
+        };
+        for _ in 0..100 {
+            let first = worker.backoff(0).as_secs_f64() * 1000.0;
+            assert!((7.0..=13.0).contains(&first), "{first}");
+            let third = worker.backoff(2).as_secs_f64() * 1000.0;
+            assert!((28.0..=52.0).contains(&third), "{third}");
+            let capped = worker.backoff(10).as_secs_f64() * 1000.0;
+            assert!((350.0..=650.0).contains(&capped), "{capped}");
+        }
+    }
+}
