@@ -312,6 +312,30 @@ mod tests {
     }
 
     #[test]
+    fn waiters_compute_for_themselves_when_the_leader_result_is_not_shareable() {
+        // The leader's query was cancelled by its own client: the waiter must not get that.
+        let cache = Arc::new(cache(Some(1024)));
+        let waiter = {
+            let cache = cache.clone();
+            std::thread::spawn(move || {
+                while cache.flights.lock().unwrap().is_empty() {
+                    std::thread::yield_now();
+                }
+                cache.get_or_compute(("json", "q".into()), || value("mine"))
+            })
+        };
+        let leader = cache.get_or_compute(("json", "q".into()), || {
+            while cache.waiting.load(std::sync::atomic::Ordering::SeqCst) < 1 {
+                std::thread::yield_now();
+            }
+            Ok((Bytes::new(), false))
+        });
+        assert!(!leader.unwrap().1);
+        let (value, hit) = waiter.join().unwrap().unwrap();
+        assert_eq!((&value[..], hit), (&b"mine"[..], false));
+    }
+
+    #[test]
     fn a_result_computed_across_an_invalidation_is_not_cached() {
         let cache = cache(Some(1024));
         let key = ("json", "select * from t".to_string());

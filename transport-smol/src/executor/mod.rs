@@ -247,6 +247,11 @@ fn seed() -> u64 {
     u64::from_le_bytes(bytes) | 1
 }
 
+/// DuckDB's message for a statement stopped by `duckdb_interrupt`.
+fn is_interruption(message: &str) -> bool {
+    message.contains("INTERRUPT")
+}
+
 fn is_conflict(message: &str) -> bool {
     [
         "Transaction conflict",
@@ -369,7 +374,7 @@ impl Worker {
         self.interrupts.finish(handle);
         match result {
             Ok(done) => done,
-            Err(message) if message.contains("INTERRUPT") => (QueryOutcome::Cancelled, false),
+            Err(message) if is_interruption(&message) => (QueryOutcome::Cancelled, false),
             Err(message) => (QueryOutcome::Failed(message), !sql::classify(sql).read_only),
         }
     }
@@ -385,7 +390,17 @@ impl Worker {
         let cache = self.cache.clone();
         let mut computed: Option<(QueryOutcome, bool)> = None;
         let (value, _) = cache.get_or_compute((kind.as_str(), sql.to_string()), || {
-            let (outcome, wrote) = self.with_retries(|| run_sql(conn, kind, sql, arrow_header))?;
+            let (outcome, wrote) =
+                match self.with_retries(|| run_sql(conn, kind, sql, arrow_header)) {
+                    Ok(done) => done,
+                    // Our client cancelled: identical requests waiting on this computation must
+                    // not inherit the interruption; they compute for themselves.
+                    Err(message) if is_interruption(&message) => {
+                        computed = Some((QueryOutcome::Cancelled, false));
+                        return Ok((Bytes::new(), false));
+                    }
+                    Err(message) => return Err(message),
+                };
             let shareable = match (&outcome, wrote) {
                 (QueryOutcome::Arrow(frame), false) => Some(frame.slice(arrow_header.len()..)),
                 (QueryOutcome::Json(rows), false) => Some(Bytes::copy_from_slice(rows.as_bytes())),
