@@ -169,3 +169,14 @@ fn websocket_upgrade_works_on_any_path_with_a_query_string() {
         "subscribed"
     );
 }
+
+#[test]
+fn hostile_percent_encoding_in_the_upgrade_url_is_harmless() {
+    let server = ServerProcess::start(&["--auth-token", "tok"]);
+    let mut client = Client::connect(&server.url("/?token=%a%C3%A9&x=%"), &[]);
+    assert_eq!(
+        client.request(json!({"type":"auth","token":"tok"})),
+        json!({"type":"authAck"})
+    );
+    assert_eq!(get(&server.addr, "/healthz", "").0, 200);
+}

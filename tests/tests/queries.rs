@@ -266,3 +266,30 @@ fn upload_errors_are_reported() {
         .unwrap()
         .starts_with("invalid Arrow IPC stream"));
 }
+
+#[test]
+fn corrupted_uploads_never_take_a_worker_down() {
+    // One worker: if any corrupted stream killed it, the final query would never be answered.
+    let server = ServerProcess::start(&["--threads", "1"]);
+    let mut client = server.connect();
+    let valid = arrow_ipc_table(&[1, 2, 3], &["a", "b", "c"]);
+    for pattern in [0xa5u8, 0xff, 0x01] {
+        for i in 0..valid.len() {
+            let mut corrupted = valid.clone();
+            corrupted[i] ^= pattern;
+            client.send_binary(upload_frame(&format!("c{i}"), "t", &corrupted));
+            let reply = client.recv_json();
+            assert_eq!(reply["queryId"], format!("c{i}"));
+            assert!(
+                matches!(reply["type"].as_str(), Some("uploadAck" | "error")),
+                "{reply}"
+            );
+        }
+    }
+    for cut in [1, 8, valid.len() / 2, valid.len() - 1] {
+        client.send_binary(upload_frame("cut", "t", &valid[..cut]));
+        assert_eq!(client.recv_json()["queryId"], "cut");
+    }
+    let reply = client.request(json!({"type":"json","sql":"select 1 as alive","queryId":"end"}));
+    assert_eq!(reply["data"], "[{\"alive\":1}]");
+}

@@ -54,12 +54,16 @@ pub fn percent_decode(text: &str) -> String {
     let mut i = 0;
     while i < bytes.len() {
         match bytes[i] {
-            b'%' if i + 2 < bytes.len() => match u8::from_str_radix(&text[i + 1..i + 3], 16) {
-                Ok(b) => {
+            // Parsed from bytes: slicing the &str here could split a UTF-8 character.
+            b'%' if i + 2 < bytes.len() => match std::str::from_utf8(&bytes[i + 1..i + 3])
+                .ok()
+                .and_then(|hex| u8::from_str_radix(hex, 16).ok())
+            {
+                Some(b) => {
                     out.push(b);
                     i += 3;
                 }
-                Err(_) => {
+                None => {
                     out.push(b'%');
                     i += 1;
                 }
@@ -238,6 +242,8 @@ mod tests {
         assert_eq!(percent_decode("a%20b+c%2F"), "a b c/");
         assert_eq!(percent_decode("100%"), "100%");
         assert_eq!(percent_decode("%zz"), "%zz");
+        assert_eq!(percent_decode("%aé"), "%aé");
+        assert_eq!(percent_decode("%C3%A9"), "é");
     }
 
     #[test]

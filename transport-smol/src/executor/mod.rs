@@ -19,6 +19,9 @@ use duckwire_core::{QueryHandle, QueryKind, QueryOutcome};
 use crate::cache::ResultCache;
 use crate::metrics::Metrics;
 
+/// What a client sees when its job hit a bug (a panic) in the executor.
+const INTERNAL_ERROR: &str = "internal error while running the query";
+
 /// How often a cancelled query that is still running is interrupted again.
 const REINTERRUPT_EVERY: Duration = Duration::from_millis(20);
 
@@ -185,7 +188,7 @@ impl Executor {
                     .name(format!("duckdb-worker-{i}"))
                     .spawn(move || {
                         while let Ok(job) = queue.recv_blocking() {
-                            worker.run(job);
+                            worker.run_guarded(job);
                         }
                     })
                     .expect("spawn DuckDB worker thread")
@@ -283,6 +286,39 @@ impl Worker {
         let base = (FIRST_BACKOFF_MS * 2f64.powi(attempt as i32)).min(MAX_BACKOFF_MS);
         let factor = 0.7 + 0.6 * self.next_jitter();
         Duration::from_secs_f64(base * factor / 1000.0)
+    }
+
+    /// Runs a job; a panic inside DuckDB glue or an Arrow reader (hostile upload bytes) is
+    /// answered as a failure of that job and the worker lives on.
+    fn run_guarded(&mut self, job: Job) {
+        let (handle, is_upload, rest_reply) = match &job {
+            Job::Query { handle, .. } => (Some(*handle), false, None),
+            Job::Upload { handle, .. } => (Some(*handle), true, None),
+            Job::Rest { reply, .. } => (None, false, Some(reply.clone())),
+        };
+        let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.run(job)));
+        if run.is_ok() {
+            return;
+        }
+        tracing::error!("a DuckDB worker recovered from a panic while running a job");
+        if let Some(reply) = rest_reply {
+            let _ = reply.try_send(Err(INTERNAL_ERROR.into()));
+        }
+        if let Some(handle) = handle {
+            self.interrupts.finish(handle);
+            (self.completions)(if is_upload {
+                Completion::Upload {
+                    handle,
+                    result: Err(INTERNAL_ERROR.into()),
+                }
+            } else {
+                Completion::Query {
+                    handle,
+                    outcome: QueryOutcome::Failed(INTERNAL_ERROR.into()),
+                    wrote: true,
+                }
+            });
+        }
     }
 
     fn run(&mut self, job: Job) {

@@ -113,7 +113,43 @@ fn appendable(batch: RecordBatch) -> Result<RecordBatch, String> {
     RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).map_err(|e| e.to_string())
 }
 
+/// Walks the stream's message framing and checks every declared length against the bytes
+/// actually present. The Arrow reader allocates a message body from its declared length
+/// before reading it, so a corrupted length would otherwise abort the process on allocation.
+fn check_stream_framing(stream: &[u8]) -> Result<(), String> {
+    let invalid = |what: &str| format!("invalid Arrow IPC stream: {what}");
+    let read_u32 = |at: usize| -> Option<u32> {
+        Some(u32::from_le_bytes(stream.get(at..at + 4)?.try_into().ok()?))
+    };
+    let mut position = 0;
+    while position < stream.len() {
+        let mut metadata_len = read_u32(position).ok_or_else(|| invalid("truncated message"))?;
+        position += 4;
+        if metadata_len == 0xFFFF_FFFF {
+            metadata_len = read_u32(position).ok_or_else(|| invalid("truncated message"))?;
+            position += 4;
+        }
+        if metadata_len == 0 {
+            return Ok(()); // end-of-stream marker
+        }
+        let metadata = stream
+            .get(position..position + metadata_len as usize)
+            .ok_or_else(|| invalid("message metadata longer than the upload"))?;
+        let message = duckdb::arrow::ipc::root_as_message(metadata)
+            .map_err(|e| invalid(&format!("bad message metadata ({e})")))?;
+        position += metadata_len as usize;
+        let body_len = usize::try_from(message.bodyLength())
+            .map_err(|_| invalid("negative message body length"))?;
+        if body_len > stream.len() - position {
+            return Err(invalid("message body longer than the upload"));
+        }
+        position += body_len;
+    }
+    Ok(())
+}
+
 pub fn upload(conn: &Connection, table_name: &str, payload: Bytes) -> Result<(), String> {
+    check_stream_framing(&payload)?;
     let reader = StreamReader::try_new(Cursor::new(payload), None)
         .map_err(|e| format!("invalid Arrow IPC stream: {e}"))?;
     let schema = reader.schema();
@@ -162,6 +198,45 @@ pub fn upload(conn: &Connection, table_name: &str, payload: Bytes) -> Result<(),
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn stream_of_one_batch() -> Vec<u8> {
+        use duckdb::arrow::array::Int64Array;
+        let batch = RecordBatch::try_from_iter(vec![(
+            "x",
+            Arc::new(Int64Array::from(vec![1, 2, 3])) as ArrayRef,
+        )])
+        .unwrap();
+        let mut buffer = Vec::new();
+        let mut writer =
+            duckdb::arrow::ipc::writer::StreamWriter::try_new(&mut buffer, &batch.schema())
+                .unwrap();
+        writer.write(&batch).unwrap();
+        writer.finish().unwrap();
+        drop(writer);
+        buffer
+    }
+
+    #[test]
+    fn stream_framing_accepts_valid_streams_and_refuses_impossible_lengths() {
+        let valid = stream_of_one_batch();
+        assert_eq!(check_stream_framing(&valid), Ok(()));
+        assert_eq!(
+            check_stream_framing(&valid[..valid.len() - 8]),
+            Ok(()),
+            "EOS is optional"
+        );
+        // Every truncation point either passes framing (the reader then reports it) or is
+        // refused here; none may declare more bytes than exist.
+        for cut in 0..valid.len() {
+            let _ = check_stream_framing(&valid[..cut]);
+        }
+        // A metadata length far beyond the payload.
+        let mut huge = valid.clone();
+        huge[4..8].copy_from_slice(&0x7fff_0000u32.to_le_bytes());
+        assert!(check_stream_framing(&huge)
+            .unwrap_err()
+            .contains("longer than the upload"));
+    }
 
     #[test]
     fn column_definitions_quote_names_and_map_nested_types() {
