@@ -1,5 +1,5 @@
 // The official @sqlrooms/duckdb WebSocket connector (unchanged) against duckwire:
-// queries, DDL, an Arrow upload, and a cancel. Usage: node dist/compat.mjs ws://127.0.0.1:PORT
+// queries, DDL, an Arrow upload, and a cancel. Usage: node dist/compat.mjs ws://127.0.0.1:PORT [TOKEN]
 import WebSocket from 'ws';
 import * as arrow from 'apache-arrow';
 import { createWebSocketDuckDbConnector } from '@sqlrooms/duckdb/dist/connectors/WebSocketDuckDbConnector.js';
@@ -7,11 +7,12 @@ import { createWebSocketDuckDbConnector } from '@sqlrooms/duckdb/dist/connectors
 globalThis.WebSocket = WebSocket; // Node 20 has no global WebSocket; `ws` is the documented stand-in.
 
 const wsUrl = process.argv[2];
+const authToken = process.argv[3];
 const assert = (cond, message) => {
   if (!cond) throw new Error(`assertion failed: ${message}`);
 };
 
-const connector = createWebSocketDuckDbConnector({ wsUrl });
+const connector = createWebSocketDuckDbConnector({ wsUrl, authToken });
 await connector.initialize();
 
 // 1. Queries.
@@ -43,7 +44,7 @@ const ipc = arrow.tableToIPC(table, 'stream');
 const header = Buffer.from(JSON.stringify({ type: 'uploadArrow', queryId: 'up1', tableName: 'uploaded' }));
 const length = Buffer.alloc(4);
 length.writeUInt32BE(header.length);
-const raw = new WebSocket(wsUrl);
+const raw = new WebSocket(wsUrl, authToken ? { headers: { Authorization: `Bearer ${authToken}` } } : {});
 await new Promise((resolve, reject) => { raw.on('open', resolve); raw.on('error', reject); });
 const ack = await new Promise((resolve) => {
   raw.on('message', (data) => resolve(JSON.parse(data.toString())));
@@ -73,4 +74,4 @@ assert(after.getChild('one').get(0) === 1, 'socket usable after cancel');
 console.log('cancel: ok');
 
 await connector.destroy();
-console.log('official @sqlrooms/duckdb connector: all checks passed');
+console.log(`official @sqlrooms/duckdb connector${authToken ? ' (with token)' : ''}: all checks passed`);

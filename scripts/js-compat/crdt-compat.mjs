@@ -1,16 +1,17 @@
 // The official @sqlrooms/crdt WebSocket sync connector (unchanged) against duckwire --sync:
 // two documents in one room converge through the server, and a late joiner gets the state.
-// Usage: node dist/crdt-compat.mjs ws://127.0.0.1:PORT
+// Usage: node dist/crdt-compat.mjs ws://127.0.0.1:PORT [TOKEN]
 import WebSocket from 'ws';
 import { LoroDoc } from 'loro-crdt';
 import { createWebSocketSyncConnector } from '@sqlrooms/crdt/dist/sync/webSocketSyncConnector.js';
 
 const url = process.argv[2];
+const token = process.argv[3];
 const roomId = `room-${Date.now()}`;
 const createSocket = (u, protocols) => new WebSocket(u, protocols);
 
 function open(doc, clientId) {
-  const connector = createWebSocketSyncConnector({ url, roomId, clientId, createSocket, maxRetries: 0 });
+  const connector = createWebSocketSyncConnector({ url, roomId, clientId, createSocket, maxRetries: 0, token });
   const opened = new Promise((resolve, reject) => {
     connector.setStatusListener((status) => {
       if (status === 'open') resolve();
@@ -51,4 +52,4 @@ await until(() => late.getMap('cells').get('a1') === 'hello from a' && late.getM
 console.log('late joiner receives the room snapshot: ok');
 
 for (const c of [first, second, third]) await c.connector.disconnect();
-console.log('official @sqlrooms/crdt sync connector: all checks passed');
+console.log(`official @sqlrooms/crdt sync connector${token ? ' (with token)' : ''}: all checks passed`);
