@@ -142,15 +142,15 @@ fn config_from(args: Args) -> ServerConfig {
             sync_enabled: args.sync,
             allow_client_snapshots: args.allow_client_snapshots || in_memory,
             save_debounce_ms: args.save_debounce_ms,
+            origins: args
+                .allowed_origins
+                .as_deref()
+                .map(OriginPolicy::from_list)
+                .unwrap_or_default(),
             ..duckwire_core::Config::default()
         },
         meta_namespace: args.meta_namespace,
         meta_db: args.meta_db,
-        origins: args
-            .allowed_origins
-            .as_deref()
-            .map(OriginPolicy::from_list)
-            .unwrap_or_default(),
         cache_bytes: args.cache_bytes,
         cache_dir: args.cache_dir,
         ..ServerConfig::default()
@@ -171,6 +171,14 @@ fn main() {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
+
+    // One log line per panic instead of a backtrace on stderr: the executor contains panics
+    // raised by hostile input (the Arrow IPC reader panics on some malformed streams), and
+    // those must not flood the log.
+    std::panic::set_hook(Box::new(|info| {
+        let thread = std::thread::current();
+        tracing::error!(thread = thread.name().unwrap_or("unnamed"), "panic: {info}");
+    }));
 
     let config = config_from(args);
     if config.core.auth_token.is_none() && !is_loopback(&config.host) {

@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use crate::auth::tokens_match;
+use crate::auth::{tokens_match, OriginPolicy};
 use crate::channels::Channels;
 use crate::codec::{decode_client_frame, ClientMessage, Frame, ServerMessage};
 use crate::effect::{Effect, QueryOutcome};
@@ -47,6 +47,8 @@ pub struct Config {
     pub max_save_latency_ms: u64,
     /// How long an idle, saved room with no members stays in memory.
     pub room_idle_evict_ms: u64,
+    /// Browser origins allowed besides loopback ones (`--allowed-origins`).
+    pub origins: OriginPolicy,
 }
 
 impl Default for Config {
@@ -59,6 +61,7 @@ impl Default for Config {
             save_debounce_ms: 500,
             max_save_latency_ms: 5_000,
             room_idle_evict_ms: 30_000,
+            origins: OriginPolicy::default(),
         }
     }
 }
@@ -72,6 +75,8 @@ pub struct ConnectionInfo {
     pub bearer_token: Option<String>,
     /// Token from the `token=` query parameter of the upgrade URL.
     pub url_token: Option<String>,
+    /// The `Origin` header, when the client is a browser.
+    pub origin: Option<String>,
 }
 
 #[derive(Debug)]
@@ -383,6 +388,19 @@ impl Server {
         if self.shutting_down {
             self.close(conn, close_code::GOING_AWAY, "server shutting down", now);
             return;
+        }
+        // A transport should refuse these before upgrading (HTTP 403); the core refuses them
+        // too, so no transport can let a foreign web page in by forgetting to.
+        if let Some(origin) = &info.origin {
+            if !self.config.origins.allows(origin) {
+                self.close(
+                    conn,
+                    close_code::POLICY_VIOLATION,
+                    "origin not allowed",
+                    now,
+                );
+                return;
+            }
         }
         if let Some(limit) = self.config.limits.max_connections {
             if open_now >= limit {

@@ -51,9 +51,11 @@ impl ServerProcess {
 
     pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> ServerProcess {
         let mut command = Command::new(binary());
-        command.args(["--port", "0", "--log-level", "warn"]);
-        if !args.contains(&"--threads") {
-            command.args(["--threads", "2"]);
+        command.args(["--port", "0"]);
+        for (flag, default) in [("--threads", "2"), ("--log-level", "warn")] {
+            if !args.contains(&flag) {
+                command.args([flag, default]);
+            }
         }
         command
             .args(args)

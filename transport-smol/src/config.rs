@@ -2,8 +2,6 @@
 
 use std::path::PathBuf;
 
-use duckwire_core::OriginPolicy;
-
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     pub host: String,
@@ -13,11 +11,10 @@ pub struct ServerConfig {
     pub db_path: String,
     /// `name` or `name@repository`.
     pub extensions: Vec<String>,
-    /// Protocol settings: caps, token, sync, snapshot policy, save timing.
+    /// Protocol settings: caps, token, origins, sync, snapshot policy, save timing.
     pub core: duckwire_core::Config,
     pub meta_namespace: String,
     pub meta_db: Option<PathBuf>,
-    pub origins: OriginPolicy,
     /// Result cache byte budget; `None` disables the in-memory tier.
     pub cache_bytes: Option<usize>,
     pub cache_dir: Option<PathBuf>,
@@ -41,7 +38,6 @@ impl Default for ServerConfig {
             core: duckwire_core::Config::default(),
             meta_namespace: "__sqlrooms".into(),
             meta_db: None,
-            origins: OriginPolicy::default(),
             cache_bytes: Some(256 * 1024 * 1024),
             cache_dir: None,
             threads: std::thread::available_parallelism().map_or(2, |n| n.get()),

@@ -270,7 +270,7 @@ async fn handle_connection(mut stream: TcpStream, peer: SocketAddr, shared: Arc<
 /// `None` when the request carries no `Origin` or an allowed one; else the 403 answer.
 fn origin_refusal(head: &RequestHead, shared: &Shared) -> Option<Response> {
     let origin = head.header("origin")?;
-    (!shared.config.origins.allows(origin)).then(|| Response::error(403, "origin not allowed"))
+    (!shared.config.core.origins.allows(origin)).then(|| Response::error(403, "origin not allowed"))
 }
 
 fn cors_headers(head: &RequestHead) -> Vec<(String, String)> {
@@ -435,6 +435,7 @@ async fn upgrade(
         peer: peer.to_string(),
         bearer_token: head.bearer_token(),
         url_token: head.query_param("token"),
+        origin: head.header("origin").map(str::to_string),
     };
     tracing::debug!(%peer, conn = conn.0, path = head.path, "WebSocket connection opened");
     crate::ws::serve(

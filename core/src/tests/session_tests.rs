@@ -111,6 +111,37 @@ fn upgrade_bearer_or_url_token_authenticates() {
 }
 
 #[test]
+fn foreign_browser_origins_are_closed_and_loopback_or_listed_ones_kept() {
+    let mut h = Harness::new(Config {
+        origins: crate::OriginPolicy::from_list("https://app.example.com"),
+        ..Config::default()
+    });
+    let with_origin = |origin: &str| ConnectionInfo {
+        origin: Some(origin.into()),
+        ..ConnectionInfo::default()
+    };
+    assert_eq!(
+        closes(&h.open_with(1, with_origin("https://evil.example"))),
+        vec![(1, 1008)]
+    );
+    assert!(h
+        .open_with(2, with_origin("http://localhost:5173"))
+        .is_empty());
+    assert!(h
+        .open_with(3, with_origin("https://app.example.com"))
+        .is_empty());
+    assert!(
+        h.open_with(4, ConnectionInfo::default()).is_empty(),
+        "no Origin: not a browser"
+    );
+    let effects = h.text(1, json!({"type":"json","sql":"select 1"}));
+    assert!(
+        effects.is_empty(),
+        "nothing from a refused connection is acted on"
+    );
+}
+
+#[test]
 fn authentication_belongs_to_the_connection_not_the_address() {
     let mut h = Harness::new(with_token());
     let same_peer = ConnectionInfo {
