@@ -23,6 +23,8 @@ use crate::metrics::Metrics;
 
 /// How long shutdown waits for room saves and running queries.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// Pause after a failed `accept`.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 /// How long a client may take to send its request head.
 const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -96,6 +98,15 @@ fn load_extensions(conn: &Connection, extensions: &[String]) {
             Ok(()) => tracing::info!(extension = spec, "extension loaded"),
             Err(e) => tracing::warn!(extension = spec, "extension not loaded (skipped): {e}"),
         }
+    }
+}
+
+/// `host:port`, with IPv6 hosts bracketed (`[::1]:4000`).
+fn listen_address(host: &str, port: u16) -> String {
+    if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
     }
 }
 
@@ -174,7 +185,7 @@ pub fn run(
         next_conn: AtomicU64::new(1),
     });
 
-    let addr = format!("{}:{}", config.host, config.port);
+    let addr = listen_address(&config.host, config.port);
     let mut meta_worker = smol::block_on(async {
         let listener = TcpListener::bind(&addr)
             .await
@@ -197,7 +208,11 @@ pub fn run(
                         let shared = shared.clone();
                         smol::spawn(handle_connection(stream, peer, shared)).detach();
                     }
-                    Err(e) => tracing::warn!("accept failed: {e}"),
+                    Err(e) => {
+                        // Typically out of file descriptors: back off instead of spinning.
+                        tracing::warn!("accept failed: {e}");
+                        smol::Timer::after(ACCEPT_BACKOFF).await;
+                    }
                 }
             }
         };
@@ -448,4 +463,17 @@ async fn upgrade(
     )
     .await;
     tracing::debug!(%peer, conn = conn.0, "WebSocket connection closed");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv6_hosts_are_bracketed() {
+        assert_eq!(listen_address("127.0.0.1", 4000), "127.0.0.1:4000");
+        assert_eq!(listen_address("::1", 4000), "[::1]:4000");
+        assert_eq!(listen_address("[::1]", 4000), "[::1]:4000");
+        assert_eq!(listen_address("localhost", 0), "localhost:0");
+    }
 }
