@@ -92,3 +92,52 @@ fn without_a_token_auth_is_acked_for_compatibility() {
         json!({"type":"authAck"})
     );
 }
+
+/// A masked client text frame (RFC 6455 §5.2), for a raw-socket peer.
+fn masked_text_frame(text: &str) -> Vec<u8> {
+    let payload = text.as_bytes();
+    assert!(payload.len() < 126);
+    let mask = [1u8, 2, 3, 4];
+    let mut frame = vec![0x81, 0x80 | payload.len() as u8];
+    frame.extend_from_slice(&mask);
+    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    frame
+}
+
+#[test]
+fn a_peer_that_ignores_our_close_frame_is_disconnected() {
+    use std::io::{Read, Write};
+    let server = ServerProcess::start(&["--auth-token", "s3cret"]);
+    let mut socket = std::net::TcpStream::connect(&server.addr).unwrap();
+    socket.set_read_timeout(Some(REPLY_TIMEOUT)).unwrap();
+    write!(
+        socket,
+        "GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    .unwrap();
+    for _ in 0..3 {
+        socket
+            .write_all(&masked_text_frame(r#"{"type":"auth","token":"bad"}"#))
+            .unwrap();
+    }
+    // Read the 101, three errors and the close frame, never answering: the server must end
+    // the connection itself (EOF) rather than wait for us forever.
+    let mut received = Vec::new();
+    let mut buffer = [0u8; 1024];
+    loop {
+        match socket.read(&mut buffer) {
+            Ok(0) => break,
+            Ok(n) => received.extend_from_slice(&buffer[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+            Err(e) => panic!("the server kept the socket open: {e}"),
+        }
+    }
+    let text = String::from_utf8_lossy(&received);
+    assert!(text.starts_with("HTTP/1.1 101"));
+    assert_eq!(text.matches("unauthorized").count(), 3);
+    // The close frame (opcode 0x8) with code 1008 (0x03F0).
+    assert!(received
+        .windows(4)
+        .any(|w| w[0] == 0x88 && w[2] == 0x03 && w[3] == 0xF0));
+}

@@ -12,6 +12,9 @@ use smol::net::TcpStream;
 
 use crate::driver::{DriverInput, Outbound};
 
+/// How long a peer has to answer our close frame before its socket is dropped.
+const CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
 pub async fn serve(
     stream: TcpStream,
     already_read: Vec<u8>,
@@ -41,6 +44,8 @@ pub async fn serve(
     }
 
     let writer_driver = driver.clone();
+    // Told when we have sent a close frame: from then on the peer gets CLOSE_GRACE to answer.
+    let (closing, closed_by_us) = async_channel::bounded::<()>(1);
     let writer_task = smol::spawn(async move {
         while let Ok(outbound) = queue.recv().await {
             match outbound {
@@ -61,38 +66,50 @@ pub async fn serve(
                         reason: reason.into(),
                     };
                     let _ = sink.close(Some(frame)).await;
+                    let _ = closing.try_send(());
                     break;
                 }
             }
         }
     });
 
-    while let Some(message) = source.next().await {
-        let frame = match message {
-            Ok(Message::Text(text)) => Frame::Text(text.as_str().to_owned()),
-            Ok(Message::Binary(data)) => Frame::Binary(data),
-            Ok(Message::Close(_)) => break,
-            Ok(_) => continue,
-            Err(WsError::Capacity(_)) => {
-                let limit = limits.max_frame_bytes.unwrap_or(usize::MAX);
-                let reason = ProtocolError::CapExceeded {
-                    cap: "max_frame_bytes",
-                    limit,
+    let reading = async {
+        while let Some(message) = source.next().await {
+            let frame = match message {
+                Ok(Message::Text(text)) => Frame::Text(text.as_str().to_owned()),
+                Ok(Message::Binary(data)) => Frame::Binary(data),
+                Ok(Message::Close(_)) => break,
+                Ok(_) => continue,
+                Err(WsError::Capacity(_)) => {
+                    let limit = limits.max_frame_bytes.unwrap_or(usize::MAX);
+                    let reason = ProtocolError::CapExceeded {
+                        cap: "max_frame_bytes",
+                        limit,
+                    }
+                    .to_string();
+                    let _ = writer.try_send(Outbound::Close(close_code::MESSAGE_TOO_BIG, reason));
+                    break;
                 }
-                .to_string();
-                let _ = writer.try_send(Outbound::Close(close_code::MESSAGE_TOO_BIG, reason));
+                Err(_) => break,
+            };
+            if driver
+                .send(DriverInput::Frame { conn, frame })
+                .await
+                .is_err()
+            {
                 break;
             }
-            Err(_) => break,
-        };
-        if driver
-            .send(DriverInput::Frame { conn, frame })
-            .await
-            .is_err()
-        {
-            break;
         }
-    }
+    };
+    // A peer that never answers our close frame does not keep its socket.
+    let close_grace = async {
+        if closed_by_us.recv().await.is_ok() {
+            smol::Timer::after(CLOSE_GRACE).await;
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
+    smol::future::or(reading, close_grace).await;
     drop(writer);
     let _ = driver.send(DriverInput::Closed { conn }).await;
     writer_task.await;
