@@ -24,6 +24,9 @@ struct Args {
     /// bearer token clients must present (or env DUCKWIRE_AUTH_TOKEN)
     #[argh(option)]
     auth_token: Option<String>,
+    /// close connections not authenticated within this many ms (default 30000; 0/none disables)
+    #[argh(option, from_str_fn(parse_cap), default = "Some(30_000)")]
+    auth_timeout_ms: Option<usize>,
     /// enable CRDT sync rooms
     #[argh(switch)]
     sync: bool,
@@ -142,6 +145,7 @@ fn config_from(args: Args) -> ServerConfig {
             sync_enabled: args.sync,
             allow_client_snapshots: args.allow_client_snapshots || in_memory,
             save_debounce_ms: args.save_debounce_ms,
+            auth_timeout_ms: args.auth_timeout_ms.map(|ms| ms as u64),
             origins: args
                 .allowed_origins
                 .as_deref()

@@ -65,6 +65,8 @@ pub enum TimerKey {
     RoomMaxLatency(String),
     /// Drop an idle, saved room from memory.
     RoomEvict(String),
+    /// Close a connection that has not authenticated by now.
+    AuthDeadline(ConnId),
 }
 
 /// Deterministic generator of UUID v4 strings from entropy the caller supplied

@@ -439,28 +439,27 @@ impl Server {
         }
     }
 
-    pub(crate) fn timer(&mut self, key: TimerKey, now: Millis) {
-        match key {
-            TimerKey::RoomDebounce(room_id) | TimerKey::RoomMaxLatency(room_id) => {
-                let Some(room) = self.rooms.rooms.get(&room_id) else {
-                    return;
-                };
-                let due = [room.debounce_due, room.latency_due]
-                    .into_iter()
-                    .flatten()
-                    .any(|at| at <= now);
-                if due && room.loaded && room.needs_save() && room.persisting.is_none() {
-                    self.persist_room(&room_id);
-                }
-            }
-            TimerKey::RoomEvict(room_id) => {
-                let evictable = self.rooms.rooms.get(&room_id).is_some_and(|room| {
-                    room.loaded && room.is_idle() && !room.needs_save() && room.persisting.is_none()
-                });
-                if evictable {
-                    self.rooms.rooms.remove(&room_id);
-                }
-            }
+    /// A debounce or max-latency timer of `room_id` fired.
+    pub(crate) fn room_save_due(&mut self, room_id: &str, now: Millis) {
+        let Some(room) = self.rooms.rooms.get(room_id) else {
+            return;
+        };
+        let due = [room.debounce_due, room.latency_due]
+            .into_iter()
+            .flatten()
+            .any(|at| at <= now);
+        if due && room.loaded && room.needs_save() && room.persisting.is_none() {
+            self.persist_room(room_id);
+        }
+    }
+
+    /// The idle-eviction timer of `room_id` fired.
+    pub(crate) fn room_evict_due(&mut self, room_id: &str) {
+        let evictable = self.rooms.rooms.get(room_id).is_some_and(|room| {
+            room.loaded && room.is_idle() && !room.needs_save() && room.persisting.is_none()
+        });
+        if evictable {
+            self.rooms.rooms.remove(room_id);
         }
     }
 }

@@ -49,6 +49,9 @@ pub struct Config {
     pub room_idle_evict_ms: u64,
     /// Browser origins allowed besides loopback ones (`--allowed-origins`).
     pub origins: OriginPolicy,
+    /// With a token configured, a connection still unauthenticated this long after opening
+    /// is closed (1008). `None` disables the deadline.
+    pub auth_timeout_ms: Option<u64>,
 }
 
 impl Default for Config {
@@ -62,6 +65,7 @@ impl Default for Config {
             max_save_latency_ms: 5_000,
             room_idle_evict_ms: 30_000,
             origins: OriginPolicy::default(),
+            auth_timeout_ms: Some(30_000),
         }
     }
 }
@@ -353,6 +357,7 @@ impl Server {
             return;
         };
         c.open = false;
+        let awaited_auth = !c.authenticated && self.config.auth_token.is_some();
         let inflight = std::mem::take(&mut c.inflight);
         let room = c.room.take();
         for handle in inflight.into_values() {
@@ -362,6 +367,11 @@ impl Server {
         self.channels.remove_connection(conn);
         if let Some(room) = room {
             self.leave_room(conn, &room, now);
+        }
+        if awaited_auth {
+            self.push(Effect::CancelTimer {
+                key: TimerKey::AuthDeadline(conn),
+            });
         }
     }
 
@@ -410,7 +420,40 @@ impl Server {
                 }
                 .to_string();
                 self.close(conn, close_code::TRY_AGAIN_LATER, &reason, now);
+                return;
             }
+        }
+        if let (false, Some(timeout)) = (authenticated, self.config.auth_timeout_ms) {
+            self.push(Effect::SetTimer {
+                key: TimerKey::AuthDeadline(conn),
+                at: now.plus(timeout),
+            });
+        }
+    }
+
+    fn timer(&mut self, key: TimerKey, now: Millis) {
+        match key {
+            TimerKey::AuthDeadline(conn) => self.auth_deadline(conn, now),
+            TimerKey::RoomDebounce(room_id) | TimerKey::RoomMaxLatency(room_id) => {
+                self.room_save_due(&room_id, now)
+            }
+            TimerKey::RoomEvict(room_id) => self.room_evict_due(&room_id),
+        }
+    }
+
+    /// The authentication deadline of `conn` passed.
+    fn auth_deadline(&mut self, conn: ConnId, now: Millis) {
+        if self
+            .conns
+            .get(&conn)
+            .is_some_and(|c| c.open && !c.authenticated)
+        {
+            self.close(
+                conn,
+                close_code::POLICY_VIOLATION,
+                "authentication timeout",
+                now,
+            );
         }
     }
 
@@ -467,7 +510,12 @@ impl Server {
             return;
         };
         if ok {
-            c.authenticated = true;
+            let was_authenticated = std::mem::replace(&mut c.authenticated, true);
+            if !was_authenticated && self.config.auth_token.is_some() {
+                self.push(Effect::CancelTimer {
+                    key: TimerKey::AuthDeadline(conn),
+                });
+            }
             self.send(conn, ServerMessage::AuthAck, now);
             return;
         }

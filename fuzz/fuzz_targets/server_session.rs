@@ -84,10 +84,11 @@ fuzz_target!(|inputs: Vec<Input>| {
             Input::Timer { room, which, advance } => {
                 now += u64::from(advance);
                 let room = format!("r{}", room % 4);
-                let key = match which % 3 {
+                let key = match which % 4 {
                     0 => TimerKey::RoomDebounce(room),
                     1 => TimerKey::RoomMaxLatency(room),
-                    _ => TimerKey::RoomEvict(room),
+                    2 => TimerKey::RoomEvict(room),
+                    _ => TimerKey::AuthDeadline(ConnId(u64::from(which))),
                 };
                 server.handle_timer(key, Millis(now))
             }

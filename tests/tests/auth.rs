@@ -54,6 +54,23 @@ fn bearer_header_or_url_token_authenticate_at_upgrade() {
 }
 
 #[test]
+fn connections_that_never_authenticate_are_closed_at_the_deadline() {
+    let server = ServerProcess::start(&["--auth-token", "s3cret", "--auth-timeout-ms", "300"]);
+    let mut idle = server.connect();
+    let mut prompt = server.connect();
+    assert_eq!(
+        prompt.request(json!({"type":"auth","token":"s3cret"})),
+        json!({"type":"authAck"})
+    );
+    assert_eq!(idle.recv_close(), Some(1008));
+    // The one that authenticated in time is unaffected.
+    assert_eq!(
+        prompt.request(json!({"type":"exec","sql":"select 1","queryId":1}))["type"],
+        "ok"
+    );
+}
+
+#[test]
 fn env_token_is_used_when_the_flag_is_absent() {
     let server = ServerProcess::start_with_env(&[], &[("DUCKWIRE_AUTH_TOKEN", "from-env")]);
     let mut client = server.connect();

@@ -82,6 +82,54 @@ fn three_wrong_tokens_close_with_1008() {
 }
 
 #[test]
+fn unauthenticated_connections_are_closed_at_the_auth_deadline() {
+    let mut h = Harness::new(with_token());
+    let effects = h.open(1);
+    let deadline = effects.iter().find_map(|e| match e {
+        Effect::SetTimer {
+            key: crate::TimerKey::AuthDeadline(ConnId(1)),
+            at,
+        } => Some(*at),
+        _ => None,
+    });
+    assert_eq!(deadline, Some(crate::Millis(h.now + 30_000)));
+    h.server
+        .handle_timer(crate::TimerKey::AuthDeadline(ConnId(1)), deadline.unwrap())
+        .unwrap();
+    assert_eq!(closes(&h.drain()), vec![(1, 1008)]);
+}
+
+#[test]
+fn authenticating_in_time_cancels_the_deadline() {
+    let mut h = Harness::new(with_token());
+    h.open(1);
+    let effects = h.text(1, json!({"type":"auth","token":"s3cret"}));
+    assert!(effects.contains(&Effect::CancelTimer {
+        key: crate::TimerKey::AuthDeadline(ConnId(1))
+    }));
+    // Even a stale firing leaves an authenticated connection alone.
+    h.server
+        .handle_timer(
+            crate::TimerKey::AuthDeadline(ConnId(1)),
+            crate::Millis(u64::MAX),
+        )
+        .unwrap();
+    assert!(closes(&h.drain()).is_empty());
+    // No deadline without a token, or when the upgrade already authenticated.
+    let mut open = Harness::new(Config::default());
+    assert!(open.open(2).is_empty());
+    let mut h = Harness::new(with_token());
+    let effects = h.open_with(
+        3,
+        ConnectionInfo {
+            bearer_token: Some("s3cret".into()),
+            ..ConnectionInfo::default()
+        },
+    );
+    assert!(effects.is_empty());
+}
+
+#[test]
 fn upgrade_bearer_or_url_token_authenticates() {
     let mut h = Harness::new(with_token());
     h.open_with(
