@@ -12,6 +12,9 @@ use tungstenite::client::IntoClientRequest;
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::{Message, WebSocket};
 
+/// A query that runs until it is interrupted (minutes on these machines).
+pub const SLOW_SQL: &str = "select count(*) from range(100000000000) t(i) where i % 7 = 3";
+
 /// How long a test waits for any single reply before failing (instead of hanging).
 pub const REPLY_TIMEOUT: Duration = Duration::from_secs(20);
 

@@ -30,7 +30,7 @@ fn max_connections_closes_extra_connections_with_1013() {
 fn inflight_and_query_id_caps_answer_named_errors() {
     let server = ServerProcess::start(&["--max-inflight-per-conn", "1", "--max-query-id-len", "4"]);
     let mut client = server.connect();
-    client.send_json(json!({"type":"json","sql":"select count(*) from range(100000000000) t(i) where i % 7 = 3","queryId":"slow"}));
+    client.send_json(json!({"type":"json","sql":SLOW_SQL,"queryId":"slow"}));
     assert_eq!(
         client.request(json!({"type":"json","sql":"select 1","queryId":"two"})),
         json!({"type":"error","queryId":"two","error":"max_inflight_per_conn exceeded (limit 1)"})

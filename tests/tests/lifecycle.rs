@@ -29,7 +29,7 @@ fn tables_survive_sigterm_and_restart() {
 fn sigterm_interrupts_running_queries_and_exits_zero() {
     let server = ServerProcess::start(&[]);
     let mut client = server.connect();
-    client.send_json(json!({"type":"json","sql":"select count(*) from range(100000000000) t(i) where i % 7 = 3","queryId":"slow"}));
+    client.send_json(json!({"type":"json","sql":SLOW_SQL,"queryId":"slow"}));
     // Wait until the server has the query (its reply to a later message comes after).
     assert_eq!(
         client.request(json!({"type":"subscribe","channel":"c"}))["type"],
@@ -70,7 +70,7 @@ fn meta_tables_are_created_in_the_namespace() {
 fn a_disconnecting_client_has_its_queries_interrupted() {
     let server = ServerProcess::start(&["--threads", "1"]);
     let mut client = server.connect();
-    client.send_json(json!({"type":"json","sql":"select count(*) from range(100000000000) t(i) where i % 7 = 3","queryId":"slow"}));
+    client.send_json(json!({"type":"json","sql":SLOW_SQL,"queryId":"slow"}));
     assert_eq!(
         client.request(json!({"type":"subscribe","channel":"c"}))["type"],
         "subscribed"

@@ -5,9 +5,6 @@ use arrow_array::types::Int64Type;
 use duckwire_tests::*;
 use serde_json::{json, Value};
 
-/// A query that runs until interrupted (several seconds on these machines).
-const SLOW_SQL: &str = "select count(*) from range(100000000000) t(i) where i % 7 = 3";
-
 #[test]
 fn arrow_query_returns_an_ipc_stream_framed_with_its_query_id() {
     let server = ServerProcess::start(&[]);
