@@ -191,23 +191,23 @@ impl Server {
             };
             return self.upload_done(handle, result, now);
         }
-        let Some(entry) = self.finish(handle) else {
-            // Unknown or abandoned (connection closed): writes still invalidate the cache.
-            if wrote || matches!(outcome, QueryOutcome::NoResultSet) {
-                self.push(Effect::InvalidateCache);
-            }
-            return;
-        };
-        let is_exec = entry.work == Work::Query(QueryKind::Exec);
+        let entry = self.finish(handle);
+        let is_exec = entry
+            .as_ref()
+            .is_some_and(|e| e.work == Work::Query(QueryKind::Exec));
+        // Even a query whose connection is gone may have written.
         if wrote || is_exec || matches!(outcome, QueryOutcome::NoResultSet) {
             self.push(Effect::InvalidateCache);
         }
-        let InFlight {
+        let Some(InFlight {
             conn,
             query_id,
             cancelled,
             ..
-        } = entry;
+        }) = entry
+        else {
+            return;
+        };
         match outcome {
             // An exec answers `ok` whatever the last statement returned.
             _ if is_exec
