@@ -291,3 +291,26 @@ fn corrupted_uploads_never_take_a_worker_down() {
     let reply = client.request(json!({"type":"json","sql":"select 1 as alive","queryId":"end"}));
     assert_eq!(reply["data"], "[{\"alive\":1}]");
 }
+
+#[test]
+fn cache_dir_holds_persisted_results_and_writes_empty_it() {
+    let dir = temp_dir("cache-dir");
+    let cache = dir.join("cache");
+    // Memory tier off: every hit must come from the disk tier.
+    let server =
+        ServerProcess::start(&["--cache-dir", cache.to_str().unwrap(), "--cache-bytes", "0"]);
+    let mut client = server.connect();
+    let query = json!({"type":"arrow","sql":"select 42 as x","persist":true,"queryId":"p"});
+    client.send_json(query.clone());
+    let first = client.recv_binary();
+    let files = || std::fs::read_dir(&cache).unwrap().count();
+    assert_eq!(files(), 1, "the result was written to the disk tier");
+    client.send_json(query);
+    assert_eq!(client.recv_binary(), first, "served identically from disk");
+    let (_, _, metrics) = get(&server.addr, "/metrics", "");
+    assert!(String::from_utf8(metrics)
+        .unwrap()
+        .contains("duckwire_cache_hits_total 1"));
+    client.request(json!({"type":"exec","sql":"create table t(x int)","queryId":"w"}));
+    assert_eq!(files(), 0, "a write empties the disk tier");
+}
