@@ -112,6 +112,7 @@ impl ResultCache {
             while result.is_none() {
                 result = ready.wait(result).unwrap_or_else(|e| e.into_inner());
             }
+            self.waiting.fetch_sub(1, Relaxed);
             match result.clone().expect("set above") {
                 // The leader's result could not be shared (not a cacheable read): run our own.
                 Ok((_, false)) => {

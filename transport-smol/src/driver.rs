@@ -75,7 +75,7 @@ impl Driver {
                 None => Some(self.inputs.recv().await),
             };
             let now = self.now();
-            let result = match input {
+            let mut result = match input {
                 None => Ok(()),
                 Some(Err(_)) => break,
                 Some(Ok(input)) => self.handle(input, now, &mut writers, &mut shutdown_waiter),
@@ -85,7 +85,6 @@ impl Driver {
                 .filter(|(_, at)| **at <= now)
                 .map(|(key, _)| key.clone())
                 .collect();
-            let mut result = result;
             for key in due {
                 timers.remove(&key);
                 result = result.and(self.server.handle_timer(key, now));
