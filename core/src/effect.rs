@@ -5,7 +5,7 @@
 use bytes::Bytes;
 
 use crate::codec::{Frame, QueryKind};
-use crate::ids::{ConnId, Millis, QueryHandle, TimerKey};
+use crate::ids::{ConnId, Millis, QueryHandle, QueryId, TimerKey};
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Effect {
@@ -47,6 +47,8 @@ pub enum Effect {
 pub struct RunQuery {
     pub query: QueryHandle,
     pub conn: ConnId,
+    /// The id the replies carry (the client's, or the one generated for it); for logs.
+    pub query_id: QueryId,
     pub kind: QueryKind,
     pub sql: String,
     /// The client asked for the result to be cached.
@@ -60,6 +62,8 @@ pub struct RunQuery {
 pub struct UploadTable {
     pub query: QueryHandle,
     pub conn: ConnId,
+    /// The id the reply carries (the client's, or the one generated for it); for logs.
+    pub query_id: QueryId,
     /// Validated: one to three dot-separated identifiers.
     pub table_name: String,
     /// The Arrow IPC stream.

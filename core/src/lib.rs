@@ -23,5 +23,7 @@ pub use ids::{ConnId, Millis, QueryHandle, QueryId, TimerKey};
 pub use limits::Limits;
 pub use server::{close_code, Config, ConnectionInfo, Server, MAX_AUTH_STRIKES};
 
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 #[cfg(test)]
 mod tests;

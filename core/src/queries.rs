@@ -116,6 +116,7 @@ impl Server {
                 sql,
                 persist: persist && kind != QueryKind::Exec,
                 arrow_header: encode_arrow_frame_header(&query_id),
+                query_id,
             })),
             Err((error, id)) => self.send_error(conn, error, id, now),
         }
@@ -130,9 +131,10 @@ impl Server {
         now: Millis,
     ) {
         match self.admit(conn, query_id, Work::Upload) {
-            Ok((query, _)) => self.push(Effect::UploadTable(UploadTable {
+            Ok((query, query_id)) => self.push(Effect::UploadTable(UploadTable {
                 query,
                 conn,
+                query_id,
                 table_name,
                 payload,
             })),

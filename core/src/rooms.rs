@@ -319,14 +319,20 @@ impl Server {
         if !room.doc.oplog_vv().is_empty() {
             return self.send_error(conn, ProtocolError::RoomNotEmpty, None, now);
         }
-        // Import into a scratch document so a rejected snapshot cannot touch the room.
-        let seeded = self.new_doc();
-        if let Err(e) = seeded.import(&data) {
+        // Validate on a scratch document so a rejected snapshot cannot touch the room, then
+        // merge it into the room rather than replacing the document: updates the room already
+        // accepted without any op becoming visible (pending on missing dependencies, or
+        // empty changes) are kept, and may be completed by the snapshot.
+        let scratch = self.new_doc();
+        if let Err(e) = scratch.import(&data) {
             let error = ProtocolError::InvalidSnapshot(e.to_string());
             return self.send_error(conn, error, None, now);
         }
         let room = self.rooms.rooms.get_mut(room_id).expect("checked above");
-        room.doc = seeded;
+        if let Err(e) = room.doc.import(&data) {
+            let error = ProtocolError::InvalidSnapshot(e.to_string());
+            return self.send_error(conn, error, None, now);
+        }
         let others: Vec<ConnId> = room
             .members
             .iter()

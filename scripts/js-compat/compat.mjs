@@ -1,5 +1,6 @@
 // The official @sqlrooms/duckdb WebSocket connector (unchanged) against duckwire:
 // queries, DDL, an Arrow upload, and a cancel. Usage: node dist/compat.mjs ws://127.0.0.1:PORT [TOKEN]
+import './record.mjs';
 import WebSocket from 'ws';
 import * as arrow from 'apache-arrow';
 import { createWebSocketDuckDbConnector } from '@sqlrooms/duckdb/dist/connectors/WebSocketDuckDbConnector.js';

@@ -1,6 +1,7 @@
 // The official @sqlrooms/crdt WebSocket sync connector (unchanged) against duckwire --sync:
 // two documents in one room converge through the server, and a late joiner gets the state.
 // Usage: node dist/crdt-compat.mjs ws://127.0.0.1:PORT [TOKEN]
+import './record.mjs';
 import WebSocket from 'ws';
 import { LoroDoc } from 'loro-crdt';
 import { createWebSocketSyncConnector } from '@sqlrooms/crdt/dist/sync/webSocketSyncConnector.js';

@@ -178,6 +178,48 @@ fn client_snapshot_seeds_only_an_empty_room() {
     );
 }
 
+/// Fuzzing finding (crdt target, fuzz/regressions/crdt/seed-replaced-accepted-update): a
+/// room whose accepted updates were all still pending (waiting for a missing dependency)
+/// counted as empty, and a client snapshot then *replaced* its document, silently dropping
+/// updates it had acknowledged. Seeding now merges into the room.
+#[test]
+fn a_client_snapshot_keeps_updates_the_room_already_accepted() {
+    let mut h = joined(&[1, 2]);
+    let author = loro::LoroDoc::new();
+    author.set_peer_id(7).unwrap();
+    author.get_map("m").insert("first", 1).unwrap();
+    author.commit();
+    let after_first = author.oplog_vv();
+    author.get_map("m").insert("second", 2).unwrap();
+    author.commit();
+    let second_only = author
+        .export(loro::ExportMode::updates(&after_first))
+        .unwrap();
+    // The second change alone depends on the first: Loro keeps it pending.
+    let ack = only_json(&h.binary(1, second_only), 1);
+    assert_eq!(ack["type"], json!("crdt-update-ack"));
+
+    let seed = loro::LoroDoc::new();
+    seed.set_peer_id(7).unwrap();
+    seed.get_map("m").insert("first", 1).unwrap();
+    seed.commit();
+    let seed = seed.export(loro::ExportMode::Snapshot).unwrap();
+    let reply = only_json(
+        &h.text(
+            2,
+            json!({"type":"crdt-snapshot","roomId":"r","data":b64(&seed)}),
+        ),
+        2,
+    );
+    assert_eq!(reply["type"], json!("crdt-snapshot-ack"));
+    let room = snapshot_value(&h.server.room_snapshot("r").unwrap());
+    assert_eq!(
+        room,
+        author.get_deep_value(),
+        "both changes are in the room"
+    );
+}
+
 #[test]
 fn client_snapshots_can_be_disabled() {
     let mut h = Harness::new(Config {

@@ -1,0 +1,229 @@
+//! Writes the fuzz seed corpora (`fuzz/seeds/{decode,state_machine,crdt}`) from the client
+//! traffic recorded in `fuzz/traffic` (see `scripts/js-compat/record.mjs`):
+//!
+//! cargo run -p duckwire-core --features fuzzing --example fuzz_seeds
+
+use std::path::Path;
+
+use duckwire_core::fuzzing::{self, crdt, session};
+
+fn main() -> std::io::Result<()> {
+    let fuzz = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz");
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(fuzz.join("traffic"))? {
+        let entry = entry?;
+        files.push((
+            entry.file_name().to_string_lossy().into_owned(),
+            std::fs::read(entry.path())?,
+        ));
+    }
+    let traffic = fuzzing::traffic_frames(files);
+    let seeds = fuzz.join("seeds");
+    let write = |target: &str, name: String, bytes: Vec<u8>| -> std::io::Result<()> {
+        let dir = seeds.join(target);
+        std::fs::create_dir_all(&dir)?;
+        std::fs::write(dir.join(name), bytes)
+    };
+
+    // decode: every recorded frame as it was sent.
+    for (i, frame) in traffic.iter().enumerate() {
+        write(
+            "decode",
+            format!("traffic-{i:03}"),
+            fuzzing::encode_decode_input(frame),
+        )?;
+    }
+
+    // state_machine: the recorded sessions replayed by one and by two connections, with
+    // the executor finishing queries and time passing in between.
+    use session::Op;
+    let recorded = |conn: u8| -> Vec<Op> {
+        (0..traffic.len())
+            .flat_map(|i| {
+                [
+                    Op::Recorded {
+                        conn,
+                        index: i as u8,
+                    },
+                    Op::Finish {
+                        nth: 0,
+                        outcome: (i % 6) as u8,
+                    },
+                    Op::Written { conn },
+                ]
+            })
+            .collect()
+    };
+    let mut one = vec![Op::Open {
+        conn: 0,
+        credential: 0,
+    }];
+    one.extend(recorded(0));
+    one.push(Op::Tick { ms: 6000 });
+    write(
+        "state_machine",
+        "recorded-one-connection".into(),
+        session::encode(&one),
+    )?;
+
+    let mut two = vec![
+        Op::Open {
+            conn: 0,
+            credential: 1,
+        },
+        Op::Open {
+            conn: 1,
+            credential: 3,
+        },
+        Op::Join { conn: 1, room: 0 },
+        Op::Loaded {
+            room: 0,
+            content: 0,
+        },
+    ];
+    two.extend(recorded(0));
+    two.extend([
+        Op::Tick { ms: 600 },
+        Op::Close { conn: 1 },
+        Op::Tick { ms: 40000 },
+    ]);
+    write(
+        "state_machine",
+        "recorded-two-connections".into(),
+        session::encode(&two),
+    )?;
+
+    let structured = vec![
+        Op::Open {
+            conn: 0,
+            credential: 0,
+        },
+        Op::Auth {
+            conn: 0,
+            right: false,
+        },
+        Op::Auth {
+            conn: 0,
+            right: true,
+        },
+        Op::Open {
+            conn: 1,
+            credential: 2,
+        },
+        Op::Open {
+            conn: 2,
+            credential: 3,
+        },
+        Op::Open {
+            conn: 3,
+            credential: 1,
+        },
+        Op::Query {
+            conn: 0,
+            kind: 0,
+            with_id: true,
+        },
+        Op::Query {
+            conn: 0,
+            kind: 1,
+            with_id: false,
+        },
+        Op::Upload { conn: 0 },
+        Op::Cancel { conn: 0, nth: 0 },
+        Op::Finish { nth: 0, outcome: 3 },
+        Op::Subscribe {
+            conn: 0,
+            channel: 1,
+        },
+        Op::Subscribe {
+            conn: 2,
+            channel: 1,
+        },
+        Op::Notify {
+            conn: 2,
+            channel: 1,
+        },
+        Op::Join { conn: 0, room: 1 },
+        Op::Join { conn: 2, room: 1 },
+        Op::Loaded {
+            room: 1,
+            content: 3,
+        },
+        Op::Update {
+            conn: 0,
+            key: 1,
+            value: 7,
+            corrupt: false,
+        },
+        Op::Update {
+            conn: 2,
+            key: 1,
+            value: 9,
+            corrupt: true,
+        },
+        Op::PersistMode { fail: true },
+        Op::Tick { ms: 5000 },
+        Op::PersistMode { fail: false },
+        Op::Tick { ms: 5000 },
+        Op::Finish { nth: 0, outcome: 5 },
+        Op::Shutdown,
+    ];
+    write(
+        "state_machine",
+        "structured-tour".into(),
+        session::encode(&structured),
+    )?;
+
+    // crdt: members editing every kind of container, recorded updates, and damaged ones.
+    let mut ops = Vec::new();
+    for i in 0..24u8 {
+        ops.push(crdt::Op::Edit {
+            conn: i % 3,
+            target: i % 4,
+            value: i.wrapping_mul(37),
+        });
+    }
+    for index in 0..fuzzing::crdt_updates(&traffic).len() as u8 {
+        ops.push(crdt::Op::Recorded {
+            conn: index % 3,
+            index,
+        });
+    }
+    ops.extend([
+        crdt::Op::Corrupt {
+            conn: 1,
+            nth: 3,
+            at: 20,
+            xor: 0x40,
+        },
+        crdt::Op::Truncate {
+            conn: 2,
+            nth: 5,
+            keep: 9,
+        },
+        crdt::Op::Splice {
+            conn: 0,
+            first: 1,
+            second: 2,
+        },
+        crdt::Op::ClientSnapshot { conn: 2 },
+        crdt::Op::Rejoin { conn: 1 },
+    ]);
+    write("crdt", "members-edit".into(), crdt::encode(&ops))?;
+    write(
+        "crdt",
+        "snapshot-first".into(),
+        crdt::encode(&[
+            crdt::Op::Edit {
+                conn: 0,
+                target: 1,
+                value: 3,
+            },
+            crdt::Op::ClientSnapshot { conn: 1 },
+            crdt::Op::ClientSnapshot { conn: 0 },
+            crdt::Op::Rejoin { conn: 2 },
+        ]),
+    )?;
+    println!("seeds written under {}", seeds.display());
+    Ok(())
+}

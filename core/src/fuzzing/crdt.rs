@@ -1,0 +1,437 @@
+//! The CRDT harness: valid, corrupted, truncated, spliced, recorded and random Loro updates
+//! and client snapshots into one room with three members. After every step the room must
+//! equal the merge of exactly the updates it acknowledged (a rejected update leaves it
+//! untouched), relays must carry the sender's bytes to the other members only, and a
+//! re-join must return the room's current state.
+
+use arbitrary::Unstructured;
+use base64::Engine as _;
+use bytes::Bytes;
+use serde_json::{json, Value};
+
+use super::{byte, push_short_bytes, short_bytes};
+use crate::{Config, ConnId, ConnectionInfo, Effect, Frame, Millis, Server};
+
+const MEMBERS: u8 = 3;
+const ROOM: &str = "room";
+const MAX_OPS: usize = 200;
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Op {
+    /// A member edits its own document (`target`: map, text, list, counter) and sends the
+    /// update since its last one.
+    Edit {
+        conn: u8,
+        target: u8,
+        value: u8,
+    },
+    /// A previously sent update with one byte changed.
+    Corrupt {
+        conn: u8,
+        nth: u8,
+        at: u16,
+        xor: u8,
+    },
+    /// A previously sent update cut short.
+    Truncate {
+        conn: u8,
+        nth: u8,
+        keep: u16,
+    },
+    /// Two previously sent updates concatenated.
+    Splice {
+        conn: u8,
+        first: u8,
+        second: u8,
+    },
+    Raw {
+        conn: u8,
+        bytes: Vec<u8>,
+    },
+    /// An update from recorded client traffic.
+    Recorded {
+        conn: u8,
+        index: u8,
+    },
+    /// A `crdt-snapshot` message with the member's whole document.
+    ClientSnapshot {
+        conn: u8,
+    },
+    Rejoin {
+        conn: u8,
+    },
+}
+
+impl Op {
+    pub fn read(u: &mut Unstructured<'_>) -> Op {
+        let conn = |u: &mut Unstructured<'_>| byte(u) % MEMBERS;
+        match byte(u) % 8 {
+            0 => Op::Edit {
+                conn: conn(u),
+                target: byte(u) % 4,
+                value: byte(u),
+            },
+            1 => Op::Corrupt {
+                conn: conn(u),
+                nth: byte(u),
+                at: u16::from_be_bytes([byte(u), byte(u)]),
+                xor: byte(u),
+            },
+            2 => Op::Truncate {
+                conn: conn(u),
+                nth: byte(u),
+                keep: u16::from_be_bytes([byte(u), byte(u)]),
+            },
+            3 => Op::Splice {
+                conn: conn(u),
+                first: byte(u),
+                second: byte(u),
+            },
+            4 => Op::Raw {
+                conn: conn(u),
+                bytes: short_bytes(u),
+            },
+            5 => Op::Recorded {
+                conn: conn(u),
+                index: byte(u),
+            },
+            6 => Op::ClientSnapshot { conn: conn(u) },
+            _ => Op::Rejoin { conn: conn(u) },
+        }
+    }
+
+    pub fn write(&self, out: &mut Vec<u8>) {
+        match self {
+            Op::Edit {
+                conn,
+                target,
+                value,
+            } => out.extend([0, *conn, *target, *value]),
+            Op::Corrupt { conn, nth, at, xor } => {
+                let [hi, lo] = at.to_be_bytes();
+                out.extend([1, *conn, *nth, hi, lo, *xor]);
+            }
+            Op::Truncate { conn, nth, keep } => {
+                let [hi, lo] = keep.to_be_bytes();
+                out.extend([2, *conn, *nth, hi, lo]);
+            }
+            Op::Splice {
+                conn,
+                first,
+                second,
+            } => out.extend([3, *conn, *first, *second]),
+            Op::Raw { conn, bytes } => {
+                out.extend([4, *conn]);
+                push_short_bytes(out, bytes);
+            }
+            Op::Recorded { conn, index } => out.extend([5, *conn, *index]),
+            Op::ClientSnapshot { conn } => out.extend([6, *conn]),
+            Op::Rejoin { conn } => out.extend([7, *conn]),
+        }
+    }
+}
+
+pub fn encode(ops: &[Op]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for op in ops {
+        op.write(&mut out);
+    }
+    out
+}
+
+struct Member {
+    doc: loro::LoroDoc,
+    sent_up_to: loro::VersionVector,
+}
+
+/// Runs the ops `data` encodes; `recorded` are Loro updates taken from client traffic.
+pub fn run(data: &[u8], recorded: &[Vec<u8>]) -> Result<(), String> {
+    let mut room = Room::new()?;
+    let mut u = Unstructured::new(data);
+    let mut steps = 0;
+    while !u.is_empty() && steps < MAX_OPS {
+        steps += 1;
+        let op = Op::read(&mut u);
+        room.apply(&op, recorded)?;
+    }
+    Ok(())
+}
+
+struct Room {
+    server: Server,
+    members: Vec<Member>,
+    /// Every update the room acknowledged, merged.
+    expected: loro::LoroDoc,
+    /// Updates sent so far (valid or not), the material for corrupted ones.
+    history: Vec<Vec<u8>>,
+    now: u64,
+}
+
+fn failed(e: crate::ServerError) -> String {
+    format!("the machine failed: {e}")
+}
+
+impl Room {
+    fn new() -> Result<Self, String> {
+        let config = Config {
+            sync_enabled: true,
+            allow_client_snapshots: true,
+            ..Config::default()
+        };
+        let mut room = Room {
+            server: Server::new(config, [9; 16]),
+            members: Vec::new(),
+            expected: loro::LoroDoc::new(),
+            history: Vec::new(),
+            now: 1,
+        };
+        for conn in 0..u64::from(MEMBERS) {
+            let doc = loro::LoroDoc::new();
+            doc.set_peer_id(conn + 1).map_err(|e| e.to_string())?;
+            room.members.push(Member {
+                doc,
+                sent_up_to: loro::VersionVector::default(),
+            });
+            room.server
+                .handle_open(ConnId(conn), ConnectionInfo::default(), Millis(room.now))
+                .map_err(failed)?;
+            room.join(conn)?;
+        }
+        Ok(room)
+    }
+
+    fn effects(&mut self) -> Vec<Effect> {
+        std::iter::from_fn(|| self.server.poll_effect()).collect()
+    }
+
+    fn join(&mut self, conn: u64) -> Result<(), String> {
+        let message = json!({"type":"crdt-join","roomId":ROOM}).to_string();
+        self.server
+            .handle_frame(ConnId(conn), Frame::Text(message), Millis(self.now))
+            .map_err(failed)?;
+        let mut effects = self.effects();
+        if effects
+            .iter()
+            .any(|e| matches!(e, Effect::LoadSnapshot { .. }))
+        {
+            self.server
+                .handle_snapshot_loaded(ROOM, Ok(None), Millis(self.now))
+                .map_err(failed)?;
+            effects.extend(self.effects());
+        }
+        let snapshot = effects.iter().find_map(|e| match e {
+            Effect::Send {
+                conn: c,
+                frame: Frame::Text(text),
+            } if c.0 == conn => {
+                let value: Value = serde_json::from_str(text).ok()?;
+                (value["type"] == "crdt-snapshot")
+                    .then(|| value["data"].as_str().map(String::from))?
+            }
+            _ => None,
+        });
+        let Some(snapshot) = snapshot else {
+            return Err(format!("join of {conn} got no snapshot: {effects:?}"));
+        };
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(snapshot)
+            .map_err(|e| format!("join snapshot is not base64: {e}"))?;
+        let joined = loro::LoroDoc::new();
+        joined
+            .import(&bytes)
+            .map_err(|e| format!("join snapshot does not import: {e}"))?;
+        if joined.get_deep_value() != self.expected.get_deep_value() {
+            return Err("a join returned a snapshot that is not the room's state".into());
+        }
+        Ok(())
+    }
+
+    fn pick(&self, nth: u8) -> Option<Vec<u8>> {
+        if self.history.is_empty() {
+            return None;
+        }
+        Some(self.history[usize::from(nth) % self.history.len()].clone())
+    }
+
+    fn edit(&mut self, conn: u8, target: u8, value: u8) -> Result<Vec<u8>, String> {
+        let member = &mut self.members[usize::from(conn)];
+        let doc = &member.doc;
+        let value = i64::from(value);
+        let result = match target {
+            0 => doc.get_map("map").insert(&format!("k{}", value % 5), value),
+            1 => {
+                let text = doc.get_text("text");
+                let at = (value as usize) % (text.len_unicode() + 1);
+                text.insert(at, "ab")
+            }
+            2 => doc.get_list("list").push(value),
+            _ => doc.get_counter("counter").increment(value as f64),
+        };
+        result.map_err(|e| format!("a member's own edit failed: {e}"))?;
+        doc.commit();
+        let update = doc
+            .export(loro::ExportMode::updates(&member.sent_up_to))
+            .map_err(|e| format!("export failed: {e}"))?;
+        member.sent_up_to = doc.oplog_vv();
+        Ok(update)
+    }
+
+    fn apply(&mut self, op: &Op, recorded: &[Vec<u8>]) -> Result<(), String> {
+        let (conn, update) = match op {
+            Op::Edit {
+                conn,
+                target,
+                value,
+            } => (*conn, Some(self.edit(*conn, *target, *value)?)),
+            Op::Corrupt { conn, nth, at, xor } => (
+                *conn,
+                self.pick(*nth).map(|mut bytes| {
+                    if !bytes.is_empty() {
+                        let at = usize::from(*at) % bytes.len();
+                        bytes[at] ^= xor | 1;
+                    }
+                    bytes
+                }),
+            ),
+            Op::Truncate { conn, nth, keep } => (
+                *conn,
+                self.pick(*nth).map(|mut bytes| {
+                    let keep = usize::from(*keep) % (bytes.len().max(1));
+                    bytes.truncate(keep);
+                    bytes
+                }),
+            ),
+            Op::Splice {
+                conn,
+                first,
+                second,
+            } => (
+                *conn,
+                self.pick(*first)
+                    .zip(self.pick(*second))
+                    .map(|(a, b)| [a, b].concat()),
+            ),
+            Op::Raw { conn, bytes } => (*conn, Some(bytes.clone())),
+            Op::Recorded { conn, index } => (
+                *conn,
+                (!recorded.is_empty())
+                    .then(|| recorded[usize::from(*index) % recorded.len()].clone()),
+            ),
+            Op::ClientSnapshot { conn } => return self.client_snapshot(*conn),
+            Op::Rejoin { conn } => return self.join(u64::from(*conn)),
+        };
+        let Some(update) = update else {
+            return Ok(());
+        };
+        self.send_update(u64::from(conn), update)
+    }
+
+    fn send_update(&mut self, conn: u64, update: Vec<u8>) -> Result<(), String> {
+        self.history.push(update.clone());
+        if self.history.len() > 64 {
+            self.history.remove(0);
+        }
+        self.server
+            .handle_frame(
+                ConnId(conn),
+                Frame::Binary(Bytes::from(update.clone())),
+                Millis(self.now),
+            )
+            .map_err(failed)?;
+        let effects = self.effects();
+        let mut acked = false;
+        let mut relayed_to = Vec::new();
+        for effect in &effects {
+            if let Effect::Send { conn: to, frame } = effect {
+                match frame {
+                    Frame::Binary(bytes) => {
+                        if to.0 == conn {
+                            return Err("an update was echoed to its sender".into());
+                        }
+                        if bytes.as_ref() != update.as_slice() {
+                            return Err("a relay differs from the update sent".into());
+                        }
+                        relayed_to.push(to.0);
+                    }
+                    Frame::Text(text) => {
+                        let value: Value = serde_json::from_str(text)
+                            .map_err(|e| format!("a reply is not JSON: {e}"))?;
+                        if to.0 != conn {
+                            return Err(format!("a text reply reached another member: {text}"));
+                        }
+                        acked |= value["type"] == "crdt-update-ack";
+                    }
+                }
+            }
+        }
+        if acked {
+            if self.expected.import(&update).is_err() {
+                return Err("the room acked an update Loro rejects".into());
+            }
+            relayed_to.sort_unstable();
+            let others: Vec<u64> = (0..u64::from(MEMBERS)).filter(|c| *c != conn).collect();
+            if relayed_to != others {
+                return Err(format!(
+                    "an acked update reached {relayed_to:?}, not {others:?}"
+                ));
+            }
+            for member in &others {
+                let _ = self.members[*member as usize].doc.import(&update);
+            }
+        } else if !relayed_to.is_empty() {
+            return Err("a rejected update was relayed".into());
+        }
+        self.check_room()
+    }
+
+    fn client_snapshot(&mut self, conn: u8) -> Result<(), String> {
+        let doc = &self.members[usize::from(conn)].doc;
+        let snapshot = doc
+            .export(loro::ExportMode::Snapshot)
+            .map_err(|e| format!("export failed: {e}"))?;
+        let room_was_empty = self.expected.oplog_vv().is_empty();
+        let data = base64::engine::general_purpose::STANDARD.encode(&snapshot);
+        let message = json!({"type":"crdt-snapshot","roomId":ROOM,"data":data}).to_string();
+        self.server
+            .handle_frame(
+                ConnId(u64::from(conn)),
+                Frame::Text(message),
+                Millis(self.now),
+            )
+            .map_err(failed)?;
+        let effects = self.effects();
+        let acked = effects.iter().any(|e| match e {
+            Effect::Send {
+                frame: Frame::Text(text),
+                ..
+            } => text.contains("crdt-snapshot-ack"),
+            _ => false,
+        });
+        if acked {
+            if !room_was_empty {
+                return Err("a client snapshot seeded a room that had state".into());
+            }
+            self.expected
+                .import(&snapshot)
+                .map_err(|e| format!("acked snapshot does not import: {e}"))?;
+        }
+        self.check_room()
+    }
+
+    fn check_room(&self) -> Result<(), String> {
+        let Some(snapshot) = self.server.room_snapshot(ROOM) else {
+            return Err("the room vanished while it had members".into());
+        };
+        let actual = loro::LoroDoc::new();
+        actual
+            .import(&snapshot)
+            .map_err(|e| format!("the room's snapshot does not import: {e}"))?;
+        let (actual, expected) = (actual.get_deep_value(), self.expected.get_deep_value());
+        if actual != expected {
+            return Err(format!(
+                "the room is not the merge of the updates it acknowledged: {actual:?} != {expected:?}"
+            ));
+        }
+        Ok(())
+    }
+}

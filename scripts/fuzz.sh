@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Fuzzes the core: each target for SECONDS (default 60), seeded from fuzz/seeds, growing
+# fuzz/corpus/<target>. Prints libFuzzer's final stats line per target.
+#   scripts/fuzz.sh 1800 state_machine crdt decode
+set -uo pipefail
+cd "$(dirname "$0")/../fuzz"
+seconds=${1:-60}
+shift || true
+targets=("$@")
+[ ${#targets[@]} -eq 0 ] && targets=(decode state_machine crdt)
+status=0
+for target in "${targets[@]}"; do
+  mkdir -p "corpus/$target"
+  log="/tmp/duckwire-fuzz-$target.log"
+  cargo +nightly fuzz run -O "$target" "corpus/$target" "seeds/$target" -- \
+    -max_total_time="$seconds" -print_final_stats=1 >"$log" 2>&1 || status=$?
+  echo "== $target ($seconds s): $(grep -E '^Done|stat::number_of_executed_units' "$log" | tr '\n' ' ')"
+  grep -E 'cov: [0-9]+' "$log" | tail -n 1
+  grep -E 'panicked|SUMMARY|Test unit written' "$log" | head -n 5
+done
+exit $status
