@@ -168,7 +168,11 @@ fn config_from(args: Args) -> ServerConfig {
 fn main() {
     let args: Args = argh::from_env();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&args.log_level));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&args.log_level))
+        // The WebSocket library traces every message it receives, auth tokens and SQL
+        // included; tokens are never logged (SPEC §4), whatever the level asked for.
+        .add_directive("tungstenite=info".parse().expect("a valid directive"))
+        .add_directive("async_tungstenite=info".parse().expect("a valid directive"));
     use std::io::IsTerminal;
     tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -3,7 +3,7 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::Duration;
 
@@ -53,6 +53,16 @@ impl ServerProcess {
     }
 
     pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> ServerProcess {
+        Self::spawn(args, env, Stdio::inherit())
+    }
+
+    /// Starts the server with its log output (stderr) written to `log`.
+    pub fn start_logging_to(args: &[&str], env: &[(&str, &str)], log: &Path) -> ServerProcess {
+        let file = std::fs::File::create(log).expect("create the log file");
+        Self::spawn(args, env, Stdio::from(file))
+    }
+
+    fn spawn(args: &[&str], env: &[(&str, &str)], stderr: Stdio) -> ServerProcess {
         let mut command = Command::new(binary());
         command.args(["--port", "0"]);
         for (flag, default) in [("--threads", "2"), ("--log-level", "warn")] {
@@ -60,10 +70,7 @@ impl ServerProcess {
                 command.args([flag, default]);
             }
         }
-        command
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
+        command.args(args).stdout(Stdio::piped()).stderr(stderr);
         for (key, value) in env {
             command.env(key, value);
         }
@@ -91,6 +98,29 @@ impl ServerProcess {
 
     pub fn connect(&self) -> Client {
         Client::connect(&self.url("/"), &[])
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// The server's resident set size now, from /proc.
+    pub fn rss_bytes(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .expect("/proc/<pid>/status");
+        let kib: u64 = status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS");
+        kib * 1024
+    }
+
+    /// SIGKILL: no chance to flush anything.
+    pub fn kill(mut self) {
+        let mut child = self.child.take().expect("running");
+        child.kill().expect("kill");
+        child.wait().expect("wait");
     }
 
     /// SIGTERM, then wait for the exit status.
@@ -377,4 +407,16 @@ pub fn snapshot_map(base64_snapshot: &str) -> Value {
     doc.import(&bytes).expect("valid snapshot");
     let value = doc.get_map("m").get_deep_value();
     serde_json::to_value(value).expect("loro value as JSON")
+}
+
+/// Joins `room` and returns the room's state (map "m") from the snapshot reply.
+pub fn join_room(client: &mut Client, room: &str) -> Value {
+    assert_eq!(
+        client.request(serde_json::json!({"type":"crdt-join","roomId":room,"clientId":"c"})),
+        serde_json::json!({"type":"crdt-joined","roomId":room})
+    );
+    let snapshot = client.recv_json();
+    assert_eq!(snapshot["type"], "crdt-snapshot");
+    assert_eq!(snapshot["roomId"], room);
+    snapshot_map(snapshot["data"].as_str().expect("snapshot data"))
 }

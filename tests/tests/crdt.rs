@@ -3,17 +3,6 @@
 use duckwire_tests::*;
 use serde_json::json;
 
-fn join(client: &mut Client, room: &str) -> serde_json::Value {
-    assert_eq!(
-        client.request(json!({"type":"crdt-join","roomId":room,"clientId":"c"})),
-        json!({"type":"crdt-joined","roomId":room})
-    );
-    let snapshot = client.recv_json();
-    assert_eq!(snapshot["type"], "crdt-snapshot");
-    assert_eq!(snapshot["roomId"], room);
-    snapshot_map(snapshot["data"].as_str().unwrap())
-}
-
 #[test]
 fn without_sync_rooms_are_an_error() {
     let server = ServerProcess::start(&[]);
@@ -30,8 +19,8 @@ fn join_gets_the_snapshot_and_updates_reach_the_other_members() {
     let server = ServerProcess::start(&["--sync"]);
     let mut a = server.connect();
     let mut b = server.connect();
-    assert_eq!(join(&mut a, "r1"), json!({}));
-    join(&mut b, "r1");
+    assert_eq!(join_room(&mut a, "r1"), json!({}));
+    join_room(&mut b, "r1");
     let update = loro_update("k", 7);
     a.send_binary(update.clone());
     assert_eq!(
@@ -41,7 +30,7 @@ fn join_gets_the_snapshot_and_updates_reach_the_other_members() {
     assert_eq!(b.recv_binary(), update, "the same bytes, relayed");
     // A late joiner sees the state in its snapshot.
     let mut c = server.connect();
-    assert_eq!(join(&mut c, "r1"), json!({"k": 7}));
+    assert_eq!(join_room(&mut c, "r1"), json!({"k": 7}));
     let (_, _, metrics) = get(&server.addr, "/metrics", "");
     let metrics = String::from_utf8(metrics).unwrap();
     assert!(
@@ -60,7 +49,7 @@ fn update_before_join_and_invalid_updates_are_errors() {
         a.recv_json(),
         json!({"type":"error","error":"join a room first"})
     );
-    join(&mut a, "r");
+    join_room(&mut a, "r");
     a.send_binary(loro_update("k", 1));
     a.recv_json();
     a.send_binary(b"definitely not loro".to_vec());
@@ -70,7 +59,7 @@ fn update_before_join_and_invalid_updates_are_errors() {
         .starts_with("invalid CRDT update"));
     let mut b = server.connect();
     assert_eq!(
-        join(&mut b, "r"),
+        join_room(&mut b, "r"),
         json!({"k": 1}),
         "the bad update left the room unchanged"
     );
@@ -80,7 +69,7 @@ fn update_before_join_and_invalid_updates_are_errors() {
 fn client_snapshot_seeds_an_empty_room_only() {
     let server = ServerProcess::start(&["--sync"]);
     let mut a = server.connect();
-    join(&mut a, "seed");
+    join_room(&mut a, "seed");
     let seed = {
         let doc = loro::LoroDoc::new();
         doc.get_map("m").insert("from", "client").unwrap();
@@ -98,7 +87,7 @@ fn client_snapshot_seeds_an_empty_room_only() {
         json!({"type":"error","error":"room already has state; snapshot rejected"})
     );
     let mut b = server.connect();
-    assert_eq!(join(&mut b, "seed"), json!({"from": "client"}));
+    assert_eq!(join_room(&mut b, "seed"), json!({"from": "client"}));
 }
 
 #[test]
@@ -107,7 +96,7 @@ fn client_snapshots_are_off_by_default_for_file_databases() {
     let db = dir.join("db.duckdb");
     let server = ServerProcess::start(&["--sync", "--db-path", db.to_str().unwrap()]);
     let mut a = server.connect();
-    join(&mut a, "r");
+    join_room(&mut a, "r");
     let reply = a.request(json!({"type":"crdt-snapshot","roomId":"r","data":""}));
     assert!(reply["error"]
         .as_str()
@@ -122,14 +111,14 @@ fn rooms_survive_a_restart_of_a_file_database() {
     let args = ["--sync", "--db-path", db.to_str().unwrap()];
     let server = ServerProcess::start(&args);
     let mut a = server.connect();
-    join(&mut a, "durable");
+    join_room(&mut a, "durable");
     a.send_binary(loro_update("saved", 1));
     assert_eq!(a.recv_json()["type"], "crdt-update-ack");
     // SIGTERM while the member is still connected: the shutdown flush must save the room.
     assert!(server.terminate().success());
     let server = ServerProcess::start(&args);
     let mut b = server.connect();
-    assert_eq!(join(&mut b, "durable"), json!({"saved": 1}));
+    assert_eq!(join_room(&mut b, "durable"), json!({"saved": 1}));
 }
 
 #[test]
@@ -148,7 +137,7 @@ fn meta_db_stores_rooms_in_an_attached_file() {
     ];
     let server = ServerProcess::start(&args);
     let mut a = server.connect();
-    join(&mut a, "r");
+    join_room(&mut a, "r");
     a.send_binary(loro_update("x", 5));
     a.recv_json();
     a.close();
@@ -174,7 +163,7 @@ fn debounced_saves_survive_sigkill() {
     ];
     let server = ServerProcess::start(&args);
     let mut a = server.connect();
-    join(&mut a, "k");
+    join_room(&mut a, "k");
     a.send_binary(loro_update("quick", 3));
     assert_eq!(a.recv_json()["type"], "crdt-update-ack");
     // Wait (bounded) until the debounce timer has saved the room, observed through the server.
@@ -189,5 +178,5 @@ fn debounced_saves_survive_sigkill() {
     drop(server); // SIGKILL: no shutdown flush.
     let server = ServerProcess::start(&args);
     let mut b = server.connect();
-    assert_eq!(join(&mut b, "k"), json!({"quick": 3}));
+    assert_eq!(join_room(&mut b, "k"), json!({"quick": 3}));
 }

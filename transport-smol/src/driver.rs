@@ -19,11 +19,22 @@ pub enum Outbound {
     Close(u16, String),
 }
 
+/// How the driver reaches one connection's writer task.
+#[derive(Clone)]
+pub struct ConnectionWriter {
+    /// Frames (and the reader's own closes), written in order.
+    pub queue: async_channel::Sender<Outbound>,
+    /// A close the core decided on. It overtakes the queue: the frames still queued are
+    /// dropped, so a peer that stopped reading is closed at its cap instead of holding
+    /// its connection (and the queued bytes) open forever.
+    pub close: async_channel::Sender<(u16, String)>,
+}
+
 pub enum DriverInput {
     Open {
         conn: ConnId,
         info: ConnectionInfo,
-        writer: async_channel::Sender<Outbound>,
+        writer: ConnectionWriter,
     },
     Frame {
         conn: ConnId,
@@ -58,7 +69,7 @@ pub struct Driver {
 
 impl Driver {
     pub async fn run(mut self) -> MetaWorker {
-        let mut writers: HashMap<ConnId, async_channel::Sender<Outbound>> = HashMap::new();
+        let mut writers: HashMap<ConnId, ConnectionWriter> = HashMap::new();
         let mut timers: BTreeMap<TimerKey, Millis> = BTreeMap::new();
         let mut shutdown_waiter: Option<async_channel::Sender<()>> = None;
         loop {
@@ -111,7 +122,7 @@ impl Driver {
         &mut self,
         input: DriverInput,
         now: Millis,
-        writers: &mut HashMap<ConnId, async_channel::Sender<Outbound>>,
+        writers: &mut HashMap<ConnId, ConnectionWriter>,
         shutdown_waiter: &mut Option<async_channel::Sender<()>>,
     ) -> Result<(), ServerError> {
         match input {
@@ -162,19 +173,19 @@ impl Driver {
 
     fn carry_out_effects(
         &mut self,
-        writers: &mut HashMap<ConnId, async_channel::Sender<Outbound>>,
+        writers: &mut HashMap<ConnId, ConnectionWriter>,
         timers: &mut BTreeMap<TimerKey, Millis>,
     ) {
         while let Some(effect) = self.server.poll_effect() {
             match effect {
                 Effect::Send { conn, frame } => {
                     if let Some(writer) = writers.get(&conn) {
-                        let _ = writer.try_send(Outbound::Frame(frame));
+                        let _ = writer.queue.try_send(Outbound::Frame(frame));
                     }
                 }
                 Effect::Close { conn, code, reason } => {
                     if let Some(writer) = writers.get(&conn) {
-                        let _ = writer.try_send(Outbound::Close(code, reason));
+                        let _ = writer.close.try_send((code, reason));
                     }
                 }
                 Effect::RunQuery(run) => self.executor.submit(Job::Query {

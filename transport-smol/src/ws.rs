@@ -10,7 +10,7 @@ use duckwire_core::{close_code, ConnId, ConnectionInfo, Frame, Limits, ProtocolE
 use futures_util::StreamExt;
 use smol::net::TcpStream;
 
-use crate::driver::{DriverInput, Outbound};
+use crate::driver::{ConnectionWriter, DriverInput, Outbound};
 
 /// How long a peer has to answer our close frame before its socket is dropped.
 const CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
@@ -31,11 +31,16 @@ pub async fn serve(
             .await;
     let (mut sink, mut source) = socket.split();
     let (writer, queue) = async_channel::unbounded::<Outbound>();
+    let (close_requests_tx, close_requests) = async_channel::bounded::<(u16, String)>(1);
+    let connection_writer = ConnectionWriter {
+        queue: writer.clone(),
+        close: close_requests_tx,
+    };
     if driver
         .send(DriverInput::Open {
             conn,
             info,
-            writer: writer.clone(),
+            writer: connection_writer,
         })
         .await
         .is_err()
@@ -47,29 +52,42 @@ pub async fn serve(
     // Told when we have sent a close frame: from then on the peer gets CLOSE_GRACE to answer.
     let (closing, closed_by_us) = async_channel::bounded::<()>(1);
     let writer_task = smol::spawn(async move {
-        while let Ok(outbound) = queue.recv().await {
-            match outbound {
-                Outbound::Frame(frame) => {
-                    let bytes = frame.len();
-                    let message = match frame {
-                        Frame::Text(text) => Message::Text(text.into()),
-                        Frame::Binary(data) => Message::Binary(data),
-                    };
-                    if sink.send(message).await.is_err() {
-                        break;
+        let write_queue = async {
+            while let Ok(outbound) = queue.recv().await {
+                match outbound {
+                    Outbound::Frame(frame) => {
+                        let bytes = frame.len();
+                        let message = match frame {
+                            Frame::Text(text) => Message::Text(text.into()),
+                            Frame::Binary(data) => Message::Binary(data),
+                        };
+                        if sink.send(message).await.is_err() {
+                            return None;
+                        }
+                        let _ = writer_driver.send(DriverInput::Sent { conn, bytes }).await;
                     }
-                    let _ = writer_driver.send(DriverInput::Sent { conn, bytes }).await;
-                }
-                Outbound::Close(code, reason) => {
-                    let frame = CloseFrame {
-                        code: CloseCode::from(code),
-                        reason: reason.into(),
-                    };
-                    let _ = sink.close(Some(frame)).await;
-                    let _ = closing.try_send(());
-                    break;
+                    Outbound::Close(code, reason) => return Some((code, reason)),
                 }
             }
+            None
+        };
+        // A close the core decided on overtakes the queue, even while a write is stuck on
+        // a peer that stopped reading. A frame cut short stays whole: tungstenite keeps it
+        // in its write buffer and flushes it before the close frame.
+        let requested = async { close_requests.recv().await.ok() };
+        if let Some((code, reason)) = smol::future::or(write_queue, requested).await {
+            let frame = CloseFrame {
+                code: CloseCode::from(code),
+                reason: reason.into(),
+            };
+            let _ = closing.try_send(());
+            let sent = async {
+                let _ = sink.close(Some(frame)).await;
+            };
+            let give_up = async {
+                smol::Timer::after(CLOSE_GRACE).await;
+            };
+            smol::future::or(sent, give_up).await;
         }
     });
 

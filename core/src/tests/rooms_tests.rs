@@ -220,6 +220,58 @@ fn a_client_snapshot_keeps_updates_the_room_already_accepted() {
     );
 }
 
+/// From a fuzzing run (state_machine, fuzz/regressions/state_machine/crash-81ca…): when the
+/// ack would push the sender past its outbound cap, the update is still part of the room
+/// and reaches the other members; the sender is closed with 1008 instead of being acked.
+#[test]
+fn an_update_whose_ack_exceeds_the_outbound_cap_is_kept_and_the_sender_closed() {
+    // Member 1 keeps its join replies unsent; the cap leaves room for 10 more bytes, less
+    // than an ack. Member 2 has written everything.
+    let unsent_after_join = {
+        let mut probe = Harness::new(sync_config());
+        probe.open(1);
+        let mut effects = probe.text(1, json!({"type":"crdt-join","roomId":"r"}));
+        probe
+            .server
+            .handle_snapshot_loaded("r", Ok(None), probe.now())
+            .unwrap();
+        effects.extend(probe.drain());
+        effects
+            .iter()
+            .map(|e| match e {
+                Effect::Send { frame, .. } => frame.len(),
+                _ => 0,
+            })
+            .sum::<usize>()
+    };
+    let mut h = Harness::new(Config {
+        limits: crate::Limits {
+            max_outbound_bytes_per_conn: Some(unsent_after_join + 10),
+            ..crate::Limits::default()
+        },
+        ..sync_config()
+    });
+    for conn in [1, 2] {
+        h.open(conn);
+        h.text(conn, json!({"type":"crdt-join","roomId":"r"}));
+    }
+    h.server
+        .handle_snapshot_loaded("r", Ok(None), h.now())
+        .unwrap();
+    h.drain();
+    h.server.handle_sent(ConnId(2), unsent_after_join).unwrap();
+    let update = loro_update(5, "k", 1);
+    let effects = h.binary(1, update.clone());
+    assert!(sent_json(&effects, 1).is_empty(), "no ack past the cap");
+    assert_eq!(
+        sent_binary(&effects, 2),
+        vec![bytes::Bytes::from(update.clone())]
+    );
+    assert_eq!(crate::tests::harness::closes(&effects), vec![(1, 1008)]);
+    let room = snapshot_value(&h.server.room_snapshot("r").unwrap());
+    assert_eq!(room, snapshot_value(&update));
+}
+
 #[test]
 fn client_snapshots_can_be_disabled() {
     let mut h = Harness::new(Config {
