@@ -12,7 +12,7 @@ status=0
 for target in "${targets[@]}"; do
   mkdir -p "corpus/$target"
   log="/tmp/duckwire-fuzz-$target.log"
-  cargo +nightly fuzz run -O "$target" "corpus/$target" "seeds/$target" -- \
+  cargo +nightly fuzz run -O -s none "$target" "corpus/$target" "seeds/$target" -- \
     -max_total_time="$seconds" -print_final_stats=1 >"$log" 2>&1 || status=$?
   echo "== $target ($seconds s): $(grep -E '^Done|stat::number_of_executed_units' "$log" | tr '\n' ' ')"
   grep -E 'cov: [0-9]+' "$log" | tail -n 1

@@ -101,6 +101,11 @@ impl Server {
         room.loaded.then(|| room.snapshot())
     }
 
+    /// The loaded room a connection's CRDT updates go to, if any (for observers and tests).
+    pub fn update_room_of(&self, conn: ConnId) -> Option<String> {
+        self.joined_room(conn).ok()
+    }
+
     fn new_doc(&mut self) -> LoroDoc {
         let doc = LoroDoc::new();
         // The server never edits, but a deterministic peer id keeps its exports reproducible.

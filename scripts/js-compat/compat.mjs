@@ -1,9 +1,11 @@
-// The official @sqlrooms/duckdb WebSocket connector (unchanged) against duckwire:
-// queries, DDL, an Arrow upload, and a cancel. Usage: node dist/compat.mjs ws://127.0.0.1:PORT [TOKEN]
+// The official @sqlrooms/duckdb 0.29.0 WebSocket connector (unchanged, bundled from the
+// registry's package) against duckwire: many column types, Arrow upload via loadArrow,
+// abort -> cancel, errors, 50 concurrent queries, auth token.
+// Usage: node dist/compat.mjs ws://127.0.0.1:PORT [TOKEN]
 import './record.mjs';
 import WebSocket from 'ws';
 import * as arrow from 'apache-arrow';
-import { createWebSocketDuckDbConnector } from '@sqlrooms/duckdb/dist/connectors/WebSocketDuckDbConnector.js';
+import { createWebSocketDuckDbConnector } from './vendor/duckdb/package/dist/connectors/WebSocketDuckDbConnector.js';
 
 globalThis.WebSocket = WebSocket; // Node 20 has no global WebSocket; `ws` is the documented stand-in.
 
@@ -16,49 +18,59 @@ const assert = (cond, message) => {
 const connector = createWebSocketDuckDbConnector({ wsUrl, authToken });
 await connector.initialize();
 
-// 1. Queries.
-const answer = await connector.query('select 42::integer as x, \'hi\' as s');
-assert(answer.numRows === 1, 'one row');
-assert(answer.getChild('x').get(0) === 42, 'x = 42');
-assert(answer.getChild('s').get(0) === 'hi', 's = hi');
+// 1. Column types, read back through apache-arrow.
+const typed = await connector.query(`
+  select 42::integer as i, 9007199254740993::bigint as big, 1.5::double as d,
+         12.34::decimal(10,2) as dec, 'hé'::varchar as s, true as b,
+         date '2024-02-29' as day, timestamp '2024-01-02 03:04:05' as ts,
+         [1, 2, 3] as list, {'x': 1, 'y': 'two'} as struct, null::integer as nothing,
+         'ab'::blob as bytes, interval 2 day as span, uuid '12345678-1234-5678-1234-567812345678' as id`);
+const row = typed.get(0);
+assert(row.i === 42, 'integer');
+assert(row.big === 9007199254740993n, 'bigint stays exact');
+assert(row.d === 1.5, 'double');
+assert(Number(typed.getChild('dec').get(0)) !== 0, 'decimal present');
+assert(row.s === 'hé', 'varchar');
+assert(row.b === true, 'boolean');
+assert(row.day === Date.UTC(2024, 1, 29), `date, got ${row.day}`);
+assert(row.ts === Date.UTC(2024, 0, 2, 3, 4, 5), `timestamp, got ${row.ts}`);
+assert([...row.list].map(Number).join() === '1,2,3', 'list');
+assert(row.struct.x === 1 && row.struct.y === 'two', 'struct');
+assert(row.nothing === null, 'null');
+assert(row.bytes instanceof Uint8Array && row.bytes.length === 2, 'blob');
+assert(row.id !== null, 'uuid');
 const many = await connector.query('select * from range(100000) t(i)');
 assert(many.numRows === 100000, '100000 rows');
-console.log('queries: ok');
+console.log('column types: ok');
 
 // 2. DDL answers `ok`, which the connector turns into an empty table.
-await connector.query('create table numbers as select * from range(10) t(i)');
+await connector.query('create or replace table numbers as select * from range(10) t(i)');
 const count = await connector.query('select count(*)::integer as n from numbers');
 assert(count.getChild('n').get(0) === 10, 'table created');
 console.log('ddl: ok');
 
-// 3. Arrow upload. This connector version throws on loadArrow over WebSocket, so the upload
-//    goes as the protocol's framed `uploadArrow` message on a plain `ws` socket.
-let loadArrowError = null;
-try {
-  await connector.loadArrow(arrow.tableFromArrays({ a: Int32Array.from([1, 2, 3]) }), 'via_connector');
-} catch (e) {
-  loadArrowError = e.message;
-}
-console.log(`connector.loadArrow: ${loadArrowError ?? 'ok'}`);
+// 3. Arrow upload through the connector's own loadArrow.
 const table = arrow.tableFromArrays({ id: Int32Array.from([1, 2, 3]), name: ['a', 'b', 'c'] });
-const ipc = arrow.tableToIPC(table, 'stream');
-const header = Buffer.from(JSON.stringify({ type: 'uploadArrow', queryId: 'up1', tableName: 'uploaded' }));
-const length = Buffer.alloc(4);
-length.writeUInt32BE(header.length);
-const raw = new WebSocket(wsUrl, authToken ? { headers: { Authorization: `Bearer ${authToken}` } } : {});
-await new Promise((resolve, reject) => { raw.on('open', resolve); raw.on('error', reject); });
-const ack = await new Promise((resolve) => {
-  raw.on('message', (data) => resolve(JSON.parse(data.toString())));
-  raw.send(Buffer.concat([length, header, Buffer.from(ipc)]));
-});
-raw.close();
-assert(ack.type === 'uploadAck' && ack.queryId === 'up1', `uploadAck, got ${JSON.stringify(ack)}`);
-const uploaded = await connector.query('select sum(id)::integer as s, string_agg(name, \'\' order by id) as names from uploaded');
+await connector.loadArrow(table, 'uploaded');
+const uploaded = await connector.query("select sum(id)::integer as s, string_agg(name, '' order by id) as names from uploaded");
 assert(uploaded.getChild('s').get(0) === 6, 'uploaded ids');
 assert(uploaded.getChild('names').get(0) === 'abc', 'uploaded names');
-console.log('arrow upload: ok');
+await connector.loadArrow(arrow.tableToIPC(table, 'stream'), 'uploaded_bytes');
+const fromBytes = await connector.query('select count(*)::integer as n from uploaded_bytes');
+assert(fromBytes.getChild('n').get(0) === 3, 'IPC bytes upload');
+console.log('loadArrow: ok');
 
-// 4. Cancel: abort a long query through the connector's AbortSignal.
+// 4. Errors reach the caller with DuckDB's message; the socket stays usable.
+let failure = null;
+try {
+  await connector.query('select * from no_such_table');
+} catch (e) {
+  failure = e.message;
+}
+assert(failure && failure.includes('no_such_table'), `error message, got ${failure}`);
+console.log('errors: ok');
+
+// 5. Abort -> cancel: the server interrupts the query, the socket stays usable.
 const controller = new AbortController();
 const slow = connector.query('select count(*) from range(100000000000) t(i) where i % 7 = 3', { signal: controller.signal });
 setTimeout(() => controller.abort(), 200);
@@ -69,10 +81,18 @@ try {
   cancelled = e.name === 'AbortError';
 }
 assert(cancelled, 'the query was aborted');
-// The server interrupted it: the socket is still usable right away.
 const after = await connector.query('select 1 as one');
 assert(after.getChild('one').get(0) === 1, 'socket usable after cancel');
 console.log('cancel: ok');
+
+// 6. 50 concurrent queries on one socket, each answered with its own result.
+const concurrent = await Promise.all(
+  Array.from({ length: 50 }, (_, i) => connector.query(`select ${i}::integer as v, count(*)::integer as n from range(${i * 1000})`)),
+);
+concurrent.forEach((result, i) => {
+  assert(result.getChild('v').get(0) === i && result.getChild('n').get(0) === i * 1000, `concurrent query ${i}`);
+});
+console.log('50 concurrent queries: ok');
 
 await connector.destroy();
 console.log(`official @sqlrooms/duckdb connector${authToken ? ' (with token)' : ''}: all checks passed`);

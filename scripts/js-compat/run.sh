@@ -1,37 +1,62 @@
 #!/usr/bin/env bash
-# Runs the official SQLRooms JS client (unchanged) against a freshly started duckwire.
-# Needs node/npm and the registry; used by .ci/run.
+# Runs the official clients, unchanged, against freshly started duckwire servers:
+# @sqlrooms/duckdb 0.29.0 (WebSocket connector), @sqlrooms/crdt 0.29.0 with loro-crdt,
+# Mosaic's @uwdata/mosaic-core REST connector, and (when Chromium is installed, as CI does)
+# the connector in headless Chromium. Needs node/npm and the registry; used by .ci/run.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$here/../.."
 cd "$here"
 . "$root/scripts/dev-env.sh"
 npm install --no-audit --no-fund --silent >/dev/null
-for script in compat crdt-compat; do
-  npx esbuild "$script.mjs" --bundle --platform=node --format=esm --outfile="dist/$script.mjs" \
-    --external:loro-crdt --banner:js="import{createRequire}from'module';const require=createRequire(import.meta.url);" \
+# @sqlrooms/duckdb@0.29.0 cannot be installed whole (its dependency
+# @sqlrooms/room-config@0.29.0 is missing from the registry): take the published package
+# as is and bundle its connector; package.json pins the dependencies it imports.
+if [ ! -f vendor/duckdb/package/package.json ]; then
+  mkdir -p vendor/duckdb
+  (cd vendor/duckdb && npm pack --silent @sqlrooms/duckdb@0.29.0 >/dev/null && tar xzf sqlrooms-duckdb-0.29.0.tgz)
+fi
+node_bundle() {
+  npx esbuild "$1.mjs" --bundle --platform=node --format=esm --outfile="dist/$1.mjs" \
+    --external:loro-crdt --external:apache-arrow --external:ws \
+    --banner:js="import{createRequire}from'module';const require=createRequire(import.meta.url);" \
     --log-level=warning
-done
+}
+for script in compat crdt-compat mosaic-compat; do node_bundle "$script"; done
+npx esbuild browser-page.mjs --bundle --platform=browser --format=esm --outfile=dist/browser-page.js --log-level=warning
 binary="$CARGO_TARGET_DIR/release/duckwire"
 
-# Starts duckwire with the given flags, runs both clients against it (with TOKEN if given).
-run_against() {
-  local token=$1
+# Starts duckwire with the given flags and runs `check URL` against it.
+with_server() {
+  local check=$1
   shift
   local log
   log=$(mktemp)
-  "$binary" --port 0 --sync --log-level warn "$@" >"$log" 2>&1 &
+  "$binary" --port 0 --log-level warn "$@" >"$log" 2>&1 &
   local pid=$!
   for _ in $(seq 1 100); do grep -q "listening on" "$log" && break; sleep 0.1; done
   local url
   url=$(grep -o 'ws://[0-9.:]*' "$log" | head -n 1)
   local status=0
-  node dist/compat.mjs "$url" $token && node dist/crdt-compat.mjs "$url" $token || status=$?
+  "$check" "$url" || status=$?
   kill "$pid" 2>/dev/null || true
   wait "$pid" 2>/dev/null || true
   rm -f "$log"
   return $status
 }
 
-run_against ""
-run_against compat-secret --auth-token compat-secret
+sqlrooms_clients() { node dist/compat.mjs "$1" && DUCKWIRE_BIN="$binary" node dist/crdt-compat.mjs "$1"; }
+sqlrooms_clients_with_token() {
+  node dist/compat.mjs "$1" compat-secret && DUCKWIRE_BIN="$binary" node dist/crdt-compat.mjs "$1" compat-secret
+}
+mosaic_client() { node dist/mosaic-compat.mjs "http://${1#ws://}/"; }
+browser() { node browser.mjs "$1"; }
+
+with_server sqlrooms_clients --sync
+with_server sqlrooms_clients_with_token --sync --auth-token compat-secret
+with_server mosaic_client
+if [ -x "${CHROMIUM:-/usr/bin/chromium}" ]; then
+  with_server browser
+else
+  echo "js-compat: Chromium not installed; browser check skipped (.ci/run installs it)" >&2
+fi

@@ -326,6 +326,9 @@ struct Step {
     acting_authenticated: bool,
     finishing: Option<QueryHandle>,
     binary_sent: Option<Vec<u8>>,
+    /// Where the core puts the acting connection's CRDT updates, asked before the step;
+    /// used only when the sender is closed before its update could be acked.
+    update_room: Option<String>,
 }
 
 /// The machine under test and everything the harness knows from watching its effects.
@@ -428,6 +431,7 @@ impl<'t> Session<'t> {
         let mut step = Step {
             acting,
             acting_authenticated: acting.is_none_or(|c| self.authenticated.contains(&c)),
+            update_room: acting.and_then(|c| self.server.update_room_of(ConnId(c))),
             ..Step::default()
         };
         match op.clone() {
@@ -684,7 +688,7 @@ impl<'t> Session<'t> {
     fn observe(&mut self, step: &Step, effects: &[Effect]) -> Result<(), String> {
         let mut acked_update = false;
         let mut acting_closed = false;
-        let acting_room = step.acting.and_then(|c| self.joined.get(&c).cloned());
+        let acting_room = step.update_room.clone();
         for effect in effects {
             match effect {
                 Effect::RunQuery(run) => self.accept(
