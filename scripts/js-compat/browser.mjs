@@ -54,8 +54,14 @@ async function visit(host) {
     }
     return reports.find((r) => r.page === url).output;
   } finally {
-    browser.kill('SIGKILL');
-    fs.rmSync(profile, { recursive: true, force: true });
+    const exited = new Promise((resolve) => browser.once('exit', resolve));
+    browser.kill('SIGTERM');
+    await exited;
+    try {
+      fs.rmSync(profile, { recursive: true, force: true, maxRetries: 10, retryDelay: 100 });
+    } catch {
+      // Chromium helpers may still be writing the throwaway profile; it is under /tmp.
+    }
   }
 }
 

@@ -57,6 +57,9 @@ with_server sqlrooms_clients_with_token --sync --auth-token compat-secret
 with_server mosaic_client
 if [ -x "${CHROMIUM:-/usr/bin/chromium}" ]; then
   with_server browser
+elif [ -n "${DUCKWIRE_REQUIRE_BROWSER:-}" ]; then
+  echo "js-compat: Chromium is required (DUCKWIRE_REQUIRE_BROWSER) but not installed" >&2
+  exit 1
 else
   echo "js-compat: Chromium not installed; browser check skipped (.ci/run installs it)" >&2
 fi

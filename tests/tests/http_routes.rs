@@ -18,21 +18,73 @@ fn healthz_readyz_version() {
     assert!(version["version"].is_string());
 }
 
+/// Parses Prometheus text: sample name (with labels) -> value; checks every sample has a
+/// `# TYPE` line for its family.
+fn parse_prometheus(text: &str) -> std::collections::BTreeMap<String, f64> {
+    let mut typed = std::collections::BTreeSet::new();
+    let mut samples = std::collections::BTreeMap::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            typed.insert(rest.split(' ').next().unwrap().to_string());
+        } else if !line.starts_with('#') && !line.is_empty() {
+            let (name, value) = line.rsplit_once(' ').expect("name value");
+            let family = name.split('{').next().unwrap();
+            let family = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|suffix| family.strip_suffix(suffix).filter(|f| typed.contains(*f)))
+                .unwrap_or(family);
+            assert!(typed.contains(family), "no # TYPE for {family}");
+            samples.insert(name.to_string(), value.parse().expect("a number"));
+        }
+    }
+    samples
+}
+
 #[test]
-fn metrics_count_queries_and_connections() {
-    let server = ServerProcess::start(&[]);
+fn metrics_cover_connections_queries_latency_cache_crdt_and_bytes() {
+    let server = ServerProcess::start(&["--sync"]);
     let mut client = server.connect();
     client.request(json!({"type":"json","sql":"select 1","queryId":"m"}));
-    let (status, _, body) = get(&server.addr, "/metrics", "");
+    client.request(json!({"type":"json","sql":"select nope","queryId":"e"}));
+    client.request(json!({"type":"exec","sql":"select 1","queryId":"x"}));
+    for id in ["p1", "p2"] {
+        client.send_json(json!({"type":"arrow","sql":"select 42 as v","queryId":id,"persist":true}));
+        client.recv_binary();
+    }
+    join_room(&mut client, "metrics-room");
+    client.send_binary(loro_update("k", 1));
+    assert_eq!(client.recv_json()["type"], "crdt-update-ack");
+
+    let (status, headers, body) = get(&server.addr, "/metrics", "");
     assert_eq!(status, 200);
+    assert!(header(&headers, "content-type").unwrap().starts_with("text/plain; version=0.0.4"));
     let text = String::from_utf8(body).unwrap();
-    assert!(
-        text.contains("duckwire_queries_total{type=\"json\",outcome=\"ok\"} 1"),
-        "{text}"
-    );
-    assert!(text.contains("duckwire_connections_open 1"), "{text}");
-    assert!(text.contains("duckwire_query_seconds_count 1"));
-    assert!(text.contains("duckwire_cache_hits_total 0"));
+    let m = parse_prometheus(&text);
+    let at = |name: &str| *m.get(name).unwrap_or_else(|| panic!("{name} missing:\n{text}"));
+    assert_eq!(at("duckwire_connections_open"), 1.0);
+    assert!(at("duckwire_connections_total") >= 1.0);
+    assert_eq!(at("duckwire_queries_total{type=\"json\",outcome=\"ok\"}"), 1.0);
+    assert_eq!(at("duckwire_queries_total{type=\"json\",outcome=\"error\"}"), 1.0);
+    assert_eq!(at("duckwire_queries_total{type=\"exec\",outcome=\"ok\"}"), 1.0);
+    assert_eq!(at("duckwire_cache_misses_total"), 1.0);
+    assert_eq!(at("duckwire_cache_hits_total"), 1.0);
+    assert!(at("duckwire_cache_bytes") > 0.0);
+    assert_eq!(at("duckwire_crdt_rooms"), 1.0);
+    assert_eq!(at("duckwire_crdt_updates_total"), 1.0);
+    assert!(at("duckwire_bytes_in_total") > 0.0);
+    assert!(at("duckwire_bytes_out_total") > 0.0);
+    // The latency histogram: cumulative buckets ending in +Inf = count.
+    let buckets: Vec<f64> = m
+        .iter()
+        .filter(|(name, _)| name.starts_with("duckwire_query_seconds_bucket"))
+        .map(|(_, v)| *v)
+        .collect();
+    assert!(buckets.len() > 3);
+    let count = at("duckwire_query_seconds_count");
+    assert!(count >= 4.0);
+    assert_eq!(at("duckwire_query_seconds_bucket{le=\"+Inf\"}"), count);
+    assert!(buckets.iter().all(|b| *b <= count));
+    assert!(at("duckwire_query_seconds_sum") > 0.0);
 }
 
 #[test]
