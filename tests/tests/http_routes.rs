@@ -48,7 +48,8 @@ fn metrics_cover_connections_queries_latency_cache_crdt_and_bytes() {
     client.request(json!({"type":"json","sql":"select nope","queryId":"e"}));
     client.request(json!({"type":"exec","sql":"select 1","queryId":"x"}));
     for id in ["p1", "p2"] {
-        client.send_json(json!({"type":"arrow","sql":"select 42 as v","queryId":id,"persist":true}));
+        client
+            .send_json(json!({"type":"arrow","sql":"select 42 as v","queryId":id,"persist":true}));
         client.recv_binary();
     }
     join_room(&mut client, "metrics-room");
@@ -57,15 +58,29 @@ fn metrics_cover_connections_queries_latency_cache_crdt_and_bytes() {
 
     let (status, headers, body) = get(&server.addr, "/metrics", "");
     assert_eq!(status, 200);
-    assert!(header(&headers, "content-type").unwrap().starts_with("text/plain; version=0.0.4"));
+    assert!(header(&headers, "content-type")
+        .unwrap()
+        .starts_with("text/plain; version=0.0.4"));
     let text = String::from_utf8(body).unwrap();
     let m = parse_prometheus(&text);
-    let at = |name: &str| *m.get(name).unwrap_or_else(|| panic!("{name} missing:\n{text}"));
+    let at = |name: &str| {
+        *m.get(name)
+            .unwrap_or_else(|| panic!("{name} missing:\n{text}"))
+    };
     assert_eq!(at("duckwire_connections_open"), 1.0);
     assert!(at("duckwire_connections_total") >= 1.0);
-    assert_eq!(at("duckwire_queries_total{type=\"json\",outcome=\"ok\"}"), 1.0);
-    assert_eq!(at("duckwire_queries_total{type=\"json\",outcome=\"error\"}"), 1.0);
-    assert_eq!(at("duckwire_queries_total{type=\"exec\",outcome=\"ok\"}"), 1.0);
+    assert_eq!(
+        at("duckwire_queries_total{type=\"json\",outcome=\"ok\"}"),
+        1.0
+    );
+    assert_eq!(
+        at("duckwire_queries_total{type=\"json\",outcome=\"error\"}"),
+        1.0
+    );
+    assert_eq!(
+        at("duckwire_queries_total{type=\"exec\",outcome=\"ok\"}"),
+        1.0
+    );
     assert_eq!(at("duckwire_cache_misses_total"), 1.0);
     assert_eq!(at("duckwire_cache_hits_total"), 1.0);
     assert!(at("duckwire_cache_bytes") > 0.0);

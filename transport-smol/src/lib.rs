@@ -11,4 +11,6 @@ mod server;
 mod ws;
 
 pub use config::ServerConfig;
+/// The DuckDB crate this driver is built on (for embedders and the benchmark's floor).
+pub use duckdb;
 pub use server::{open_database, run, StartError};

@@ -205,6 +205,9 @@ pub fn run(
             loop {
                 match listener.accept().await {
                     Ok((stream, peer)) => {
+                        // Replies are whole frames written at once: send them without
+                        // waiting for the peer's ack of the previous one (Nagle).
+                        let _ = stream.set_nodelay(true);
                         let shared = shared.clone();
                         smol::spawn(handle_connection(stream, peer, shared)).detach();
                     }

@@ -2,15 +2,57 @@
 //! drains the connection's queue to the socket, reporting written bytes for the core's
 //! outbound accounting (SPEC §7).
 
-use async_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use async_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
+use async_tungstenite::tungstenite::protocol::frame::Frame as WsFrame;
 use async_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use async_tungstenite::tungstenite::{Error as WsError, Message};
 use async_tungstenite::WebSocketStream;
+use bytes::Bytes;
 use duckwire_core::{close_code, ConnId, ConnectionInfo, Frame, Limits, ProtocolError};
 use futures_util::StreamExt;
 use smol::net::TcpStream;
 
 use crate::driver::{ConnectionWriter, DriverInput, Outbound};
+
+/// Messages larger than this go out as several WebSocket fragments of this size: the
+/// WebSocket library copies each frame it writes into its buffer, and a large result would
+/// otherwise be held twice (SPEC §7's outbound cap counts it once).
+const FRAGMENT_BYTES: usize = 1 << 20;
+
+/// The WebSocket messages (whole, or fragments of one message) that carry `frame`.
+fn fragments(frame: Frame) -> Vec<Message> {
+    let (data, first_opcode) = match frame {
+        Frame::Text(text) if text.len() <= FRAGMENT_BYTES => {
+            return vec![Message::Text(text.into())]
+        }
+        Frame::Binary(data) if data.len() <= FRAGMENT_BYTES => return vec![Message::Binary(data)],
+        Frame::Text(text) => (Bytes::from(text.into_bytes()), Data::Text),
+        Frame::Binary(data) => (data, Data::Binary),
+    };
+    let is_text = first_opcode == Data::Text;
+    let mut messages = Vec::with_capacity(data.len() / FRAGMENT_BYTES + 1);
+    let mut start = 0;
+    while start < data.len() {
+        let mut end = (start + FRAGMENT_BYTES).min(data.len());
+        // Text fragments end on a character boundary, for receivers that decode each one.
+        while is_text && end < data.len() && data[end] & 0xC0 == 0x80 {
+            end -= 1;
+        }
+        let opcode = if start == 0 {
+            first_opcode
+        } else {
+            Data::Continue
+        };
+        let is_final = end == data.len();
+        messages.push(Message::Frame(WsFrame::message(
+            data.slice(start..end),
+            OpCode::Data(opcode),
+            is_final,
+        )));
+        start = end;
+    }
+    messages
+}
 
 /// How long a peer has to answer our close frame before its socket is dropped.
 const CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
@@ -57,12 +99,10 @@ pub async fn serve(
                 match outbound {
                     Outbound::Frame(frame) => {
                         let bytes = frame.len();
-                        let message = match frame {
-                            Frame::Text(text) => Message::Text(text.into()),
-                            Frame::Binary(data) => Message::Binary(data),
-                        };
-                        if sink.send(message).await.is_err() {
-                            return None;
+                        for message in fragments(frame) {
+                            if sink.send(message).await.is_err() {
+                                return None;
+                            }
                         }
                         let _ = writer_driver.send(DriverInput::Sent { conn, bytes }).await;
                     }
@@ -131,4 +171,60 @@ pub async fn serve(
     drop(writer);
     let _ = driver.send(DriverInput::Closed { conn }).await;
     writer_task.await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn payloads(messages: &[Message]) -> (Vec<u8>, Vec<(OpCode, bool, usize)>) {
+        let mut joined = Vec::new();
+        let mut shape = Vec::new();
+        for message in messages {
+            match message {
+                Message::Frame(frame) => {
+                    joined.extend_from_slice(frame.payload());
+                    shape.push((frame.header().opcode, frame.header().is_final, frame.len()));
+                }
+                other => panic!("expected fragments, got {other:?}"),
+            }
+        }
+        (joined, shape)
+    }
+
+    #[test]
+    fn small_messages_go_whole() {
+        let messages = fragments(Frame::Text("hello".into()));
+        assert!(matches!(&messages[..], [Message::Text(t)] if t.as_str() == "hello"));
+    }
+
+    #[test]
+    fn large_binary_messages_are_fragmented_in_order() {
+        let data: Vec<u8> = (0..FRAGMENT_BYTES * 2 + 10).map(|i| i as u8).collect();
+        let messages = fragments(Frame::Binary(Bytes::from(data.clone())));
+        let (joined, shape) = payloads(&messages);
+        assert_eq!(joined, data);
+        let opcodes: Vec<(OpCode, bool)> = shape.iter().map(|(o, f, _)| (*o, *f)).collect();
+        assert_eq!(
+            opcodes,
+            vec![
+                (OpCode::Data(Data::Binary), false),
+                (OpCode::Data(Data::Continue), false),
+                (OpCode::Data(Data::Continue), true)
+            ]
+        );
+    }
+
+    #[test]
+    fn large_text_is_fragmented_on_character_boundaries() {
+        let text = "é€".repeat(FRAGMENT_BYTES / 2);
+        let messages = fragments(Frame::Text(text.clone()));
+        let (joined, _) = payloads(&messages);
+        assert_eq!(joined, text.as_bytes());
+        for message in &messages {
+            if let Message::Frame(frame) = message {
+                assert!(std::str::from_utf8(frame.payload()).is_ok());
+            }
+        }
+    }
 }

@@ -71,8 +71,17 @@ impl ServerMessage {
                 None => json!({"type": "error", "error": error}),
             },
             ServerMessage::Ok { query_id } => json!({"type": "ok", "queryId": query_id.to_json()}),
+            // Results can be large: escape the rows text once, straight into a buffer sized
+            // for it, instead of copying it into a JSON value first.
             ServerMessage::Json { query_id, data } => {
-                json!({"type": "json", "queryId": query_id.to_json(), "data": data})
+                let id = query_id.to_json().to_string();
+                let mut text = Vec::with_capacity(data.len() + data.len() / 4 + id.len() + 40);
+                text.extend_from_slice(b"{\"type\":\"json\",\"queryId\":");
+                text.extend_from_slice(id.as_bytes());
+                text.extend_from_slice(b",\"data\":");
+                serde_json::to_writer(&mut text, data).expect("writing JSON to memory cannot fail");
+                text.push(b'}');
+                return Frame::Text(String::from_utf8(text).expect("serde_json writes UTF-8"));
             }
             ServerMessage::CancelAck {
                 query_id,

@@ -75,4 +75,3 @@ fn crdt_corpus_replays_cleanly() {
     assert!(!updates.is_empty(), "the recorded traffic has CRDT updates");
     replay("crdt", |data| crdt::run(data, &updates));
 }
-

@@ -2,8 +2,6 @@
 //! `to_json(orient="records")` values them (SPEC §3), with the documented divergences: blobs
 //! are base64 strings and 64-bit integers stay exact.
 
-use std::fmt::Write as _;
-
 use base64::Engine;
 use duckdb::arrow::array::{
     Array, ArrayRef, AsArray, BooleanArray, GenericBinaryArray, GenericListArray,
@@ -47,28 +45,36 @@ pub fn write_rows(batches: &[RecordBatch], names: &[String], out: &mut String) {
         .iter()
         .map(|n| Value::String(n.clone()).to_string())
         .collect();
-    out.push('[');
+    // Values are serialized straight into bytes (no `fmt` machinery per cell); a rough
+    // size guess avoids most regrowth copies of a large result.
+    let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
+    let key_bytes: usize = keys.iter().map(|k| k.len() + 10).sum();
+    let mut buffer = std::mem::take(out).into_bytes();
+    buffer.reserve(rows * (key_bytes + 2) + 2);
+    buffer.push(b'[');
     let mut first_row = true;
     for batch in batches {
         let columns: Vec<ArrayRef> = batch.columns().iter().map(decode_dictionary).collect();
         for row in 0..batch.num_rows() {
             if !first_row {
-                out.push(',');
+                buffer.push(b',');
             }
             first_row = false;
-            out.push('{');
+            buffer.push(b'{');
             for (i, column) in columns.iter().enumerate() {
                 if i > 0 {
-                    out.push(',');
+                    buffer.push(b',');
                 }
-                out.push_str(&keys[i]);
-                out.push(':');
-                let _ = write!(out, "{}", value_at(column.as_ref(), row));
+                buffer.extend_from_slice(keys[i].as_bytes());
+                buffer.push(b':');
+                serde_json::to_writer(&mut buffer, &value_at(column.as_ref(), row))
+                    .expect("writing JSON to memory cannot fail");
             }
-            out.push('}');
+            buffer.push(b'}');
         }
     }
-    out.push(']');
+    buffer.push(b']');
+    *out = String::from_utf8(buffer).expect("serde_json writes UTF-8");
 }
 
 fn decode_dictionary(array: &ArrayRef) -> ArrayRef {

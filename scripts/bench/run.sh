@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# The benchmark (BENCHMARKS.md): duckwire with its in-process floor, then the Python
+# reference sqlrooms-server (from PyPI, in a venv; needs Debian's libuv1), same scenarios,
+# same machine, same Rust client; prints both tables and the ratios.
+#   scripts/bench/run.sh [--quick]
+# The Python server binds every interface and has no host flag, so when run as root with
+# `ip` available both servers and the client run in a network namespace with only loopback.
+set -euo pipefail
+root="$(cd "$(dirname "$0")/../.." && pwd)"
+cd "$root"
+. scripts/dev-env.sh
+cargo build --release --workspace $DUCKWIRE_CARGO_FEATURES
+venv="$HOME/.cache/duckwire/pyref"
+if [ ! -x "$venv/bin/sqlrooms-server" ]; then
+  if command -v apt-get >/dev/null && ! ldconfig -p | grep -q libuv.so.1; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q libuv1 >/dev/null
+  fi
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q sqlrooms-server
+fi
+data="$(cd "$root/../shared/data" && pwd)"
+inner="$root/scripts/bench/inner.sh"
+if [ "$(id -u)" = 0 ] && command -v ip >/dev/null; then
+  ip netns list | grep -q '^duckwire-bench' || ip netns add duckwire-bench
+  ip netns exec duckwire-bench ip link set lo up
+  ip netns exec duckwire-bench env HOME="$HOME" PATH="$PATH" LD_LIBRARY_PATH="$LD_LIBRARY_PATH" \
+    CARGO_TARGET_DIR="$CARGO_TARGET_DIR" DUCKWIRE_BENCH_VENV="$venv" \
+    DUCKWIRE_BENCH_DATA="$data" bash "$inner" "$@"
+else
+  echo "bench: not root; the reference server will listen on all interfaces during the run" >&2
+  DUCKWIRE_BENCH_VENV="$venv" DUCKWIRE_BENCH_DATA="$data" bash "$inner" "$@"
+fi
