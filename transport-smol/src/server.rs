@@ -186,7 +186,7 @@ pub fn run(
     });
 
     let addr = listen_address(&config.host, config.port);
-    let mut meta_worker = smol::block_on(async {
+    let mut meta_worker = smol::block_on(crate::EXECUTOR.run(async {
         let listener = TcpListener::bind(&addr)
             .await
             .map_err(|source| StartError::Listen {
@@ -197,7 +197,7 @@ pub fn run(
             addr: addr.clone(),
             source,
         })?;
-        let driver_task = smol::spawn(driver.run());
+        let driver_task = crate::spawn(driver.run());
         shared.ready.store(true, Relaxed);
         on_listening(local);
 
@@ -209,7 +209,7 @@ pub fn run(
                         // waiting for the peer's ack of the previous one (Nagle).
                         let _ = stream.set_nodelay(true);
                         let shared = shared.clone();
-                        smol::spawn(handle_connection(stream, peer, shared)).detach();
+                        crate::spawn(handle_connection(stream, peer, shared)).detach();
                     }
                     Err(e) => {
                         // Typically out of file descriptors: back off instead of spinning.
@@ -249,7 +249,7 @@ pub fn run(
         }
         driver_tx.close();
         Ok::<_, StartError>(driver_task.await)
-    })?;
+    }))?;
     // The driver stopped: no more work arrives. Stop queries, finish saves, checkpoint.
     executor.shutdown();
     meta_worker.stop();

@@ -9,7 +9,7 @@ use async_tungstenite::tungstenite::{Error as WsError, Message};
 use async_tungstenite::WebSocketStream;
 use bytes::Bytes;
 use duckwire_core::{close_code, ConnId, ConnectionInfo, Frame, Limits, ProtocolError};
-use futures_util::StreamExt;
+use futures_util::{SinkExt, StreamExt};
 use smol::net::TcpStream;
 
 use crate::driver::{ConnectionWriter, DriverInput, Outbound};
@@ -93,16 +93,21 @@ pub async fn serve(
     let writer_driver = driver.clone();
     // Told when we have sent a close frame: from then on the peer gets CLOSE_GRACE to answer.
     let (closing, closed_by_us) = async_channel::bounded::<()>(1);
-    let writer_task = smol::spawn(async move {
+    let writer_task = crate::spawn(async move {
         let write_queue = async {
             while let Ok(outbound) = queue.recv().await {
                 match outbound {
                     Outbound::Frame(frame) => {
                         let bytes = frame.len();
+                        // Fed without a flush each; the library still writes out whenever
+                        // its buffer fills, so the fragments never pile up in memory.
                         for message in fragments(frame) {
-                            if sink.send(message).await.is_err() {
+                            if sink.feed(message).await.is_err() {
                                 return None;
                             }
+                        }
+                        if sink.flush().await.is_err() {
+                            return None;
                         }
                         let _ = writer_driver.send(DriverInput::Sent { conn, bytes }).await;
                     }

@@ -187,7 +187,7 @@ impl Executor {
                 std::thread::Builder::new()
                     .name(format!("duckdb-worker-{i}"))
                     .spawn(move || {
-                        while let Ok(job) = queue.recv_blocking() {
+                        while let Ok(job) = next_job(&queue) {
                             worker.run_guarded(job);
                         }
                     })
@@ -263,6 +263,23 @@ fn is_conflict(message: &str) -> bool {
     ]
     .iter()
     .any(|needle| message.contains(needle))
+}
+
+/// How long an idle worker polls for the next job before it sleeps. Waking a sleeping
+/// thread costs tens to hundreds of microseconds on a small (virtual) machine, more than a
+/// small query itself; a client sending one query after another is usually back sooner.
+const SPIN_BEFORE_SLEEP: Duration = Duration::from_micros(300);
+
+fn next_job(queue: &async_channel::Receiver<Job>) -> Result<Job, async_channel::RecvError> {
+    let started = Instant::now();
+    while started.elapsed() < SPIN_BEFORE_SLEEP {
+        match queue.try_recv() {
+            Ok(job) => return Ok(job),
+            Err(async_channel::TryRecvError::Closed) => return Err(async_channel::RecvError),
+            Err(async_channel::TryRecvError::Empty) => std::hint::spin_loop(),
+        }
+    }
+    queue.recv_blocking()
 }
 
 impl Worker {
