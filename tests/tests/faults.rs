@@ -37,7 +37,10 @@ fn a_client_that_disconnects_mid_query_has_it_interrupted_and_others_are_served(
         if metrics.contains("duckwire_queries_total{type=\"json\",outcome=\"cancelled\"} 2") {
             break;
         }
-        assert!(Instant::now() < deadline, "abandoned queries not cancelled: {metrics}");
+        assert!(
+            Instant::now() < deadline,
+            "abandoned queries not cancelled: {metrics}"
+        );
         thread::sleep(Duration::from_millis(10));
     }
 }
