@@ -9,10 +9,15 @@ shift || true
 targets=("$@")
 [ ${#targets[@]} -eq 0 ] && targets=(decode state_machine crdt)
 status=0
+# New inputs go to corpus/<target>, or under $DUCKWIRE_FUZZ_OUT (CI: a scratch dir, so a
+# smoke run leaves the committed corpus alone).
+out_root=${DUCKWIRE_FUZZ_OUT:-corpus}
 for target in "${targets[@]}"; do
-  mkdir -p "corpus/$target"
+  mkdir -p "$out_root/$target" "corpus/$target"
   log="/tmp/duckwire-fuzz-$target.log"
-  cargo +nightly fuzz run -O -s none "$target" "corpus/$target" "seeds/$target" -- \
+  inputs=("$out_root/$target")
+  [ "$out_root" != corpus ] && inputs+=("corpus/$target")
+  cargo +nightly fuzz run -O -s none "$target" "${inputs[@]}" "seeds/$target" -- \
     -max_total_time="$seconds" -print_final_stats=1 >"$log" 2>&1 || status=$?
   echo "== $target ($seconds s): $(grep -E '^Done|stat::number_of_executed_units' "$log" | tr '\n' ' ')"
   grep -E 'cov: [0-9]+' "$log" | tail -n 1
