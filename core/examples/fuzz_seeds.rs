@@ -63,7 +63,7 @@ fn main() -> std::io::Result<()> {
     write(
         "state_machine",
         "recorded-one-connection".into(),
-        session::encode(&one),
+        fuzzing::encode(&one),
     )?;
 
     let mut two = vec![
@@ -90,7 +90,7 @@ fn main() -> std::io::Result<()> {
     write(
         "state_machine",
         "recorded-two-connections".into(),
-        session::encode(&two),
+        fuzzing::encode(&two),
     )?;
 
     let structured = vec![
@@ -171,7 +171,7 @@ fn main() -> std::io::Result<()> {
     write(
         "state_machine",
         "structured-tour".into(),
-        session::encode(&structured),
+        fuzzing::encode(&structured),
     )?;
 
     // crdt: members editing every kind of container, recorded updates, and damaged ones.
@@ -209,11 +209,11 @@ fn main() -> std::io::Result<()> {
         crdt::Op::ClientSnapshot { conn: 2 },
         crdt::Op::Rejoin { conn: 1 },
     ]);
-    write("crdt", "members-edit".into(), crdt::encode(&ops))?;
+    write("crdt", "members-edit".into(), fuzzing::encode(&ops))?;
     write(
         "crdt",
         "snapshot-first".into(),
-        crdt::encode(&[
+        fuzzing::encode(&[
             crdt::Op::Edit {
                 conn: 0,
                 target: 1,

@@ -99,8 +99,10 @@ impl Op {
             _ => Op::Rejoin { conn: conn(u) },
         }
     }
+}
 
-    pub fn write(&self, out: &mut Vec<u8>) {
+impl super::Encode for Op {
+    fn write(&self, out: &mut Vec<u8>) {
         match self {
             Op::Edit {
                 conn,
@@ -129,14 +131,6 @@ impl Op {
             Op::Rejoin { conn } => out.extend([7, *conn]),
         }
     }
-}
-
-pub fn encode(ops: &[Op]) -> Vec<u8> {
-    let mut out = Vec::new();
-    for op in ops {
-        op.write(&mut out);
-    }
-    out
 }
 
 struct Member {

@@ -64,6 +64,20 @@ pub fn encode_decode_input(frame: &Frame) -> Vec<u8> {
     }
 }
 
+/// An input step of a harness that can be written back as the bytes its reader reads.
+pub trait Encode {
+    fn write(&self, out: &mut Vec<u8>);
+}
+
+/// Encodes steps into the byte input a harness reads back (its seeds are written this way).
+pub fn encode<T: Encode>(ops: &[T]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for op in ops {
+        op.write(&mut out);
+    }
+    out
+}
+
 /// Reads one byte; 0 once the input is exhausted (as `Unstructured` does).
 fn byte(u: &mut Unstructured<'_>) -> u8 {
     u.arbitrary::<u8>().unwrap_or(0)

@@ -207,7 +207,30 @@ impl Op {
         }
     }
 
-    pub fn write(&self, out: &mut Vec<u8>) {
+    fn acting_conn(&self) -> Option<u64> {
+        match self {
+            Op::Open { conn, .. }
+            | Op::Close { conn }
+            | Op::Auth { conn, .. }
+            | Op::Query { conn, .. }
+            | Op::Upload { conn }
+            | Op::Cancel { conn, .. }
+            | Op::Subscribe { conn, .. }
+            | Op::Unsubscribe { conn, .. }
+            | Op::Notify { conn, .. }
+            | Op::Join { conn, .. }
+            | Op::Update { conn, .. }
+            | Op::Binary { conn, .. }
+            | Op::Text { conn, .. }
+            | Op::Recorded { conn, .. }
+            | Op::Written { conn } => Some(u64::from(*conn)),
+            _ => None,
+        }
+    }
+}
+
+impl super::Encode for Op {
+    fn write(&self, out: &mut Vec<u8>) {
         let b = u8::from;
         match self {
             Op::Open { conn, credential } => out.extend([0, *conn, *credential]),
@@ -248,36 +271,6 @@ impl Op {
             Op::Shutdown => out.push(20),
         }
     }
-
-    fn acting_conn(&self) -> Option<u64> {
-        match self {
-            Op::Open { conn, .. }
-            | Op::Close { conn }
-            | Op::Auth { conn, .. }
-            | Op::Query { conn, .. }
-            | Op::Upload { conn }
-            | Op::Cancel { conn, .. }
-            | Op::Subscribe { conn, .. }
-            | Op::Unsubscribe { conn, .. }
-            | Op::Notify { conn, .. }
-            | Op::Join { conn, .. }
-            | Op::Update { conn, .. }
-            | Op::Binary { conn, .. }
-            | Op::Text { conn, .. }
-            | Op::Recorded { conn, .. }
-            | Op::Written { conn } => Some(u64::from(*conn)),
-            _ => None,
-        }
-    }
-}
-
-/// Encodes ops into the byte input [`run`] reads back.
-pub fn encode(ops: &[Op]) -> Vec<u8> {
-    let mut out = Vec::new();
-    for op in ops {
-        op.write(&mut out);
-    }
-    out
 }
 
 /// Decodes ops from bytes (at most `MAX_OPS`).

@@ -532,6 +532,15 @@ fn setup_sql(data: &str) -> Vec<String> {
     ]
 }
 
+/// A scenario of queries run one after another as one operation: (name, queries,
+/// repetitions, repetitions of the floor).
+type Suite = (
+    &'static str,
+    &'static [(&'static str, &'static str)],
+    usize,
+    usize,
+);
+
 const BIG_ARROW: &str = "select range as i, range * 2 as j from range(5000000)";
 const BIG_JSON: &str = "select * from flights";
 const MOSAIC_SUITE: [(&str, &str); 7] = [
@@ -568,66 +577,39 @@ fn run_all(options: &Options) -> Vec<Scenario> {
             results.push(run());
         }
     };
-    add("select 1, json", &mut || {
-        let mut s = sequential(
-            "select 1, json, sequential",
-            url,
-            &rss,
-            "json",
-            "select 1 as x",
-            scale(2000),
-        );
-        s.floor = floor_of(&[("json", "select 1 as x")], 2000);
-        s
-    });
-    add("select 1, arrow", &mut || {
-        let mut s = sequential(
-            "select 1, arrow, sequential",
-            url,
-            &rss,
-            "arrow",
-            "select 1 as x",
-            scale(2000),
-        );
-        s.floor = floor_of(&[("arrow", "select 1 as x")], 2000);
-        s
-    });
+    for kind in ["json", "arrow"] {
+        let select_one: &[(&str, &str)] = &[(kind, "select 1 as x")];
+        let name = if kind == "json" {
+            "select 1, json, sequential"
+        } else {
+            "select 1, arrow, sequential"
+        };
+        add(name, &mut || {
+            let mut s = sequential(name, url, &rss, kind, "select 1 as x", scale(2000));
+            s.floor = floor_of(select_one, 2000);
+            s
+        });
+    }
     add("throughput", &mut || {
         throughput(url, &rss, 16, 16, scale(400))
     });
-    add("big Arrow", &mut || {
-        let mut s = repeated(
+    let suites: [Suite; 3] = [
+        (
             "big Arrow: 5M rows × 2 bigint",
-            url,
-            &rss,
             &[("arrow", BIG_ARROW)],
-            scale(10),
-        );
-        s.floor = floor_of(&[("arrow", BIG_ARROW)], 5);
-        s
-    });
-    add("big JSON", &mut || {
-        let mut s = repeated(
-            "big JSON: all flights rows",
-            url,
-            &rss,
-            &[("json", BIG_JSON)],
-            scale(10),
-        );
-        s.floor = floor_of(&[("json", BIG_JSON)], 5);
-        s
-    });
-    add("Mosaic", &mut || {
-        let mut s = repeated(
-            "Mosaic suite (7 queries)",
-            url,
-            &rss,
-            &MOSAIC_SUITE,
-            scale(30),
-        );
-        s.floor = floor_of(&MOSAIC_SUITE, 15);
-        s
-    });
+            10,
+            5,
+        ),
+        ("big JSON: all flights rows", &[("json", BIG_JSON)], 10, 5),
+        ("Mosaic suite (7 queries)", &MOSAIC_SUITE, 30, 15),
+    ];
+    for (name, queries, reps, floor_reps) in suites {
+        add(name, &mut || {
+            let mut s = repeated(name, url, &rss, queries, scale(reps));
+            s.floor = floor_of(queries, floor_reps);
+            s
+        });
+    }
     add("cache hit", &mut || cache_hits(url, &rss, scale(500)));
     add("CRDT", &mut || crdt_fanout(url, &rss, scale(300)));
     results
