@@ -420,3 +420,22 @@ pub fn join_room(client: &mut Client, room: &str) -> Value {
     assert_eq!(snapshot["roomId"], room);
     snapshot_map(snapshot["data"].as_str().expect("snapshot data"))
 }
+
+/// The `fuzz/` directory of the workspace (traffic, seeds, corpora, regressions).
+pub fn fuzz_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz")
+}
+
+/// Every file in `dir` as (name, bytes); nothing when the directory does not exist.
+pub fn files_in(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .map(|entry| {
+            let entry = entry.expect("a readable directory entry");
+            let bytes = std::fs::read(entry.path()).expect("a readable file");
+            (entry.file_name().to_string_lossy().into_owned(), bytes)
+        })
+        .collect()
+}

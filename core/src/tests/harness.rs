@@ -101,14 +101,7 @@ pub(crate) fn closes(effects: &[Effect]) -> Vec<(u64, u16)> {
         .collect()
 }
 
-/// A Loro update setting `key` to `value` in map "m", from a fresh peer.
-pub(crate) fn loro_update(peer: u64, key: &str, value: i64) -> Vec<u8> {
-    let doc = loro::LoroDoc::new();
-    doc.set_peer_id(peer).unwrap();
-    doc.get_map("m").insert(key, value).unwrap();
-    doc.commit();
-    doc.export(loro::ExportMode::all_updates()).unwrap()
-}
+pub(crate) use crate::fuzzing::session::loro_update;
 
 /// The deep value of a snapshot, for comparing room states.
 pub(crate) fn snapshot_value(snapshot: &[u8]) -> loro::LoroValue {

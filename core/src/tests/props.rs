@@ -2,10 +2,29 @@
 //! several connections keep invariants (a)–(f) (see `fuzzing::session`), random CRDT traffic
 //! keeps rooms equal to the merge of their accepted updates, and decoding never panics.
 
+use bytes::Bytes;
 use proptest::prelude::*;
+use serde_json::json;
 
-use super::fuzz_replay::recorded_traffic;
+use super::harness::loro_update;
 use crate::fuzzing::{self, crdt, session};
+use crate::Frame;
+
+/// Frames shaped like the official clients' (the recorded traffic itself is replayed by
+/// `tests/tests/fuzz_replay.rs`: the core reads no files, not even in its tests).
+fn recorded_traffic() -> Vec<Frame> {
+    let text = |value: serde_json::Value| Frame::Text(value.to_string());
+    vec![
+        text(json!({"type":"auth","token":session::TOKEN})),
+        text(
+            json!({"type":"arrow","sql":"select 42 as x","queryId":"3f1c9a2e-0d6b-4c1e-9a57-2b8e4d0c7f10"}),
+        ),
+        text(json!({"type":"cancel","queryId":"3f1c9a2e-0d6b-4c1e-9a57-2b8e4d0c7f10"})),
+        text(json!({"type":"crdt-join","roomId":"room-1","clientId":"client-a"})),
+        Frame::Binary(Bytes::from(loro_update(11, "a1", 1))),
+        Frame::Binary(Bytes::from(loro_update(12, "b1", 2))),
+    ]
+}
 
 proptest! {
     #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]

@@ -1,23 +1,14 @@
 //! Writes the fuzz seed corpora (`fuzz/seeds/{decode,state_machine,crdt}`) from the client
 //! traffic recorded in `fuzz/traffic` (see `scripts/js-compat/record.mjs`):
 //!
-//! cargo run -p duckwire-core --features fuzzing --example fuzz_seeds
-
-use std::path::Path;
+//! cargo run -p duckwire-tests --example fuzz_seeds
 
 use duckwire_core::fuzzing::{self, crdt, session};
+use duckwire_tests::{files_in, fuzz_dir};
 
 fn main() -> std::io::Result<()> {
-    let fuzz = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz");
-    let mut files = Vec::new();
-    for entry in std::fs::read_dir(fuzz.join("traffic"))? {
-        let entry = entry?;
-        files.push((
-            entry.file_name().to_string_lossy().into_owned(),
-            std::fs::read(entry.path())?,
-        ));
-    }
-    let traffic = fuzzing::traffic_frames(files);
+    let fuzz = fuzz_dir();
+    let traffic = fuzzing::traffic_frames(files_in(&fuzz.join("traffic")));
     let seeds = fuzz.join("seeds");
     let write = |target: &str, name: String, bytes: Vec<u8>| -> std::io::Result<()> {
         let dir = seeds.join(target);

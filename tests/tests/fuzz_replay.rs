@@ -1,31 +1,14 @@
 //! Replays the fuzz seeds, the committed minimised corpora and every past finding through
 //! the same harnesses the cargo-fuzz targets run, on the stable toolchain, so `cargo test`
-//! catches a regression of anything fuzzing once found or covered.
+//! catches a regression of anything fuzzing once found or covered. (It lives here, not in
+//! the core, because the core does no IO, not even in its tests.)
 
-use std::path::{Path, PathBuf};
-
-use crate::fuzzing::{self, crdt, session};
-use crate::Frame;
-
-fn fuzz_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz")
-}
-
-fn files_in(dir: &Path) -> Vec<(String, Vec<u8>)> {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return Vec::new();
-    };
-    entries
-        .map(|entry| {
-            let entry = entry.expect("a readable directory entry");
-            let bytes = std::fs::read(entry.path()).expect("a readable corpus file");
-            (entry.file_name().to_string_lossy().into_owned(), bytes)
-        })
-        .collect()
-}
+use duckwire_core::fuzzing::{self, crdt, session};
+use duckwire_core::Frame;
+use duckwire_tests::{files_in, fuzz_dir};
 
 /// The client traffic recorded from the official JS clients (`fuzz/traffic`).
-pub(crate) fn recorded_traffic() -> Vec<Frame> {
+fn recorded_traffic() -> Vec<Frame> {
     let traffic = fuzzing::traffic_frames(files_in(&fuzz_dir().join("traffic")));
     assert!(
         !traffic.is_empty(),
@@ -49,7 +32,7 @@ fn replay(target: &str, harness: impl Fn(&[u8]) -> Result<(), String>) {
     let inputs = inputs(target);
     assert!(
         inputs.iter().any(|(name, _)| name.starts_with("seeds/")),
-        "fuzz/seeds/{target} is missing: run the fuzz_seeds example"
+        "fuzz/seeds/{target} is missing: run `cargo run -p duckwire-tests --example fuzz_seeds`"
     );
     for (name, bytes) in &inputs {
         if let Err(violation) = harness(bytes) {
