@@ -99,6 +99,26 @@ struct Scenario {
 }
 
 impl Scenario {
+    /// A scenario that ran from `started` until now, without a floor yet.
+    fn ended(
+        name: &'static str,
+        samples: Vec<Duration>,
+        operations: u64,
+        bytes: u64,
+        started: Instant,
+        rss: &Rss,
+    ) -> Scenario {
+        Scenario {
+            name,
+            samples,
+            operations,
+            bytes,
+            wall: started.elapsed(),
+            peak_rss: rss.peak(),
+            floor: None,
+        }
+    }
+
     fn percentile(&self, p: f64) -> Duration {
         let mut sorted = self.samples.clone();
         sorted.sort();
@@ -294,15 +314,7 @@ fn sequential(
         bytes += query(&mut socket, kind, sql, 1000 + i) as u64;
         samples.push(t.elapsed());
     }
-    Scenario {
-        name,
-        samples,
-        operations: count as u64,
-        bytes,
-        wall: started.elapsed(),
-        peak_rss: rss.peak(),
-        floor: None,
-    }
+    Scenario::ended(name, samples, count as u64, bytes, started, rss)
 }
 
 /// `connections` sockets, each keeping `window` queries in flight until it sent `per_conn`.
@@ -351,15 +363,15 @@ fn throughput(
         samples.extend(s);
         bytes += b;
     }
-    Scenario {
-        name: "throughput: select 1, 16 conns × 16 in flight",
-        operations: samples.len() as u64,
+    let operations = samples.len() as u64;
+    Scenario::ended(
+        "throughput: select 1, 16 conns × 16 in flight",
         samples,
+        operations,
         bytes,
-        wall: started.elapsed(),
-        peak_rss: rss.peak(),
-        floor: None,
-    }
+        started,
+        rss,
+    )
 }
 
 fn repeated(
@@ -386,15 +398,14 @@ fn repeated(
         }
         samples.push(t.elapsed());
     }
-    Scenario {
+    Scenario::ended(
         name,
         samples,
-        operations: (reps * queries.len()) as u64,
+        (reps * queries.len()) as u64,
         bytes,
-        wall: started.elapsed(),
-        peak_rss: rss.peak(),
-        floor: None,
-    }
+        started,
+        rss,
+    )
 }
 
 fn cache_hits(url: &str, rss: &Rss, reps: usize) -> Scenario {
@@ -414,15 +425,14 @@ fn cache_hits(url: &str, rss: &Rss, reps: usize) -> Scenario {
         bytes += read_reply(&mut socket, &id) as u64;
         samples.push(t.elapsed());
     }
-    Scenario {
-        name: "cache hit (persist: true, group-by)",
+    Scenario::ended(
+        "cache hit (persist: true, group-by)",
         samples,
-        operations: reps as u64,
+        reps as u64,
         bytes,
-        wall: started.elapsed(),
-        peak_rss: rss.peak(),
-        floor: None,
-    }
+        started,
+        rss,
+    )
 }
 
 fn crdt_fanout(url: &str, rss: &Rss, reps: usize) -> Scenario {
@@ -470,15 +480,14 @@ fn crdt_fanout(url: &str, rss: &Rss, reps: usize) -> Scenario {
             }
         }
     }
-    Scenario {
-        name: "CRDT fan-out: 1 update to 7 members",
+    Scenario::ended(
+        "CRDT fan-out: 1 update to 7 members",
         samples,
-        operations: reps as u64,
+        reps as u64,
         bytes,
-        wall: started.elapsed(),
-        peak_rss: rss.peak(),
-        floor: None,
-    }
+        started,
+        rss,
+    )
 }
 
 // --- the floor: the same SQL in-process -----------------------------------------------
