@@ -180,3 +180,25 @@ fn debounced_saves_survive_sigkill() {
     let mut b = server.connect();
     assert_eq!(join_room(&mut b, "k"), json!({"quick": 3}));
 }
+
+/// Room saves write the meta tables outside the query workers. A worker that planned a read
+/// of them before a save (and keeps that plan) must still see the save afterwards.
+#[test]
+fn reads_planned_before_a_room_save_see_the_save() {
+    let server = ServerProcess::start(&["--sync", "--threads", "1", "--save-debounce-ms", "20"]);
+    let mut a = server.connect();
+    let saved = json!({"type":"json","sql":"select count(*) as n from __sqlrooms.sync_rooms where room_id = 'planned'","queryId":"q"});
+    for _ in 0..3 {
+        assert_eq!(a.request(saved.clone())["data"], "[{\"n\":0}]");
+    }
+    join_room(&mut a, "planned");
+    a.send_binary(loro_update("x", 1));
+    assert_eq!(a.recv_json()["type"], "crdt-update-ack");
+    let deadline = std::time::Instant::now() + REPLY_TIMEOUT;
+    while a.request(saved.clone())["data"] != "[{\"n\":1}]" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the saved room never became visible to a repeated read"
+        );
+    }
+}

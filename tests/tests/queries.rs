@@ -314,3 +314,53 @@ fn cache_dir_holds_persisted_results_and_writes_empty_it() {
     client.request(json!({"type":"exec","sql":"create table t(x int)","queryId":"w"}));
     assert_eq!(files(), 0, "a write empties the disk tier");
 }
+
+/// Workers keep the plans of repeated reads, and DuckDB specialises a plan to the statistics
+/// of the data it was planned on (a filter on an empty table is planned as "no rows"). A read
+/// sent after a write's reply must still see the write, whichever connection wrote.
+#[test]
+fn repeated_reads_see_every_write_answered_before_them() {
+    // One worker, so every read runs on the same kept connection.
+    let server = ServerProcess::start(&["--threads", "1"]);
+    let mut reader = server.connect();
+    let mut writer = server.connect();
+    writer.request(json!({"type":"exec","sql":"create table t(k varchar)","queryId":"c"}));
+    let count =
+        json!({"type":"json","sql":"select count(*) as n from t where k = 'x'","queryId":"r"});
+    for _ in 0..3 {
+        assert_eq!(reader.request(count.clone())["data"], "[{\"n\":0}]");
+    }
+    writer.request(json!({"type":"exec","sql":"insert into t values ('x')","queryId":"w"}));
+    assert_eq!(reader.request(count.clone())["data"], "[{\"n\":1}]");
+    let arrow_count =
+        json!({"type":"arrow","sql":"select count(*) as n from t where k = 'x'","queryId":"a"});
+    reader.send_json(arrow_count.clone());
+    let frame = reader.recv_binary();
+    let batches = read_ipc(split_arrow_frame(&frame).1);
+    assert_eq!(batches[0].column(0).as_primitive::<Int64Type>().value(0), 1);
+    writer.request(json!({"type":"exec","sql":"insert into t values ('x')","queryId":"w2"}));
+    reader.send_json(arrow_count);
+    let frame = reader.recv_binary();
+    let batches = read_ipc(split_arrow_frame(&frame).1);
+    assert_eq!(batches[0].column(0).as_primitive::<Int64Type>().value(0), 2);
+}
+
+/// Every query runs as on a fresh connection: session state set by one query (a temporary
+/// table, an open transaction, a setting) is not there for the next, even on the same worker.
+#[test]
+fn session_state_does_not_leak_from_one_query_to_the_next() {
+    let server = ServerProcess::start(&["--threads", "1"]);
+    let mut client = server.connect();
+    client.request(
+        json!({"type":"exec","sql":"create temp table scratch as select 1 as x","queryId":"t"}),
+    );
+    let reply = client.request(json!({"type":"json","sql":"select * from scratch","queryId":"r"}));
+    assert_eq!(reply["type"], "error", "{reply}");
+    client
+        .request(json!({"type":"exec","sql":"begin; create table left_open(x int)","queryId":"b"}));
+    let reply = client.request(json!({"type":"json","sql":"select count(*) as n from duckdb_tables() where table_name = 'left_open'","queryId":"q"}));
+    assert_eq!(
+        reply["data"], "[{\"n\":0}]",
+        "an unfinished transaction is rolled back"
+    );
+}

@@ -8,6 +8,7 @@ use std::thread::JoinHandle;
 
 use duckdb::{params, Connection, OptionalExt};
 
+use crate::executor::connection::WriteEpoch;
 use crate::executor::upload::quote_identifier;
 
 pub enum MetaJob {
@@ -96,7 +97,14 @@ pub struct MetaWorker {
 }
 
 impl MetaWorker {
-    pub fn start(conn: Connection, ns: String, done: Arc<dyn Fn(MetaDone) + Send + Sync>) -> Self {
+    /// `write_epoch` is advanced after every save, so no query worker answers from a plan
+    /// made before it (see `executor::connection`).
+    pub fn start(
+        conn: Connection,
+        ns: String,
+        write_epoch: Arc<WriteEpoch>,
+        done: Arc<dyn Fn(MetaDone) + Send + Sync>,
+    ) -> Self {
         let (jobs, queue) = async_channel::unbounded::<MetaJob>();
         let thread = std::thread::Builder::new()
             .name("duckwire-meta".into())
@@ -113,6 +121,7 @@ impl MetaWorker {
                             version,
                         } => {
                             let result = save(&conn, &ns, &room_id, &snapshot);
+                            write_epoch.advance();
                             if let Err(e) = &result {
                                 tracing::error!(room_id, "saving CRDT room failed: {e}");
                             }

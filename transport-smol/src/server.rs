@@ -157,6 +157,7 @@ pub fn run(
         MetaWorker::start(
             meta_conn,
             ns,
+            executor.write_epoch(),
             Arc::new(move |done| {
                 let _ = driver_tx.try_send(DriverInput::Meta(done));
             }),

@@ -1,6 +1,7 @@
 //! The DuckDB executor: a bounded pool of worker threads, each query on its own connection
 //! cloned from the one database, interrupts, conflict retries, the result cache, uploads.
 
+pub mod connection;
 pub mod ipc;
 pub mod json;
 pub mod sql;
@@ -18,6 +19,7 @@ use duckwire_core::{QueryHandle, QueryKind, QueryOutcome};
 
 use crate::cache::ResultCache;
 use crate::metrics::Metrics;
+use connection::{WorkerConnection, WriteEpoch};
 
 /// What a client sees when its job hit a bug (a panic) in the executor.
 const INTERNAL_ERROR: &str = "internal error while running the query";
@@ -152,10 +154,14 @@ pub struct Executor {
     interrupts: Arc<Interrupts>,
     workers: Mutex<Vec<JoinHandle<()>>>,
     reinterrupter: Mutex<Option<JoinHandle<()>>>,
+    write_epoch: Arc<WriteEpoch>,
 }
 
 struct Worker {
     base: Arc<Mutex<Connection>>,
+    /// The connection kept between reads (see [`connection`]).
+    connection: WorkerConnection,
+    write_epoch: Arc<WriteEpoch>,
     interrupts: Arc<Interrupts>,
     cache: Arc<ResultCache>,
     metrics: Arc<Metrics>,
@@ -173,11 +179,14 @@ impl Executor {
     ) -> Executor {
         let (jobs, queue) = async_channel::unbounded::<Job>();
         let interrupts = Arc::new(Interrupts::default());
+        let write_epoch = Arc::new(WriteEpoch::default());
         let workers = (0..threads.max(1))
             .map(|i| {
                 let queue = queue.clone();
                 let mut worker = Worker {
                     base: base.clone(),
+                    connection: WorkerConnection::default(),
+                    write_epoch: write_epoch.clone(),
                     interrupts: interrupts.clone(),
                     cache: cache.clone(),
                     metrics: metrics.clone(),
@@ -206,7 +215,14 @@ impl Executor {
             interrupts,
             workers: Mutex::new(workers),
             reinterrupter: Mutex::new(Some(reinterrupter)),
+            write_epoch,
         }
+    }
+
+    /// Writers outside the pool (CRDT persistence) advance it too, so no worker reuses a plan
+    /// made before their write.
+    pub fn write_epoch(&self) -> Arc<WriteEpoch> {
+        self.write_epoch.clone()
     }
 
     pub fn submit(&self, job: Job) {
@@ -283,7 +299,8 @@ fn next_job(queue: &async_channel::Receiver<Job>) -> Result<Job, async_channel::
 }
 
 impl Worker {
-    fn connection(&self) -> Result<Connection, String> {
+    /// A new connection, for jobs that write (uploads) or are rare (REST).
+    fn fresh_connection(&self) -> Result<Connection, String> {
         self.base
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -371,11 +388,14 @@ impl Worker {
             }
             Job::Rest { kind, sql, reply } => {
                 let result = self
-                    .connection()
+                    .fresh_connection()
                     .and_then(|conn| {
                         self.with_retries(|| run_sql(&conn, kind, &sql, &Bytes::new()))
                     })
                     .map(|(outcome, _)| outcome);
+                if !sql::classify(&sql).read_only {
+                    self.write_epoch.advance();
+                }
                 let _ = reply.try_send(result);
             }
         }
@@ -412,23 +432,36 @@ impl Worker {
         persist: bool,
         arrow_header: &Bytes,
     ) -> (QueryOutcome, bool) {
-        let conn = match self.connection() {
+        let epoch = self.write_epoch.current();
+        let conn = match self.connection.take(&self.base, epoch) {
             Ok(conn) => conn,
             Err(e) => return (QueryOutcome::Failed(e), false),
         };
+        let read_only = sql::classify(sql).read_only;
         if !self.interrupts.start(handle, conn.interrupt_handle()) {
+            self.connection.give_back(conn, epoch, true);
             return (QueryOutcome::Cancelled, false);
         }
-        let result = if persist && self.cache.is_enabled() {
-            self.cached_query(&conn, kind, sql, arrow_header)
+        let plans = if sql::plan_is_reusable(sql) {
+            Plans::Reuse
         } else {
-            self.with_retries(|| run_sql(&conn, kind, sql, arrow_header))
+            Plans::Fresh
+        };
+        let result = if persist && self.cache.is_enabled() {
+            self.cached_query(&conn, kind, sql, arrow_header, plans)
+        } else {
+            self.with_retries(|| run_sql_planned(&conn, kind, sql, arrow_header, plans))
         };
         self.interrupts.finish(handle);
+        if !read_only {
+            // Even a failed or interrupted write may have changed what plans see.
+            self.write_epoch.advance();
+        }
+        self.connection.give_back(conn, epoch, read_only);
         match result {
             Ok(done) => done,
             Err(message) if is_interruption(&message) => (QueryOutcome::Cancelled, false),
-            Err(message) => (QueryOutcome::Failed(message), !sql::classify(sql).read_only),
+            Err(message) => (QueryOutcome::Failed(message), !read_only),
         }
     }
 
@@ -439,12 +472,13 @@ impl Worker {
         kind: QueryKind,
         sql: &str,
         arrow_header: &Bytes,
+        plans: Plans,
     ) -> Result<(QueryOutcome, bool), String> {
         let cache = self.cache.clone();
         let mut computed: Option<(QueryOutcome, bool)> = None;
         let (value, _) = cache.get_or_compute((kind.as_str(), sql.to_string()), || {
             let (outcome, wrote) =
-                match self.with_retries(|| run_sql(conn, kind, sql, arrow_header)) {
+                match self.with_retries(|| run_sql_planned(conn, kind, sql, arrow_header, plans)) {
                     Ok(done) => done,
                     // Our client cancelled: identical requests waiting on this computation must
                     // not inherit the interruption; they compute for themselves.
@@ -487,14 +521,24 @@ impl Worker {
         table_name: &str,
         payload: Bytes,
     ) -> Result<(), String> {
-        let conn = self.connection()?;
+        let conn = self.fresh_connection()?;
         if !self.interrupts.start(handle, conn.interrupt_handle()) {
             return Err(duckwire_core::ProtocolError::Cancelled.to_string());
         }
         let result = self.with_retries(|| upload::upload(&conn, table_name, payload.clone()));
         self.interrupts.finish(handle);
+        self.write_epoch.advance();
         result
     }
+}
+
+/// Whether a query may run on a plan its connection kept from an earlier run of the same SQL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Plans {
+    Fresh,
+    /// Only for SQL that [`sql::plan_is_reusable`] allows, on a connection whose plans are
+    /// forgotten after every write (see [`connection`]).
+    Reuse,
 }
 
 /// Runs `sql` and shapes its last result. `arrow_header` prefixes Arrow output.
@@ -504,16 +548,47 @@ pub fn run_sql(
     sql: &str,
     arrow_header: &Bytes,
 ) -> Result<(QueryOutcome, bool), String> {
+    run_sql_planned(conn, kind, sql, arrow_header, Plans::Fresh)
+}
+
+fn run_sql_planned(
+    conn: &Connection,
+    kind: QueryKind,
+    sql: &str,
+    arrow_header: &Bytes,
+    plans: Plans,
+) -> Result<(QueryOutcome, bool), String> {
     if sql.trim().is_empty() {
         return Err(duckwire_core::ProtocolError::EmptySql.to_string());
     }
     let class = sql::classify(sql);
     let wrote = !class.read_only;
-    let mut statement = conn.prepare(sql).map_err(|e| e.to_string())?;
     if kind == QueryKind::Exec || !class.returns_rows {
+        let mut statement = conn.prepare(sql).map_err(|e| e.to_string())?;
         statement.execute([]).map_err(|e| e.to_string())?;
         return Ok((QueryOutcome::NoResultSet, wrote));
     }
+    let shaped = if plans == Plans::Reuse {
+        let mut statement = conn.prepare_cached(sql).map_err(|e| e.to_string())?;
+        let shaped = shape_result(&mut statement, kind, arrow_header);
+        if shaped.is_err() {
+            // A result stopped midway stays open in the statement; never keep that.
+            statement.discard();
+        }
+        shaped
+    } else {
+        let mut statement = conn.prepare(sql).map_err(|e| e.to_string())?;
+        shape_result(&mut statement, kind, arrow_header)
+    };
+    shaped.map(|outcome| (outcome, wrote))
+}
+
+/// Executes a prepared statement and encodes its rows as Arrow IPC or JSON.
+fn shape_result(
+    statement: &mut duckdb::Statement<'_>,
+    kind: QueryKind,
+    arrow_header: &Bytes,
+) -> Result<QueryOutcome, String> {
     // Stream the result: DuckDB hands over one chunk at a time, so a large result is held
     // once, as the bytes being written.
     drop(statement.stream_arrow([]).map_err(|e| e.to_string())?);
@@ -528,7 +603,7 @@ pub fn run_sql(
             let mut frame = Vec::with_capacity(arrow_header.len() + 4096);
             frame.extend_from_slice(arrow_header);
             ipc::write_stream(&mut frame, &schema, batches)?;
-            Ok((QueryOutcome::Arrow(Bytes::from(frame)), wrote))
+            Ok(QueryOutcome::Arrow(Bytes::from(frame)))
         }
         _ => {
             let batches = batches.collect::<Result<Vec<_>, String>>()?;
@@ -536,7 +611,7 @@ pub fn run_sql(
                 json::unique_column_names(schema.fields().iter().map(|f| f.name().as_str()));
             let mut rows = String::new();
             json::write_rows(&batches, &names, &mut rows);
-            Ok((QueryOutcome::Json(rows), wrote))
+            Ok(QueryOutcome::Json(rows))
         }
     }
 }
@@ -559,6 +634,8 @@ mod tests {
     fn backoff_doubles_from_10ms_caps_at_500ms_with_30_percent_jitter() {
         let mut worker = Worker {
             base: Arc::new(Mutex::new(Connection::open_in_memory().unwrap())),
+            connection: WorkerConnection::default(),
+            write_epoch: Arc::default(),
             interrupts: Arc::default(),
             cache: Arc::new(ResultCache::new(None, None, Arc::default()).unwrap()),
             metrics: Arc::default(),

@@ -145,6 +145,46 @@ pub fn classify(sql: &str) -> Classification {
     }
 }
 
+/// Words of SQL that reads outside the database (files, globs, URLs, other databases, SQL
+/// built at run time). A plan of such SQL holds what the source looked like when it was
+/// planned: the files a glob matched, a file's statistics.
+const EXTERNAL_SOURCE_MARKERS: [&str; 10] = [
+    "read_", "scan", "glob", "parquet", "csv", "json", "attach", "query", "http", "file",
+];
+
+/// Whether a plan of `sql` may be kept and run again while nothing writes: one plain read
+/// that touches only the database's own tables. Conservative: a miss only costs planning.
+pub fn plan_is_reusable(sql: &str) -> bool {
+    let statements = split_statements(sql);
+    let [statement] = statements.as_slice() else {
+        return false;
+    };
+    if !QUERY_KEYWORDS.contains(&leading_keyword(statement).as_str()) {
+        return false;
+    }
+    let lower = statement.to_ascii_lowercase();
+    // `FROM 'data.parquet'`, `FROM "dir/file.tsv"`: replacement scans of files.
+    !EXTERNAL_SOURCE_MARKERS.iter().any(|m| lower.contains(m)) && !quotes_a_path(statement)
+}
+
+/// A quoted literal or identifier holding `.` or `/`, as a file name does.
+fn quotes_a_path(statement: &str) -> bool {
+    let bytes = statement.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\'' || bytes[i] == b'"' {
+            let end = skip_quoted(bytes, i, bytes[i]);
+            if bytes[i..end].iter().any(|b| *b == b'.' || *b == b'/') {
+                return true;
+            }
+            i = end;
+        } else {
+            i += 1;
+        }
+    }
+    false
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -171,5 +211,26 @@ mod tests {
         let call = classify("call pragma_version()");
         assert!(call.returns_rows && !call.read_only);
         assert!(!classify("  ").returns_rows);
+    }
+
+    #[test]
+    fn only_single_reads_of_the_database_own_tables_reuse_plans() {
+        assert!(plan_is_reusable("select 1"));
+        assert!(plan_is_reusable(
+            "SELECT \"origin\", count(*) FROM \"flights\" WHERE \"delay\" > 10 GROUP BY 1;"
+        ));
+        assert!(plan_is_reusable("select * from t where d > '2024-01-01'"));
+        // Writes and session changes, several statements.
+        assert!(!plan_is_reusable("insert into t values (1)"));
+        assert!(!plan_is_reusable("set threads = 1"));
+        assert!(!plan_is_reusable("select 1; select 2"));
+        // Files, globs and URLs can change outside the server.
+        assert!(!plan_is_reusable(
+            "select * from read_parquet('x/*.parquet')"
+        ));
+        assert!(!plan_is_reusable("select * from 'flights.parquet'"));
+        assert!(!plan_is_reusable("from \"data/athletes.tsv\""));
+        assert!(!plan_is_reusable("select * from glob('*')"));
+        assert!(!plan_is_reusable("select * from query('select 1')"));
     }
 }
