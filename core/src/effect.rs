@@ -4,7 +4,7 @@
 
 use bytes::Bytes;
 
-use crate::codec::{Frame, QueryKind};
+use crate::codec::{Frame, JsonReply, JsonReplyHeader, QueryKind};
 use crate::ids::{ConnId, Millis, QueryHandle, QueryId, TimerKey};
 
 #[derive(Debug, Clone, PartialEq)]
@@ -56,6 +56,9 @@ pub struct RunQuery {
     /// Prefix of the Arrow result frame; the executor appends the IPC stream to it and
     /// reports the whole frame in [`QueryOutcome::Arrow`].
     pub arrow_header: Bytes,
+    /// Start of the `json` reply; the executor may build the whole reply with
+    /// [`crate::JsonReplyWriter`] and report it in [`QueryOutcome::JsonReply`].
+    pub json_header: JsonReplyHeader,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -75,8 +78,10 @@ pub struct UploadTable {
 pub enum QueryOutcome {
     /// The complete result frame: `arrow_header` followed by the IPC stream.
     Arrow(Bytes),
-    /// A JSON array of row objects.
+    /// A JSON array of row objects; the core escapes it into the reply.
     Json(String),
+    /// The whole `json` reply, rows escaped where they were encoded (for large results).
+    JsonReply(JsonReply),
     /// The last statement yielded no result set (DDL, INSERT…).
     NoResultSet,
     /// DuckDB's error message.

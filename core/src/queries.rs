@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use bytes::Bytes;
 
-use crate::codec::{encode_arrow_frame_header, Frame, QueryKind, ServerMessage};
+use crate::codec::{encode_arrow_frame_header, Frame, JsonReplyHeader, QueryKind, ServerMessage};
 use crate::effect::{Effect, QueryOutcome, RunQuery, UploadTable};
 use crate::ids::{ConnId, Millis, QueryHandle, QueryId};
 use crate::limits::check_cap;
@@ -116,6 +116,7 @@ impl Server {
                 sql,
                 persist: persist && kind != QueryKind::Exec,
                 arrow_header: encode_arrow_frame_header(&query_id),
+                json_header: JsonReplyHeader::new(&query_id),
                 query_id,
             })),
             Err((error, id)) => self.send_error(conn, error, id, now),
@@ -220,6 +221,9 @@ impl Server {
             QueryOutcome::Arrow(frame) => self.send_frame(conn, Frame::Binary(frame), now),
             QueryOutcome::Json(data) => {
                 self.send(conn, ServerMessage::Json { query_id, data }, now)
+            }
+            QueryOutcome::JsonReply(reply) => {
+                self.send_frame(conn, Frame::Text(reply.into_text()), now)
             }
             QueryOutcome::NoResultSet => self.send(conn, ServerMessage::Ok { query_id }, now),
             QueryOutcome::Failed(_) if cancelled => {

@@ -194,6 +194,7 @@ impl Driver {
                     sql: run.sql,
                     persist: run.persist,
                     arrow_header: run.arrow_header,
+                    json_header: run.json_header,
                 }),
                 Effect::Interrupt { query } => self.executor.interrupt(query),
                 Effect::UploadTable(upload) => self.executor.submit(Job::Upload {

@@ -1,9 +1,11 @@
 //! Frames and messages: decoding client frames (SPEC §2–§3) and encoding server replies.
 
 mod client;
+mod json_reply;
 mod server;
 
 pub use client::{decode_client_frame, ClientMessage, DecodeError, QueryKind};
+pub use json_reply::{JsonReply, JsonReplyHeader, JsonReplyWriter};
 pub use server::{encode_arrow_frame_header, ServerMessage};
 
 use bytes::Bytes;

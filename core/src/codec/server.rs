@@ -3,6 +3,7 @@
 use bytes::{BufMut, Bytes, BytesMut};
 use serde_json::{json, Value};
 
+use super::json_reply::{JsonReplyHeader, JsonReplyWriter};
 use super::Frame;
 use crate::ids::QueryId;
 
@@ -74,14 +75,9 @@ impl ServerMessage {
             // Results can be large: escape the rows text once, straight into a buffer sized
             // for it, instead of copying it into a JSON value first.
             ServerMessage::Json { query_id, data } => {
-                let id = query_id.to_json().to_string();
-                let mut text = Vec::with_capacity(data.len() + data.len() / 4 + id.len() + 40);
-                text.extend_from_slice(b"{\"type\":\"json\",\"queryId\":");
-                text.extend_from_slice(id.as_bytes());
-                text.extend_from_slice(b",\"data\":");
-                serde_json::to_writer(&mut text, data).expect("writing JSON to memory cannot fail");
-                text.push(b'}');
-                return Frame::Text(String::from_utf8(text).expect("serde_json writes UTF-8"));
+                let mut reply = JsonReplyWriter::new(&JsonReplyHeader::new(query_id), data.len());
+                reply.push_rows(data);
+                return Frame::Text(reply.finish().into_text());
             }
             ServerMessage::CancelAck {
                 query_id,

@@ -20,8 +20,8 @@ use serde_json::{json, Value};
 use super::oracle::decode_server_frame;
 use super::{byte, push_short_bytes, short_bytes};
 use crate::{
-    Config, ConnId, ConnectionInfo, Effect, Frame, Limits, Millis, QueryHandle, QueryOutcome,
-    Server, TimerKey,
+    Config, ConnId, ConnectionInfo, Effect, Frame, JsonReplyHeader, JsonReplyWriter, Limits,
+    Millis, QueryHandle, QueryOutcome, Server, TimerKey,
 };
 
 /// Connection numbers used (one more than `max_connections`, so the cap is reached).
@@ -308,6 +308,7 @@ struct Tracked {
     id: String,
     upload: bool,
     arrow_header: Bytes,
+    json_header: JsonReplyHeader,
     terminal_replies: usize,
     connection_closed: bool,
 }
@@ -507,7 +508,13 @@ impl<'t> Session<'t> {
                     Self::checked(self.server.handle_upload_done(handle, result, self.now()))?;
                 } else {
                     let outcome = match outcome % 6 {
-                        0 => QueryOutcome::Json("[]".into()),
+                        // Built by the executor's writer, escapes included.
+                        0 => {
+                            let mut reply = JsonReplyWriter::new(&tracked.json_header, 16);
+                            reply.push_rows("[{\"q\":\"\\\"\\n\u{1}\"}");
+                            reply.push_rows("]");
+                            QueryOutcome::JsonReply(reply.finish())
+                        }
                         1 => QueryOutcome::NoResultSet,
                         2 => QueryOutcome::Failed("boom".into()),
                         3 => QueryOutcome::Cancelled,
@@ -692,6 +699,7 @@ impl<'t> Session<'t> {
                         id: run.query_id.to_json().to_string(),
                         upload: false,
                         arrow_header: run.arrow_header.clone(),
+                        json_header: run.json_header.clone(),
                         terminal_replies: 0,
                         connection_closed: false,
                     },
@@ -704,6 +712,7 @@ impl<'t> Session<'t> {
                         id: upload.query_id.to_json().to_string(),
                         upload: true,
                         arrow_header: Bytes::new(),
+                        json_header: JsonReplyHeader::new(&upload.query_id),
                         terminal_replies: 0,
                         connection_closed: false,
                     },

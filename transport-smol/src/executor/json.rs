@@ -41,40 +41,53 @@ pub fn unique_column_names<'a>(names: impl Iterator<Item = &'a str>) -> Vec<Stri
 
 /// Appends the rows of `batches` as a JSON array to `out`.
 pub fn write_rows(batches: &[RecordBatch], names: &[String], out: &mut String) {
+    out.reserve(estimated_len(batches, names));
+    for_each_chunk(batches, names, |chunk| out.push_str(chunk));
+}
+
+/// A rough size of the rows text, to size buffers once instead of regrowing (and copying)
+/// them while a large result is written.
+pub fn estimated_len(batches: &[RecordBatch], names: &[String]) -> usize {
+    let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
+    let key_bytes: usize = names.iter().map(|k| k.len() + 12).sum();
+    rows * (key_bytes + 2) + 2
+}
+
+/// Writes the rows of `batches` as one JSON array, handing it to `emit` a batch of rows at a
+/// time, so a consumer (the reply's escaping) works on text that is still in cache.
+pub fn for_each_chunk(batches: &[RecordBatch], names: &[String], mut emit: impl FnMut(&str)) {
     let keys: Vec<String> = names
         .iter()
         .map(|n| Value::String(n.clone()).to_string())
         .collect();
-    // Values are serialized straight into bytes (no `fmt` machinery per cell); a rough
-    // size guess avoids most regrowth copies of a large result.
-    let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
-    let key_bytes: usize = keys.iter().map(|k| k.len() + 10).sum();
-    let mut buffer = std::mem::take(out).into_bytes();
-    buffer.reserve(rows * (key_bytes + 2) + 2);
-    buffer.push(b'[');
+    let mut chunk: Vec<u8> = Vec::new();
+    chunk.push(b'[');
     let mut first_row = true;
     for batch in batches {
         let columns: Vec<ArrayRef> = batch.columns().iter().map(decode_dictionary).collect();
         for row in 0..batch.num_rows() {
             if !first_row {
-                buffer.push(b',');
+                chunk.push(b',');
             }
             first_row = false;
-            buffer.push(b'{');
+            chunk.push(b'{');
             for (i, column) in columns.iter().enumerate() {
                 if i > 0 {
-                    buffer.push(b',');
+                    chunk.push(b',');
                 }
-                buffer.extend_from_slice(keys[i].as_bytes());
-                buffer.push(b':');
-                serde_json::to_writer(&mut buffer, &value_at(column.as_ref(), row))
+                // Values are serialized straight into bytes (no `fmt` machinery per cell).
+                chunk.extend_from_slice(keys[i].as_bytes());
+                chunk.push(b':');
+                serde_json::to_writer(&mut chunk, &value_at(column.as_ref(), row))
                     .expect("writing JSON to memory cannot fail");
             }
-            buffer.push(b'}');
+            chunk.push(b'}');
         }
+        emit(std::str::from_utf8(&chunk).expect("serde_json writes UTF-8"));
+        chunk.clear();
     }
-    buffer.push(b']');
-    *out = String::from_utf8(buffer).expect("serde_json writes UTF-8");
+    chunk.push(b']');
+    emit(std::str::from_utf8(&chunk).expect("serde_json writes UTF-8"));
 }
 
 fn decode_dictionary(array: &ArrayRef) -> ArrayRef {

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use duckdb::arrow::record_batch::RecordBatch;
 use duckdb::{Connection, InterruptHandle};
-use duckwire_core::{QueryHandle, QueryKind, QueryOutcome};
+use duckwire_core::{JsonReplyHeader, JsonReplyWriter, QueryHandle, QueryKind, QueryOutcome};
 
 use crate::cache::ResultCache;
 use crate::metrics::Metrics;
@@ -39,6 +39,7 @@ pub enum Job {
         sql: String,
         persist: bool,
         arrow_header: Bytes,
+        json_header: JsonReplyHeader,
     },
     Upload {
         handle: QueryHandle,
@@ -364,8 +365,14 @@ impl Worker {
                 sql,
                 persist,
                 arrow_header,
+                json_header,
             } => {
-                let (outcome, wrote) = self.query(handle, kind, &sql, persist, &arrow_header);
+                let output = Output {
+                    kind,
+                    arrow_header: &arrow_header,
+                    json_reply: Some(&json_header),
+                };
+                let (outcome, wrote) = self.query(handle, output, &sql, persist);
                 self.record(kind.as_str(), &outcome, started);
                 (self.completions)(Completion::Query {
                     handle,
@@ -427,10 +434,9 @@ impl Worker {
     fn query(
         &mut self,
         handle: QueryHandle,
-        kind: QueryKind,
+        output: Output<'_>,
         sql: &str,
         persist: bool,
-        arrow_header: &Bytes,
     ) -> (QueryOutcome, bool) {
         let epoch = self.write_epoch.current();
         let conn = match self.connection.take(&self.base, epoch) {
@@ -448,9 +454,9 @@ impl Worker {
             Plans::Fresh
         };
         let result = if persist && self.cache.is_enabled() {
-            self.cached_query(&conn, kind, sql, arrow_header, plans)
+            self.cached_query(&conn, output.kind, sql, output.arrow_header, plans)
         } else {
-            self.with_retries(|| run_sql_planned(&conn, kind, sql, arrow_header, plans))
+            self.with_retries(|| run_sql_planned(&conn, output, sql, plans))
         };
         self.interrupts.finish(handle);
         if !read_only {
@@ -477,8 +483,14 @@ impl Worker {
         let cache = self.cache.clone();
         let mut computed: Option<(QueryOutcome, bool)> = None;
         let (value, _) = cache.get_or_compute((kind.as_str(), sql.to_string()), || {
+            // Cached values are the plain rows text, so JSON is not built as a reply here.
+            let output = Output {
+                kind,
+                arrow_header,
+                json_reply: None,
+            };
             let (outcome, wrote) =
-                match self.with_retries(|| run_sql_planned(conn, kind, sql, arrow_header, plans)) {
+                match self.with_retries(|| run_sql_planned(conn, output, sql, plans)) {
                     Ok(done) => done,
                     // Our client cancelled: identical requests waiting on this computation must
                     // not inherit the interruption; they compute for themselves.
@@ -541,23 +553,40 @@ enum Plans {
     Reuse,
 }
 
-/// Runs `sql` and shapes its last result. `arrow_header` prefixes Arrow output.
+/// How a result is shaped: the kind asked for and the reply headers the core gave.
+#[derive(Clone, Copy)]
+struct Output<'a> {
+    kind: QueryKind,
+    /// Prefixes Arrow output.
+    arrow_header: &'a Bytes,
+    /// JSON is built as the whole reply ([`QueryOutcome::JsonReply`]) when given, else as the
+    /// plain rows text ([`QueryOutcome::Json`]).
+    json_reply: Option<&'a JsonReplyHeader>,
+}
+
+/// Runs `sql` and shapes its last result. `arrow_header` prefixes Arrow output; JSON comes
+/// as the plain rows text.
 pub fn run_sql(
     conn: &Connection,
     kind: QueryKind,
     sql: &str,
     arrow_header: &Bytes,
 ) -> Result<(QueryOutcome, bool), String> {
-    run_sql_planned(conn, kind, sql, arrow_header, Plans::Fresh)
+    let output = Output {
+        kind,
+        arrow_header,
+        json_reply: None,
+    };
+    run_sql_planned(conn, output, sql, Plans::Fresh)
 }
 
 fn run_sql_planned(
     conn: &Connection,
-    kind: QueryKind,
+    output: Output<'_>,
     sql: &str,
-    arrow_header: &Bytes,
     plans: Plans,
 ) -> Result<(QueryOutcome, bool), String> {
+    let kind = output.kind;
     if sql.trim().is_empty() {
         return Err(duckwire_core::ProtocolError::EmptySql.to_string());
     }
@@ -570,7 +599,7 @@ fn run_sql_planned(
     }
     let shaped = if plans == Plans::Reuse {
         let mut statement = conn.prepare_cached(sql).map_err(|e| e.to_string())?;
-        let shaped = shape_result(&mut statement, kind, arrow_header);
+        let shaped = shape_result(&mut statement, output);
         if shaped.is_err() {
             // A result stopped midway stays open in the statement; never keep that.
             statement.discard();
@@ -578,7 +607,7 @@ fn run_sql_planned(
         shaped
     } else {
         let mut statement = conn.prepare(sql).map_err(|e| e.to_string())?;
-        shape_result(&mut statement, kind, arrow_header)
+        shape_result(&mut statement, output)
     };
     shaped.map(|outcome| (outcome, wrote))
 }
@@ -586,9 +615,9 @@ fn run_sql_planned(
 /// Executes a prepared statement and encodes its rows as Arrow IPC or JSON.
 fn shape_result(
     statement: &mut duckdb::Statement<'_>,
-    kind: QueryKind,
-    arrow_header: &Bytes,
+    output: Output<'_>,
 ) -> Result<QueryOutcome, String> {
+    let arrow_header = output.arrow_header;
     // Stream the result: DuckDB hands over one chunk at a time, so a large result is held
     // once, as the bytes being written.
     drop(statement.stream_arrow([]).map_err(|e| e.to_string())?);
@@ -598,7 +627,7 @@ fn shape_result(
         Ok(None) => None,
         Err(e) => Some(Err(e.to_string())),
     });
-    match kind {
+    match output.kind {
         QueryKind::Arrow => {
             let mut frame = Vec::with_capacity(arrow_header.len() + 4096);
             frame.extend_from_slice(arrow_header);
@@ -609,6 +638,11 @@ fn shape_result(
             let batches = batches.collect::<Result<Vec<_>, String>>()?;
             let names =
                 json::unique_column_names(schema.fields().iter().map(|f| f.name().as_str()));
+            if let Some(header) = output.json_reply {
+                let mut reply = JsonReplyWriter::new(header, json::estimated_len(&batches, &names));
+                json::for_each_chunk(&batches, &names, |chunk| reply.push_rows(chunk));
+                return Ok(QueryOutcome::JsonReply(reply.finish()));
+            }
             let mut rows = String::new();
             json::write_rows(&batches, &names, &mut rows);
             Ok(QueryOutcome::Json(rows))
