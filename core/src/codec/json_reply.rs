@@ -111,6 +111,8 @@ const ESCAPE: [u8; 256] = {
 
 /// Input bytes escaped per round through the stack buffer.
 const BLOCK: usize = 4096;
+/// Texts shorter than this are escaped straight into the output.
+const SHORT_TEXT: usize = 256;
 
 /// JSON string escaping (RFC 8259 §7). A rows text has a quote every few bytes at no regular
 /// spacing, so both copying the runs between escapes (as general-purpose escapers do: many
@@ -119,6 +121,24 @@ const BLOCK: usize = 4096;
 /// in one copy.
 pub(crate) fn escape_into(out: &mut Vec<u8>, text: &str) {
     out.reserve(text.len() + text.len() / 4);
+    if text.len() < SHORT_TEXT {
+        // Not worth setting up the stack buffer for (a small result, the closing `]`).
+        for &byte in text.as_bytes() {
+            match ESCAPE[byte as usize] {
+                0 => out.push(byte),
+                b'u' => out.extend_from_slice(&[
+                    b'\\',
+                    b'u',
+                    b'0',
+                    b'0',
+                    HEX[(byte >> 4) as usize],
+                    HEX[(byte & 0xf) as usize],
+                ]),
+                letter => out.extend_from_slice(&[b'\\', letter]),
+            }
+        }
+        return;
+    }
     // Room for every byte of a block becoming `\u00XX`, plus the one spare byte written ahead.
     let mut escaped = [0u8; BLOCK * 6 + 1];
     for block in text.as_bytes().chunks(BLOCK) {
