@@ -114,6 +114,18 @@ const BLOCK: usize = 4096;
 /// Texts shorter than this are escaped straight into the output.
 const SHORT_TEXT: usize = 256;
 
+/// `\u00XX` for a control character.
+fn unicode_escape(byte: u8) -> [u8; 6] {
+    [
+        b'\\',
+        b'u',
+        b'0',
+        b'0',
+        HEX[(byte >> 4) as usize],
+        HEX[(byte & 0xf) as usize],
+    ]
+}
+
 /// JSON string escaping (RFC 8259 §7). A rows text has a quote every few bytes at no regular
 /// spacing, so both copying the runs between escapes (as general-purpose escapers do: many
 /// tiny copies) and branching on each byte (a mispredicted branch per quote) are slow. Each
@@ -126,14 +138,7 @@ pub(crate) fn escape_into(out: &mut Vec<u8>, text: &str) {
         for &byte in text.as_bytes() {
             match ESCAPE[byte as usize] {
                 0 => out.push(byte),
-                b'u' => out.extend_from_slice(&[
-                    b'\\',
-                    b'u',
-                    b'0',
-                    b'0',
-                    HEX[(byte >> 4) as usize],
-                    HEX[(byte & 0xf) as usize],
-                ]),
+                b'u' => out.extend_from_slice(&unicode_escape(byte)),
                 letter => out.extend_from_slice(&[b'\\', letter]),
             }
         }
@@ -147,14 +152,7 @@ pub(crate) fn escape_into(out: &mut Vec<u8>, text: &str) {
             let letter = ESCAPE[byte as usize];
             if letter == b'u' {
                 // Raw control characters: rare, so this branch is predicted.
-                escaped[len..len + 6].copy_from_slice(&[
-                    b'\\',
-                    b'u',
-                    b'0',
-                    b'0',
-                    HEX[(byte >> 4) as usize],
-                    HEX[(byte & 0xf) as usize],
-                ]);
+                escaped[len..len + 6].copy_from_slice(&unicode_escape(byte));
                 len += 6;
                 continue;
             }
