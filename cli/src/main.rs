@@ -81,6 +81,12 @@ struct Args {
     /// cap: unsent reply bytes per connection (default 268435456; 0/none disables)
     #[argh(option, from_str_fn(parse_cap))]
     max_outbound_bytes_per_conn: Option<Option<usize>>,
+    /// close a kept-alive HTTP connection idle this many ms (default 30000; 0/none: never)
+    #[argh(option, from_str_fn(parse_cap), default = "Some(30_000)")]
+    http_idle_timeout_ms: Option<usize>,
+    /// print name, version, DuckDB version and build, then exit
+    #[argh(switch)]
+    version: bool,
     /// log level: error, warn, info, debug, trace (default: info; RUST_LOG overrides)
     #[argh(option, default = "String::from(\"info\")")]
     log_level: String,
@@ -146,6 +152,7 @@ fn config_from(args: Args) -> ServerConfig {
             allow_client_snapshots: args.allow_client_snapshots || in_memory,
             save_debounce_ms: args.save_debounce_ms,
             auth_timeout_ms: args.auth_timeout_ms.map(|ms| ms as u64),
+            http_idle_timeout_ms: args.http_idle_timeout_ms.map(|ms| ms as u64),
             origins: args
                 .allowed_origins
                 .as_deref()
@@ -165,12 +172,27 @@ fn config_from(args: Args) -> ServerConfig {
     config
 }
 
+/// How DuckDB got into this binary.
+const DUCKDB_BUILD: &str = if cfg!(feature = "bundled") {
+    "bundled (compiled from source, linked statically)"
+} else {
+    "prebuilt (the official libduckdb shared library)"
+};
+
 fn main() {
     let args: Args = argh::from_env();
+    if args.version {
+        println!(
+            "duckwire {}\nDuckDB {}\nbuild: {DUCKDB_BUILD}",
+            env!("CARGO_PKG_VERSION"),
+            duckwire_smol::duckdb_library_version()
+        );
+        return;
+    }
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&args.log_level))
         // The WebSocket library traces every message it receives, auth tokens and SQL
-        // included; tokens are never logged (SPEC §4), whatever the level asked for.
+        // included; tokens are never logged (PROTOCOL §4), whatever the level asked for.
         .add_directive("tungstenite=info".parse().expect("a valid directive"))
         .add_directive("async_tungstenite=info".parse().expect("a valid directive"));
     use std::io::IsTerminal;

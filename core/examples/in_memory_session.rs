@@ -8,8 +8,8 @@ use std::collections::{BTreeMap, VecDeque};
 
 use bytes::Bytes;
 use duckwire_core::{
-    Config, ConnId, ConnectionInfo, Effect, Frame, Millis, QueryHandle, QueryKind, QueryOutcome,
-    Server, TimerKey,
+    Config, ConnId, ConnectionInfo, Dialect, Effect, Frame, HttpRequest, HttpResponse, Millis,
+    QueryHandle, QueryKind, QueryOutcome, Server,
 };
 use serde_json::{json, Value};
 
@@ -18,6 +18,8 @@ use serde_json::{json, Value};
 struct MemoryTransport {
     inbox: BTreeMap<ConnId, VecDeque<Frame>>,
     closed: BTreeMap<ConnId, u16>,
+    /// HTTP answers, in the order they were sent.
+    responses: BTreeMap<ConnId, Vec<HttpResponse>>,
 }
 
 /// An "executor" that answers queries from a table of canned results and can be told to
@@ -33,7 +35,6 @@ struct Session {
     server: Server,
     transport: MemoryTransport,
     executor: FakeExecutor,
-    timers: BTreeMap<TimerKey, Millis>,
     now: Millis,
 }
 
@@ -43,7 +44,6 @@ impl Session {
             server: Server::new(config, [9; 16]),
             transport: MemoryTransport::default(),
             executor: FakeExecutor::default(),
-            timers: BTreeMap::new(),
             now: Millis(0),
         }
     }
@@ -90,11 +90,11 @@ impl Session {
                         .handle_snapshot_persisted(&room_id, version, Ok(()), self.now)
                         .unwrap();
                 }
-                Effect::SetTimer { key, at } => {
-                    self.timers.insert(key, at);
-                }
-                Effect::CancelTimer { key } => {
-                    self.timers.remove(&key);
+                Effect::Respond { conn, response } => {
+                    let len = response.len();
+                    let answers = self.transport.responses.entry(conn).or_default();
+                    answers.push(response);
+                    self.server.handle_sent(conn, len).unwrap();
                 }
                 Effect::InvalidateCache => {}
             }
@@ -136,6 +136,13 @@ impl Session {
         self.pump();
     }
 
+    fn http(&mut self, conn: u64, request: HttpRequest) {
+        self.server
+            .handle_http_request(ConnId(conn), request, self.now)
+            .unwrap();
+        self.pump();
+    }
+
     fn send_binary(&mut self, conn: u64, bytes: Vec<u8>) {
         let frame = Frame::Binary(Bytes::from(bytes));
         self.server
@@ -146,15 +153,10 @@ impl Session {
 
     fn advance(&mut self, ms: u64) {
         self.now = Millis(self.now.0 + ms);
-        let due: Vec<TimerKey> = self
-            .timers
-            .iter()
-            .filter(|(_, at)| **at <= self.now)
-            .map(|(key, _)| key.clone())
-            .collect();
-        for key in due {
-            self.timers.remove(&key);
-            self.server.handle_timer(key, self.now).unwrap();
+        // The core keeps its own timers: ask when, call back then.
+        while let Some(at) = self.server.poll_timeout().filter(|at| *at <= self.now) {
+            self.server.handle_timeout(at.max(self.now)).unwrap();
+            self.pump();
         }
         self.pump();
     }
@@ -265,5 +267,32 @@ pub fn main() {
         "saved after the debounce"
     );
 
-    println!("in-memory session: auth, queries, cancel, pub/sub and CRDT all behaved");
+    // HTTP (Mosaic REST) goes through the same core: auth per request, and pipelined
+    // requests answered in request order even when the later query finishes first.
+    let http = ConnectionInfo {
+        dialect: Dialect::Http,
+        ..Default::default()
+    };
+    s.open(3, http);
+    let post = |sql: &str, token: Option<&str>| HttpRequest {
+        method: "POST".into(),
+        path: "/".into(),
+        bearer_token: token.map(str::to_string),
+        body: Bytes::from(json!({"type":"json","sql":sql}).to_string()),
+        ..Default::default()
+    };
+    s.http(3, post("select 1", None));
+    s.http(3, post("select 2", Some("secret")));
+    s.http(3, post("select 3", Some("secret")));
+    s.executor.running.reverse(); // the later query finishes first
+    s.run_executor();
+    let answers = s.transport.responses.remove(&ConnId(3)).unwrap_or_default();
+    assert_eq!(answers[0].status(), 401);
+    assert_eq!(answers[1], HttpResponse::Json(r#"[{"x":1}]"#.into()));
+    assert_eq!(answers.len(), 3);
+    // A kept-alive connection left idle is closed by the core's own timer.
+    s.advance(duckwire_core::DEFAULT_HTTP_IDLE_TIMEOUT_MS);
+    assert!(s.transport.closed.contains_key(&ConnId(3)));
+
+    println!("in-memory session: auth, queries, cancel, pub/sub, CRDT and HTTP all behaved");
 }

@@ -1,19 +1,13 @@
-//! Token comparison and the origin policy (SPEC §1, §4).
+//! Token comparison and the origin policy (PROTOCOL §1, §4).
 
-/// Constant-time comparison: the time taken depends only on the lengths, never on where
-/// the first differing byte is.
+/// Constant-time comparison (`subtle`): the time taken depends only on the lengths, never
+/// on where the first differing byte is.
 pub fn tokens_match(expected: &str, given: &str) -> bool {
-    let (a, b) = (expected.as_bytes(), given.as_bytes());
-    let mut diff = (a.len() ^ b.len()) as u64;
-    for i in 0..a.len().max(b.len()) {
-        let x = a.get(i).copied().unwrap_or(0);
-        let y = b.get(i).copied().unwrap_or(0);
-        diff |= u64::from(x ^ y);
-    }
-    diff == 0
+    use subtle::ConstantTimeEq;
+    expected.as_bytes().ct_eq(given.as_bytes()).into()
 }
 
-/// Which browser origins may open a WebSocket (SPEC §1, a deliberate divergence).
+/// Which browser origins may open a WebSocket (PROTOCOL §1, a deliberate divergence).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct OriginPolicy {
     /// `--allowed-origins` entries: full origins (`https://app.example.com`), bare hosts

@@ -1,4 +1,4 @@
-//! User pub/sub channels (SPEC §5). They live in their own namespace: query results and
+//! User pub/sub channels (PROTOCOL §5). They live in their own namespace: query results and
 //! CRDT updates never travel over them, so no channel name reaches another connection's
 //! replies (the Python server's `__conn:<n>` leak).
 

@@ -5,7 +5,8 @@
 use bytes::Bytes;
 
 use crate::codec::{Frame, JsonReply, JsonReplyHeader, QueryKind};
-use crate::ids::{ConnId, Millis, QueryHandle, QueryId, TimerKey};
+use crate::http::HttpResponse;
+use crate::ids::{ConnId, QueryHandle, QueryId};
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Effect {
@@ -35,10 +36,12 @@ pub enum Effect {
         snapshot: Vec<u8>,
         version: u64,
     },
-    /// Call `handle_timer(key)` at `at` (replaces an earlier timer with the same key).
-    SetTimer { key: TimerKey, at: Millis },
-    /// Forget the timer with this key.
-    CancelTimer { key: TimerKey },
+    /// Answer the oldest unanswered request of an HTTP connection (answers come in request
+    /// order). Report the bytes written with `handle_sent`, as for `Send`.
+    Respond {
+        conn: ConnId,
+        response: HttpResponse,
+    },
     /// A write went through the server: drop every cached result.
     InvalidateCache,
 }
@@ -54,11 +57,13 @@ pub struct RunQuery {
     /// The client asked for the result to be cached.
     pub persist: bool,
     /// Prefix of the Arrow result frame; the executor appends the IPC stream to it and
-    /// reports the whole frame in [`QueryOutcome::Arrow`].
+    /// reports the whole frame in [`QueryOutcome::Arrow`]. Empty for the bare IPC stream
+    /// that HTTP answers carry.
     pub arrow_header: Bytes,
-    /// Start of the `json` reply; the executor may build the whole reply with
-    /// [`crate::JsonReplyWriter`] and report it in [`QueryOutcome::JsonReply`].
-    pub json_header: JsonReplyHeader,
+    /// Start of the SQLRooms `json` reply; the executor may build the whole reply with
+    /// [`crate::JsonReplyWriter`] and report it in [`QueryOutcome::JsonReply`]. `None`:
+    /// report the bare rows ([`QueryOutcome::Json`]), as HTTP answers carry them.
+    pub json_header: Option<JsonReplyHeader>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

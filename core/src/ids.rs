@@ -1,4 +1,4 @@
-//! Identifiers: connections, queries, rooms, timers, and the caller-seeded id generator.
+//! Identifiers: connections, queries, and the caller-seeded id generator.
 
 use std::fmt;
 
@@ -54,19 +54,6 @@ impl fmt::Display for QueryId {
             QueryId::Str(s) | QueryId::Num(s) => f.write_str(s),
         }
     }
-}
-
-/// What a timer the core asked for is about.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum TimerKey {
-    /// Save a room after `save_debounce_ms` without changes.
-    RoomDebounce(String),
-    /// Save a room at the latest `max_save_latency_ms` after its first unsaved change.
-    RoomMaxLatency(String),
-    /// Drop an idle, saved room from memory.
-    RoomEvict(String),
-    /// Close a connection that has not authenticated by now.
-    AuthDeadline(ConnId),
 }
 
 /// Deterministic generator of UUID v4 strings from entropy the caller supplied

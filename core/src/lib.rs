@@ -6,11 +6,13 @@ mod channels;
 pub mod codec;
 pub mod effect;
 mod error;
+mod http;
 mod ids;
 pub mod limits;
 mod queries;
 mod rooms;
 mod server;
+mod timers;
 
 pub use auth::{tokens_match, OriginPolicy};
 pub use codec::{
@@ -19,9 +21,12 @@ pub use codec::{
 };
 pub use effect::{Effect, QueryOutcome, RunQuery, UploadTable};
 pub use error::{ProtocolError, ServerError};
-pub use ids::{ConnId, Millis, QueryHandle, QueryId, TimerKey};
+pub use http::{Dialect, HttpRequest, HttpResponse, ORIGIN_NOT_ALLOWED};
+pub use ids::{ConnId, Millis, QueryHandle, QueryId};
 pub use limits::Limits;
-pub use server::{close_code, Config, ConnectionInfo, Server, MAX_AUTH_STRIKES};
+pub use server::{
+    close_code, Config, ConnectionInfo, Server, DEFAULT_HTTP_IDLE_TIMEOUT_MS, MAX_AUTH_STRIKES,
+};
 
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;

@@ -1,10 +1,10 @@
-//! Caps on every size the protocol lets a peer choose (SPEC §7).
+//! Caps on every size the protocol lets a peer choose (PROTOCOL §7).
 //!
 //! As in `dqlite-wire`, every cap is named, has a default, and `None` disables it.
 //! Exceeding a cap produces an error that names the cap and its value
 //! ([`CapExceeded`](crate::ProtocolError::CapExceeded)).
 
-/// All caps of SPEC §7. `None` disables a cap.
+/// All caps of PROTOCOL §7. `None` disables a cap.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limits {
     /// One incoming WebSocket message, in bytes. Over it the connection is closed with 1009.

@@ -1,5 +1,5 @@
 //! The query lifecycle: the in-flight table, cancel, and exactly one terminal reply per
-//! query (SPEC §3).
+//! query (PROTOCOL §3).
 
 use std::collections::BTreeMap;
 
@@ -7,6 +7,7 @@ use bytes::Bytes;
 
 use crate::codec::{encode_arrow_frame_header, Frame, JsonReplyHeader, QueryKind, ServerMessage};
 use crate::effect::{Effect, QueryOutcome, RunQuery, UploadTable};
+use crate::http::Slot;
 use crate::ids::{ConnId, Millis, QueryHandle, QueryId};
 use crate::limits::check_cap;
 use crate::server::Server;
@@ -26,6 +27,8 @@ pub(crate) struct InFlight {
     pub(crate) work: Work,
     /// The client cancelled it; a failure is then reported as "Query was cancelled".
     pub(crate) cancelled: bool,
+    /// On an ordered connection (HTTP), the answer slot it fills.
+    pub(crate) slot: Option<Slot>,
 }
 
 /// Every query in flight, across connections, by handle.
@@ -64,6 +67,7 @@ impl Server {
         conn: ConnId,
         query_id: Option<QueryId>,
         work: Work,
+        slot: Option<Slot>,
     ) -> Result<(QueryHandle, QueryId), (ProtocolError, Option<QueryId>)> {
         if self.shutting_down {
             return Err((ProtocolError::ShuttingDown, query_id));
@@ -87,11 +91,20 @@ impl Server {
             query_id: query_id.clone(),
             work,
             cancelled: false,
+            slot,
         });
         if let Some(c) = self.conns.get_mut(&conn) {
             c.inflight.insert(query_id.clone(), handle);
         }
         Ok((handle, query_id))
+    }
+
+    /// Fault-injection builds: the configured SQL makes the handler panic.
+    fn maybe_inject_panic(&self, _sql: &str) {
+        #[cfg(feature = "fault-injection")]
+        if self.config.panic_on_sql.as_deref() == Some(_sql) {
+            panic!("fault injection: panic_on_sql matched");
+        }
     }
 
     pub(crate) fn start_query(
@@ -103,12 +116,13 @@ impl Server {
         persist: bool,
         now: Millis,
     ) {
+        self.maybe_inject_panic(&sql);
         if sql.trim().is_empty() {
             let id = query_id.unwrap_or_else(|| QueryId::Str(self.ids.next_uuid_v4()));
             self.send_error(conn, ProtocolError::EmptySql, Some(id), now);
             return;
         }
-        match self.admit(conn, query_id, Work::Query(kind)) {
+        match self.admit(conn, query_id, Work::Query(kind), None) {
             Ok((query, query_id)) => self.push(Effect::RunQuery(RunQuery {
                 query,
                 conn,
@@ -116,11 +130,43 @@ impl Server {
                 sql,
                 persist: persist && kind != QueryKind::Exec,
                 arrow_header: encode_arrow_frame_header(&query_id),
-                json_header: JsonReplyHeader::new(&query_id),
+                json_header: Some(JsonReplyHeader::new(&query_id)),
                 query_id,
             })),
             Err((error, id)) => self.send_error(conn, error, id, now),
         }
+    }
+
+    /// A query of an ordered connection: bare results, answered in its `slot`'s turn.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn start_query_answered_in_order(
+        &mut self,
+        conn: ConnId,
+        kind: QueryKind,
+        sql: String,
+        query_id: QueryId,
+        persist: bool,
+        slot: Slot,
+        _now: Millis,
+    ) -> Result<(), ProtocolError> {
+        self.maybe_inject_panic(&sql);
+        if sql.trim().is_empty() {
+            return Err(ProtocolError::EmptySql);
+        }
+        let (query, query_id) = self
+            .admit(conn, Some(query_id), Work::Query(kind), Some(slot))
+            .map_err(|(error, _)| error)?;
+        self.push(Effect::RunQuery(RunQuery {
+            query,
+            conn,
+            kind,
+            sql,
+            persist: persist && kind != QueryKind::Exec,
+            arrow_header: Bytes::new(),
+            json_header: None,
+            query_id,
+        }));
+        Ok(())
     }
 
     pub(crate) fn start_upload(
@@ -131,7 +177,7 @@ impl Server {
         payload: Bytes,
         now: Millis,
     ) {
-        match self.admit(conn, query_id, Work::Upload) {
+        match self.admit(conn, query_id, Work::Upload, None) {
             Ok((query, query_id)) => self.push(Effect::UploadTable(UploadTable {
                 query,
                 conn,
@@ -206,11 +252,15 @@ impl Server {
             conn,
             query_id,
             cancelled,
-            ..
+            slot,
+            work,
         }) = entry
         else {
             return;
         };
+        if let (Some(slot), Work::Query(kind)) = (slot, work) {
+            return self.answer_query(conn, slot, kind, outcome, now);
+        }
         match outcome {
             // An exec answers `ok` whatever the last statement returned.
             _ if is_exec

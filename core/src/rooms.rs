@@ -1,4 +1,4 @@
-//! CRDT rooms on Loro (SPEC §6): lazy load, join/leave, updates that leave the room
+//! CRDT rooms on Loro (PROTOCOL §6): lazy load, join/leave, updates that leave the room
 //! untouched when Loro rejects them, client seeding of empty rooms, and the persistence
 //! timers (debounce, max latency, last leave, shutdown) and idle eviction.
 
@@ -9,8 +9,9 @@ use loro::{ExportMode, LoroDoc};
 
 use crate::codec::{Frame, ServerMessage};
 use crate::effect::Effect;
-use crate::ids::{ConnId, Millis, TimerKey};
+use crate::ids::{ConnId, Millis};
 use crate::server::Server;
+use crate::timers::TimerKey;
 use crate::ProtocolError;
 
 pub(crate) struct Room {
@@ -95,6 +96,17 @@ impl Server {
         self.rooms.updates_accepted
     }
 
+    /// Snapshots of every loaded room with changes not known to be saved. For a driver
+    /// salvaging rooms after the machine was poisoned (it only reads).
+    pub fn unsaved_room_snapshots(&self) -> Vec<(String, Vec<u8>)> {
+        self.rooms
+            .rooms
+            .iter()
+            .filter(|(_, room)| room.loaded && room.version > room.saved_version)
+            .map(|(id, room)| (id.clone(), room.snapshot()))
+            .collect()
+    }
+
     /// A snapshot of a loaded room's current state (for observers and tests).
     pub fn room_snapshot(&self, room_id: &str) -> Option<Vec<u8>> {
         let room = self.rooms.rooms.get(room_id)?;
@@ -141,9 +153,7 @@ impl Server {
         }
         room.members.insert(conn);
         let snapshot = room.snapshot();
-        self.push(Effect::CancelTimer {
-            key: TimerKey::RoomEvict(room_id.clone()),
-        });
+        self.timers.cancel(&TimerKey::RoomEvict(room_id.clone()));
         self.send_joined(conn, room_id, snapshot, now);
     }
 
@@ -180,10 +190,8 @@ impl Server {
             self.persist_room(room_id);
         } else if room.persisting.is_none() {
             let at = now.plus(self.config.room_idle_evict_ms);
-            self.push(Effect::SetTimer {
-                key: TimerKey::RoomEvict(room_id.to_string()),
-                at,
-            });
+            self.timers
+                .set(TimerKey::RoomEvict(room_id.to_string()), at);
         }
     }
 
@@ -373,15 +381,11 @@ impl Server {
         if arm_latency {
             room.latency_due = Some(latency_at);
         }
-        self.push(Effect::SetTimer {
-            key: TimerKey::RoomDebounce(room_id.to_string()),
-            at: debounce_at,
-        });
+        self.timers
+            .set(TimerKey::RoomDebounce(room_id.to_string()), debounce_at);
         if arm_latency {
-            self.push(Effect::SetTimer {
-                key: TimerKey::RoomMaxLatency(room_id.to_string()),
-                at: latency_at,
-            });
+            self.timers
+                .set(TimerKey::RoomMaxLatency(room_id.to_string()), latency_at);
         }
     }
 
@@ -398,7 +402,7 @@ impl Server {
             TimerKey::RoomDebounce(room_id.to_string()),
             TimerKey::RoomMaxLatency(room_id.to_string()),
         ] {
-            self.push(Effect::CancelTimer { key });
+            self.timers.cancel(&key);
         }
         self.push(Effect::PersistSnapshot {
             room_id: room_id.to_string(),

@@ -10,10 +10,12 @@ use crate::auth::{tokens_match, OriginPolicy};
 use crate::channels::Channels;
 use crate::codec::{decode_client_frame, ClientMessage, Frame, ServerMessage};
 use crate::effect::{Effect, QueryOutcome};
-use crate::ids::{ConnId, IdGenerator, Millis, QueryHandle, QueryId, TimerKey};
+use crate::http::{Dialect, HttpRequest, HttpResponse, Slot, ORIGIN_NOT_ALLOWED};
+use crate::ids::{ConnId, IdGenerator, Millis, QueryHandle, QueryId};
 use crate::limits::Limits;
 use crate::queries::Queries;
 use crate::rooms::Rooms;
+use crate::timers::{TimerKey, Timers};
 use crate::{ProtocolError, ServerError};
 
 /// WebSocket close codes the core uses.
@@ -24,12 +26,18 @@ pub mod close_code {
     pub const POLICY_VIOLATION: u16 = 1008;
     /// A frame over `max_frame_bytes`.
     pub const MESSAGE_TOO_BIG: u16 = 1009;
+    /// The server hit an internal error (its core was poisoned) and is stopping.
+    pub const INTERNAL_ERROR: u16 = 1011;
     /// `max_connections` reached.
     pub const TRY_AGAIN_LATER: u16 = 1013;
 }
 
 /// Wrong tokens a connection may send before it is closed with 1008.
 pub const MAX_AUTH_STRIKES: u8 = 3;
+
+/// How long a kept-alive HTTP connection may sit idle (nginx's default is 75 s; browsers
+/// reopen connections cheaply, and an idle socket costs a file descriptor).
+pub const DEFAULT_HTTP_IDLE_TIMEOUT_MS: u64 = 30_000;
 
 /// Everything the core needs to know about the deployment.
 #[derive(Debug, Clone)]
@@ -52,6 +60,13 @@ pub struct Config {
     /// With a token configured, a connection still unauthenticated this long after opening
     /// is closed (1008). `None` disables the deadline.
     pub auth_timeout_ms: Option<u64>,
+    /// A kept-alive HTTP connection with nothing in flight is closed after this long.
+    /// `None` keeps idle connections open.
+    pub http_idle_timeout_ms: Option<u64>,
+    /// Fault-injection builds only: a handler panics when a query's SQL is exactly this
+    /// text, so the driver's poisoning path can be tested end to end.
+    #[cfg(feature = "fault-injection")]
+    pub panic_on_sql: Option<String>,
 }
 
 impl Default for Config {
@@ -66,13 +81,19 @@ impl Default for Config {
             room_idle_evict_ms: 30_000,
             origins: OriginPolicy::default(),
             auth_timeout_ms: Some(30_000),
+            http_idle_timeout_ms: Some(DEFAULT_HTTP_IDLE_TIMEOUT_MS),
+            #[cfg(feature = "fault-injection")]
+            panic_on_sql: None,
         }
     }
 }
 
-/// What the transport learned from the WebSocket upgrade request.
+/// What the transport learned when the connection opened (the WebSocket upgrade request,
+/// or nothing yet for an HTTP connection: its requests carry their own credentials).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ConnectionInfo {
+    /// Which protocol the connection speaks.
+    pub dialect: Dialect,
     /// Peer address, for the driver's logs only: authentication never depends on it.
     pub peer: String,
     /// Token from `Authorization: Bearer …`.
@@ -94,6 +115,11 @@ pub(crate) struct Conn {
     pub(crate) room: Option<String>,
     /// Bytes handed to the writer and not yet reported written.
     pub(crate) outbound_bytes: usize,
+    pub(crate) dialect: Dialect,
+    /// Ordered dialects: answers by request slot, `None` while the request is running;
+    /// they leave from the front, in request order.
+    pub(crate) answers: BTreeMap<Slot, Option<HttpResponse>>,
+    pub(crate) next_slot: Slot,
 }
 
 /// The protocol state machine of one server. See the crate docs for the input/effect model.
@@ -104,6 +130,7 @@ pub struct Server {
     pub(crate) channels: Channels,
     pub(crate) rooms: Rooms,
     pub(crate) ids: IdGenerator,
+    pub(crate) timers: Timers,
     effects: VecDeque<Effect>,
     /// Set while a handler runs; stays set if it panicked.
     poisoned: bool,
@@ -122,16 +149,13 @@ impl Server {
             channels: Channels::default(),
             rooms: Rooms::default(),
             ids: IdGenerator::new(seed),
+            timers: Timers::default(),
             effects: VecDeque::new(),
             poisoned: false,
             shutting_down: false,
             #[cfg(test)]
             panic_on_next_input: false,
         }
-    }
-
-    pub fn config(&self) -> &Config {
-        &self.config
     }
 
     /// True after a handler panicked; every later input returns [`ServerError::Poisoned`].
@@ -191,6 +215,17 @@ impl Server {
         self.guarded(|server| server.open(conn, info, now))
     }
 
+    /// An HTTP request arrived on `conn` (opened with [`Dialect::Http`]). Its answer comes
+    /// as [`Effect::Respond`], after the answers of every earlier request of `conn`.
+    pub fn handle_http_request(
+        &mut self,
+        conn: ConnId,
+        request: HttpRequest,
+        now: Millis,
+    ) -> Result<(), ServerError> {
+        self.guarded(|server| server.http_request(conn, request, now))
+    }
+
     /// A complete WebSocket message arrived on `conn`.
     pub fn handle_frame(
         &mut self,
@@ -244,9 +279,19 @@ impl Server {
         self.guarded(|server| server.snapshot_persisted(room_id, version, result, now))
     }
 
-    /// A timer set with `SetTimer` fired. Stale timers are harmless.
-    pub fn handle_timer(&mut self, key: TimerKey, now: Millis) -> Result<(), ServerError> {
-        self.guarded(|server| server.timer(key, now))
+    /// When the core next needs [`handle_timeout`](Self::handle_timeout), if ever. Ask
+    /// again after every input: any of them may arm or disarm a timer.
+    pub fn poll_timeout(&self) -> Option<Millis> {
+        self.timers.next_deadline()
+    }
+
+    /// Time passed: runs every timer due at `now`. Calling it early or twice is harmless.
+    pub fn handle_timeout(&mut self, now: Millis) -> Result<(), ServerError> {
+        self.guarded(|server| {
+            while let Some(key) = server.timers.pop_due(now) {
+                server.timer(key, now);
+            }
+        })
     }
 
     /// The writer put `bytes` of an earlier `Send` on the socket.
@@ -290,20 +335,28 @@ impl Server {
         self.effects.push_back(effect);
     }
 
-    /// Sends a reply to an open connection, with outbound accounting (SPEC §7).
+    /// Sends a reply to an open connection, with outbound accounting (PROTOCOL §7).
     pub(crate) fn send(&mut self, conn: ConnId, message: ServerMessage, now: Millis) {
         self.send_frame(conn, message.encode(), now);
     }
 
     pub(crate) fn send_frame(&mut self, conn: ConnId, frame: Frame, now: Millis) {
+        if self.account_outbound(conn, frame.len(), now) {
+            self.push(Effect::Send { conn, frame });
+        }
+    }
+
+    /// Counts `bytes` about to be queued for `conn`; `false` (and the connection closed)
+    /// when they would pass `max_outbound_bytes_per_conn`, or it is not open.
+    pub(crate) fn account_outbound(&mut self, conn: ConnId, bytes: usize, now: Millis) -> bool {
         let limit = self.config.limits.max_outbound_bytes_per_conn;
         let Some(c) = self.conns.get_mut(&conn) else {
-            return;
+            return false;
         };
         if !c.open {
-            return;
+            return false;
         }
-        let queued = c.outbound_bytes.saturating_add(frame.len());
+        let queued = c.outbound_bytes.saturating_add(bytes);
         if let Some(limit) = limit {
             if queued > limit {
                 let reason = ProtocolError::CapExceeded {
@@ -312,11 +365,11 @@ impl Server {
                 }
                 .to_string();
                 self.close(conn, close_code::POLICY_VIOLATION, &reason, now);
-                return;
+                return false;
             }
         }
         c.outbound_bytes = queued;
-        self.push(Effect::Send { conn, frame });
+        true
     }
 
     pub(crate) fn send_error(
@@ -360,6 +413,7 @@ impl Server {
         let awaited_auth = !c.authenticated && self.config.auth_token.is_some();
         let inflight = std::mem::take(&mut c.inflight);
         let room = c.room.take();
+        c.answers.clear();
         for handle in inflight.into_values() {
             self.queries.remove(handle);
             self.push(Effect::Interrupt { query: handle });
@@ -369,16 +423,24 @@ impl Server {
             self.leave_room(conn, &room, now);
         }
         if awaited_auth {
-            self.push(Effect::CancelTimer {
-                key: TimerKey::AuthDeadline(conn),
-            });
+            self.timers.cancel(&TimerKey::AuthDeadline(conn));
         }
+        self.timers.cancel(&TimerKey::HttpIdle(conn));
     }
 
     fn open(&mut self, conn: ConnId, info: ConnectionInfo, now: Millis) {
-        let open_now = self.connection_count();
+        let dialect = info.dialect;
+        // WebSocket and HTTP connections are counted apart: a server full of WebSocket
+        // clients still answers health checks and REST.
+        let open_now = self
+            .conns
+            .values()
+            .filter(|c| c.open && c.dialect == dialect)
+            .count();
         let authenticated = match &self.config.auth_token {
             None => true,
+            // Every HTTP request brings its own credentials.
+            Some(_) if dialect == Dialect::Http => true,
             Some(expected) => [&info.bearer_token, &info.url_token]
                 .into_iter()
                 .flatten()
@@ -393,6 +455,9 @@ impl Server {
                 inflight: BTreeMap::new(),
                 room: None,
                 outbound_bytes: 0,
+                dialect,
+                answers: BTreeMap::new(),
+                next_slot: 0,
             },
         );
         if self.shutting_down {
@@ -403,12 +468,7 @@ impl Server {
         // too, so no transport can let a foreign web page in by forgetting to.
         if let Some(origin) = &info.origin {
             if !self.config.origins.allows(origin) {
-                self.close(
-                    conn,
-                    close_code::POLICY_VIOLATION,
-                    "origin not allowed",
-                    now,
-                );
+                self.close(conn, close_code::POLICY_VIOLATION, ORIGIN_NOT_ALLOWED, now);
                 return;
             }
         }
@@ -424,10 +484,11 @@ impl Server {
             }
         }
         if let (false, Some(timeout)) = (authenticated, self.config.auth_timeout_ms) {
-            self.push(Effect::SetTimer {
-                key: TimerKey::AuthDeadline(conn),
-                at: now.plus(timeout),
-            });
+            self.timers
+                .set(TimerKey::AuthDeadline(conn), now.plus(timeout));
+        }
+        if dialect == Dialect::Http {
+            self.arm_http_idle(conn, now);
         }
     }
 
@@ -438,6 +499,7 @@ impl Server {
                 self.room_save_due(&room_id, now)
             }
             TimerKey::RoomEvict(room_id) => self.room_evict_due(&room_id),
+            TimerKey::HttpIdle(conn) => self.http_idle_due(conn, now),
         }
     }
 
@@ -461,7 +523,7 @@ impl Server {
         let Some(c) = self.conns.get(&conn) else {
             return;
         };
-        if !c.open {
+        if !c.open || c.dialect != Dialect::SqlRooms {
             return;
         }
         let authenticated = c.authenticated;
@@ -512,9 +574,7 @@ impl Server {
         if ok {
             let was_authenticated = std::mem::replace(&mut c.authenticated, true);
             if !was_authenticated && self.config.auth_token.is_some() {
-                self.push(Effect::CancelTimer {
-                    key: TimerKey::AuthDeadline(conn),
-                });
+                self.timers.cancel(&TimerKey::AuthDeadline(conn));
             }
             self.send(conn, ServerMessage::AuthAck, now);
             return;

@@ -18,7 +18,7 @@ if [ ! -x "$venv/bin/sqlrooms-server" ]; then
   python3 -m venv "$venv"
   "$venv/bin/pip" install -q sqlrooms-server
 fi
-data="$(cd "$root/../shared/data" && pwd)"
+data="$root/tests/data"
 inner="$root/scripts/bench/inner.sh"
 if [ "$(id -u)" = 0 ] && command -v ip >/dev/null; then
   ip netns list | grep -q '^duckwire-bench' || ip netns add duckwire-bench

@@ -104,7 +104,7 @@ function freePort() {
 function startServer(bin, port, db) {
   // The connector seeds an empty room with a client snapshot (its edits made before the
   // join are only in that snapshot); with a file database the server accepts that only
-  // with --allow-client-snapshots (SPEC §6, as sqlrooms-server).
+  // with --allow-client-snapshots (PROTOCOL §6, as sqlrooms-server).
   const args = ['--port', String(port), '--sync', '--db-path', db, '--allow-client-snapshots', '--log-level', 'warn'];
   if (token) args.push('--auth-token', token);
   const child = spawn(bin, args, { stdio: ['ignore', 'pipe', 'inherit'] });

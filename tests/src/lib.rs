@@ -18,10 +18,10 @@ pub const SLOW_SQL: &str = "select count(*) from range(100000000000) t(i) where 
 /// How long a test waits for any single reply before failing (instead of hanging).
 pub const REPLY_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// The repository's shared Parquet data (flights, athletes, penguins).
+/// The Parquet test data in `tests/data` (flights, athletes, penguins).
 pub fn data_file(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/data")
+        .join("data")
         .join(name)
 }
 
@@ -438,4 +438,90 @@ pub fn files_in(dir: &Path) -> Vec<(String, Vec<u8>)> {
             (entry.file_name().to_string_lossy().into_owned(), bytes)
         })
         .collect()
+}
+
+/// One kept-alive HTTP/1.1 connection: requests written as given, answers read one at a
+/// time by their `Content-Length`.
+pub struct HttpConnection {
+    stream: TcpStream,
+    buffered: Vec<u8>,
+}
+
+/// One HTTP answer: status, lower-cased headers, body.
+pub type HttpAnswer = (u16, Vec<(String, String)>, Vec<u8>);
+
+impl HttpConnection {
+    pub fn open(addr: &str) -> HttpConnection {
+        let stream = TcpStream::connect(addr).expect("connect");
+        stream.set_read_timeout(Some(REPLY_TIMEOUT)).unwrap();
+        HttpConnection {
+            stream,
+            buffered: Vec::new(),
+        }
+    }
+
+    /// A `POST /` with this JSON body (kept alive unless `extra_headers` says otherwise).
+    pub fn post_request(body: &Value, extra_headers: &str) -> String {
+        let body = body.to_string();
+        format!(
+            "POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{extra_headers}\r\n{body}",
+            body.len()
+        )
+    }
+
+    pub fn write(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).expect("write request");
+    }
+
+    /// Reads the next answer; `None` when the server closed the connection instead.
+    pub fn read_answer(&mut self) -> Option<HttpAnswer> {
+        let split = loop {
+            if let Some(at) = self.buffered.windows(4).position(|w| w == b"\r\n\r\n") {
+                break at;
+            }
+            if !self.fill() {
+                assert!(self.buffered.is_empty(), "connection closed mid-head");
+                return None;
+            }
+        };
+        let head = String::from_utf8_lossy(&self.buffered[..split]).to_string();
+        let mut lines = head.lines();
+        let status: u16 = lines
+            .next()
+            .and_then(|l| l.split(' ').nth(1))
+            .and_then(|s| s.parse().ok())
+            .expect("status line");
+        let headers: Vec<(String, String)> = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+            .collect();
+        let length: usize = header(&headers, "content-length")
+            .expect("content-length")
+            .parse()
+            .expect("a length");
+        self.buffered.drain(..split + 4);
+        while self.buffered.len() < length {
+            assert!(self.fill(), "connection closed mid-body");
+        }
+        let body = self.buffered.drain(..length).collect();
+        Some((status, headers, body))
+    }
+
+    /// `true` once the server has closed the connection (reads until EOF or timeout).
+    pub fn closed_by_server(&mut self) -> bool {
+        while self.fill() {}
+        true
+    }
+
+    fn fill(&mut self) -> bool {
+        let mut chunk = [0u8; 16 * 1024];
+        match self.stream.read(&mut chunk) {
+            Ok(0) => false,
+            Ok(n) => {
+                self.buffered.extend_from_slice(&chunk[..n]);
+                true
+            }
+            Err(e) => panic!("reading an HTTP answer: {e}"),
+        }
+    }
 }

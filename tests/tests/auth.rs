@@ -1,4 +1,4 @@
-//! SPEC §4: per-connection authentication.
+//! PROTOCOL §4: per-connection authentication.
 
 use duckwire_tests::*;
 use serde_json::json;

@@ -1,4 +1,4 @@
-//! SPEC §7: caps over the real server.
+//! PROTOCOL §7: caps over the real server.
 
 use duckwire_tests::*;
 use serde_json::json;

@@ -1,4 +1,4 @@
-//! SPEC §5: user channels, exactly-once delivery, namespace isolation.
+//! PROTOCOL §5: user channels, exactly-once delivery, namespace isolation.
 
 use duckwire_tests::*;
 use serde_json::json;

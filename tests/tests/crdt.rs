@@ -1,4 +1,4 @@
-//! SPEC §6: CRDT rooms over the real server with real Loro updates.
+//! PROTOCOL §6: CRDT rooms over the real server with real Loro updates.
 
 use duckwire_tests::*;
 use serde_json::json;

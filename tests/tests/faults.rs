@@ -169,7 +169,7 @@ fn sigkill_keeps_committed_sql_and_loses_crdt_edits_only_within_the_save_window(
     let server = ServerProcess::start(&args);
     let run = start_writers(&server, "live");
     run.wait_for(1);
-    // Edit continuously for longer than the 5 s max save latency (SPEC §6), so the
+    // Edit continuously for longer than the 5 s max save latency (PROTOCOL §6), so the
     // debounce never fires and only the max-latency save protects the edits.
     let editing_since = Instant::now();
     while editing_since.elapsed() < Duration::from_secs(8) {

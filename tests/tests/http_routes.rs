@@ -1,4 +1,4 @@
-//! SPEC §1: one port, HTTP routes, origin policy, Mosaic REST.
+//! PROTOCOL §1: one port, HTTP routes, origin policy, Mosaic REST.
 
 use duckwire_tests::*;
 use serde_json::{json, Value};
@@ -29,7 +29,7 @@ fn parse_prometheus(text: &str) -> std::collections::BTreeMap<String, f64> {
         } else if !line.starts_with('#') && !line.is_empty() {
             let (name, value) = line.rsplit_once(' ').expect("name value");
             let family = name.split('{').next().unwrap();
-            let family = ["_bucket", "_sum", "_count"]
+            let family = ["_bucket", "_sum", "_count", "_total"]
                 .iter()
                 .find_map(|suffix| family.strip_suffix(suffix).filter(|f| typed.contains(*f)))
                 .unwrap_or(family);
@@ -60,14 +60,15 @@ fn metrics_cover_connections_queries_latency_cache_crdt_and_bytes() {
     assert_eq!(status, 200);
     assert!(header(&headers, "content-type")
         .unwrap()
-        .starts_with("text/plain; version=0.0.4"));
+        .starts_with("application/openmetrics-text; version=1.0.0"));
     let text = String::from_utf8(body).unwrap();
     let m = parse_prometheus(&text);
     let at = |name: &str| {
         *m.get(name)
             .unwrap_or_else(|| panic!("{name} missing:\n{text}"))
     };
-    assert_eq!(at("duckwire_connections_open"), 1.0);
+    // The WebSocket client and the HTTP connection asking for the metrics.
+    assert_eq!(at("duckwire_connections_open"), 2.0);
     assert!(at("duckwire_connections_total") >= 1.0);
     assert_eq!(
         at("duckwire_queries_total{type=\"json\",outcome=\"ok\"}"),

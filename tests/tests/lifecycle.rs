@@ -1,4 +1,4 @@
-//! SPEC §8: database files, meta tables, graceful shutdown, restart durability.
+//! PROTOCOL §8: database files, meta tables, graceful shutdown, restart durability.
 
 use duckwire_tests::*;
 use serde_json::json;

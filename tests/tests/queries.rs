@@ -1,4 +1,4 @@
-//! SPEC §3: the query messages against a real DuckDB.
+//! PROTOCOL §3: the query messages against a real DuckDB.
 
 use arrow_array::cast::AsArray;
 use arrow_array::types::Int64Type;

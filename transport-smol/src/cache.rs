@@ -1,4 +1,4 @@
-//! The result cache of `persist: true` queries (SPEC §3): key = (query type, exact SQL),
+//! The result cache of `persist: true` queries (PROTOCOL §3): key = (query type, exact SQL),
 //! a byte budget with LRU eviction, single flight for concurrent identical misses, an optional
 //! on-disk tier, and invalidation by writes.
 //!
@@ -77,7 +77,7 @@ impl ResultCache {
         lru.order.clear();
         lru.bytes = 0;
         lru.generation += 1;
-        self.metrics.cache_bytes.store(0, Relaxed);
+        self.metrics.cache_bytes.set(0);
         if let Some(dir) = &self.disk {
             clear_dir(dir);
         }
@@ -91,7 +91,7 @@ impl ResultCache {
         compute: impl FnOnce() -> Result<(CachedValue, bool), String>,
     ) -> Result<(CachedValue, bool), String> {
         if let Some(value) = self.lookup(&key) {
-            self.metrics.cache_hits.fetch_add(1, Relaxed);
+            self.metrics.cache_hits.inc();
             return Ok((value, true));
         }
         let (flight, leader) = {
@@ -117,17 +117,17 @@ impl ResultCache {
                 // The leader's result could not be shared (not a cacheable read): run our own.
                 Ok((_, false)) => {
                     drop(result);
-                    self.metrics.cache_misses.fetch_add(1, Relaxed);
+                    self.metrics.cache_misses.inc();
                     return compute().map(|(v, _)| (v, false));
                 }
                 Ok((value, true)) => {
-                    self.metrics.cache_hits.fetch_add(1, Relaxed);
+                    self.metrics.cache_hits.inc();
                     return Ok((value, true));
                 }
                 Err(e) => return Err(e),
             }
         }
-        self.metrics.cache_misses.fetch_add(1, Relaxed);
+        self.metrics.cache_misses.inc();
         let generation = self.generation();
         let computed = compute();
         if let Ok((value, true)) = &computed {
@@ -200,7 +200,7 @@ impl ResultCache {
                 lru.bytes -= evicted.len();
             }
         }
-        self.metrics.cache_bytes.store(lru.bytes as u64, Relaxed);
+        self.metrics.cache_bytes.set(lru.bytes as u64);
     }
 
     fn disk_path(&self, key: &CacheKey) -> Option<PathBuf> {

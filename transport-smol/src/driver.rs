@@ -1,21 +1,28 @@
-//! The effect loop (DESIGN.md): one task owns the core `Server`, feeds it every input with
-//! the current time, and carries out the effects it emits.
+//! The effect loop: one task owns the core `Server`, feeds it every input with the current
+//! time, carries out the effects it emits, and sleeps until the next input or the core's
+//! next timeout (`poll_timeout`).
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::Ordering::Relaxed;
+use std::collections::HashMap;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::Instant;
 
-use duckwire_core::{ConnId, ConnectionInfo, Effect, Frame, Millis, Server, ServerError, TimerKey};
+use duckwire_core::{
+    close_code, ConnId, ConnectionInfo, Effect, Frame, HttpRequest, HttpResponse, Millis, Server,
+    ServerError,
+};
 
 use crate::cache::ResultCache;
 use crate::executor::{Completion, Executor, Job};
 use crate::meta::{MetaDone, MetaJob, MetaWorker};
 use crate::metrics::Metrics;
 
-/// What a connection's writer task is asked to do.
+/// What a connection's task is asked to write.
 pub enum Outbound {
+    /// A WebSocket message.
     Frame(Frame),
+    /// The answer to an HTTP connection's oldest unanswered request.
+    Response(HttpResponse),
     Close(u16, String),
 }
 
@@ -39,6 +46,10 @@ pub enum DriverInput {
     Frame {
         conn: ConnId,
         frame: Frame,
+    },
+    Http {
+        conn: ConnId,
+        request: HttpRequest,
     },
     Sent {
         conn: ConnId,
@@ -67,14 +78,22 @@ pub struct Driver {
     pub started: Instant,
 }
 
+/// The driver's own bookkeeping beside the core.
+#[derive(Default)]
+struct State {
+    writers: HashMap<ConnId, ConnectionWriter>,
+    shutdown_waiter: Option<async_channel::Sender<()>>,
+    /// The core panicked: it answers nothing more, and the server is stopping.
+    poisoned: bool,
+    /// Room saves issued after the core was poisoned, not yet finished.
+    salvage_saves: usize,
+}
+
 impl Driver {
     pub async fn run(mut self) -> MetaWorker {
-        let mut writers: HashMap<ConnId, ConnectionWriter> = HashMap::new();
-        let mut timers: BTreeMap<TimerKey, Millis> = BTreeMap::new();
-        let mut shutdown_waiter: Option<async_channel::Sender<()>> = None;
+        let mut state = State::default();
         loop {
-            let next_timer = timers.values().min().copied();
-            let input = match next_timer {
+            let input = match self.server.poll_timeout().filter(|_| !state.poisoned) {
                 Some(at) => {
                     let deadline = self.started + std::time::Duration::from_millis(at.0);
                     smol::future::or(async { Some(self.inputs.recv().await) }, async {
@@ -86,27 +105,24 @@ impl Driver {
                 None => Some(self.inputs.recv().await),
             };
             let now = self.now();
-            let mut result = match input {
-                None => Ok(()),
+            let result = match input {
+                None => self.call_core(|server| server.handle_timeout(now)),
                 Some(Err(_)) => break,
-                Some(Ok(input)) => self.handle(input, now, &mut writers, &mut shutdown_waiter),
+                Some(Ok(input)) => self.handle(input, now, &mut state),
             };
-            let due: Vec<TimerKey> = timers
-                .iter()
-                .filter(|(_, at)| **at <= now)
-                .map(|(key, _)| key.clone())
-                .collect();
-            for key in due {
-                timers.remove(&key);
-                result = result.and(self.server.handle_timer(key, now));
-            }
             if let Err(ServerError::Poisoned) = result {
-                tracing::error!("protocol core poisoned by an internal error; shutting down");
-                let _ = self.fatal.try_send(());
+                self.poisoned(&mut state);
             }
-            self.carry_out_effects(&mut writers, &mut timers);
-            if shutdown_waiter.is_some() && self.server.pending_persists() == 0 {
-                if let Some(done) = shutdown_waiter.take() {
+            if !state.poisoned {
+                self.carry_out_effects(&mut state.writers);
+            }
+            let saved = if state.poisoned {
+                state.salvage_saves == 0
+            } else {
+                self.server.pending_persists() == 0
+            };
+            if saved {
+                if let Some(done) = state.shutdown_waiter.take() {
                     let _ = done.try_send(());
                 }
             }
@@ -118,69 +134,143 @@ impl Driver {
         Millis(self.started.elapsed().as_millis() as u64)
     }
 
+    /// Calls the core; a panic inside it is caught here, so it stops the server through the
+    /// shutdown path instead of unwinding out of the driver task.
+    fn call_core(
+        &mut self,
+        input: impl FnOnce(&mut Server) -> Result<(), ServerError>,
+    ) -> Result<(), ServerError> {
+        match catch_unwind(AssertUnwindSafe(|| input(&mut self.server))) {
+            Ok(result) => result,
+            Err(panic) => {
+                let message = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "unknown panic".into());
+                tracing::error!("protocol core panicked: {message}");
+                Err(ServerError::Poisoned)
+            }
+        }
+    }
+
+    /// First poisoning: close every connection, save what rooms can still be exported, and
+    /// tell the server to stop.
+    fn poisoned(&mut self, state: &mut State) {
+        if state.poisoned {
+            return;
+        }
+        state.poisoned = true;
+        tracing::error!(
+            "protocol core poisoned by an internal error: closing connections, saving rooms, \
+             stopping the server"
+        );
+        for writer in state.writers.values() {
+            let _ = writer
+                .close
+                .try_send((close_code::INTERNAL_ERROR, "internal server error".into()));
+        }
+        let rooms = catch_unwind(AssertUnwindSafe(|| self.server.unsaved_room_snapshots()))
+            .unwrap_or_default();
+        for (room_id, snapshot) in rooms {
+            state.salvage_saves += 1;
+            self.meta.submit(MetaJob::Persist {
+                room_id,
+                snapshot,
+                version: 0,
+            });
+        }
+        let _ = self.fatal.try_send(());
+    }
+
     fn handle(
         &mut self,
         input: DriverInput,
         now: Millis,
-        writers: &mut HashMap<ConnId, ConnectionWriter>,
-        shutdown_waiter: &mut Option<async_channel::Sender<()>>,
+        state: &mut State,
     ) -> Result<(), ServerError> {
+        if state.poisoned {
+            // Only the salvage saves and shutdown matter now.
+            match input {
+                DriverInput::Meta(MetaDone::Persisted {
+                    room_id, result, ..
+                }) => {
+                    state.salvage_saves = state.salvage_saves.saturating_sub(1);
+                    if let Err(e) = result {
+                        tracing::error!(room_id, "room not saved after poisoning: {e}");
+                    }
+                }
+                DriverInput::Shutdown { done } => state.shutdown_waiter = Some(done),
+                DriverInput::Open { writer, .. } => {
+                    let _ = writer
+                        .close
+                        .try_send((close_code::INTERNAL_ERROR, "internal server error".into()));
+                }
+                _ => {}
+            }
+            return Ok(());
+        }
         match input {
             DriverInput::Open { conn, info, writer } => {
-                writers.insert(conn, writer);
-                self.metrics.connections_open.fetch_add(1, Relaxed);
-                self.metrics.connections_total.fetch_add(1, Relaxed);
-                self.server.handle_open(conn, info, now)
+                state.writers.insert(conn, writer);
+                self.metrics.connections_open.inc();
+                self.metrics.connections_total.inc();
+                self.call_core(|server| server.handle_open(conn, info, now))
             }
             DriverInput::Frame { conn, frame } => {
-                self.metrics.bytes_in.fetch_add(frame.len() as u64, Relaxed);
-                self.server.handle_frame(conn, frame, now)
+                self.metrics.bytes_in.inc_by(frame.len() as u64);
+                self.call_core(|server| server.handle_frame(conn, frame, now))
+            }
+            DriverInput::Http { conn, request } => {
+                self.metrics.bytes_in.inc_by(request.body.len() as u64);
+                self.call_core(|server| server.handle_http_request(conn, request, now))
             }
             DriverInput::Sent { conn, bytes } => {
-                self.metrics.bytes_out.fetch_add(bytes as u64, Relaxed);
-                self.server.handle_sent(conn, bytes)
+                self.metrics.bytes_out.inc_by(bytes as u64);
+                self.call_core(|server| server.handle_sent(conn, bytes))
             }
             DriverInput::Closed { conn } => {
-                if writers.remove(&conn).is_some() {
-                    self.metrics.connections_open.fetch_sub(1, Relaxed);
+                if state.writers.remove(&conn).is_some() {
+                    self.metrics.connections_open.dec();
                 }
-                self.server.handle_closed(conn, now)
+                self.call_core(|server| server.handle_closed(conn, now))
             }
             DriverInput::Executor(Completion::Query {
                 handle,
                 outcome,
                 wrote,
-            }) => self.server.handle_query_done(handle, outcome, wrote, now),
+            }) => self.call_core(|server| server.handle_query_done(handle, outcome, wrote, now)),
             DriverInput::Executor(Completion::Upload { handle, result }) => {
-                self.server.handle_upload_done(handle, result, now)
+                self.call_core(|server| server.handle_upload_done(handle, result, now))
             }
             DriverInput::Meta(MetaDone::Loaded { room_id, result }) => {
-                self.server.handle_snapshot_loaded(&room_id, result, now)
+                self.call_core(|server| server.handle_snapshot_loaded(&room_id, result, now))
             }
             DriverInput::Meta(MetaDone::Persisted {
                 room_id,
                 version,
                 result,
-            }) => self
-                .server
-                .handle_snapshot_persisted(&room_id, version, result, now),
+            }) => self.call_core(|server| {
+                server.handle_snapshot_persisted(&room_id, version, result, now)
+            }),
             DriverInput::Shutdown { done } => {
-                *shutdown_waiter = Some(done);
-                self.server.handle_shutdown(now)
+                state.shutdown_waiter = Some(done);
+                self.call_core(|server| server.handle_shutdown(now))
             }
         }
     }
 
-    fn carry_out_effects(
-        &mut self,
-        writers: &mut HashMap<ConnId, ConnectionWriter>,
-        timers: &mut BTreeMap<TimerKey, Millis>,
-    ) {
+    fn carry_out_effects(&mut self, writers: &mut HashMap<ConnId, ConnectionWriter>) {
         while let Some(effect) = self.server.poll_effect() {
             match effect {
                 Effect::Send { conn, frame } => {
                     if let Some(writer) = writers.get(&conn) {
                         let _ = writer.queue.try_send(Outbound::Frame(frame));
+                    }
+                }
+                Effect::Respond { conn, response } => {
+                    if let Some(writer) = writers.get(&conn) {
+                        let _ = writer.queue.try_send(Outbound::Response(response));
                     }
                 }
                 Effect::Close { conn, code, reason } => {
@@ -212,20 +302,13 @@ impl Driver {
                     snapshot,
                     version,
                 }),
-                Effect::SetTimer { key, at } => {
-                    timers.insert(key, at);
-                }
-                Effect::CancelTimer { key } => {
-                    timers.remove(&key);
-                }
                 Effect::InvalidateCache => self.cache.invalidate(),
             }
         }
-        self.metrics
-            .crdt_rooms
-            .store(self.server.room_count() as u64, Relaxed);
-        self.metrics
-            .crdt_updates
-            .store(self.server.crdt_updates_accepted(), Relaxed);
+        self.metrics.crdt_rooms.set(self.server.room_count() as u64);
+        Metrics::set_counter(
+            &self.metrics.crdt_updates,
+            self.server.crdt_updates_accepted(),
+        );
     }
 }

@@ -1,6 +1,8 @@
-//! HTTP on the WebSocket port: the request head (parsed once, with `httparse`), the small
-//! routes of SPEC §1, the origin policy and CORS, and the Mosaic REST endpoint.
+//! HTTP/1.1 framing on the WebSocket port: request heads (parsed with `httparse`),
+//! `Content-Length` bodies, keep-alive, and writing answers. What a request means is the
+//! core's decision (`duckwire_core::HttpRequest`); this module only moves bytes.
 
+use bytes::Bytes;
 use smol::io::{AsyncReadExt, AsyncWriteExt};
 use smol::net::TcpStream;
 
@@ -13,6 +15,8 @@ pub struct RequestHead {
     pub method: String,
     pub path: String,
     pub query: Option<String>,
+    /// 0 for HTTP/1.0, 1 for HTTP/1.1.
+    pub version_minor: u8,
     pub headers: Vec<(String, String)>,
 }
 
@@ -48,52 +52,59 @@ impl RequestHead {
     }
 }
 
+/// `application/x-www-form-urlencoded` decoding (`+` is a space), invalid UTF-8 replaced.
 pub fn percent_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            // Parsed from bytes: slicing the &str here could split a UTF-8 character.
-            b'%' if i + 2 < bytes.len() => match std::str::from_utf8(&bytes[i + 1..i + 3])
-                .ok()
-                .and_then(|hex| u8::from_str_radix(hex, 16).ok())
-            {
-                Some(b) => {
-                    out.push(b);
-                    i += 3;
-                }
-                None => {
-                    out.push(b'%');
-                    i += 1;
-                }
-            },
-            b'+' => {
-                out.push(b' ');
-                i += 1;
-            }
-            b => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    let spaced = text.replace('+', " ");
+    percent_encoding::percent_decode_str(&spaced)
+        .decode_utf8_lossy()
+        .into_owned()
 }
 
 #[derive(Debug)]
 pub enum HeadError {
     /// Not HTTP, or too large: answer 400 and close.
     Malformed,
-    /// The peer went away.
+    /// The peer went away (or never sent a byte of a next request).
     Io,
 }
 
-/// Reads until the end of the head; returns it and any bytes read past it.
-pub async fn read_head(stream: &mut TcpStream) -> Result<(RequestHead, Vec<u8>), HeadError> {
-    let mut buffer = Vec::with_capacity(1024);
+impl RequestHead {
+    /// Whether the connection stays open after the answer (RFC 9112 §9.3): HTTP/1.1 unless
+    /// `Connection: close`; HTTP/1.0 only with `Connection: keep-alive`.
+    pub fn keep_alive(&self) -> bool {
+        let has = |token: &str| {
+            self.header("connection")
+                .is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+        };
+        if self.version_minor == 0 {
+            has("keep-alive")
+        } else {
+            !has("close")
+        }
+    }
+}
+
+/// Reads until the end of the next head. `buffer` holds bytes already read (a pipelined
+/// request); on return it holds whatever followed the head.
+pub async fn read_head(
+    stream: &mut TcpStream,
+    buffer: &mut Vec<u8>,
+) -> Result<RequestHead, HeadError> {
     let mut chunk = [0u8; 4096];
     loop {
+        if !buffer.is_empty() {
+            let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            let mut request = httparse::Request::new(&mut headers);
+            match request.parse(buffer) {
+                Ok(httparse::Status::Complete(len)) => {
+                    let head = head_of(&request);
+                    buffer.drain(..len);
+                    return Ok(head);
+                }
+                Ok(httparse::Status::Partial) if buffer.len() < MAX_HEAD_BYTES => {}
+                _ => return Err(HeadError::Malformed),
+            }
+        }
         let n = stream.read(&mut chunk).await.map_err(|_| HeadError::Io)?;
         if n == 0 {
             return Err(if buffer.is_empty() {
@@ -103,42 +114,38 @@ pub async fn read_head(stream: &mut TcpStream) -> Result<(RequestHead, Vec<u8>),
             });
         }
         buffer.extend_from_slice(&chunk[..n]);
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut request = httparse::Request::new(&mut headers);
-        match request.parse(&buffer) {
-            Ok(httparse::Status::Complete(len)) => {
-                let target = request.path.unwrap_or("/");
-                let (path, query) = match target.split_once('?') {
-                    Some((p, q)) => (p.to_string(), Some(q.to_string())),
-                    None => (target.to_string(), None),
-                };
-                let head = RequestHead {
-                    method: request.method.unwrap_or("").to_string(),
-                    path,
-                    query,
-                    headers: request
-                        .headers
-                        .iter()
-                        .map(|h| {
-                            (
-                                h.name.to_string(),
-                                String::from_utf8_lossy(h.value).into_owned(),
-                            )
-                        })
-                        .collect(),
-                };
-                return Ok((head, buffer[len..].to_vec()));
-            }
-            Ok(httparse::Status::Partial) if buffer.len() < MAX_HEAD_BYTES => continue,
-            _ => return Err(HeadError::Malformed),
-        }
+    }
+}
+
+fn head_of(request: &httparse::Request<'_, '_>) -> RequestHead {
+    let target = request.path.unwrap_or("/");
+    let (path, query) = match target.split_once('?') {
+        Some((p, q)) => (p.to_string(), Some(q.to_string())),
+        None => (target.to_string(), None),
+    };
+    RequestHead {
+        method: request.method.unwrap_or("").to_string(),
+        path,
+        query,
+        version_minor: request.version.unwrap_or(1),
+        headers: request
+            .headers
+            .iter()
+            .map(|h| {
+                (
+                    h.name.to_string(),
+                    String::from_utf8_lossy(h.value).into_owned(),
+                )
+            })
+            .collect(),
     }
 }
 
 pub struct Response {
     pub status: u16,
     pub content_type: &'static str,
-    pub body: Vec<u8>,
+    /// `Bytes`, so an Arrow answer goes to the socket without a copy.
+    pub body: Bytes,
     pub headers: Vec<(String, String)>,
 }
 
@@ -147,7 +154,7 @@ impl Response {
         Response {
             status,
             content_type: "text/plain; charset=utf-8",
-            body: body.as_bytes().to_vec(),
+            body: Bytes::copy_from_slice(body.as_bytes()),
             headers: Vec::new(),
         }
     }
@@ -156,7 +163,7 @@ impl Response {
         Response {
             status,
             content_type: "application/json",
-            body: value.to_string().into_bytes(),
+            body: Bytes::from(value.to_string()),
             headers: Vec::new(),
         }
     }
@@ -175,46 +182,70 @@ fn reason(status: u16) -> &'static str {
         403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
+        408 => "Request Timeout",
         411 => "Length Required",
         413 => "Payload Too Large",
+        429 => "Too Many Requests",
         500 => "Internal Server Error",
         503 => "Service Unavailable",
         _ => "",
     }
 }
 
-pub async fn write_response(stream: &mut TcpStream, response: Response) -> std::io::Result<()> {
+/// Writes one answer; the connection stays open when `keep_alive`.
+pub async fn write_response(
+    stream: &mut TcpStream,
+    response: &Response,
+    keep_alive: bool,
+) -> std::io::Result<()> {
     let mut head = format!(
-        "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n",
+        "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: {}\r\n",
         response.status,
         reason(response.status),
         response.content_type,
-        response.body.len()
+        response.body.len(),
+        if keep_alive { "keep-alive" } else { "close" },
     );
     for (name, value) in &response.headers {
         head.push_str(&format!("{name}: {value}\r\n"));
     }
     head.push_str("\r\n");
-    stream.write_all(head.as_bytes()).await?;
-    stream.write_all(&response.body).await?;
-    stream.flush().await?;
-    let _ = stream.close().await;
-    Ok(())
+    if response.body.len() <= 16 * 1024 {
+        // One write (one TCP segment) for the usual small answer.
+        let mut whole = head.into_bytes();
+        whole.extend_from_slice(&response.body);
+        stream.write_all(&whole).await?;
+    } else {
+        stream.write_all(head.as_bytes()).await?;
+        stream.write_all(&response.body).await?;
+    }
+    stream.flush().await
 }
 
-/// Reads a `Content-Length` body (some of it may already be in `already`).
+/// Reads a `Content-Length` body: what `buffer` already holds first, the rest from the
+/// socket; bytes after the body (a pipelined request) stay in `buffer`.
 pub async fn read_body(
     stream: &mut TcpStream,
     head: &RequestHead,
-    mut already: Vec<u8>,
+    buffer: &mut Vec<u8>,
     max: Option<usize>,
-) -> Result<Vec<u8>, Response> {
-    let length: usize = head
-        .header("content-length")
-        .ok_or_else(|| Response::error(411, "Content-Length required"))?
-        .trim()
-        .parse()
-        .map_err(|_| Response::error(400, "invalid Content-Length"))?;
+) -> Result<Bytes, Response> {
+    let length: usize = match head.header("content-length") {
+        None if head.method == "POST" => {
+            return Err(Response::error(411, "Content-Length required"))
+        }
+        None => 0,
+        Some(value) => value
+            .trim()
+            .parse()
+            .map_err(|_| Response::error(400, "invalid Content-Length"))?,
+    };
+    if head.header("transfer-encoding").is_some() {
+        return Err(Response::error(
+            411,
+            "chunked bodies are not supported; send Content-Length",
+        ));
+    }
     if let Some(max) = max {
         if length > max {
             return Err(Response::error(
@@ -223,14 +254,19 @@ pub async fn read_body(
             ));
         }
     }
-    already.truncate(length);
-    let mut rest = vec![0u8; length - already.len()];
-    stream
-        .read_exact(&mut rest)
-        .await
-        .map_err(|_| Response::error(400, "request body ended early"))?;
-    already.extend_from_slice(&rest);
-    Ok(already)
+    let mut chunk = [0u8; 16 * 1024];
+    while buffer.len() < length {
+        let n = stream
+            .read(&mut chunk)
+            .await
+            .map_err(|_| Response::error(400, "request body ended early"))?;
+        if n == 0 {
+            return Err(Response::error(400, "request body ended early"));
+        }
+        buffer.extend_from_slice(&chunk[..n]);
+    }
+    let rest = buffer.split_off(length);
+    Ok(Bytes::from(std::mem::replace(buffer, rest)))
 }
 
 #[cfg(test)]
@@ -252,6 +288,7 @@ mod tests {
             method: "GET".into(),
             path: "/".into(),
             query: Some("roomId=r1&token=a%2Bb".into()),
+            version_minor: 1,
             headers: vec![("Authorization".into(), "Bearer tok".into())],
         };
         assert_eq!(head.query_param("token").as_deref(), Some("a+b"));

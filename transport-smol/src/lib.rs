@@ -25,4 +25,4 @@ fn spawn<T: Send + 'static>(
 }
 /// The DuckDB crate this driver is built on (for embedders and the benchmark's floor).
 pub use duckdb;
-pub use server::{open_database, run, StartError};
+pub use server::{duckdb_library_version, open_database, run, StartError};

@@ -1,4 +1,4 @@
-//! Meta storage (SPEC §6, §8): the `ui_state` and `sync_rooms` tables in a schema of the main
+//! Meta storage (PROTOCOL §6, §8): the `ui_state` and `sync_rooms` tables in a schema of the main
 //! database or an `ATTACH`ed `--meta-db`, and a dedicated thread that loads and saves room
 //! snapshots so persistence never waits behind long queries on the worker pool.
 

@@ -1,146 +1,155 @@
-//! Counters behind `GET /metrics` (Prometheus text format).
+//! Counters behind `GET /metrics`, kept and rendered by `prometheus-client` (OpenMetrics
+//! text, which Prometheus scrapes).
 
-use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
 
 /// Upper bounds of the query latency histogram, in seconds.
 const LATENCY_BUCKETS: [f64; 10] = [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0, 30.0];
-const KINDS: [&str; 4] = ["arrow", "json", "exec", "upload"];
-const OUTCOMES: [&str; 3] = ["ok", "error", "cancelled"];
 
-#[derive(Default)]
+/// The content type of [`Metrics::render`]'s text.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct QueryLabels {
+    /// arrow, json, exec, upload.
+    r#type: &'static str,
+    /// ok, error, cancelled.
+    outcome: &'static str,
+}
+
+type UGauge = Gauge<u64, AtomicU64>;
+
 pub struct Metrics {
-    pub connections_open: AtomicU64,
-    pub connections_total: AtomicU64,
-    queries: [[AtomicU64; 3]; 4],
-    latency_buckets: [AtomicU64; 10],
-    latency_count: AtomicU64,
-    latency_sum_micros: AtomicU64,
-    pub cache_hits: AtomicU64,
-    pub cache_misses: AtomicU64,
-    pub cache_bytes: AtomicU64,
-    pub crdt_rooms: AtomicU64,
-    pub crdt_updates: AtomicU64,
-    pub bytes_in: AtomicU64,
-    pub bytes_out: AtomicU64,
+    registry: Registry,
+    pub connections_open: UGauge,
+    pub connections_total: Counter,
+    queries: Family<QueryLabels, Counter>,
+    latency: Histogram,
+    pub cache_hits: Counter,
+    pub cache_misses: Counter,
+    pub cache_bytes: UGauge,
+    pub crdt_rooms: UGauge,
+    pub crdt_updates: Counter,
+    pub bytes_in: Counter,
+    pub bytes_out: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::default();
+        let metrics = Metrics {
+            connections_open: UGauge::default(),
+            connections_total: Counter::default(),
+            queries: Family::default(),
+            latency: Histogram::new(LATENCY_BUCKETS),
+            cache_hits: Counter::default(),
+            cache_misses: Counter::default(),
+            cache_bytes: UGauge::default(),
+            crdt_rooms: UGauge::default(),
+            crdt_updates: Counter::default(),
+            bytes_in: Counter::default(),
+            bytes_out: Counter::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "duckwire_connections_open",
+            "Open WebSocket and HTTP connections",
+            metrics.connections_open.clone(),
+        );
+        registry.register(
+            "duckwire_connections",
+            "WebSocket and HTTP connections accepted",
+            metrics.connections_total.clone(),
+        );
+        registry.register(
+            "duckwire_queries",
+            "Queries by type and outcome, through every door",
+            metrics.queries.clone(),
+        );
+        registry.register(
+            "duckwire_query_seconds",
+            "Query latency",
+            metrics.latency.clone(),
+        );
+        registry.register(
+            "duckwire_cache_hits",
+            "Result cache hits",
+            metrics.cache_hits.clone(),
+        );
+        registry.register(
+            "duckwire_cache_misses",
+            "Result cache misses",
+            metrics.cache_misses.clone(),
+        );
+        registry.register(
+            "duckwire_cache_bytes",
+            "Bytes held by the in-memory result cache",
+            metrics.cache_bytes.clone(),
+        );
+        registry.register(
+            "duckwire_crdt_rooms",
+            "CRDT rooms loaded",
+            metrics.crdt_rooms.clone(),
+        );
+        registry.register(
+            "duckwire_crdt_updates",
+            "CRDT updates received",
+            metrics.crdt_updates.clone(),
+        );
+        registry.register(
+            "duckwire_bytes_in",
+            "Payload bytes received (WebSocket messages, HTTP bodies)",
+            metrics.bytes_in.clone(),
+        );
+        registry.register(
+            "duckwire_bytes_out",
+            "Payload bytes sent (WebSocket messages, HTTP bodies)",
+            metrics.bytes_out.clone(),
+        );
+        // Every query label pair shows from the start, at zero.
+        for kind in ["arrow", "json", "exec", "upload"] {
+            for outcome in ["ok", "error", "cancelled"] {
+                let _ = metrics.queries.get_or_create(&QueryLabels {
+                    r#type: kind,
+                    outcome,
+                });
+            }
+        }
+        Metrics {
+            registry,
+            ..metrics
+        }
+    }
 }
 
 impl Metrics {
     /// `kind`: arrow/json/exec/upload; `outcome`: ok/error/cancelled.
-    pub fn record_query(&self, kind: &str, outcome: &str, seconds: f64) {
-        let k = KINDS.iter().position(|x| *x == kind).unwrap_or(0);
-        let o = OUTCOMES.iter().position(|x| *x == outcome).unwrap_or(1);
-        self.queries[k][o].fetch_add(1, Relaxed);
-        for (i, bound) in LATENCY_BUCKETS.iter().enumerate() {
-            if seconds <= *bound {
-                self.latency_buckets[i].fetch_add(1, Relaxed);
-            }
-        }
-        self.latency_count.fetch_add(1, Relaxed);
-        self.latency_sum_micros
-            .fetch_add((seconds * 1e6) as u64, Relaxed);
+    pub fn record_query(&self, kind: &'static str, outcome: &'static str, seconds: f64) {
+        self.queries
+            .get_or_create(&QueryLabels {
+                r#type: kind,
+                outcome,
+            })
+            .inc();
+        self.latency.observe(seconds);
+    }
+
+    /// A counter whose total the core keeps (CRDT updates accepted).
+    pub fn set_counter(counter: &Counter, total: u64) {
+        counter.inner().store(total, Relaxed);
     }
 
     pub fn render(&self) -> String {
         let mut out = String::new();
-        let gauge = |out: &mut String, name: &str, help: &str, kind: &str, value: u64| {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
-            );
-        };
-        gauge(
-            &mut out,
-            "duckwire_connections_open",
-            "Open WebSocket connections.",
-            "gauge",
-            self.connections_open.load(Relaxed),
-        );
-        gauge(
-            &mut out,
-            "duckwire_connections_total",
-            "WebSocket connections accepted.",
-            "counter",
-            self.connections_total.load(Relaxed),
-        );
-        let _ = writeln!(out, "# HELP duckwire_queries_total Queries by type and outcome.\n# TYPE duckwire_queries_total counter");
-        for (k, kind) in KINDS.iter().enumerate() {
-            for (o, outcome) in OUTCOMES.iter().enumerate() {
-                let _ = writeln!(
-                    out,
-                    "duckwire_queries_total{{type=\"{kind}\",outcome=\"{outcome}\"}} {}",
-                    self.queries[k][o].load(Relaxed)
-                );
-            }
-        }
-        let _ = writeln!(
-            out,
-            "# HELP duckwire_query_seconds Query latency.\n# TYPE duckwire_query_seconds histogram"
-        );
-        for (i, bound) in LATENCY_BUCKETS.iter().enumerate() {
-            let _ = writeln!(
-                out,
-                "duckwire_query_seconds_bucket{{le=\"{bound}\"}} {}",
-                self.latency_buckets[i].load(Relaxed)
-            );
-        }
-        let count = self.latency_count.load(Relaxed);
-        let _ = writeln!(out, "duckwire_query_seconds_bucket{{le=\"+Inf\"}} {count}");
-        let _ = writeln!(
-            out,
-            "duckwire_query_seconds_sum {}",
-            self.latency_sum_micros.load(Relaxed) as f64 / 1e6
-        );
-        let _ = writeln!(out, "duckwire_query_seconds_count {count}");
-        gauge(
-            &mut out,
-            "duckwire_cache_hits_total",
-            "Result cache hits.",
-            "counter",
-            self.cache_hits.load(Relaxed),
-        );
-        gauge(
-            &mut out,
-            "duckwire_cache_misses_total",
-            "Result cache misses.",
-            "counter",
-            self.cache_misses.load(Relaxed),
-        );
-        gauge(
-            &mut out,
-            "duckwire_cache_bytes",
-            "Bytes held by the in-memory result cache.",
-            "gauge",
-            self.cache_bytes.load(Relaxed),
-        );
-        gauge(
-            &mut out,
-            "duckwire_crdt_rooms",
-            "CRDT rooms loaded.",
-            "gauge",
-            self.crdt_rooms.load(Relaxed),
-        );
-        gauge(
-            &mut out,
-            "duckwire_crdt_updates_total",
-            "CRDT updates received.",
-            "counter",
-            self.crdt_updates.load(Relaxed),
-        );
-        gauge(
-            &mut out,
-            "duckwire_bytes_in_total",
-            "WebSocket payload bytes received.",
-            "counter",
-            self.bytes_in.load(Relaxed),
-        );
-        gauge(
-            &mut out,
-            "duckwire_bytes_out_total",
-            "WebSocket payload bytes sent.",
-            "counter",
-            self.bytes_out.load(Relaxed),
-        );
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
     }
 }

@@ -1,5 +1,5 @@
 //! Startup, the accept loop on one port (HTTP routes and WebSocket upgrades), and graceful
-//! shutdown (SPEC §1, §8).
+//! shutdown (PROTOCOL §1, §8).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
@@ -7,16 +7,20 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_tungstenite::tungstenite::handshake::derive_accept_key;
+use bytes::Bytes;
 use duckdb::Connection;
-use duckwire_core::{tokens_match, ConnId, ConnectionInfo, QueryKind, QueryOutcome, Server};
-use serde_json::{json, Value};
+use duckwire_core::{
+    close_code, ConnId, ConnectionInfo, Dialect, HttpRequest, HttpResponse, Server,
+    ORIGIN_NOT_ALLOWED,
+};
+use serde_json::json;
 use smol::io::AsyncWriteExt;
 use smol::net::{TcpListener, TcpStream};
 
 use crate::cache::ResultCache;
 use crate::config::ServerConfig;
-use crate::driver::{Driver, DriverInput};
-use crate::executor::{Completion, Executor, Job};
+use crate::driver::{ConnectionWriter, Driver, DriverInput, Outbound};
+use crate::executor::{Completion, Executor};
 use crate::http::{read_body, read_head, write_response, HeadError, RequestHead, Response};
 use crate::meta::{self, MetaWorker};
 use crate::metrics::Metrics;
@@ -25,7 +29,8 @@ use crate::metrics::Metrics;
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// Pause after a failed `accept`.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
-/// How long a client may take to send its request head.
+/// How long a new connection may take to send its first request head (later heads on a
+/// kept-alive connection are bounded by the core's HTTP idle timeout).
 const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +41,8 @@ pub enum StartError {
     Meta(String),
     #[error("cannot prepare the cache directory: {0}")]
     Cache(std::io::Error),
+    #[error("stopped after an internal error in the protocol core (see the log above)")]
+    CorePoisoned,
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: String,
@@ -47,14 +54,13 @@ pub enum StartError {
 struct Shared {
     config: ServerConfig,
     driver: async_channel::Sender<DriverInput>,
-    executor: Arc<Executor>,
     metrics: Arc<Metrics>,
     ready: AtomicBool,
     duckdb_version: String,
     next_conn: AtomicU64,
 }
 
-/// Opens (or creates) the database as SPEC §8 says.
+/// Opens (or creates) the database as PROTOCOL §8 says.
 pub fn open_database(config: &ServerConfig) -> Result<Connection, StartError> {
     let fail = |message: String| StartError::Database {
         path: config.db_path.clone(),
@@ -99,6 +105,13 @@ fn load_extensions(conn: &Connection, extensions: &[String]) {
             Err(e) => tracing::warn!(extension = spec, "extension not loaded (skipped): {e}"),
         }
     }
+}
+
+/// The version of the DuckDB library this binary runs (`v1.5.6`), asked of DuckDB itself.
+pub fn duckdb_library_version() -> String {
+    Connection::open_in_memory()
+        .and_then(|conn| conn.query_row("SELECT version()", [], |row| row.get(0)))
+        .unwrap_or_else(|e| format!("unknown ({e})"))
 }
 
 /// `host:port`, with IPv6 hosts bracketed (`[::1]:4000`).
@@ -179,7 +192,6 @@ pub fn run(
     let shared = Arc::new(Shared {
         config: config.clone(),
         driver: driver_tx.clone(),
-        executor: executor.clone(),
         metrics,
         ready: AtomicBool::new(false),
         duckdb_version,
@@ -187,7 +199,7 @@ pub fn run(
     });
 
     let addr = listen_address(&config.host, config.port);
-    let mut meta_worker = smol::block_on(crate::EXECUTOR.run(async {
+    let meta_worker = smol::block_on(crate::EXECUTOR.run(async {
         let listener = TcpListener::bind(&addr)
             .await
             .map_err(|source| StartError::Listen {
@@ -220,18 +232,18 @@ pub fn run(
                 }
             }
         };
+        // `true` when the core was poisoned.
         let stop = async {
             smol::future::or(
                 async {
                     let _ = shutdown.recv().await;
+                    false
                 },
-                async {
-                    let _ = fatal_rx.recv().await;
-                },
+                async { fatal_rx.recv().await.is_ok() },
             )
-            .await;
+            .await
         };
-        smol::future::or(accept_loop, stop).await;
+        let poisoned = smol::future::or(accept_loop, stop).await;
         drop(listener);
 
         tracing::info!("shutting down: closing connections and saving rooms");
@@ -249,8 +261,9 @@ pub fn run(
             tracing::error!("shutdown: some CRDT rooms were not saved in time");
         }
         driver_tx.close();
-        Ok::<_, StartError>(driver_task.await)
+        Ok::<_, StartError>((driver_task.await, poisoned))
     }))?;
+    let (mut meta_worker, poisoned) = meta_worker;
     // The driver stopped: no more work arrives. Stop queries, finish saves, checkpoint.
     executor.shutdown();
     meta_worker.stop();
@@ -261,35 +274,210 @@ pub fn run(
         }
     }
     tracing::info!("stopped");
+    if poisoned {
+        return Err(StartError::CorePoisoned);
+    }
     Ok(())
 }
 
 async fn handle_connection(mut stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
-    let head = smol::future::or(read_head(&mut stream), async {
+    let mut buffer = Vec::with_capacity(1024);
+    let head = smol::future::or(read_head(&mut stream, &mut buffer), async {
         smol::Timer::after(HEAD_TIMEOUT).await;
         Err(HeadError::Malformed)
     })
     .await;
-    let (head, rest) = match head {
-        Ok(parsed) => parsed,
+    let head = match head {
+        Ok(head) => head,
         Err(HeadError::Malformed) => {
-            let _ = write_response(&mut stream, Response::text(400, "bad request")).await;
+            let _ = write_response(&mut stream, &Response::text(400, "bad request"), false).await;
             return;
         }
         Err(HeadError::Io) => return,
     };
     if head.is_websocket_upgrade() {
-        upgrade(stream, rest, peer, head, shared).await;
+        upgrade(stream, buffer, peer, head, shared).await;
         return;
     }
-    let response = route(&mut stream, &head, rest, &shared).await;
-    let _ = write_response(&mut stream, response).await;
+    serve_http(stream, buffer, peer, head, shared).await;
+}
+
+/// An HTTP connection: each request goes to the core, its answer comes back through the
+/// connection's queue; kept alive until the client says `Connection: close`, the core closes
+/// it (idle timeout, shutdown) or the peer goes away. Requests are taken one after another,
+/// so pipelined requests are answered in order.
+async fn serve_http(
+    mut stream: TcpStream,
+    mut buffer: Vec<u8>,
+    peer: SocketAddr,
+    first: RequestHead,
+    shared: Arc<Shared>,
+) {
+    let conn = ConnId(shared.next_conn.fetch_add(1, Relaxed));
+    let (queue_tx, answers) = async_channel::unbounded::<Outbound>();
+    let (close_tx, closes) = async_channel::bounded::<(u16, String)>(1);
+    let writer = ConnectionWriter {
+        queue: queue_tx,
+        close: close_tx,
+    };
+    let info = ConnectionInfo {
+        dialect: Dialect::Http,
+        peer: peer.to_string(),
+        ..ConnectionInfo::default()
+    };
+    if shared
+        .driver
+        .send(DriverInput::Open { conn, info, writer })
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let mut head = first;
+    let mut upgrade_to_websocket = None;
+    loop {
+        let keep_alive = head.keep_alive();
+        let body = match read_body(
+            &mut stream,
+            &head,
+            &mut buffer,
+            shared.config.core.limits.max_frame_bytes,
+        )
+        .await
+        {
+            Ok(body) => body,
+            Err(refusal) => {
+                // The framing is lost: answer and close.
+                let _ = write_response(&mut stream, &refusal, false).await;
+                break;
+            }
+        };
+        let request = HttpRequest {
+            method: head.method.clone(),
+            path: head.path.clone(),
+            bearer_token: head.bearer_token(),
+            url_token: head.query_param("token"),
+            origin: head.header("origin").map(str::to_string),
+            body,
+        };
+        if shared
+            .driver
+            .send(DriverInput::Http { conn, request })
+            .await
+            .is_err()
+        {
+            break;
+        }
+        let answer = smol::future::or(async { answers.recv().await.ok() }, async {
+            closes
+                .recv()
+                .await
+                .ok()
+                .map(|(code, reason)| Outbound::Close(code, reason))
+        })
+        .await;
+        let (response, sent) = match answer {
+            Some(Outbound::Response(response)) => {
+                let sent = response.len();
+                (render(response, &head, &shared), Some(sent))
+            }
+            Some(Outbound::Close(code, reason)) => (closed_by_core(code, &reason), None),
+            Some(Outbound::Frame(_)) | None => break,
+        };
+        let keep_alive = keep_alive && sent.is_some();
+        if write_response(&mut stream, &response, keep_alive)
+            .await
+            .is_err()
+        {
+            break;
+        }
+        if let Some(bytes) = sent {
+            let _ = shared.driver.send(DriverInput::Sent { conn, bytes }).await;
+        }
+        if !keep_alive {
+            break;
+        }
+        // The next request, unless the core closes the connection first (idle timeout,
+        // shutdown): while it waits, only the core's idle timer bounds the wait.
+        let next = smol::future::or(
+            async { Some(read_head(&mut stream, &mut buffer).await) },
+            async {
+                let _ = closes.recv().await;
+                None
+            },
+        )
+        .await;
+        match next {
+            Some(Ok(next)) if next.is_websocket_upgrade() => {
+                upgrade_to_websocket = Some(next);
+                break;
+            }
+            Some(Ok(next)) => head = next,
+            Some(Err(HeadError::Malformed)) => {
+                let refusal = Response::text(400, "bad request");
+                let _ = write_response(&mut stream, &refusal, false).await;
+                break;
+            }
+            Some(Err(HeadError::Io)) | None => break,
+        }
+    }
+    let _ = shared.driver.send(DriverInput::Closed { conn }).await;
+    if let Some(head) = upgrade_to_websocket {
+        upgrade(stream, buffer, peer, head, shared).await;
+    }
+}
+
+/// What a request waiting for its answer gets when the core closes the connection.
+fn closed_by_core(code: u16, reason: &str) -> Response {
+    let status = match code {
+        close_code::MESSAGE_TOO_BIG => 413,
+        close_code::POLICY_VIOLATION => 429,
+        _ => 503,
+    };
+    Response::error(status, reason)
+}
+
+/// The HTTP form of the core's answer: Mosaic's bodies for queries, and the small routes.
+fn render(answer: HttpResponse, head: &RequestHead, shared: &Shared) -> Response {
+    let cors = answer.allows_cors();
+    let mut response = match answer {
+        HttpResponse::Arrow(ipc) => Response {
+            status: 200,
+            content_type: "application/vnd.apache.arrow.stream",
+            body: ipc,
+            headers: Vec::new(),
+        },
+        HttpResponse::Json(rows) => Response {
+            status: 200,
+            content_type: "application/json",
+            body: Bytes::from(rows),
+            headers: Vec::new(),
+        },
+        HttpResponse::Done => Response::json(200, &json!({})),
+        HttpResponse::Health => Response::text(200, "ok"),
+        HttpResponse::Ready if shared.ready.load(Relaxed) => Response::text(200, "ok"),
+        HttpResponse::Ready => Response::text(503, "not ready"),
+        HttpResponse::Version => Response::json(
+            200,
+            &json!({"name": "duckwire", "version": env!("CARGO_PKG_VERSION"), "duckdb": shared.duckdb_version}),
+        ),
+        HttpResponse::Metrics => Response {
+            content_type: crate::metrics::CONTENT_TYPE,
+            ..Response::text(200, &shared.metrics.render())
+        },
+        HttpResponse::Preflight => Response::text(204, ""),
+        HttpResponse::Error { status, message } => Response::error(status, &message),
+    };
+    if cors {
+        response.headers.extend(cors_headers(head));
+    }
+    response
 }
 
 /// `None` when the request carries no `Origin` or an allowed one; else the 403 answer.
 fn origin_refusal(head: &RequestHead, shared: &Shared) -> Option<Response> {
     let origin = head.header("origin")?;
-    (!shared.config.core.origins.allows(origin)).then(|| Response::error(403, "origin not allowed"))
+    (!shared.config.core.origins.allows(origin)).then(|| Response::error(403, ORIGIN_NOT_ALLOWED))
 }
 
 fn cors_headers(head: &RequestHead) -> Vec<(String, String)> {
@@ -310,110 +498,6 @@ fn cors_headers(head: &RequestHead) -> Vec<(String, String)> {
     }
 }
 
-fn authorized(head: &RequestHead, shared: &Shared) -> bool {
-    match &shared.config.core.auth_token {
-        None => true,
-        Some(expected) => head
-            .bearer_token()
-            .is_some_and(|given| tokens_match(expected, &given)),
-    }
-}
-
-async fn route(
-    stream: &mut TcpStream,
-    head: &RequestHead,
-    rest: Vec<u8>,
-    shared: &Shared,
-) -> Response {
-    if let Some(refusal) = origin_refusal(head, shared) {
-        return refusal;
-    }
-    let mut response = match (head.method.as_str(), head.path.as_str()) {
-        ("GET", "/healthz") => Response::text(200, "ok"),
-        ("GET", "/readyz") if shared.ready.load(Relaxed) => Response::text(200, "ok"),
-        ("GET", "/readyz") => Response::text(503, "not ready"),
-        (_, "/version" | "/metrics" | "/")
-            if !authorized(head, shared) && head.method != "OPTIONS" =>
-        {
-            Response::error(401, "unauthorized")
-        }
-        ("GET", "/version") => Response::json(
-            200,
-            &json!({"name": "duckwire", "version": env!("CARGO_PKG_VERSION"), "duckdb": shared.duckdb_version}),
-        ),
-        ("GET", "/metrics") => Response {
-            content_type: "text/plain; version=0.0.4",
-            ..Response::text(200, &shared.metrics.render())
-        },
-        ("OPTIONS", "/") => Response::text(204, ""),
-        ("POST", "/") => rest_query(stream, head, rest, shared).await,
-        _ => Response::text(404, "not found"),
-    };
-    response.headers.extend(cors_headers(head));
-    response
-}
-
-/// Mosaic REST compatibility: `POST /` with `{"type":T,"sql":S}`.
-async fn rest_query(
-    stream: &mut TcpStream,
-    head: &RequestHead,
-    rest: Vec<u8>,
-    shared: &Shared,
-) -> Response {
-    let body = match read_body(
-        stream,
-        head,
-        rest,
-        shared.config.core.limits.max_frame_bytes,
-    )
-    .await
-    {
-        Ok(body) => body,
-        Err(response) => return response,
-    };
-    let request: Value = match serde_json::from_slice(&body) {
-        Ok(Value::Object(object)) => Value::Object(object),
-        Ok(_) => return Response::error(400, "message must be a JSON object"),
-        Err(e) => return Response::error(400, &format!("invalid JSON: {e}")),
-    };
-    let kind = match request.get("type").and_then(Value::as_str) {
-        Some("arrow") => QueryKind::Arrow,
-        Some("json") => QueryKind::Json,
-        Some("exec") => QueryKind::Exec,
-        Some(other) => return Response::error(400, &format!("unknown message type: {other}")),
-        None => return Response::error(400, "missing or non-string field `type`"),
-    };
-    let Some(sql) = request.get("sql").and_then(Value::as_str) else {
-        return Response::error(400, "missing field `sql`");
-    };
-    if sql.trim().is_empty() {
-        return Response::error(400, "empty SQL");
-    }
-    let (reply, answer) = async_channel::bounded(1);
-    shared.executor.submit(Job::Rest {
-        kind,
-        sql: sql.to_string(),
-        reply,
-    });
-    match answer.recv().await {
-        Ok(Ok(QueryOutcome::Arrow(ipc))) => Response {
-            status: 200,
-            content_type: "application/vnd.apache.arrow.stream",
-            body: Vec::from(ipc.as_ref()),
-            headers: Vec::new(),
-        },
-        Ok(Ok(QueryOutcome::Json(rows))) => Response {
-            status: 200,
-            content_type: "application/json",
-            body: rows.into_bytes(),
-            headers: Vec::new(),
-        },
-        Ok(Ok(_)) => Response::json(200, &json!({})),
-        Ok(Err(message)) => Response::error(500, &message),
-        Err(_) => Response::error(503, "server is shutting down"),
-    }
-}
-
 async fn upgrade(
     mut stream: TcpStream,
     rest: Vec<u8>,
@@ -423,13 +507,14 @@ async fn upgrade(
 ) {
     if let Some(refusal) = origin_refusal(&head, &shared) {
         tracing::warn!(%peer, origin = head.header("origin"), "WebSocket upgrade refused: origin not allowed");
-        let _ = write_response(&mut stream, refusal).await;
+        let _ = write_response(&mut stream, &refusal, false).await;
         return;
     }
     let Some(key) = head.header("sec-websocket-key") else {
         let _ = write_response(
             &mut stream,
-            Response::text(400, "missing Sec-WebSocket-Key"),
+            &Response::text(400, "missing Sec-WebSocket-Key"),
+            false,
         )
         .await;
         return;
@@ -451,6 +536,7 @@ async fn upgrade(
     }
     let conn = ConnId(shared.next_conn.fetch_add(1, Relaxed));
     let info = ConnectionInfo {
+        dialect: Dialect::SqlRooms,
         peer: peer.to_string(),
         bearer_token: head.bearer_token(),
         url_token: head.query_param("token"),

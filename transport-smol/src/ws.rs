@@ -1,6 +1,6 @@
 //! One WebSocket connection: a reader that feeds frames to the driver and a writer that
 //! drains the connection's queue to the socket, reporting written bytes for the core's
-//! outbound accounting (SPEC §7).
+//! outbound accounting (PROTOCOL §7).
 
 use async_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
 use async_tungstenite::tungstenite::protocol::frame::Frame as WsFrame;
@@ -16,7 +16,7 @@ use crate::driver::{ConnectionWriter, DriverInput, Outbound};
 
 /// Messages larger than this go out as several WebSocket fragments of this size: the
 /// WebSocket library copies each frame it writes into its buffer, and a large result would
-/// otherwise be held twice (SPEC §7's outbound cap counts it once).
+/// otherwise be held twice (PROTOCOL §7's outbound cap counts it once).
 const FRAGMENT_BYTES: usize = 1 << 20;
 
 /// The WebSocket messages (whole, or fragments of one message) that carry `frame`.
@@ -112,6 +112,8 @@ pub async fn serve(
                         let _ = writer_driver.send(DriverInput::Sent { conn, bytes }).await;
                     }
                     Outbound::Close(code, reason) => return Some((code, reason)),
+                    // HTTP answers go to HTTP connections only.
+                    Outbound::Response(_) => {}
                 }
             }
             None

@@ -27,7 +27,7 @@ impl QueryKind {
     }
 }
 
-/// A decoded client message (SPEC §3).
+/// A decoded client message (PROTOCOL §3).
 #[derive(Debug, Clone, PartialEq)]
 pub enum ClientMessage {
     Auth {
@@ -71,6 +71,22 @@ pub enum ClientMessage {
 }
 
 impl ClientMessage {
+    /// The message's `type`, as clients write it.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            ClientMessage::Auth { .. } => "auth",
+            ClientMessage::Query { kind, .. } => kind.as_str(),
+            ClientMessage::Cancel { .. } => "cancel",
+            ClientMessage::Subscribe { .. } => "subscribe",
+            ClientMessage::Unsubscribe { .. } => "unsubscribe",
+            ClientMessage::Notify { .. } => "notify",
+            ClientMessage::CrdtJoin { .. } => "crdt-join",
+            ClientMessage::CrdtSnapshot { .. } => "crdt-snapshot",
+            ClientMessage::UploadArrow { .. } => "uploadArrow",
+            ClientMessage::CrdtUpdate(_) => "crdt-update",
+        }
+    }
+
     /// The `queryId` the request carried, if any.
     pub fn query_id(&self) -> Option<&QueryId> {
         match self {
@@ -192,7 +208,7 @@ fn decode_binary(bytes: &Bytes, limits: &Limits) -> Result<ClientMessage, Decode
     };
     let header = match serde_json::from_str::<Value>(header_text) {
         Ok(Value::Object(object)) => object,
-        // SPEC §2: not a JSON object with a string `type` → raw.
+        // PROTOCOL §2: not a JSON object with a string `type` → raw.
         _ => return Ok(ClientMessage::CrdtUpdate(bytes.clone())),
     };
     let Some(Value::String(kind)) = header.get("type") else {
@@ -220,7 +236,7 @@ fn decode_binary(bytes: &Bytes, limits: &Limits) -> Result<ClientMessage, Decode
     }
 }
 
-/// `Some(N)` when the first 4 bytes give `0 < N ≤ len-4` (SPEC §2).
+/// `Some(N)` when the first 4 bytes give `0 < N ≤ len-4` (PROTOCOL §2).
 fn framed_header_len(bytes: &[u8]) -> Option<usize> {
     let prefix: [u8; 4] = bytes.get(..4)?.try_into().ok()?;
     let n = u32::from_be_bytes(prefix) as usize;

@@ -1,4 +1,4 @@
-//! Frames and messages: decoding client frames (SPEC §2–§3) and encoding server replies.
+//! Frames and messages: decoding client frames (PROTOCOL §2–§3) and encoding server replies.
 
 mod client;
 mod json_reply;

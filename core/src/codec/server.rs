@@ -120,7 +120,7 @@ impl ServerMessage {
 }
 
 /// `[u32 BE N][N bytes of {"type":"arrow","queryId":…}]` — the prefix of an Arrow result
-/// frame (SPEC §2). The executor appends the IPC stream to the same buffer.
+/// frame (PROTOCOL §2). The executor appends the IPC stream to the same buffer.
 pub fn encode_arrow_frame_header(query_id: &QueryId) -> Bytes {
     let header = json!({"type": "arrow", "queryId": query_id.to_json()}).to_string();
     let mut buf = BytesMut::with_capacity(4 + header.len());

@@ -1,4 +1,4 @@
-//! Every client message kind and every decode error (SPEC §2, §3, §7).
+//! Every client message kind and every decode error (PROTOCOL §2, §3, §7).
 
 use bytes::Bytes;
 use serde_json::json;

@@ -1,6 +1,7 @@
 mod harness;
 
 mod codec_tests;
+mod http_tests;
 mod props;
 mod queries_tests;
 mod rooms_tests;

@@ -3,7 +3,7 @@
 use serde_json::json;
 
 use super::harness::{loro_update, only_json, sent_binary, sent_json, snapshot_value, Harness};
-use crate::{Config, ConnId, Effect, Millis, TimerKey};
+use crate::{Config, ConnId, Effect, Millis};
 
 fn sync_config() -> Config {
     Config {
@@ -326,24 +326,13 @@ fn a_snapshot_sent_while_the_room_loads_is_applied_after_the_load() {
 #[test]
 fn changes_are_saved_after_the_debounce() {
     let mut h = joined(&[1]);
-    let effects = h.binary(1, loro_update(1, "k", 1));
-    let debounce_at = effects.iter().find_map(|e| match e {
-        Effect::SetTimer {
-            key: TimerKey::RoomDebounce(_),
-            at,
-        } => Some(*at),
-        _ => None,
-    });
-    assert_eq!(debounce_at, Some(Millis(h.now + 500)));
-    // A stale (early) timer does nothing.
-    h.server
-        .handle_timer(TimerKey::RoomDebounce("r".into()), h.now())
-        .unwrap();
+    h.binary(1, loro_update(1, "k", 1));
+    assert_eq!(h.server.poll_timeout(), Some(Millis(h.now + 500)));
+    // An early call does nothing.
+    h.server.handle_timeout(h.now()).unwrap();
     assert!(persist_effect(&h.drain()).is_none());
     h.now += 500;
-    h.server
-        .handle_timer(TimerKey::RoomDebounce("r".into()), h.now())
-        .unwrap();
+    h.server.handle_timeout(h.now()).unwrap();
     let (snapshot, version) = persist_effect(&h.drain()).expect("saved");
     assert_eq!(
         snapshot_value(&snapshot),
@@ -362,9 +351,7 @@ fn continuous_updates_are_saved_within_the_max_latency() {
     for i in 0..30 {
         h.binary(1, loro_update(1 + i, "k", i as i64));
         h.now += 200; // never 500 ms of quiet
-        h.server
-            .handle_timer(TimerKey::RoomMaxLatency("r".into()), h.now())
-            .unwrap();
+        h.server.handle_timeout(h.now()).unwrap();
         if persist_effect(&h.drain()).is_some() {
             saved = true;
             assert!(h.now - 1_000 <= 5_000 + 200);
@@ -385,17 +372,12 @@ fn the_last_member_leaving_saves_and_an_idle_saved_room_is_evicted() {
     h.server
         .handle_snapshot_persisted("r", version, Ok(()), h.now())
         .unwrap();
-    let effects = h.drain();
-    assert!(effects.iter().any(|e| matches!(
-        e,
-        Effect::SetTimer {
-            key: TimerKey::RoomEvict(_),
-            ..
-        }
-    )));
-    h.server
-        .handle_timer(TimerKey::RoomEvict("r".into()), h.now())
-        .unwrap();
+    h.drain();
+    let evict_at = h.server.poll_timeout().expect("eviction armed");
+    assert_eq!(evict_at, Millis(h.now + 30_000));
+    h.server.handle_timeout(Millis(evict_at.0 - 1)).unwrap();
+    assert_eq!(h.server.room_count(), 1, "not before its time");
+    h.server.handle_timeout(evict_at).unwrap();
     assert_eq!(h.server.room_count(), 0);
 }
 
@@ -404,18 +386,14 @@ fn a_failed_save_is_retried() {
     let mut h = joined(&[1]);
     h.binary(1, loro_update(1, "k", 1));
     h.now += 500;
-    h.server
-        .handle_timer(TimerKey::RoomDebounce("r".into()), h.now())
-        .unwrap();
+    h.server.handle_timeout(h.now()).unwrap();
     let (_, version) = persist_effect(&h.drain()).unwrap();
     h.server
         .handle_snapshot_persisted("r", version, Err("disk full".into()), h.now())
         .unwrap();
     h.drain();
     h.now += 500;
-    h.server
-        .handle_timer(TimerKey::RoomDebounce("r".into()), h.now())
-        .unwrap();
+    h.server.handle_timeout(h.now()).unwrap();
     assert!(persist_effect(&h.drain()).is_some());
 }
 

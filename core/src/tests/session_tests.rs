@@ -84,36 +84,28 @@ fn three_wrong_tokens_close_with_1008() {
 #[test]
 fn unauthenticated_connections_are_closed_at_the_auth_deadline() {
     let mut h = Harness::new(with_token());
-    let effects = h.open(1);
-    let deadline = effects.iter().find_map(|e| match e {
-        Effect::SetTimer {
-            key: crate::TimerKey::AuthDeadline(ConnId(1)),
-            at,
-        } => Some(*at),
-        _ => None,
-    });
+    h.open(1);
+    let deadline = h.server.poll_timeout();
     assert_eq!(deadline, Some(crate::Millis(h.now + 30_000)));
+    // Early calls do nothing.
     h.server
-        .handle_timer(crate::TimerKey::AuthDeadline(ConnId(1)), deadline.unwrap())
+        .handle_timeout(crate::Millis(h.now + 29_999))
         .unwrap();
+    assert!(closes(&h.drain()).is_empty());
+    h.server.handle_timeout(deadline.unwrap()).unwrap();
     assert_eq!(closes(&h.drain()), vec![(1, 1008)]);
+    assert_eq!(h.server.poll_timeout(), None);
 }
 
 #[test]
 fn authenticating_in_time_cancels_the_deadline() {
     let mut h = Harness::new(with_token());
     h.open(1);
-    let effects = h.text(1, json!({"type":"auth","token":"s3cret"}));
-    assert!(effects.contains(&Effect::CancelTimer {
-        key: crate::TimerKey::AuthDeadline(ConnId(1))
-    }));
-    // Even a stale firing leaves an authenticated connection alone.
-    h.server
-        .handle_timer(
-            crate::TimerKey::AuthDeadline(ConnId(1)),
-            crate::Millis(u64::MAX),
-        )
-        .unwrap();
+    assert!(h.server.poll_timeout().is_some());
+    h.text(1, json!({"type":"auth","token":"s3cret"}));
+    assert_eq!(h.server.poll_timeout(), None, "the deadline is disarmed");
+    // Even a late call leaves an authenticated connection alone.
+    h.server.handle_timeout(crate::Millis(u64::MAX)).unwrap();
     assert!(closes(&h.drain()).is_empty());
     // No deadline without a token, or when the upgrade already authenticated.
     let mut open = Harness::new(Config::default());

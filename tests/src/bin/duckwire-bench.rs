@@ -2,7 +2,7 @@
 //! protocol (duckwire or the Python sqlrooms-server), plus the in-process floor (the same SQL
 //! through duckdb-rs and duckwire's own IPC/JSON encoders, no network) measured in the same run.
 //!
-//!   duckwire-bench --url ws://127.0.0.1:4000 --pid PID --data ../shared/data [--floor]
+//!   duckwire-bench --url ws://127.0.0.1:4000 --pid PID --data tests/data [--floor]
 //!                  [--label duckwire] [--json out.json]
 //!   duckwire-bench --compare duckwire.json reference.json
 //!
@@ -39,7 +39,7 @@ fn parse_args() -> Result<Options, String> {
     let mut options = Options {
         url: "ws://127.0.0.1:4000".into(),
         pid: None,
-        data: "../shared/data".into(),
+        data: "tests/data".into(),
         floor: false,
         label: "server".into(),
         json_out: None,

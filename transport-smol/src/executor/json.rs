@@ -1,5 +1,5 @@
 //! Arrow record batches → a JSON array of row objects, valued as the Python server's pandas
-//! `to_json(orient="records")` values them (SPEC §3), with the documented divergences: blobs
+//! `to_json(orient="records")` values them (PROTOCOL §3), with the documented divergences: blobs
 //! are base64 strings and 64-bit integers stay exact.
 
 use base64::Engine;

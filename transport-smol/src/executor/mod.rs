@@ -27,7 +27,7 @@ const INTERNAL_ERROR: &str = "internal error while running the query";
 /// How often a cancelled query that is still running is interrupted again.
 const REINTERRUPT_EVERY: Duration = Duration::from_millis(20);
 
-/// Conflict retries (SPEC §3): up to 5, 10 ms doubling, capped at 500 ms, ±30 % jitter.
+/// Conflict retries (PROTOCOL §3): up to 5, 10 ms doubling, capped at 500 ms, ±30 % jitter.
 const MAX_CONFLICT_RETRIES: u32 = 5;
 const FIRST_BACKOFF_MS: f64 = 10.0;
 const MAX_BACKOFF_MS: f64 = 500.0;
@@ -39,18 +39,13 @@ pub enum Job {
         sql: String,
         persist: bool,
         arrow_header: Bytes,
-        json_header: JsonReplyHeader,
+        /// `None`: bare rows text (HTTP); else the whole SQLRooms reply is built here.
+        json_header: Option<JsonReplyHeader>,
     },
     Upload {
         handle: QueryHandle,
         table_name: String,
         payload: Bytes,
-    },
-    /// Mosaic REST: no handle, the reply goes straight back to the HTTP task.
-    Rest {
-        kind: QueryKind,
-        sql: String,
-        reply: async_channel::Sender<Result<QueryOutcome, String>>,
     },
 }
 
@@ -74,6 +69,9 @@ pub type CompletionSink = Arc<dyn Fn(Completion) + Send + Sync>;
 #[derive(Default)]
 struct Interrupts {
     state: Mutex<InterruptState>,
+    /// Wakes the re-interrupt thread when a running query is cancelled (or at shutdown);
+    /// it sleeps on it otherwise, so an idle server uses no CPU.
+    cancelled_while_running: std::sync::Condvar,
 }
 
 #[derive(Default)]
@@ -103,6 +101,7 @@ impl Interrupts {
         if let Some(running) = state.running.get(&handle) {
             running.interrupt();
             state.cancel_requested.insert(handle);
+            self.cancelled_while_running.notify_one();
         } else if state.queued.contains(&handle) {
             state.cancelled_before_start.insert(handle);
         }
@@ -125,20 +124,41 @@ impl Interrupts {
         state.cancel_requested.remove(&handle);
     }
 
-    /// Re-interrupts cancelled queries (and, at shutdown, all) until they finish.
+    /// Re-interrupts cancelled queries (and, at shutdown, all) until they finish; sleeps
+    /// while no cancelled query is running.
     fn reinterrupt_until_stopped(&self) {
+        let mut state = self.lock();
         loop {
-            std::thread::sleep(REINTERRUPT_EVERY);
-            let state = self.lock();
             if state.stopped {
                 return;
+            }
+            let pending = state
+                .running
+                .keys()
+                .any(|handle| state.shutting_down || state.cancel_requested.contains(handle));
+            if !pending {
+                state = self
+                    .cancelled_while_running
+                    .wait(state)
+                    .unwrap_or_else(|e| e.into_inner());
+                continue;
             }
             for (handle, running) in &state.running {
                 if state.shutting_down || state.cancel_requested.contains(handle) {
                     running.interrupt();
                 }
             }
+            state = self
+                .cancelled_while_running
+                .wait_timeout(state, REINTERRUPT_EVERY)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
         }
+    }
+
+    fn stop(&self) {
+        self.lock().stopped = true;
+        self.cancelled_while_running.notify_all();
     }
 
     fn interrupt_all(&self) {
@@ -147,6 +167,7 @@ impl Interrupts {
         for running in state.running.values() {
             running.interrupt();
         }
+        self.cancelled_while_running.notify_all();
     }
 }
 
@@ -197,7 +218,8 @@ impl Executor {
                 std::thread::Builder::new()
                     .name(format!("duckdb-worker-{i}"))
                     .spawn(move || {
-                        while let Ok(job) = next_job(&queue) {
+                        // Idle workers sleep until a job arrives: no polling.
+                        while let Ok(job) = queue.recv_blocking() {
                             worker.run_guarded(job);
                         }
                     })
@@ -231,7 +253,6 @@ impl Executor {
             Job::Query { handle, .. } | Job::Upload { handle, .. } => {
                 self.interrupts.queued(*handle)
             }
-            Job::Rest { .. } => {}
         }
         // The queue is closed only at shutdown; a job then is dropped (its connection is gone).
         let _ = self.jobs.try_send(job);
@@ -249,7 +270,7 @@ impl Executor {
         for worker in workers {
             let _ = worker.join();
         }
-        self.interrupts.lock().stopped = true;
+        self.interrupts.stop();
         if let Some(thread) = self
             .reinterrupter
             .lock()
@@ -282,25 +303,8 @@ fn is_conflict(message: &str) -> bool {
     .any(|needle| message.contains(needle))
 }
 
-/// How long an idle worker polls for the next job before it sleeps. Waking a sleeping
-/// thread costs tens to hundreds of microseconds on a small (virtual) machine, more than a
-/// small query itself; a client sending one query after another is usually back sooner.
-const SPIN_BEFORE_SLEEP: Duration = Duration::from_micros(300);
-
-fn next_job(queue: &async_channel::Receiver<Job>) -> Result<Job, async_channel::RecvError> {
-    let started = Instant::now();
-    while started.elapsed() < SPIN_BEFORE_SLEEP {
-        match queue.try_recv() {
-            Ok(job) => return Ok(job),
-            Err(async_channel::TryRecvError::Closed) => return Err(async_channel::RecvError),
-            Err(async_channel::TryRecvError::Empty) => std::hint::spin_loop(),
-        }
-    }
-    queue.recv_blocking()
-}
-
 impl Worker {
-    /// A new connection, for jobs that write (uploads) or are rare (REST).
+    /// A new connection, for jobs that write (uploads).
     fn fresh_connection(&self) -> Result<Connection, String> {
         self.base
             .lock()
@@ -326,34 +330,28 @@ impl Worker {
     /// Runs a job; a panic inside DuckDB glue or an Arrow reader (hostile upload bytes) is
     /// answered as a failure of that job and the worker lives on.
     fn run_guarded(&mut self, job: Job) {
-        let (handle, is_upload, rest_reply) = match &job {
-            Job::Query { handle, .. } => (Some(*handle), false, None),
-            Job::Upload { handle, .. } => (Some(*handle), true, None),
-            Job::Rest { reply, .. } => (None, false, Some(reply.clone())),
+        let (handle, is_upload) = match &job {
+            Job::Query { handle, .. } => (*handle, false),
+            Job::Upload { handle, .. } => (*handle, true),
         };
         let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.run(job)));
         if run.is_ok() {
             return;
         }
         tracing::error!("a DuckDB worker recovered from a panic while running a job");
-        if let Some(reply) = rest_reply {
-            let _ = reply.try_send(Err(INTERNAL_ERROR.into()));
-        }
-        if let Some(handle) = handle {
-            self.interrupts.finish(handle);
-            (self.completions)(if is_upload {
-                Completion::Upload {
-                    handle,
-                    result: Err(INTERNAL_ERROR.into()),
-                }
-            } else {
-                Completion::Query {
-                    handle,
-                    outcome: QueryOutcome::Failed(INTERNAL_ERROR.into()),
-                    wrote: true,
-                }
-            });
-        }
+        self.interrupts.finish(handle);
+        (self.completions)(if is_upload {
+            Completion::Upload {
+                handle,
+                result: Err(INTERNAL_ERROR.into()),
+            }
+        } else {
+            Completion::Query {
+                handle,
+                outcome: QueryOutcome::Failed(INTERNAL_ERROR.into()),
+                wrote: true,
+            }
+        });
     }
 
     fn run(&mut self, job: Job) {
@@ -370,7 +368,7 @@ impl Worker {
                 let output = Output {
                     kind,
                     arrow_header: &arrow_header,
-                    json_reply: Some(&json_header),
+                    json_reply: json_header.as_ref(),
                 };
                 let (outcome, wrote) = self.query(handle, output, &sql, persist);
                 self.record(kind.as_str(), &outcome, started);
@@ -393,22 +391,10 @@ impl Worker {
                 self.record("upload", &outcome, started);
                 (self.completions)(Completion::Upload { handle, result });
             }
-            Job::Rest { kind, sql, reply } => {
-                let result = self
-                    .fresh_connection()
-                    .and_then(|conn| {
-                        self.with_retries(|| run_sql(&conn, kind, &sql, &Bytes::new()))
-                    })
-                    .map(|(outcome, _)| outcome);
-                if !sql::classify(&sql).read_only {
-                    self.write_epoch.advance();
-                }
-                let _ = reply.try_send(result);
-            }
         }
     }
 
-    fn record(&self, kind: &str, outcome: &QueryOutcome, started: Instant) {
+    fn record(&self, kind: &'static str, outcome: &QueryOutcome, started: Instant) {
         let label = match outcome {
             QueryOutcome::Failed(_) => "error",
             QueryOutcome::Cancelled => "cancelled",

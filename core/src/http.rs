@@ -1,0 +1,299 @@
+//! The HTTP door: every HTTP request (Mosaic REST `POST /`, and the small routes) is core
+//! input, like a WebSocket frame, so validation, auth, the origin policy, caps, the query
+//! lifecycle, cache invalidation and metrics are decided in one place for every door.
+//!
+//! An HTTP connection is a connection of the [`Dialect::Http`] dialect: requests carry
+//! their own credentials (no connection-level auth), and answers leave in the order the
+//! requests came (HTTP/1.1 pipelining), whatever order their queries finish in. A kept-alive
+//! connection with nothing in flight is closed after `http_idle_timeout_ms`.
+
+use bytes::Bytes;
+
+use crate::auth::tokens_match;
+use crate::codec::{decode_client_frame, ClientMessage, Frame, QueryKind};
+use crate::effect::{Effect, QueryOutcome};
+use crate::ids::{ConnId, Millis, QueryId};
+use crate::server::{close_code, Server};
+use crate::timers::TimerKey;
+use crate::ProtocolError;
+
+/// Which protocol a connection speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Dialect {
+    /// The SQLRooms WebSocket protocol: queries multiplexed by `queryId`.
+    #[default]
+    SqlRooms,
+    /// HTTP/1.1: requests answered in order, each authenticated by its own headers.
+    Http,
+}
+
+/// One HTTP request, as the transport parsed it (framing is the transport's business).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HttpRequest {
+    pub method: String,
+    /// Without the query string.
+    pub path: String,
+    /// Token from `Authorization: Bearer …`.
+    pub bearer_token: Option<String>,
+    /// Token from the `token=` query parameter.
+    pub url_token: Option<String>,
+    /// The `Origin` header, when the client is a browser.
+    pub origin: Option<String>,
+    pub body: Bytes,
+}
+
+/// How the core answers an HTTP request. The transport renders it (status line, headers,
+/// CORS); the query answers are Mosaic's: bare Arrow IPC, a JSON array of rows, `{}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HttpResponse {
+    /// An `arrow` query's IPC stream (`application/vnd.apache.arrow.stream`).
+    Arrow(Bytes),
+    /// A `json` query's rows as a JSON array.
+    Json(String),
+    /// An `exec` (or a statement without a result set) finished: `{}`.
+    Done,
+    /// `GET /healthz`: the process is up.
+    Health,
+    /// `GET /readyz`: the transport knows whether DuckDB and meta storage are ready.
+    Ready,
+    /// `GET /version`: name, version and DuckDB version, filled in by the transport.
+    Version,
+    /// `GET /metrics`: the Prometheus text, rendered by the transport.
+    Metrics,
+    /// `OPTIONS`: a CORS preflight, `204`.
+    Preflight,
+    /// `{"error": message}` with this status.
+    Error { status: u16, message: String },
+}
+
+impl HttpResponse {
+    pub fn status(&self) -> u16 {
+        match self {
+            HttpResponse::Preflight => 204,
+            HttpResponse::Error { status, .. } => *status,
+            _ => 200,
+        }
+    }
+
+    /// Bytes the core can see (query payloads and error texts), for outbound accounting.
+    pub fn len(&self) -> usize {
+        match self {
+            HttpResponse::Arrow(bytes) => bytes.len(),
+            HttpResponse::Json(text) => text.len(),
+            HttpResponse::Error { message, .. } => message.len(),
+            _ => 2,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Browsers may read it cross-origin (CORS headers), unless the origin was refused.
+    pub fn allows_cors(&self) -> bool {
+        !matches!(self, HttpResponse::Error { status: 403, .. })
+    }
+
+    fn error(status: u16, error: impl ToString) -> Self {
+        HttpResponse::Error {
+            status,
+            message: error.to_string(),
+        }
+    }
+
+    /// The HTTP status a refused request gets for this protocol error.
+    fn refusal(error: ProtocolError) -> Self {
+        let status = match &error {
+            ProtocolError::Unauthorized => 401,
+            ProtocolError::CapExceeded {
+                cap: "max_frame_bytes",
+                ..
+            } => 413,
+            ProtocolError::CapExceeded { .. } => 429,
+            ProtocolError::ShuttingDown | ProtocolError::Cancelled => 503,
+            _ => 400,
+        };
+        HttpResponse::error(status, error)
+    }
+}
+
+/// The message for an origin the policy refuses (HTTP 403, WebSocket close 1008).
+pub const ORIGIN_NOT_ALLOWED: &str = "origin not allowed";
+
+/// Where an answer goes on an ordered connection.
+pub(crate) type Slot = u64;
+
+impl Server {
+    pub(crate) fn http_request(&mut self, conn: ConnId, request: HttpRequest, now: Millis) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        if !c.open || c.dialect != Dialect::Http {
+            return;
+        }
+        let slot = c.next_slot;
+        c.next_slot += 1;
+        c.answers.insert(slot, None);
+        self.timers.cancel(&TimerKey::HttpIdle(conn));
+        if let Some(response) = self.route(conn, slot, request, now) {
+            self.answer(conn, slot, response, now);
+        }
+    }
+
+    /// Decides a request; `None` when a query now runs and answers later.
+    fn route(
+        &mut self,
+        conn: ConnId,
+        slot: Slot,
+        request: HttpRequest,
+        now: Millis,
+    ) -> Option<HttpResponse> {
+        if let Some(origin) = &request.origin {
+            if !self.config.origins.allows(origin) {
+                return Some(HttpResponse::error(403, ORIGIN_NOT_ALLOWED));
+            }
+        }
+        let needs_auth = match (request.method.as_str(), request.path.as_str()) {
+            ("GET", "/healthz") => return Some(HttpResponse::Health),
+            ("GET", "/readyz") => return Some(HttpResponse::Ready),
+            ("OPTIONS", "/") => return Some(HttpResponse::Preflight),
+            ("GET", "/version" | "/metrics") | ("POST", "/") => true,
+            _ => return Some(HttpResponse::error(404, "not found")),
+        };
+        if needs_auth && !self.request_authorized(&request) {
+            return Some(HttpResponse::refusal(ProtocolError::Unauthorized));
+        }
+        match request.path.as_str() {
+            "/version" => Some(HttpResponse::Version),
+            "/metrics" => Some(HttpResponse::Metrics),
+            _ => self.rest_query(conn, slot, request.body, now),
+        }
+    }
+
+    fn request_authorized(&self, request: &HttpRequest) -> bool {
+        match &self.config.auth_token {
+            None => true,
+            Some(expected) => [&request.bearer_token, &request.url_token]
+                .into_iter()
+                .flatten()
+                .any(|given| tokens_match(expected, given)),
+        }
+    }
+
+    /// Mosaic REST: the body is a query message, decoded exactly as over WebSocket.
+    fn rest_query(
+        &mut self,
+        conn: ConnId,
+        slot: Slot,
+        body: Bytes,
+        now: Millis,
+    ) -> Option<HttpResponse> {
+        if let Some(limit) = self.config.limits.max_frame_bytes {
+            if body.len() > limit {
+                return Some(HttpResponse::refusal(ProtocolError::CapExceeded {
+                    cap: "max_frame_bytes",
+                    limit,
+                }));
+            }
+        }
+        let text = match String::from_utf8(body.to_vec()) {
+            Ok(text) => text,
+            Err(_) => {
+                let error = ProtocolError::InvalidJson("body is not UTF-8".into());
+                return Some(HttpResponse::refusal(error));
+            }
+        };
+        let message = match decode_client_frame(&Frame::Text(text), &self.config.limits) {
+            Ok(message) => message,
+            Err(e) => return Some(HttpResponse::refusal(e.error)),
+        };
+        let ClientMessage::Query {
+            kind, sql, persist, ..
+        } = message
+        else {
+            return Some(HttpResponse::refusal(ProtocolError::WebSocketOnly(
+                message.type_name(),
+            )));
+        };
+        // The id is internal (replies are matched by order); it only has to be unique.
+        let query_id = QueryId::Num(slot.to_string());
+        self.start_query_answered_in_order(conn, kind, sql, query_id, persist, slot, now)
+            .err()
+            .map(HttpResponse::refusal)
+    }
+
+    /// A query of an ordered connection ended: its answer takes its slot.
+    pub(crate) fn answer_query(
+        &mut self,
+        conn: ConnId,
+        slot: Slot,
+        kind: QueryKind,
+        outcome: QueryOutcome,
+        now: Millis,
+    ) {
+        let response = match outcome {
+            QueryOutcome::Failed(message) => HttpResponse::error(500, message),
+            QueryOutcome::Cancelled => HttpResponse::refusal(ProtocolError::Cancelled),
+            _ if kind == QueryKind::Exec => HttpResponse::Done,
+            QueryOutcome::NoResultSet => HttpResponse::Done,
+            QueryOutcome::Arrow(ipc) => HttpResponse::Arrow(ipc),
+            QueryOutcome::Json(rows) => HttpResponse::Json(rows),
+            // Ordered dialects ask for bare rows; a framed reply here is an executor bug.
+            QueryOutcome::JsonReply(_) => {
+                HttpResponse::error(500, "internal error: unexpected reply shape")
+            }
+        };
+        self.answer(conn, slot, response, now);
+    }
+
+    /// Fills `slot` and sends every answer whose turn has come.
+    fn answer(&mut self, conn: ConnId, slot: Slot, response: HttpResponse, now: Millis) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        if let Some(entry) = c.answers.get_mut(&slot) {
+            *entry = Some(response);
+        }
+        loop {
+            let Some(c) = self.conns.get_mut(&conn) else {
+                return;
+            };
+            let Some(mut first) = c.answers.first_entry() else {
+                break;
+            };
+            let Some(response) = first.get_mut().take() else {
+                break;
+            };
+            first.remove();
+            if !self.account_outbound(conn, response.len(), now) {
+                return;
+            }
+            self.push(Effect::Respond { conn, response });
+        }
+        self.arm_http_idle(conn, now);
+    }
+
+    /// A kept-alive connection with nothing asked and nothing running starts its idle clock.
+    pub(crate) fn arm_http_idle(&mut self, conn: ConnId, now: Millis) {
+        let Some(timeout) = self.config.http_idle_timeout_ms else {
+            return;
+        };
+        let idle = self
+            .conns
+            .get(&conn)
+            .is_some_and(|c| c.open && c.answers.is_empty() && c.inflight.is_empty());
+        if idle {
+            self.timers.set(TimerKey::HttpIdle(conn), now.plus(timeout));
+        }
+    }
+
+    pub(crate) fn http_idle_due(&mut self, conn: ConnId, now: Millis) {
+        let idle = self
+            .conns
+            .get(&conn)
+            .is_some_and(|c| c.open && c.answers.is_empty() && c.inflight.is_empty());
+        if idle {
+            self.close(conn, close_code::GOING_AWAY, "idle timeout", now);
+        }
+    }
+}
