@@ -50,7 +50,7 @@ pub enum Effect {
 pub struct RunQuery {
     pub query: QueryHandle,
     pub conn: ConnId,
-    /// The id the replies carry (the client's, or the one generated for it); for logs.
+    /// The id the replies carry (the client's, or the one generated for it); the driver logs it.
     pub query_id: QueryId,
     pub kind: QueryKind,
     pub sql: String,
@@ -70,7 +70,7 @@ pub struct RunQuery {
 pub struct UploadTable {
     pub query: QueryHandle,
     pub conn: ConnId,
-    /// The id the reply carries (the client's, or the one generated for it); for logs.
+    /// The id the reply carries (the client's, or the one generated for it); the driver logs it.
     pub query_id: QueryId,
     /// Validated: one to three dot-separated identifiers.
     pub table_name: String,

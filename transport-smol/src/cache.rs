@@ -2,8 +2,10 @@
 //! a byte budget with LRU eviction, single flight for concurrent identical misses, an optional
 //! on-disk tier, and invalidation by writes.
 //!
-//! A generation counter closes the race where a read that started before a write finishes
-//! after it: its result is not cached, because the generation moved on.
+//! Freshness is the one write epoch the whole server shares ([`WriteEpoch`]: advanced by the
+//! core's `InvalidateCache`, by every write a worker runs, and by room saves; it also tells
+//! workers to forget their plans). An entry is served only in the epoch it was computed in,
+//! and a read that started before a write and finishes after it is not cached.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -13,6 +15,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
 
+use crate::executor::connection::WriteEpoch;
 use crate::metrics::Metrics;
 
 pub type CacheKey = (&'static str, String);
@@ -22,12 +25,12 @@ pub type CachedValue = Bytes;
 
 #[derive(Default)]
 struct Lru {
-    entries: HashMap<CacheKey, (CachedValue, u64)>,
+    /// Value, recency tick, and the write epoch it was computed in.
+    entries: HashMap<CacheKey, (CachedValue, u64, u64)>,
     /// Recency tick → key.
     order: BTreeMap<u64, CacheKey>,
     tick: u64,
     bytes: usize,
-    generation: u64,
 }
 
 /// One computation in progress that other identical requests wait for: its value and
@@ -40,6 +43,7 @@ pub struct ResultCache {
     lru: Mutex<Lru>,
     flights: Mutex<HashMap<CacheKey, Flight>>,
     metrics: Arc<Metrics>,
+    epoch: Arc<WriteEpoch>,
     /// Callers currently waiting on another's computation (lets tests line up a flight).
     waiting: std::sync::atomic::AtomicUsize,
 }
@@ -51,6 +55,7 @@ impl ResultCache {
         budget: Option<usize>,
         disk: Option<PathBuf>,
         metrics: Arc<Metrics>,
+        epoch: Arc<WriteEpoch>,
     ) -> std::io::Result<Self> {
         if let Some(dir) = &disk {
             std::fs::create_dir_all(dir)?;
@@ -62,6 +67,7 @@ impl ResultCache {
             lru: Mutex::new(Lru::default()),
             flights: Mutex::new(HashMap::new()),
             metrics,
+            epoch,
             waiting: Default::default(),
         })
     }
@@ -73,10 +79,10 @@ impl ResultCache {
     /// Drops every cached result (a write went through the server).
     pub fn invalidate(&self) {
         let mut lru = self.lru.lock().unwrap_or_else(|e| e.into_inner());
+        self.epoch.advance();
         lru.entries.clear();
         lru.order.clear();
         lru.bytes = 0;
-        lru.generation += 1;
         self.metrics.cache_bytes.set(0);
         if let Some(dir) = &self.disk {
             clear_dir(dir);
@@ -145,36 +151,45 @@ impl ResultCache {
     }
 
     fn generation(&self) -> u64 {
-        self.lru
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .generation
+        self.epoch.current()
     }
 
     fn lookup(&self, key: &CacheKey) -> Option<CachedValue> {
+        let epoch = self.epoch.current();
         {
             let mut lru = self.lru.lock().unwrap_or_else(|e| e.into_inner());
             lru.tick += 1;
             let tick = lru.tick;
-            if let Some((value, old_tick)) = lru.entries.get_mut(key) {
-                let value = value.clone();
-                let old = std::mem::replace(old_tick, tick);
-                lru.order.remove(&old);
-                lru.order.insert(tick, key.clone());
-                return Some(value);
+            match lru.entries.get_mut(key) {
+                Some((value, old_tick, computed_in)) if *computed_in == epoch => {
+                    let value = value.clone();
+                    let old = std::mem::replace(old_tick, tick);
+                    lru.order.remove(&old);
+                    lru.order.insert(tick, key.clone());
+                    return Some(value);
+                }
+                Some((_, old_tick, _)) => {
+                    // Something wrote since: a stale entry goes.
+                    let old = *old_tick;
+                    lru.order.remove(&old);
+                    if let Some((stale, _, _)) = lru.entries.remove(key) {
+                        lru.bytes -= stale.len();
+                    }
+                }
+                None => {}
             }
         }
-        let path = self.disk_path(key)?;
+        let path = self.disk_path(key, epoch)?;
         let bytes = std::fs::read(path).ok()?;
         Some(Bytes::from(bytes))
     }
 
     fn insert(&self, key: CacheKey, value: CachedValue, generation: u64) {
         let mut lru = self.lru.lock().unwrap_or_else(|e| e.into_inner());
-        if lru.generation != generation {
+        if self.epoch.current() != generation {
             return;
         }
-        if let Some(path) = self.disk_path(&key) {
+        if let Some(path) = self.disk_path(&key, generation) {
             // Best effort: a failed disk write only means a later miss.
             let _ = std::fs::write(path, &value);
         }
@@ -187,7 +202,8 @@ impl ResultCache {
         lru.tick += 1;
         let tick = lru.tick;
         lru.bytes += value.len();
-        if let Some((old, old_tick)) = lru.entries.insert(key.clone(), (value, tick)) {
+        if let Some((old, old_tick, _)) = lru.entries.insert(key.clone(), (value, tick, generation))
+        {
             lru.bytes -= old.len();
             lru.order.remove(&old_tick);
         }
@@ -196,16 +212,19 @@ impl ResultCache {
             let Some((_, oldest)) = lru.order.pop_first() else {
                 break;
             };
-            if let Some((evicted, _)) = lru.entries.remove(&oldest) {
+            if let Some((evicted, _, _)) = lru.entries.remove(&oldest) {
                 lru.bytes -= evicted.len();
             }
         }
         self.metrics.cache_bytes.set(lru.bytes as u64);
     }
 
-    fn disk_path(&self, key: &CacheKey) -> Option<PathBuf> {
+    /// The file of `key` computed in write epoch `epoch`: entries of older epochs are never
+    /// found (and `invalidate` deletes them).
+    fn disk_path(&self, key: &CacheKey, epoch: u64) -> Option<PathBuf> {
         let dir = self.disk.as_ref()?;
         let mut hasher = Sha256::new();
+        hasher.update(epoch.to_le_bytes());
         hasher.update(key.0.as_bytes());
         hasher.update([0]);
         hasher.update(key.1.as_bytes());
@@ -234,11 +253,24 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     fn cache(budget: Option<usize>) -> ResultCache {
-        ResultCache::new(budget, None, Arc::default()).unwrap()
+        ResultCache::new(budget, None, Arc::default(), Arc::default()).unwrap()
     }
 
     fn value(text: &str) -> Result<(CachedValue, bool), String> {
         Ok((Bytes::copy_from_slice(text.as_bytes()), true))
+    }
+
+    #[test]
+    fn a_write_epoch_advanced_elsewhere_makes_entries_stale() {
+        let epoch = Arc::new(WriteEpoch::default());
+        let cache = ResultCache::new(Some(1024), None, Arc::default(), epoch.clone()).unwrap();
+        let key = ("json", "select 1".to_string());
+        cache.get_or_compute(key.clone(), || value("a")).unwrap();
+        // A worker's write or a room save: no `invalidate` call, the epoch alone.
+        epoch.advance();
+        let (fresh, was_hit) = cache.get_or_compute(key, || value("b")).unwrap();
+        assert_eq!((&fresh[..], was_hit), (b"b".as_slice(), false));
+        assert_eq!(cache.bytes(), 1, "the stale entry's bytes are released");
     }
 
     #[test]
@@ -352,7 +384,8 @@ mod tests {
     #[test]
     fn disk_tier_serves_entries_evicted_from_memory() {
         let dir = std::env::temp_dir().join(format!("duckwire-cache-test-{}", std::process::id()));
-        let cache = ResultCache::new(Some(4), Some(dir.clone()), Arc::default()).unwrap();
+        let cache =
+            ResultCache::new(Some(4), Some(dir.clone()), Arc::default(), Arc::default()).unwrap();
         cache
             .get_or_compute(("json", "a".into()), || value("aaaa"))
             .unwrap();

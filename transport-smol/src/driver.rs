@@ -278,20 +278,37 @@ impl Driver {
                         let _ = writer.close.try_send((code, reason));
                     }
                 }
-                Effect::RunQuery(run) => self.executor.submit(Job::Query {
-                    handle: run.query,
-                    kind: run.kind,
-                    sql: run.sql,
-                    persist: run.persist,
-                    arrow_header: run.arrow_header,
-                    json_header: run.json_header,
-                }),
+                Effect::RunQuery(run) => {
+                    tracing::debug!(
+                        conn = run.conn.0,
+                        query_id = %run.query_id,
+                        kind = run.kind.as_str(),
+                        "query submitted"
+                    );
+                    self.executor.submit(Job::Query {
+                        handle: run.query,
+                        kind: run.kind,
+                        sql: run.sql,
+                        persist: run.persist,
+                        arrow_header: run.arrow_header,
+                        json_header: run.json_header,
+                    })
+                }
                 Effect::Interrupt { query } => self.executor.interrupt(query),
-                Effect::UploadTable(upload) => self.executor.submit(Job::Upload {
-                    handle: upload.query,
-                    table_name: upload.table_name,
-                    payload: upload.payload,
-                }),
+                Effect::UploadTable(upload) => {
+                    tracing::debug!(
+                        conn = upload.conn.0,
+                        query_id = %upload.query_id,
+                        table = upload.table_name,
+                        bytes = upload.payload.len(),
+                        "upload submitted"
+                    );
+                    self.executor.submit(Job::Upload {
+                        handle: upload.query,
+                        table_name: upload.table_name,
+                        payload: upload.payload,
+                    })
+                }
                 Effect::LoadSnapshot { room_id } => self.meta.submit(MetaJob::Load { room_id }),
                 Effect::PersistSnapshot {
                     room_id,

@@ -20,6 +20,7 @@ use smol::net::{TcpListener, TcpStream};
 use crate::cache::ResultCache;
 use crate::config::ServerConfig;
 use crate::driver::{ConnectionWriter, Driver, DriverInput, Outbound};
+use crate::executor::connection::WriteEpoch;
 use crate::executor::{Completion, Executor};
 use crate::http::{read_body, read_head, write_response, HeadError, RequestHead, Response};
 use crate::meta::{self, MetaWorker};
@@ -143,11 +144,14 @@ pub fn run(
     let base = Arc::new(Mutex::new(base));
 
     let metrics = Arc::new(Metrics::default());
+    // One "a write happened" epoch for the result cache and the workers' plans.
+    let write_epoch = Arc::new(WriteEpoch::default());
     let cache = Arc::new(
         ResultCache::new(
             config.cache_bytes,
             config.cache_dir.clone(),
             metrics.clone(),
+            write_epoch.clone(),
         )
         .map_err(StartError::Cache)?,
     );
@@ -164,6 +168,7 @@ pub fn run(
         cache.clone(),
         metrics.clone(),
         completions,
+        write_epoch,
     ));
     let meta_worker = {
         let driver_tx = driver_tx.clone();

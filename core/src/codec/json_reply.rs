@@ -41,18 +41,6 @@ impl JsonReply {
     pub fn into_text(self) -> String {
         self.text
     }
-
-    /// The same rows answering another query (a cached result served again).
-    pub fn for_query(&self, header: &JsonReplyHeader) -> JsonReply {
-        let rows = &self.text[self.header_len..];
-        let mut text = String::with_capacity(header.0.len() + rows.len());
-        text.push_str(&header.0);
-        text.push_str(rows);
-        JsonReply {
-            text,
-            header_len: header.0.len(),
-        }
-    }
 }
 
 /// Builds a [`JsonReply`]: push the rows text in pieces of any size, then finish.
@@ -195,16 +183,5 @@ mod tests {
         let value: serde_json::Value =
             serde_json::from_str(reply(QueryId::Num("7".into()), &[&long]).as_str()).unwrap();
         assert_eq!(value["data"], long.as_str());
-    }
-
-    #[test]
-    fn a_cached_reply_answers_another_query_id() {
-        let first = reply(QueryId::Str("a".into()), &["[1]"]);
-        let again = first.for_query(&JsonReplyHeader::new(&QueryId::Str("long-id".into())));
-        let value: serde_json::Value = serde_json::from_str(again.as_str()).unwrap();
-        assert_eq!(
-            value,
-            serde_json::json!({"type":"json","queryId":"long-id","data":"[1]"})
-        );
     }
 }

@@ -198,10 +198,10 @@ impl Executor {
         cache: Arc<ResultCache>,
         metrics: Arc<Metrics>,
         completions: CompletionSink,
+        write_epoch: Arc<WriteEpoch>,
     ) -> Executor {
         let (jobs, queue) = async_channel::unbounded::<Job>();
         let interrupts = Arc::new(Interrupts::default());
-        let write_epoch = Arc::new(WriteEpoch::default());
         let workers = (0..threads.max(1))
             .map(|i| {
                 let queue = queue.clone();
@@ -657,7 +657,7 @@ mod tests {
             connection: WorkerConnection::default(),
             write_epoch: Arc::default(),
             interrupts: Arc::default(),
-            cache: Arc::new(ResultCache::new(None, None, Arc::default()).unwrap()),
+            cache: Arc::new(ResultCache::new(None, None, Arc::default(), Arc::default()).unwrap()),
             metrics: Arc::default(),
             completions: Arc::new(|_| {}),
             jitter: 12345,
