@@ -6,6 +6,7 @@ mod channels;
 pub mod codec;
 pub mod effect;
 mod error;
+mod flights;
 mod http;
 mod ids;
 pub mod limits;
@@ -28,7 +29,5 @@ pub use server::{
     close_code, Config, ConnectionInfo, Server, DEFAULT_HTTP_IDLE_TIMEOUT_MS, MAX_AUTH_STRIKES,
 };
 
-#[cfg(any(test, feature = "fuzzing"))]
-pub mod fuzzing;
 #[cfg(test)]
 mod tests;

@@ -7,6 +7,7 @@ use bytes::Bytes;
 
 use crate::codec::{encode_arrow_frame_header, Frame, JsonReplyHeader, QueryKind, ServerMessage};
 use crate::effect::{Effect, QueryOutcome, RunQuery, UploadTable};
+use crate::flights::{Flight, FlightKey};
 use crate::http::Slot;
 use crate::ids::{ConnId, Millis, QueryHandle, QueryId};
 use crate::limits::check_cap;
@@ -56,6 +57,10 @@ impl Queries {
 
     fn get_mut(&mut self, handle: QueryHandle) -> Option<&mut InFlight> {
         self.by_handle.get_mut(&handle)
+    }
+
+    fn slot_of(&self, handle: QueryHandle) -> Option<Slot> {
+        self.by_handle.get(&handle).and_then(|entry| entry.slot)
     }
 }
 
@@ -123,18 +128,79 @@ impl Server {
             return;
         }
         match self.admit(conn, query_id, Work::Query(kind), None) {
-            Ok((query, query_id)) => self.push(Effect::RunQuery(RunQuery {
-                query,
-                conn,
-                kind,
-                sql,
-                persist: persist && kind != QueryKind::Exec,
-                arrow_header: encode_arrow_frame_header(&query_id),
-                json_header: Some(JsonReplyHeader::new(&query_id)),
-                query_id,
-            })),
+            Ok((query, query_id)) => self.dispatch_query(query, conn, kind, sql, persist, query_id),
             Err((error, id)) => self.send_error(conn, error, id, now),
         }
+    }
+
+    /// Runs an admitted query, or, for a persisted read identical to one running, makes it
+    /// wait for that one's result (see [`crate::flights`]).
+    fn dispatch_query(
+        &mut self,
+        query: QueryHandle,
+        conn: ConnId,
+        kind: QueryKind,
+        sql: String,
+        persist: bool,
+        query_id: QueryId,
+    ) {
+        let persist = persist && kind != QueryKind::Exec;
+        let bare = self.queries.slot_of(query).is_some();
+        if !persist {
+            let run = Self::run_query(query, conn, kind, sql, false, query_id, bare);
+            return self.push(Effect::RunQuery(run));
+        }
+        let key = FlightKey { kind, sql, bare };
+        if let Some(leader) = self.flights.joinable(&key) {
+            self.flights.wait(leader, query);
+            return;
+        }
+        let run = Self::run_query(query, conn, kind, key.sql.clone(), true, query_id, bare);
+        self.flights.lead(query, key, run.arrow_header.len());
+        self.push(Effect::RunQuery(run));
+    }
+
+    /// The `RunQuery` effect: SQLRooms reply headers, or bare results for ordered dialects.
+    fn run_query(
+        query: QueryHandle,
+        conn: ConnId,
+        kind: QueryKind,
+        sql: String,
+        persist: bool,
+        query_id: QueryId,
+        bare: bool,
+    ) -> RunQuery {
+        let (arrow_header, json_header) = if bare {
+            (Bytes::new(), None)
+        } else {
+            (
+                encode_arrow_frame_header(&query_id),
+                Some(JsonReplyHeader::new(&query_id)),
+            )
+        };
+        RunQuery {
+            query,
+            conn,
+            kind,
+            sql,
+            persist,
+            arrow_header,
+            json_header,
+            query_id,
+        }
+    }
+
+    /// Persisted reads answered from an identical query that was already running (for
+    /// metrics: they never reach the executor).
+    pub fn queries_shared(&self) -> u64 {
+        self.flights.shared
+    }
+
+    /// Something may have written: cached results go, and running flights can no longer be
+    /// joined. Always before the reply that acknowledges the write.
+    pub(crate) fn invalidate_cache(&mut self) {
+        self.flights.seal_all();
+        self.push(Effect::InvalidateCache);
     }
 
     /// A query of an ordered connection: bare results, answered in its `slot`'s turn.
@@ -156,16 +222,7 @@ impl Server {
         let (query, query_id) = self
             .admit(conn, Some(query_id), Work::Query(kind), Some(slot))
             .map_err(|(error, _)| error)?;
-        self.push(Effect::RunQuery(RunQuery {
-            query,
-            conn,
-            kind,
-            sql,
-            persist: persist && kind != QueryKind::Exec,
-            arrow_header: Bytes::new(),
-            json_header: None,
-            query_id,
-        }));
+        self.dispatch_query(query, conn, kind, sql, persist, query_id);
         Ok(())
     }
 
@@ -194,6 +251,21 @@ impl Server {
             .conns
             .get(&conn)
             .and_then(|c| c.inflight.get(&query_id).copied());
+        if let Some(waiter) = handle.filter(|h| self.flights.is_waiting(*h)) {
+            // Waiting for an identical query: nothing runs, so it ends now.
+            self.flights.leave(waiter);
+            self.finish(waiter);
+            self.send(
+                conn,
+                ServerMessage::CancelAck {
+                    query_id: query_id.clone(),
+                    cancelled: true,
+                },
+                now,
+            );
+            self.send_error(conn, ProtocolError::Cancelled, Some(query_id), now);
+            return;
+        }
         let cancelled = match handle.and_then(|h| self.queries.get_mut(h).map(|q| (h, q))) {
             Some((handle, entry)) => {
                 if !entry.cancelled {
@@ -240,24 +312,99 @@ impl Server {
             };
             return self.upload_done(handle, result, now);
         }
+        let flight = self.flights.land(handle);
         let entry = self.finish(handle);
         let is_exec = entry
             .as_ref()
             .is_some_and(|e| e.work == Work::Query(QueryKind::Exec));
         // Even a query whose connection is gone may have written.
         if wrote || is_exec || matches!(outcome, QueryOutcome::NoResultSet) {
-            self.push(Effect::InvalidateCache);
+            self.invalidate_cache();
         }
-        let Some(InFlight {
+        if let Some(flight) = flight {
+            let leader_cancelled = entry.as_ref().is_none_or(|e| e.cancelled);
+            let shared = (!wrote && !leader_cancelled)
+                .then(|| outcome_to_share(&outcome))
+                .flatten();
+            match shared {
+                Some(shared) => self.share_with_waiters(flight, &shared, now),
+                None => self.release_waiters(flight),
+            }
+        }
+        let Some(entry) = entry else {
+            return;
+        };
+        self.deliver(entry, outcome, now);
+    }
+
+    /// Answers every waiter of a flight from its leader's result, under their own ids.
+    fn share_with_waiters(&mut self, flight: Flight, shared: &QueryOutcome, now: Millis) {
+        let ipc_start = flight.leader_arrow_header_len;
+        for waiter in flight.waiters {
+            let Some(entry) = self.finish(waiter) else {
+                continue;
+            };
+            self.flights.shared += 1;
+            let outcome = match shared {
+                QueryOutcome::Arrow(frame) => {
+                    let ipc = frame.slice(ipc_start.min(frame.len())..);
+                    if entry.slot.is_some() {
+                        QueryOutcome::Arrow(ipc)
+                    } else {
+                        let header = encode_arrow_frame_header(&entry.query_id);
+                        let mut reframed = Vec::with_capacity(header.len() + ipc.len());
+                        reframed.extend_from_slice(&header);
+                        reframed.extend_from_slice(&ipc);
+                        QueryOutcome::Arrow(Bytes::from(reframed))
+                    }
+                }
+                QueryOutcome::JsonReply(reply) => {
+                    QueryOutcome::JsonReply(reply.reheaded(&JsonReplyHeader::new(&entry.query_id)))
+                }
+                other => other.clone(),
+            };
+            self.deliver(entry, outcome, now);
+        }
+    }
+
+    /// The leader's result cannot be shared: every waiter runs on its own.
+    pub(crate) fn release_waiters(&mut self, flight: Flight) {
+        for waiter in flight.waiters {
+            let Some(entry) = self.queries.get_mut(waiter) else {
+                continue;
+            };
+            let (conn, query_id, work, bare) = (
+                entry.conn,
+                entry.query_id.clone(),
+                entry.work,
+                entry.slot.is_some(),
+            );
+            let Work::Query(kind) = work else {
+                continue;
+            };
+            let run = Self::run_query(
+                waiter,
+                conn,
+                kind,
+                flight.key.sql.clone(),
+                true,
+                query_id,
+                bare,
+            );
+            self.push(Effect::RunQuery(run));
+        }
+    }
+
+    /// Sends a finished query's reply in its connection's dialect.
+    fn deliver(&mut self, entry: InFlight, outcome: QueryOutcome, now: Millis) {
+        let is_exec = entry.work == Work::Query(QueryKind::Exec);
+        let InFlight {
             conn,
             query_id,
             cancelled,
             slot,
             work,
-        }) = entry
-        else {
-            return;
-        };
+        } = entry;
         if let (Some(slot), Work::Query(kind)) = (slot, work) {
             return self.answer_query(conn, slot, kind, outcome, now);
         }
@@ -300,7 +447,7 @@ impl Server {
         now: Millis,
     ) {
         // An upload that ran (even partly) may have replaced a table.
-        self.push(Effect::InvalidateCache);
+        self.invalidate_cache();
         let Some(InFlight {
             conn,
             query_id,
@@ -324,5 +471,15 @@ impl Server {
                 now,
             ),
         }
+    }
+}
+
+/// What waiters of a flight may receive: a result, or a failure DuckDB would repeat for them.
+/// `None` for an interruption, which belongs to the leader's client alone.
+fn outcome_to_share(outcome: &QueryOutcome) -> Option<QueryOutcome> {
+    match outcome {
+        QueryOutcome::Cancelled => None,
+        QueryOutcome::Failed(message) if message.contains("INTERRUPT") => None,
+        other => Some(other.clone()),
     }
 }

@@ -113,7 +113,10 @@ impl Server {
         room.loaded.then(|| room.snapshot())
     }
 
-    /// The loaded room a connection's CRDT updates go to, if any (for observers and tests).
+    /// The loaded room a connection's CRDT updates go to, if any. The one hook the fuzzing
+    /// harness (`tests/fuzzing`) needs beyond the protocol: it attributes an update that was
+    /// applied but not acknowledged (the ack closed the sender at its cap) to its room.
+    #[doc(hidden)]
     pub fn update_room_of(&self, conn: ConnId) -> Option<String> {
         self.joined_room(conn).ok()
     }

@@ -10,6 +10,7 @@ use crate::auth::{tokens_match, OriginPolicy};
 use crate::channels::Channels;
 use crate::codec::{decode_client_frame, ClientMessage, Frame, ServerMessage};
 use crate::effect::{Effect, QueryOutcome};
+use crate::flights::Flights;
 use crate::http::{Dialect, HttpRequest, HttpResponse, Slot, ORIGIN_NOT_ALLOWED};
 use crate::ids::{ConnId, IdGenerator, Millis, QueryHandle, QueryId};
 use crate::limits::Limits;
@@ -131,6 +132,7 @@ pub struct Server {
     pub(crate) rooms: Rooms,
     pub(crate) ids: IdGenerator,
     pub(crate) timers: Timers,
+    pub(crate) flights: Flights,
     effects: VecDeque<Effect>,
     /// Set while a handler runs; stays set if it panicked.
     poisoned: bool,
@@ -150,6 +152,7 @@ impl Server {
             rooms: Rooms::default(),
             ids: IdGenerator::new(seed),
             timers: Timers::default(),
+            flights: Flights::default(),
             effects: VecDeque::new(),
             poisoned: false,
             shutting_down: false,
@@ -416,6 +419,13 @@ impl Server {
         c.answers.clear();
         for handle in inflight.into_values() {
             self.queries.remove(handle);
+            if self.flights.leave(handle) {
+                continue; // a waiter: nothing runs
+            }
+            if let Some(flight) = self.flights.land(handle) {
+                // Its waiters belong to other connections: they run on their own now.
+                self.release_waiters(flight);
+            }
             self.push(Effect::Interrupt { query: handle });
         }
         self.channels.remove_connection(conn);

@@ -1,5 +1,5 @@
 //! Input sequences over several connections, checked against the core's invariants after
-//! every step (`duckwire_core::fuzzing::session`).
+//! every step (`duckwire_fuzzing::session`).
 #![no_main]
 
 mod traffic;
@@ -7,7 +7,7 @@ mod traffic;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    if let Err(violation) = duckwire_core::fuzzing::session::run(data, traffic::frames()) {
+    if let Err(violation) = duckwire_fuzzing::session::run(data, traffic::frames()) {
         panic!("{violation}");
     }
 });

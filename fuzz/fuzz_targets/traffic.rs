@@ -2,7 +2,8 @@
 
 use std::sync::OnceLock;
 
-use duckwire_core::{fuzzing, Frame};
+use duckwire_core::Frame;
+use duckwire_fuzzing as fuzzing;
 
 pub fn frames() -> &'static [Frame] {
     static FRAMES: OnceLock<Vec<Frame>> = OnceLock::new();

@@ -3,7 +3,7 @@
 //!
 //! cargo run -p duckwire-tests --example fuzz_seeds
 
-use duckwire_core::fuzzing::{self, crdt, session};
+use duckwire_fuzzing::{self as fuzzing, crdt, session};
 use duckwire_tests::{files_in, fuzz_dir};
 
 fn main() -> std::io::Result<()> {

@@ -3,8 +3,8 @@
 //! catches a regression of anything fuzzing once found or covered. (It lives here, not in
 //! the core, because the core does no IO, not even in its tests.)
 
-use duckwire_core::fuzzing::{self, crdt, session};
 use duckwire_core::Frame;
+use duckwire_fuzzing::{self as fuzzing, crdt, session};
 use duckwire_tests::{files_in, fuzz_dir};
 
 /// The client traffic recorded from the official JS clients (`fuzz/traffic`).

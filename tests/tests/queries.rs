@@ -364,3 +364,70 @@ fn session_state_does_not_leak_from_one_query_to_the_next() {
         "an unfinished transaction is rolled back"
     );
 }
+
+/// Identical persisted reads wait for the one running inside the protocol core: with two
+/// workers, a slow persisted read and two identical requests leave a worker free for other
+/// queries, a waiter's cancel is answered at once, and the rest share one computation.
+#[test]
+fn identical_persisted_reads_wait_without_a_worker_and_cancel_at_once() {
+    let server = ServerProcess::start(&["--threads", "2"]);
+    let slow = |id: &str| json!({"type":"json","sql":SLOW_SQL,"queryId":id,"persist":true});
+    let mut leader = server.connect();
+    let mut waiter = server.connect();
+    let mut other = server.connect();
+    leader.send_json(slow("lead"));
+    waiter.send_json(slow("wait-1"));
+    waiter.send_json(slow("wait-2"));
+    // Two workers: one runs the slow read; if the waiters held workers, this would queue
+    // behind them until the slow read ended (minutes).
+    let reply = other.request(json!({"type":"json","sql":"select 7 as n","queryId":"free"}));
+    assert_eq!(reply["data"], "[{\"n\":7}]");
+    // A waiter's cancel ends it at once, while the leader keeps running.
+    waiter.send_json(json!({"type":"cancel","queryId":"wait-1"}));
+    assert_eq!(
+        waiter.recv_json(),
+        json!({"type":"cancelAck","queryId":"wait-1","cancelled":true})
+    );
+    assert_eq!(
+        waiter.recv_json(),
+        json!({"type":"error","queryId":"wait-1","error":"Query was cancelled"})
+    );
+    // The leader's client cancels: the remaining waiter is not cancelled with it, it runs on
+    // its own (and is cancelled by its own client to end the test).
+    leader.send_json(json!({"type":"cancel","queryId":"lead"}));
+    assert_eq!(leader.recv_json()["cancelled"], true);
+    assert_eq!(leader.recv_json()["error"], "Query was cancelled");
+    let reply = other.request(json!({"type":"json","sql":"select 8 as n","queryId":"free-2"}));
+    assert_eq!(reply["data"], "[{\"n\":8}]");
+    waiter.send_json(json!({"type":"cancel","queryId":"wait-2"}));
+    assert_eq!(
+        waiter.recv_json(),
+        json!({"type":"cancelAck","queryId":"wait-2","cancelled":true})
+    );
+    assert_eq!(
+        waiter.recv_json(),
+        json!({"type":"error","queryId":"wait-2","error":"Query was cancelled"})
+    );
+}
+
+#[test]
+fn identical_persisted_reads_in_flight_share_one_result() {
+    let server = ServerProcess::start(&[]);
+    let mut a = server.connect();
+    // A read that takes long enough (about a second) for the second request to find it running.
+    let sql = "select count(*) as n from range(1000000000) t(i) where i % 7 = 3";
+    a.send_json(json!({"type":"json","sql":sql,"queryId":"a","persist":true}));
+    a.send_json(json!({"type":"json","sql":sql,"queryId":"b","persist":true}));
+    let data = json!("[{\"n\":142857143}]");
+    let mut replies = vec![a.recv_json(), a.recv_json()];
+    replies.sort_by_key(|r| r["queryId"].to_string());
+    assert_eq!(replies[0], json!({"type":"json","queryId":"a","data":data}));
+    assert_eq!(replies[1], json!({"type":"json","queryId":"b","data":data}));
+    let (_, _, body) = get(&server.addr, "/metrics", "");
+    let text = String::from_utf8(body).unwrap();
+    assert!(text.contains("duckwire_queries_shared_total 1\n"), "{text}");
+    assert!(
+        text.contains("duckwire_cache_misses_total 1\n"),
+        "computed once: {text}"
+    );
+}

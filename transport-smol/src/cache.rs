@@ -1,6 +1,8 @@
 //! The result cache of `persist: true` queries (PROTOCOL §3): key = (query type, exact SQL),
-//! a byte budget with LRU eviction, single flight for concurrent identical misses, an optional
-//! on-disk tier, and invalidation by writes.
+//! a byte budget with LRU eviction, an optional on-disk tier, and invalidation by writes.
+//! Identical requests that arrive while one runs never reach it twice: the core makes them
+//! wait for the running one (single flight without holding a worker; `duckwire_core`'s
+//! `flights`).
 //!
 //! Freshness is the one write epoch the whole server shares ([`WriteEpoch`]: advanced by the
 //! core's `InvalidateCache`, by every write a worker runs, and by room saves; it also tells
@@ -9,8 +11,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
-use std::sync::atomic::Ordering::Relaxed;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
@@ -33,19 +34,12 @@ struct Lru {
     bytes: usize,
 }
 
-/// One computation in progress that other identical requests wait for: its value and
-/// whether it may be shared.
-type Flight = Arc<(Mutex<Option<Result<(CachedValue, bool), String>>>, Condvar)>;
-
 pub struct ResultCache {
     budget: Option<usize>,
     disk: Option<PathBuf>,
     lru: Mutex<Lru>,
-    flights: Mutex<HashMap<CacheKey, Flight>>,
     metrics: Arc<Metrics>,
     epoch: Arc<WriteEpoch>,
-    /// Callers currently waiting on another's computation (lets tests line up a flight).
-    waiting: std::sync::atomic::AtomicUsize,
 }
 
 impl ResultCache {
@@ -65,10 +59,8 @@ impl ResultCache {
             budget,
             disk,
             lru: Mutex::new(Lru::default()),
-            flights: Mutex::new(HashMap::new()),
             metrics,
             epoch,
-            waiting: Default::default(),
         })
     }
 
@@ -89,8 +81,8 @@ impl ResultCache {
         }
     }
 
-    /// Returns the cached value for `key`, or computes it once however many callers ask at
-    /// the same time. `compute` returns the value and whether it may be cached.
+    /// Returns the cached value for `key` (`true`), or computes it (`false`) and keeps it
+    /// when `compute` says it may be cached and no write happened meanwhile.
     pub fn get_or_compute(
         &self,
         key: CacheKey,
@@ -100,54 +92,13 @@ impl ResultCache {
             self.metrics.cache_hits.inc();
             return Ok((value, true));
         }
-        let (flight, leader) = {
-            let mut flights = self.flights.lock().unwrap_or_else(|e| e.into_inner());
-            match flights.get(&key) {
-                Some(flight) => (flight.clone(), false),
-                None => {
-                    let flight: Flight = Arc::new((Mutex::new(None), Condvar::new()));
-                    flights.insert(key.clone(), flight.clone());
-                    (flight, true)
-                }
-            }
-        };
-        if !leader {
-            let (slot, ready) = &*flight;
-            let mut result = slot.lock().unwrap_or_else(|e| e.into_inner());
-            self.waiting.fetch_add(1, Relaxed);
-            while result.is_none() {
-                result = ready.wait(result).unwrap_or_else(|e| e.into_inner());
-            }
-            self.waiting.fetch_sub(1, Relaxed);
-            match result.clone().expect("set above") {
-                // The leader's result could not be shared (not a cacheable read): run our own.
-                Ok((_, false)) => {
-                    drop(result);
-                    self.metrics.cache_misses.inc();
-                    return compute().map(|(v, _)| (v, false));
-                }
-                Ok((value, true)) => {
-                    self.metrics.cache_hits.inc();
-                    return Ok((value, true));
-                }
-                Err(e) => return Err(e),
-            }
-        }
         self.metrics.cache_misses.inc();
         let generation = self.generation();
-        let computed = compute();
-        if let Ok((value, true)) = &computed {
-            self.insert(key.clone(), value.clone(), generation);
+        let computed = compute()?;
+        if computed.1 {
+            self.insert(key, computed.0.clone(), generation);
         }
-        let shared = computed.clone();
-        let (slot, ready) = &*flight;
-        *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(shared);
-        ready.notify_all();
-        self.flights
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&key);
-        computed.map(|(v, _)| (v, false))
+        Ok((computed.0, false))
     }
 
     fn generation(&self) -> u64 {
@@ -250,7 +201,6 @@ fn clear_dir(dir: &std::path::Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::{AtomicUsize, Ordering};
 
     fn cache(budget: Option<usize>) -> ResultCache {
         ResultCache::new(budget, None, Arc::default(), Arc::default()).unwrap()
@@ -312,60 +262,6 @@ mod tests {
                 .unwrap()
                 .1
         );
-    }
-
-    #[test]
-    fn concurrent_identical_misses_compute_once() {
-        let cache = Arc::new(cache(Some(1024)));
-        let runs = Arc::new(AtomicUsize::new(0));
-        let gate = Arc::new(std::sync::Barrier::new(4));
-        let threads: Vec<_> = (0..4)
-            .map(|_| {
-                let (cache, runs, gate) = (cache.clone(), runs.clone(), gate.clone());
-                std::thread::spawn(move || {
-                    gate.wait();
-                    cache
-                        .get_or_compute(("arrow", "slow".into()), || {
-                            runs.fetch_add(1, Ordering::SeqCst);
-                            // Hold the flight open until the three others wait on it.
-                            while cache.waiting.load(Ordering::SeqCst) < 3 {
-                                std::thread::yield_now();
-                            }
-                            value("result")
-                        })
-                        .unwrap()
-                        .0
-                })
-            })
-            .collect();
-        for t in threads {
-            assert_eq!(&t.join().unwrap()[..], b"result");
-        }
-        assert_eq!(runs.load(Ordering::SeqCst), 1);
-    }
-
-    #[test]
-    fn waiters_compute_for_themselves_when_the_leader_result_is_not_shareable() {
-        // The leader's query was cancelled by its own client: the waiter must not get that.
-        let cache = Arc::new(cache(Some(1024)));
-        let waiter = {
-            let cache = cache.clone();
-            std::thread::spawn(move || {
-                while cache.flights.lock().unwrap().is_empty() {
-                    std::thread::yield_now();
-                }
-                cache.get_or_compute(("json", "q".into()), || value("mine"))
-            })
-        };
-        let leader = cache.get_or_compute(("json", "q".into()), || {
-            while cache.waiting.load(std::sync::atomic::Ordering::SeqCst) < 1 {
-                std::thread::yield_now();
-            }
-            Ok((Bytes::new(), false))
-        });
-        assert!(!leader.unwrap().1);
-        let (value, hit) = waiter.join().unwrap().unwrap();
-        assert_eq!((&value[..], hit), (&b"mine"[..], false));
     }
 
     #[test]

@@ -327,5 +327,6 @@ impl Driver {
             &self.metrics.crdt_updates,
             self.server.crdt_updates_accepted(),
         );
+        Metrics::set_counter(&self.metrics.queries_shared, self.server.queries_shared());
     }
 }

@@ -37,6 +37,7 @@ pub struct Metrics {
     pub cache_bytes: UGauge,
     pub crdt_rooms: UGauge,
     pub crdt_updates: Counter,
+    pub queries_shared: Counter,
     pub bytes_in: Counter,
     pub bytes_out: Counter,
 }
@@ -54,6 +55,7 @@ impl Default for Metrics {
             cache_bytes: UGauge::default(),
             crdt_rooms: UGauge::default(),
             crdt_updates: Counter::default(),
+            queries_shared: Counter::default(),
             bytes_in: Counter::default(),
             bytes_out: Counter::default(),
             registry: Registry::default(),
@@ -102,6 +104,11 @@ impl Default for Metrics {
             "duckwire_crdt_updates",
             "CRDT updates received",
             metrics.crdt_updates.clone(),
+        );
+        registry.register(
+            "duckwire_queries_shared",
+            "Persisted reads answered from an identical query already running (single flight)",
+            metrics.queries_shared.clone(),
         );
         registry.register(
             "duckwire_bytes_in",

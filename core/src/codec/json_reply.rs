@@ -41,6 +41,18 @@ impl JsonReply {
     pub fn into_text(self) -> String {
         self.text
     }
+
+    /// The same rows answering another query (a waiter of the same flight).
+    pub(crate) fn reheaded(&self, header: &JsonReplyHeader) -> JsonReply {
+        let rows = &self.text[self.header_len..];
+        let mut text = String::with_capacity(header.0.len() + rows.len());
+        text.push_str(&header.0);
+        text.push_str(rows);
+        JsonReply {
+            text,
+            header_len: header.0.len(),
+        }
+    }
 }
 
 /// Builds a [`JsonReply`]: push the rows text in pieces of any size, then finish.

@@ -101,7 +101,14 @@ pub(crate) fn closes(effects: &[Effect]) -> Vec<(u64, u16)> {
         .collect()
 }
 
-pub(crate) use crate::fuzzing::session::loro_update;
+/// A Loro update setting `key` to `value` in map "m", from peer `peer`.
+pub(crate) fn loro_update(peer: u64, key: &str, value: i64) -> Vec<u8> {
+    let doc = loro::LoroDoc::new();
+    doc.set_peer_id(peer).expect("a valid peer id");
+    doc.get_map("m").insert(key, value).expect("insert");
+    doc.commit();
+    doc.export(loro::ExportMode::all_updates()).expect("export")
+}
 
 /// The deep value of a snapshot, for comparing room states.
 pub(crate) fn snapshot_value(snapshot: &[u8]) -> loro::LoroValue {
@@ -109,5 +116,3 @@ pub(crate) fn snapshot_value(snapshot: &[u8]) -> loro::LoroValue {
     doc.import(snapshot).unwrap();
     doc.get_deep_value()
 }
-
-pub(crate) use crate::fuzzing::oracle::decode_server_frame;

@@ -1,6 +1,7 @@
 mod harness;
 
 mod codec_tests;
+mod flights_tests;
 mod http_tests;
 mod props;
 mod queries_tests;

@@ -496,8 +496,7 @@ impl Worker {
             let (outcome, wrote) =
                 match self.with_retries(|| run_sql_planned(conn, output, sql, plans)) {
                     Ok(done) => done,
-                    // Our client cancelled: identical requests waiting on this computation must
-                    // not inherit the interruption; they compute for themselves.
+                    // Our client cancelled: nothing to cache.
                     Err(message) if is_interruption(&message) => {
                         computed = Some((QueryOutcome::Cancelled, false));
                         return Ok((Bytes::new(), false));
@@ -518,7 +517,7 @@ impl Worker {
         if let Some(done) = computed {
             return Ok(done);
         }
-        // Served from the cache (or another request's identical computation).
+        // Served from the cache.
         let outcome = match kind {
             QueryKind::Arrow => {
                 let mut frame = Vec::with_capacity(arrow_header.len() + value.len());

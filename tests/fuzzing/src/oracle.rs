@@ -3,7 +3,7 @@
 
 use serde_json::Value;
 
-use crate::Frame;
+use duckwire_core::Frame;
 
 /// A minimal independent decoder of server frames, used to check that everything the
 /// server encodes is well-formed (invariant e).

@@ -13,7 +13,7 @@ pub mod session;
 use arbitrary::Unstructured;
 use bytes::Bytes;
 
-use crate::{decode_client_frame, Frame, Limits};
+use duckwire_core::{decode_client_frame, Frame, Limits};
 
 /// The decode target: the first byte says text (even) or binary (odd), the rest is the frame.
 /// Decoding must never panic, must be deterministic, and every error must say something.
@@ -120,7 +120,7 @@ pub fn crdt_updates(traffic: &[Frame]) -> Vec<Vec<u8>> {
         .iter()
         .filter_map(
             |frame| match decode_client_frame(frame, &Limits::default()) {
-                Ok(crate::ClientMessage::CrdtUpdate(bytes)) => Some(bytes.to_vec()),
+                Ok(duckwire_core::ClientMessage::CrdtUpdate(bytes)) => Some(bytes.to_vec()),
                 _ => None,
             },
         )

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use serde_json::{json, Value};
 
 use super::{byte, push_short_bytes, short_bytes};
-use crate::{Config, ConnId, ConnectionInfo, Effect, Frame, Millis, Server};
+use duckwire_core::{Config, ConnId, ConnectionInfo, Effect, Frame, Millis, Server};
 
 const MEMBERS: u8 = 3;
 const ROOM: &str = "room";
@@ -161,7 +161,7 @@ struct Room {
     now: u64,
 }
 
-fn failed(e: crate::ServerError) -> String {
+fn failed(e: duckwire_core::ServerError) -> String {
     format!("the machine failed: {e}")
 }
 

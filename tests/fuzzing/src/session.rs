@@ -19,7 +19,7 @@ use serde_json::{json, Value};
 
 use super::oracle::decode_server_frame;
 use super::{byte, push_short_bytes, short_bytes};
-use crate::{
+use duckwire_core::{
     Config, ConnId, ConnectionInfo, Effect, Frame, JsonReplyHeader, JsonReplyWriter, Limits,
     Millis, QueryHandle, QueryOutcome, Server,
 };
@@ -404,7 +404,7 @@ impl<'t> Session<'t> {
         Millis(self.now)
     }
 
-    fn checked(result: Result<(), crate::ServerError>) -> Result<(), String> {
+    fn checked(result: Result<(), duckwire_core::ServerError>) -> Result<(), String> {
         result.map_err(|e| format!("the machine failed: {e}"))
     }
 

@@ -1,0 +1,105 @@
+//! Single flight for persisted reads (`persist: true`): identical requests that arrive while
+//! one is running wait for it here, in the core, instead of each occupying a DuckDB worker
+//! (or a worker blocking on another's computation). A waiter is an ordinary query in flight
+//! (same cancel, caps and close handling); cancelling it answers at once.
+//!
+//! A flight is joinable until something writes (`InvalidateCache`): a request that arrives
+//! after a write was acknowledged never shares a result computed before it. A leader whose
+//! result cannot be shared (its client cancelled it, it wrote, or its connection went away)
+//! releases its waiters to run on their own.
+
+use std::collections::BTreeMap;
+
+use crate::codec::QueryKind;
+use crate::ids::QueryHandle;
+
+/// What makes two requests identical: the kind, the exact SQL, and the reply shape (bare
+/// results for ordered dialects, SQLRooms frames otherwise).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct FlightKey {
+    pub(crate) kind: QueryKind,
+    pub(crate) sql: String,
+    pub(crate) bare: bool,
+}
+
+#[derive(Debug)]
+pub(crate) struct Flight {
+    pub(crate) key: FlightKey,
+    /// Bytes of the leader's Arrow frame header, cut before re-heading the IPC stream.
+    pub(crate) leader_arrow_header_len: usize,
+    pub(crate) waiters: Vec<QueryHandle>,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Flights {
+    joinable: BTreeMap<FlightKey, QueryHandle>,
+    by_leader: BTreeMap<QueryHandle, Flight>,
+    leader_of: BTreeMap<QueryHandle, QueryHandle>,
+    /// Waiters answered from a leader's result since the server started.
+    pub(crate) shared: u64,
+}
+
+impl Flights {
+    /// The leader a new identical request may wait for.
+    pub(crate) fn joinable(&self, key: &FlightKey) -> Option<QueryHandle> {
+        self.joinable.get(key).copied()
+    }
+
+    pub(crate) fn lead(&mut self, leader: QueryHandle, key: FlightKey, arrow_header_len: usize) {
+        self.joinable.insert(key.clone(), leader);
+        self.by_leader.insert(
+            leader,
+            Flight {
+                key,
+                leader_arrow_header_len: arrow_header_len,
+                waiters: Vec::new(),
+            },
+        );
+    }
+
+    pub(crate) fn wait(&mut self, leader: QueryHandle, waiter: QueryHandle) {
+        if let Some(flight) = self.by_leader.get_mut(&leader) {
+            flight.waiters.push(waiter);
+            self.leader_of.insert(waiter, leader);
+        }
+    }
+
+    /// A write was acknowledged: no running flight may be joined any more.
+    pub(crate) fn seal_all(&mut self) {
+        self.joinable.clear();
+    }
+
+    /// The leader finished or went away: its flight, with the waiters to settle.
+    pub(crate) fn land(&mut self, leader: QueryHandle) -> Option<Flight> {
+        let flight = self.by_leader.remove(&leader)?;
+        if self.joinable.get(&flight.key) == Some(&leader) {
+            self.joinable.remove(&flight.key);
+        }
+        for waiter in &flight.waiters {
+            self.leader_of.remove(waiter);
+        }
+        Some(flight)
+    }
+
+    /// Takes a waiter out of its flight (cancelled, or its connection went away); `false` if
+    /// it was not waiting.
+    pub(crate) fn leave(&mut self, waiter: QueryHandle) -> bool {
+        let Some(leader) = self.leader_of.remove(&waiter) else {
+            return false;
+        };
+        if let Some(flight) = self.by_leader.get_mut(&leader) {
+            flight.waiters.retain(|w| *w != waiter);
+        }
+        true
+    }
+
+    pub(crate) fn is_waiting(&self, handle: QueryHandle) -> bool {
+        self.leader_of.contains_key(&handle)
+    }
+
+    /// Requests waiting.
+    #[cfg(test)]
+    pub(crate) fn waiting(&self) -> usize {
+        self.leader_of.len()
+    }
+}
