@@ -84,6 +84,7 @@ impl Session {
                     room_id,
                     snapshot,
                     version,
+                    ..
                 } => {
                     self.executor.stored_rooms.insert(room_id.clone(), snapshot);
                     self.server
@@ -95,6 +96,12 @@ impl Session {
                     let answers = self.transport.responses.entry(conn).or_default();
                     answers.push(response);
                     self.server.handle_sent(conn, len).unwrap();
+                }
+                Effect::AppendRoomUpdate { room_id, seq, .. } => {
+                    // A real driver writes the update durably first (see duckwire-smol's meta).
+                    self.server
+                        .handle_room_update_appended(&room_id, seq, Ok(()), self.now)
+                        .unwrap();
                 }
                 Effect::InvalidateCache => {}
             }

@@ -28,13 +28,25 @@ pub enum Effect {
     /// `CREATE OR REPLACE TABLE table_name` from an Arrow IPC stream; report with
     /// `handle_upload_done`.
     UploadTable(UploadTable),
-    /// Read the room's stored snapshot; report with `handle_snapshot_loaded`.
+    /// Read the room's stored snapshot (and, with `durable_room_log`, the updates logged
+    /// after it); report with `handle_room_loaded` (or `handle_snapshot_loaded`).
     LoadSnapshot { room_id: String },
-    /// Store the room's snapshot; report with `handle_snapshot_persisted` and the same version.
+    /// Store the room's snapshot and drop its logged updates up to `log_seq` (the snapshot
+    /// contains them); report with `handle_snapshot_persisted` and the same version.
     PersistSnapshot {
         room_id: String,
         snapshot: Vec<u8>,
         version: u64,
+        log_seq: u64,
+    },
+    /// Append an accepted change to the room's durable log under `seq` (increasing per
+    /// room); report with `handle_room_update_appended` once it is durable. Its sender's
+    /// acknowledgement waits for that. Appends that arrive together may be written in one
+    /// transaction and reported once, with the highest `seq`.
+    AppendRoomUpdate {
+        room_id: String,
+        seq: u64,
+        update: Bytes,
     },
     /// Answer the oldest unanswered request of an HTTP connection (answers come in request
     /// order). Report the bytes written with `handle_sent`, as for `Send`.

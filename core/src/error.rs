@@ -60,6 +60,8 @@ pub enum ProtocolError {
     ClientSnapshotsDisabled,
     #[error("failed to load room: {0}")]
     RoomLoadFailed(String),
+    #[error("CRDT change applied but not saved: {0}")]
+    UpdateNotSaved(String),
     #[error("`{0}` messages are only accepted over WebSocket")]
     WebSocketOnly(&'static str),
     #[error("server is shutting down")]

@@ -25,6 +25,7 @@ pub use error::{ProtocolError, ServerError};
 pub use http::{Dialect, HttpRequest, HttpResponse, ORIGIN_NOT_ALLOWED};
 pub use ids::{ConnId, Millis, QueryHandle, QueryId};
 pub use limits::Limits;
+pub use rooms::StoredRoom;
 pub use server::{
     close_code, Config, ConnectionInfo, Server, DEFAULT_HTTP_IDLE_TIMEOUT_MS, MAX_AUTH_STRIKES,
 };

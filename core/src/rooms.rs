@@ -30,6 +30,20 @@ pub(crate) struct Room {
     persisting: Option<u64>,
     debounce_due: Option<Millis>,
     latency_due: Option<Millis>,
+    /// The last sequence number given to an update appended to the room's durable log.
+    log_seq: u64,
+    /// Acknowledgements held until the log holds their update (`Config::durable_room_log`).
+    pending_acks: Vec<(u64, ConnId, ServerMessage)>,
+}
+
+/// What storage holds for a room: its last snapshot and the updates logged after it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StoredRoom {
+    pub snapshot: Option<Vec<u8>>,
+    /// Logged updates (Loro updates or client snapshots) in log order.
+    pub updates: Vec<Vec<u8>>,
+    /// The highest sequence number in the log (0 when empty); new appends continue after it.
+    pub last_seq: u64,
 }
 
 impl Room {
@@ -45,6 +59,8 @@ impl Room {
             persisting: None,
             debounce_due: None,
             latency_due: None,
+            log_seq: 0,
+            pending_acks: Vec::new(),
         }
     }
 
@@ -198,10 +214,10 @@ impl Server {
         }
     }
 
-    pub(crate) fn snapshot_loaded(
+    pub(crate) fn room_loaded(
         &mut self,
         room_id: &str,
-        result: Result<Option<Vec<u8>>, String>,
+        result: Result<StoredRoom, String>,
         now: Millis,
     ) {
         let Some(room) = self.rooms.rooms.get_mut(room_id) else {
@@ -210,15 +226,22 @@ impl Server {
         if room.loaded {
             return;
         }
-        let imported = match result {
-            Ok(None) => Ok(()),
-            Ok(Some(bytes)) => room
-                .doc
-                .import(&bytes)
-                .map(|_| ())
-                .map_err(|e| format!("stored snapshot is corrupt: {e}")),
-            Err(message) => Err(message),
-        };
+        let mut replayed = false;
+        let imported = result.and_then(|stored| {
+            if let Some(bytes) = &stored.snapshot {
+                room.doc
+                    .import(bytes)
+                    .map_err(|e| format!("stored snapshot is corrupt: {e}"))?;
+            }
+            for (i, update) in stored.updates.iter().enumerate() {
+                room.doc
+                    .import(update)
+                    .map_err(|e| format!("logged update {} is corrupt: {e}", i + 1))?;
+            }
+            room.log_seq = stored.last_seq;
+            replayed = !stored.updates.is_empty();
+            Ok(())
+        });
         if let Err(message) = imported {
             // Refuse the join rather than serve (and later overwrite) an empty room.
             let room = self.rooms.rooms.remove(room_id).expect("present");
@@ -232,6 +255,14 @@ impl Server {
             return;
         }
         room.loaded = true;
+        if replayed {
+            // The log holds changes the stored snapshot lacks: save soon, which compacts it.
+            room.version += 1;
+            self.arm_save_timers(room_id, now);
+        }
+        let Some(room) = self.rooms.rooms.get_mut(room_id) else {
+            return;
+        };
         let joining = std::mem::take(&mut room.joining);
         let queued = std::mem::take(&mut room.queued_snapshots);
         room.members.extend(joining.iter().copied());
@@ -290,11 +321,62 @@ impl Server {
         if changed {
             self.mark_changed(&room_id, now);
         }
-        let frame = Frame::Binary(update);
+        let frame = Frame::Binary(update.clone());
         for other in others {
             self.send_frame(other, frame.clone(), now);
         }
-        self.send(conn, ServerMessage::CrdtUpdateAck { room_id }, now);
+        let ack = ServerMessage::CrdtUpdateAck {
+            room_id: room_id.clone(),
+        };
+        self.acknowledge_when_durable(conn, &room_id, update, ack, now);
+    }
+
+    /// Acknowledges an accepted change: at once, or (with `durable_room_log`) once the room's
+    /// log holds it, so an acknowledged change survives a crash.
+    fn acknowledge_when_durable(
+        &mut self,
+        conn: ConnId,
+        room_id: &str,
+        change: Bytes,
+        ack: ServerMessage,
+        now: Millis,
+    ) {
+        if !self.config.durable_room_log {
+            return self.send(conn, ack, now);
+        }
+        let Some(room) = self.rooms.rooms.get_mut(room_id) else {
+            return;
+        };
+        room.log_seq += 1;
+        let seq = room.log_seq;
+        room.pending_acks.push((seq, conn, ack));
+        self.push(Effect::AppendRoomUpdate {
+            room_id: room_id.to_string(),
+            seq,
+            update: change,
+        });
+    }
+
+    pub(crate) fn room_update_appended(
+        &mut self,
+        room_id: &str,
+        seq: u64,
+        result: Result<(), String>,
+        now: Millis,
+    ) {
+        let Some(room) = self.rooms.rooms.get_mut(room_id) else {
+            return;
+        };
+        let split = room.pending_acks.partition_point(|(s, _, _)| *s <= seq);
+        let settled: Vec<_> = room.pending_acks.drain(..split).collect();
+        for (_, conn, ack) in settled {
+            match &result {
+                Ok(()) => self.send(conn, ack, now),
+                Err(e) => {
+                    self.send_error(conn, ProtocolError::UpdateNotSaved(e.clone()), None, now)
+                }
+            }
+        }
     }
 
     pub(crate) fn client_snapshot(
@@ -356,12 +438,15 @@ impl Server {
             .filter(|c| *c != conn)
             .collect();
         self.mark_changed(room_id, now);
-        let frame = Frame::Binary(Bytes::from(data));
+        let data = Bytes::from(data);
+        let frame = Frame::Binary(data.clone());
         for other in others {
             self.send_frame(other, frame.clone(), now);
         }
-        let room_id = room_id.to_string();
-        self.send(conn, ServerMessage::CrdtSnapshotAck { room_id }, now);
+        let ack = ServerMessage::CrdtSnapshotAck {
+            room_id: room_id.to_string(),
+        };
+        self.acknowledge_when_durable(conn, room_id, data, ack, now);
     }
 
     /// An accepted change: count it and (re)arm the save timers.
@@ -407,10 +492,12 @@ impl Server {
         ] {
             self.timers.cancel(&key);
         }
+        let log_seq = room.log_seq;
         self.push(Effect::PersistSnapshot {
             room_id: room_id.to_string(),
             snapshot,
             version,
+            log_seq,
         });
     }
 

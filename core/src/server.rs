@@ -15,7 +15,7 @@ use crate::http::{Dialect, HttpRequest, HttpResponse, Slot, ORIGIN_NOT_ALLOWED};
 use crate::ids::{ConnId, IdGenerator, Millis, QueryHandle, QueryId};
 use crate::limits::Limits;
 use crate::queries::Queries;
-use crate::rooms::Rooms;
+use crate::rooms::{Rooms, StoredRoom};
 use crate::timers::{TimerKey, Timers};
 use crate::{ProtocolError, ServerError};
 
@@ -52,6 +52,10 @@ pub struct Config {
     pub allow_client_snapshots: bool,
     /// Quiet time after a room change before it is saved.
     pub save_debounce_ms: u64,
+    /// Acknowledge CRDT updates and client snapshots only once the room's durable log holds
+    /// them (`AppendRoomUpdate`), so SIGKILL loses nothing acknowledged. Off for
+    /// `:memory:` databases, where nothing survives a restart anyway.
+    pub durable_room_log: bool,
     /// Longest a changed room stays unsaved under continuous updates.
     pub max_save_latency_ms: u64,
     /// How long an idle, saved room with no members stays in memory.
@@ -78,6 +82,7 @@ impl Default for Config {
             sync_enabled: false,
             allow_client_snapshots: false,
             save_debounce_ms: 500,
+            durable_room_log: false,
             max_save_latency_ms: 5_000,
             room_idle_evict_ms: 30_000,
             origins: OriginPolicy::default(),
@@ -268,7 +273,34 @@ impl Server {
         result: Result<Option<Vec<u8>>, String>,
         now: Millis,
     ) -> Result<(), ServerError> {
-        self.guarded(|server| server.snapshot_loaded(room_id, result, now))
+        let stored = result.map(|snapshot| StoredRoom {
+            snapshot,
+            ..StoredRoom::default()
+        });
+        self.guarded(|server| server.room_loaded(room_id, stored, now))
+    }
+
+    /// A `LoadSnapshot` finished with what storage holds for the room: its snapshot and the
+    /// updates logged after it (`Config::durable_room_log`).
+    pub fn handle_room_loaded(
+        &mut self,
+        room_id: &str,
+        result: Result<StoredRoom, String>,
+        now: Millis,
+    ) -> Result<(), ServerError> {
+        self.guarded(|server| server.room_loaded(room_id, result, now))
+    }
+
+    /// The room's log holds every update up to `seq` (or the append failed): their senders
+    /// get their acknowledgements (or an error).
+    pub fn handle_room_update_appended(
+        &mut self,
+        room_id: &str,
+        seq: u64,
+        result: Result<(), String>,
+        now: Millis,
+    ) -> Result<(), ServerError> {
+        self.guarded(|server| server.room_update_appended(room_id, seq, result, now))
     }
 
     /// A `PersistSnapshot` finished.

@@ -161,26 +161,32 @@ fn sigterm_during_sql_writes_and_crdt_edits_loses_nothing_acknowledged() {
     }
 }
 
+/// Acknowledged means durable (PROTOCOL §6): SIGKILL in the middle of continuous SQL writes
+/// and CRDT edits loses neither committed rows nor acknowledged edits, though the debounced
+/// snapshot save never ran (edits never pause for 500 ms, and the kill comes before the 5 s
+/// max-latency save).
 #[test]
-fn sigkill_keeps_committed_sql_and_loses_crdt_edits_only_within_the_save_window() {
+fn sigkill_loses_no_acknowledged_sql_write_or_crdt_edit() {
     let dir = temp_dir("fault-sigkill");
     let db = dir.join("app.duckdb");
     let args = ["--sync", "--db-path", db.to_str().unwrap()];
     let server = ServerProcess::start(&args);
     let run = start_writers(&server, "live");
     run.wait_for(1);
-    // Edit continuously for longer than the 5 s max save latency (PROTOCOL §6), so the
-    // debounce never fires and only the max-latency save protects the edits.
     let editing_since = Instant::now();
-    while editing_since.elapsed() < Duration::from_secs(8) {
+    while editing_since.elapsed() < Duration::from_secs(2) {
         run.crdt_progress
             .recv_timeout(REPLY_TIMEOUT)
             .expect("CRDT edits progress");
     }
-    let killed_at = Instant::now();
     server.kill();
     let acked_rows = run.sql.join().unwrap();
     let acked_keys = run.crdt.join().unwrap();
+    assert!(
+        acked_keys.len() >= 20,
+        "the run made edits: {}",
+        acked_keys.len()
+    );
 
     let server = ServerProcess::start(&args);
     let rows = rows_in_log(&server);
@@ -188,18 +194,10 @@ fn sigkill_keeps_committed_sql_and_loses_crdt_edits_only_within_the_save_window(
         assert!(rows.contains(i), "committed row {i} lost to SIGKILL");
     }
     let room = join_room(&mut server.connect(), "live");
-    // The window: 5 s max latency, plus a second for the save itself to reach the disk.
-    let window = Duration::from_secs(6);
-    let old_enough: Vec<&String> = acked_keys
-        .iter()
-        .filter(|(_, at)| killed_at.duration_since(*at) > window)
-        .map(|(key, _)| key)
-        .collect();
-    assert!(!old_enough.is_empty(), "the run spans the save window");
-    for key in old_enough {
+    for (key, _) in &acked_keys {
         assert!(
             room.get(key).is_some(),
-            "edit {key}, acknowledged more than {window:?} before SIGKILL, was lost"
+            "edit {key} was acknowledged, then lost to SIGKILL"
         );
     }
 }

@@ -62,7 +62,7 @@ fn meta_tables_are_created_in_the_namespace() {
         "queryId":1}));
     assert_eq!(
         reply["data"],
-        "[{\"table_name\":\"sync_rooms\"},{\"table_name\":\"ui_state\"}]"
+        "[{\"table_name\":\"sync_rooms\"},{\"table_name\":\"sync_updates\"},{\"table_name\":\"ui_state\"}]"
     );
 }
 

@@ -174,10 +174,12 @@ impl Driver {
             .unwrap_or_default();
         for (room_id, snapshot) in rooms {
             state.salvage_saves += 1;
+            // The log rows stay: a later load replays them over this snapshot (idempotent).
             self.meta.submit(MetaJob::Persist {
                 room_id,
                 snapshot,
                 version: 0,
+                log_seq: 0,
             });
         }
         let _ = self.fatal.try_send(());
@@ -244,8 +246,14 @@ impl Driver {
                 self.call_core(|server| server.handle_upload_done(handle, result, now))
             }
             DriverInput::Meta(MetaDone::Loaded { room_id, result }) => {
-                self.call_core(|server| server.handle_snapshot_loaded(&room_id, result, now))
+                self.call_core(|server| server.handle_room_loaded(&room_id, result, now))
             }
+            DriverInput::Meta(MetaDone::Appended {
+                room_id,
+                seq,
+                result,
+            }) => self
+                .call_core(|server| server.handle_room_update_appended(&room_id, seq, result, now)),
             DriverInput::Meta(MetaDone::Persisted {
                 room_id,
                 version,
@@ -314,10 +322,21 @@ impl Driver {
                     room_id,
                     snapshot,
                     version,
+                    log_seq,
                 } => self.meta.submit(MetaJob::Persist {
                     room_id,
                     snapshot,
                     version,
+                    log_seq,
+                }),
+                Effect::AppendRoomUpdate {
+                    room_id,
+                    seq,
+                    update,
+                } => self.meta.submit(MetaJob::Append {
+                    room_id,
+                    seq,
+                    update,
                 }),
                 Effect::InvalidateCache => self.cache.invalidate(),
             }

@@ -1,12 +1,21 @@
-//! Meta storage (PROTOCOL §6, §8): the `ui_state` and `sync_rooms` tables in a schema of the main
-//! database or an `ATTACH`ed `--meta-db`, and a dedicated thread that loads and saves room
-//! snapshots so persistence never waits behind long queries on the worker pool.
+//! Meta storage (PROTOCOL §6, §8): the `ui_state`, `sync_rooms` and `sync_updates` tables in a
+//! schema of the main database or an `ATTACH`ed `--meta-db`, and a dedicated thread that
+//! loads rooms, appends their updates to the durable log and saves snapshots, so persistence
+//! never waits behind long queries on the worker pool.
+//!
+//! The log: every CRDT change is appended to `sync_updates` before its acknowledgement goes
+//! out (DuckDB syncs its WAL at commit). Appends waiting together are written in one
+//! transaction (group commit) and reported once per room. A snapshot save deletes the log
+//! rows it contains, in the same transaction; a room loads as snapshot + log.
 
 use std::path::Path;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
+use std::collections::BTreeMap;
+
 use duckdb::{params, Connection, OptionalExt};
+use duckwire_core::StoredRoom;
 
 use crate::executor::connection::WriteEpoch;
 use crate::executor::upload::quote_identifier;
@@ -19,13 +28,26 @@ pub enum MetaJob {
         room_id: String,
         snapshot: Vec<u8>,
         version: u64,
+        /// Log rows up to here are in the snapshot.
+        log_seq: u64,
+    },
+    Append {
+        room_id: String,
+        seq: u64,
+        update: bytes::Bytes,
     },
 }
 
 pub enum MetaDone {
     Loaded {
         room_id: String,
-        result: Result<Option<Vec<u8>>, String>,
+        result: Result<StoredRoom, String>,
+    },
+    /// Every update of the room up to `seq` is durable (or the batch failed).
+    Appended {
+        room_id: String,
+        seq: u64,
+        result: Result<(), String>,
     },
     Persisted {
         room_id: String,
@@ -63,32 +85,99 @@ pub fn init(conn: &Connection, namespace: &str, meta_db: Option<&Path>) -> Resul
             .map_err(|e| format!("cannot create meta tables: {e}"))?;
     }
     conn.execute_batch(&format!(
-        "CREATE TABLE IF NOT EXISTS {ns}.sync_rooms (room_id TEXT PRIMARY KEY, snapshot BLOB, updated_at TIMESTAMPTZ)"
+        "CREATE TABLE IF NOT EXISTS {ns}.sync_rooms (room_id TEXT PRIMARY KEY, snapshot BLOB, updated_at TIMESTAMPTZ);
+         CREATE TABLE IF NOT EXISTS {ns}.sync_updates (room_id TEXT, seq UBIGINT, \"update\" BLOB, PRIMARY KEY (room_id, seq))"
     ))
     .map_err(|e| format!("cannot create meta tables: {e}"))?;
     Ok(ns)
 }
 
-pub fn load(conn: &Connection, ns: &str, room_id: &str) -> Result<Option<Vec<u8>>, String> {
-    conn.query_row(
-        &format!("SELECT snapshot FROM {ns}.sync_rooms WHERE room_id = ?"),
-        params![room_id],
-        |row| row.get::<_, Vec<u8>>(0),
-    )
-    .optional()
-    .map_err(|e| e.to_string())
+/// A room's snapshot and the updates logged after it.
+pub fn load(conn: &Connection, ns: &str, room_id: &str) -> Result<StoredRoom, String> {
+    let snapshot = conn
+        .query_row(
+            &format!("SELECT snapshot FROM {ns}.sync_rooms WHERE room_id = ?"),
+            params![room_id],
+            |row| row.get::<_, Vec<u8>>(0),
+        )
+        .optional()
+        .map_err(|e| e.to_string())?;
+    let mut statement = conn
+        .prepare(&format!(
+            "SELECT seq, \"update\" FROM {ns}.sync_updates WHERE room_id = ? ORDER BY seq"
+        ))
+        .map_err(|e| e.to_string())?;
+    let rows = statement
+        .query_map(params![room_id], |row| {
+            Ok((row.get::<_, u64>(0)?, row.get::<_, Vec<u8>>(1)?))
+        })
+        .map_err(|e| e.to_string())?;
+    let mut stored = StoredRoom {
+        snapshot,
+        ..StoredRoom::default()
+    };
+    for row in rows {
+        let (seq, update) = row.map_err(|e| e.to_string())?;
+        stored.last_seq = seq;
+        stored.updates.push(update);
+    }
+    Ok(stored)
 }
 
-pub fn save(conn: &Connection, ns: &str, room_id: &str, snapshot: &[u8]) -> Result<(), String> {
-    conn.execute(
-        &format!(
-            "INSERT INTO {ns}.sync_rooms (room_id, snapshot, updated_at) VALUES (?, ?, now()) \
-             ON CONFLICT (room_id) DO UPDATE SET snapshot = excluded.snapshot, updated_at = excluded.updated_at"
-        ),
-        params![room_id, snapshot],
-    )
-    .map(|_| ())
-    .map_err(|e| e.to_string())
+/// Saves a snapshot and drops the log rows it contains, atomically.
+pub fn save(
+    conn: &Connection,
+    ns: &str,
+    room_id: &str,
+    snapshot: &[u8],
+    log_seq: u64,
+) -> Result<(), String> {
+    in_transaction(conn, || {
+        conn.execute(
+            &format!(
+                "INSERT INTO {ns}.sync_rooms (room_id, snapshot, updated_at) VALUES (?, ?, now()) \
+                 ON CONFLICT (room_id) DO UPDATE SET snapshot = excluded.snapshot, updated_at = excluded.updated_at"
+            ),
+            params![room_id, snapshot],
+        )?;
+        conn.execute(
+            &format!("DELETE FROM {ns}.sync_updates WHERE room_id = ? AND seq <= ?"),
+            params![room_id, log_seq],
+        )?;
+        Ok(())
+    })
+}
+
+/// Appends a batch of updates in one transaction (one WAL sync for all of them).
+pub fn append(
+    conn: &Connection,
+    ns: &str,
+    batch: &[(String, u64, bytes::Bytes)],
+) -> Result<(), String> {
+    in_transaction(conn, || {
+        let mut statement = conn.prepare_cached(&format!(
+            "INSERT OR REPLACE INTO {ns}.sync_updates (room_id, seq, \"update\") VALUES (?, ?, ?)"
+        ))?;
+        for (room_id, seq, update) in batch {
+            statement.execute(params![room_id, seq, update.as_ref()])?;
+        }
+        Ok(())
+    })
+}
+
+fn in_transaction(
+    conn: &Connection,
+    work: impl FnOnce() -> duckdb::Result<()>,
+) -> Result<(), String> {
+    conn.execute_batch("BEGIN TRANSACTION")
+        .map_err(|e| e.to_string())?;
+    match work().and_then(|()| conn.execute_batch("COMMIT")) {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            let _ = conn.execute_batch("ROLLBACK");
+            Err(e.to_string())
+        }
+    }
 }
 
 pub struct MetaWorker {
@@ -109,29 +198,76 @@ impl MetaWorker {
         let thread = std::thread::Builder::new()
             .name("duckwire-meta".into())
             .spawn(move || {
-                while let Ok(job) = queue.recv_blocking() {
-                    done(match job {
-                        MetaJob::Load { room_id } => MetaDone::Loaded {
+                let mut next = None;
+                loop {
+                    let job = match next.take() {
+                        Some(job) => job,
+                        None => match queue.recv_blocking() {
+                            Ok(job) => job,
+                            Err(_) => break,
+                        },
+                    };
+                    match job {
+                        MetaJob::Load { room_id } => done(MetaDone::Loaded {
                             result: load(&conn, &ns, &room_id),
                             room_id,
-                        },
+                        }),
                         MetaJob::Persist {
                             room_id,
                             snapshot,
                             version,
+                            log_seq,
                         } => {
-                            let result = save(&conn, &ns, &room_id, &snapshot);
+                            let result = save(&conn, &ns, &room_id, &snapshot, log_seq);
                             write_epoch.advance();
                             if let Err(e) = &result {
                                 tracing::error!(room_id, "saving CRDT room failed: {e}");
                             }
-                            MetaDone::Persisted {
+                            done(MetaDone::Persisted {
                                 room_id,
                                 version,
                                 result,
+                            })
+                        }
+                        MetaJob::Append {
+                            room_id,
+                            seq,
+                            update,
+                        } => {
+                            // Group commit: every append already waiting joins this batch.
+                            let mut batch = vec![(room_id, seq, update)];
+                            while let Ok(job) = queue.try_recv() {
+                                match job {
+                                    MetaJob::Append {
+                                        room_id,
+                                        seq,
+                                        update,
+                                    } => batch.push((room_id, seq, update)),
+                                    other => {
+                                        next = Some(other);
+                                        break;
+                                    }
+                                }
+                            }
+                            let result = append(&conn, &ns, &batch);
+                            write_epoch.advance();
+                            if let Err(e) = &result {
+                                tracing::error!("appending CRDT updates to the log failed: {e}");
+                            }
+                            let mut highest: BTreeMap<String, u64> = BTreeMap::new();
+                            for (room_id, seq, _) in batch {
+                                let entry = highest.entry(room_id).or_default();
+                                *entry = (*entry).max(seq);
+                            }
+                            for (room_id, seq) in highest {
+                                done(MetaDone::Appended {
+                                    room_id,
+                                    seq,
+                                    result: result.clone(),
+                                });
                             }
                         }
-                    });
+                    }
                 }
             })
             .expect("spawn meta thread");

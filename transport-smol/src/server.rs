@@ -184,8 +184,11 @@ pub fn run(
     let (fatal_tx, fatal_rx) = async_channel::bounded::<()>(1);
     let mut seed = [0u8; 16];
     let _ = getrandom::fill(&mut seed);
+    let mut core_config = config.core.clone();
+    // Acknowledged CRDT changes must survive a crash when rooms are stored in a file.
+    core_config.durable_room_log = !config.is_in_memory() || config.meta_db.is_some();
     let driver = Driver {
-        server: Server::new(config.core.clone(), seed),
+        server: Server::new(core_config, seed),
         inputs: driver_rx,
         executor: executor.clone(),
         meta: meta_worker,

@@ -5,5 +5,6 @@ mod flights_tests;
 mod http_tests;
 mod props;
 mod queries_tests;
+mod room_log_tests;
 mod rooms_tests;
 mod session_tests;

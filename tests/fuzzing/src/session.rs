@@ -734,10 +734,14 @@ impl<'t> Session<'t> {
                 Effect::Respond { .. } => {
                     return violation("an HTTP answer on a WebSocket-only session");
                 }
+                Effect::AppendRoomUpdate { .. } => {
+                    return violation("a log append while durable_room_log is off");
+                }
                 Effect::PersistSnapshot {
                     room_id,
                     snapshot,
                     version,
+                    ..
                 } => {
                     let result = if self.fail_persists {
                         Err("disk full".to_string())

@@ -1,0 +1,148 @@
+//! The durable room log (`Config::durable_room_log`): acknowledged means logged.
+
+use serde_json::json;
+
+use super::harness::{loro_update, sent_binary, sent_json, snapshot_value, Harness};
+use crate::{Config, Effect, StoredRoom};
+
+fn durable() -> Config {
+    Config {
+        sync_enabled: true,
+        allow_client_snapshots: true,
+        durable_room_log: true,
+        ..Config::default()
+    }
+}
+
+fn joined(conns: &[u64], stored: StoredRoom) -> Harness {
+    let mut h = Harness::new(durable());
+    for conn in conns {
+        h.open(*conn);
+        h.text(*conn, json!({"type":"crdt-join","roomId":"r"}));
+    }
+    h.server
+        .handle_room_loaded("r", Ok(stored), h.now())
+        .unwrap();
+    h.drain();
+    h
+}
+
+fn appends(effects: &[Effect]) -> Vec<u64> {
+    effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::AppendRoomUpdate { seq, .. } => Some(*seq),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn the_ack_waits_for_the_log_and_relays_do_not() {
+    let mut h = joined(&[1, 2], StoredRoom::default());
+    let effects = h.binary(1, loro_update(1, "a", 1));
+    assert_eq!(appends(&effects), vec![1]);
+    assert!(
+        sent_json(&effects, 1).is_empty(),
+        "no ack before the append"
+    );
+    assert_eq!(
+        sent_binary(&effects, 2).len(),
+        1,
+        "members get the update at once"
+    );
+    let effects = h.binary(1, loro_update(2, "b", 2));
+    assert_eq!(appends(&effects), vec![2]);
+    // One group commit covers both.
+    h.server
+        .handle_room_update_appended("r", 2, Ok(()), h.now())
+        .unwrap();
+    let acks = sent_json(&h.drain(), 1);
+    assert_eq!(
+        acks,
+        vec![json!({"type":"crdt-update-ack","roomId":"r"}); 2]
+    );
+}
+
+#[test]
+fn a_failed_append_answers_an_error_instead_of_an_ack() {
+    let mut h = joined(&[1], StoredRoom::default());
+    h.binary(1, loro_update(1, "a", 1));
+    h.server
+        .handle_room_update_appended("r", 1, Err("disk full".into()), h.now())
+        .unwrap();
+    let replies = sent_json(&h.drain(), 1);
+    assert_eq!(
+        replies,
+        vec![json!({"type":"error","error":"CRDT change applied but not saved: disk full"})]
+    );
+}
+
+#[test]
+fn client_snapshots_are_logged_before_their_ack() {
+    let mut h = joined(&[1], StoredRoom::default());
+    let data = base64::Engine::encode(
+        &base64::engine::general_purpose::STANDARD,
+        loro_update(5, "seed", 1),
+    );
+    let effects = h.text(1, json!({"type":"crdt-snapshot","roomId":"r","data":data}));
+    assert_eq!(appends(&effects), vec![1]);
+    assert!(sent_json(&effects, 1).is_empty());
+    h.server
+        .handle_room_update_appended("r", 1, Ok(()), h.now())
+        .unwrap();
+    assert_eq!(
+        sent_json(&h.drain(), 1),
+        vec![json!({"type":"crdt-snapshot-ack","roomId":"r"})]
+    );
+}
+
+#[test]
+fn a_room_loads_as_snapshot_plus_log_continues_its_sequence_and_compacts_on_save() {
+    let stored = StoredRoom {
+        snapshot: Some(loro_update(1, "a", 1)),
+        updates: vec![loro_update(2, "b", 2), loro_update(3, "c", 3)],
+        last_seq: 7,
+    };
+    let mut h = joined(&[1], stored);
+    let expected = loro::LoroDoc::new();
+    for update in [
+        loro_update(1, "a", 1),
+        loro_update(2, "b", 2),
+        loro_update(3, "c", 3),
+    ] {
+        expected.import(&update).unwrap();
+    }
+    let value = snapshot_value(&h.server.room_snapshot("r").unwrap());
+    assert_eq!(value, expected.get_deep_value());
+    // New appends continue after the stored log.
+    assert_eq!(appends(&h.binary(1, loro_update(4, "d", 4))), vec![8]);
+    // The replayed log makes the room due for a save, which drops the log it contains.
+    h.now += 5_000;
+    h.server.handle_timeout(h.now()).unwrap();
+    let log_seq = h.drain().iter().find_map(|e| match e {
+        Effect::PersistSnapshot { log_seq, .. } => Some(*log_seq),
+        _ => None,
+    });
+    assert_eq!(log_seq, Some(8));
+}
+
+#[test]
+fn a_corrupt_logged_update_refuses_the_join() {
+    let mut h = Harness::new(durable());
+    h.open(1);
+    h.text(1, json!({"type":"crdt-join","roomId":"r"}));
+    let stored = StoredRoom {
+        snapshot: None,
+        updates: vec![b"not loro".to_vec()],
+        last_seq: 1,
+    };
+    h.server
+        .handle_room_loaded("r", Ok(stored), h.now())
+        .unwrap();
+    let replies = sent_json(&h.drain(), 1);
+    assert!(replies[0]["error"]
+        .as_str()
+        .unwrap()
+        .contains("logged update 1 is corrupt"));
+}
