@@ -81,9 +81,24 @@ struct Args {
     /// cap: unsent reply bytes per connection (default 268435456; 0/none disables)
     #[argh(option, from_str_fn(parse_cap))]
     max_outbound_bytes_per_conn: Option<Option<usize>>,
+    /// cap: bytes of received, unfinished work per connection; at it the socket is not read (default 67108864; 0/none disables)
+    #[argh(option, from_str_fn(parse_cap))]
+    max_inbound_bytes_per_conn: Option<Option<usize>>,
+    /// cap: bytes of received, unfinished work over all connections (default 1073741824; 0/none disables)
+    #[argh(option, from_str_fn(parse_cap))]
+    max_inbound_bytes: Option<Option<usize>>,
     /// close a kept-alive HTTP connection idle this many ms (default 30000; 0/none: never)
     #[argh(option, from_str_fn(parse_cap), default = "Some(30_000)")]
     http_idle_timeout_ms: Option<usize>,
+    /// ping WebSocket peers every this many ms (default 30000; 0/none: never)
+    #[argh(option, from_str_fn(parse_cap), default = "Some(30_000)")]
+    ping_interval_ms: Option<usize>,
+    /// close (1001) a WebSocket peer silent — no frame, no pong — this long (default 90000; 0/none: never)
+    #[argh(option, from_str_fn(parse_cap), default = "Some(90_000)")]
+    idle_timeout_ms: Option<usize>,
+    /// answer 408 to a new connection whose request head takes longer (default 10000; 0/none: never)
+    #[argh(option, from_str_fn(parse_cap), default = "Some(10_000)")]
+    http_head_timeout_ms: Option<usize>,
     /// print name, version, DuckDB version and build, then exit
     #[argh(switch)]
     version: bool,
@@ -126,6 +141,11 @@ fn config_from(args: Args) -> ServerConfig {
             args.max_outbound_bytes_per_conn,
             defaults.max_outbound_bytes_per_conn,
         ),
+        max_inbound_bytes_per_conn: pick(
+            args.max_inbound_bytes_per_conn,
+            defaults.max_inbound_bytes_per_conn,
+        ),
+        max_inbound_bytes: pick(args.max_inbound_bytes, defaults.max_inbound_bytes),
     };
     let auth_token = args
         .auth_token
@@ -153,6 +173,8 @@ fn config_from(args: Args) -> ServerConfig {
             save_debounce_ms: args.save_debounce_ms,
             auth_timeout_ms: args.auth_timeout_ms.map(|ms| ms as u64),
             http_idle_timeout_ms: args.http_idle_timeout_ms.map(|ms| ms as u64),
+            ping_interval_ms: args.ping_interval_ms.map(|ms| ms as u64),
+            idle_timeout_ms: args.idle_timeout_ms.map(|ms| ms as u64),
             origins: args
                 .allowed_origins
                 .as_deref()
@@ -164,6 +186,9 @@ fn config_from(args: Args) -> ServerConfig {
         meta_db: args.meta_db,
         cache_bytes: args.cache_bytes,
         cache_dir: args.cache_dir,
+        http_head_timeout: args
+            .http_head_timeout_ms
+            .map(|ms| std::time::Duration::from_millis(ms as u64)),
         ..ServerConfig::default()
     };
     if let Some(threads) = args.threads {
@@ -209,6 +234,13 @@ fn main() {
         let thread = std::thread::current();
         tracing::error!(thread = thread.name().unwrap_or("unnamed"), "panic: {info}");
     }));
+
+    // One file descriptor per connection: the soft limit (often 1024) would refuse clients
+    // long before --max-connections. Go to the hard limit, as Go's runtime and nginx do.
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => tracing::info!(limit, "open-files limit"),
+        Err(e) => tracing::warn!("could not raise the open-files limit: {e}"),
+    }
 
     let config = config_from(args);
     if config.core.auth_token.is_none() && !is_loopback(&config.host) {

@@ -103,6 +103,10 @@ impl Session {
                         .handle_room_update_appended(&room_id, seq, Ok(()), self.now)
                         .unwrap();
                 }
+                // An in-memory transport has no socket to stop reading.
+                Effect::PauseReading { .. } | Effect::ResumeReading { .. } => {}
+                // A peer that is always there answers at once.
+                Effect::Ping { conn } => self.server.handle_pong(conn, self.now).unwrap(),
                 Effect::InvalidateCache => {}
             }
         }

@@ -54,6 +54,13 @@ pub enum Effect {
         conn: ConnId,
         response: HttpResponse,
     },
+    /// Send a WebSocket ping; the peer's pong is reported with `handle_pong`.
+    Ping { conn: ConnId },
+    /// Stop reading this connection's socket (its inbound budget is spent): TCP
+    /// backpressure. At most one more frame may still arrive.
+    PauseReading { conn: ConnId },
+    /// Read this connection's socket again.
+    ResumeReading { conn: ConnId },
     /// A write went through the server: drop every cached result.
     InvalidateCache,
 }

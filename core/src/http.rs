@@ -133,6 +133,7 @@ impl Server {
         }
         let slot = c.next_slot;
         c.next_slot += 1;
+        self.budget.arriving = request.body.len();
         c.answers.insert(slot, None);
         self.timers.cancel(&TimerKey::HttpIdle(conn));
         if let Some(response) = self.route(conn, slot, request, now) {

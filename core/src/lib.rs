@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 pub mod auth;
+mod budget;
 mod channels;
 pub mod codec;
 pub mod effect;

@@ -26,6 +26,11 @@ pub struct Limits {
     /// Replies queued for one connection but not yet written to its socket, in bytes.
     /// Past it the connection is closed with 1008 and its queries are interrupted.
     pub max_outbound_bytes_per_conn: Option<usize>,
+    /// Bytes of received work not finished yet (SQL of queued and running queries, upload
+    /// payloads, HTTP bodies) one connection may hold; at it, its socket is not read.
+    pub max_inbound_bytes_per_conn: Option<usize>,
+    /// The same, over all connections.
+    pub max_inbound_bytes: Option<usize>,
 }
 
 pub const MIB: usize = 1024 * 1024;
@@ -42,6 +47,8 @@ impl Default for Limits {
             max_subscriptions_per_conn: Some(1024),
             max_connections: Some(4096),
             max_outbound_bytes_per_conn: Some(256 * MIB),
+            max_inbound_bytes_per_conn: Some(64 * MIB),
+            max_inbound_bytes: Some(1024 * MIB),
         }
     }
 }
@@ -59,6 +66,8 @@ impl Limits {
             max_subscriptions_per_conn: None,
             max_connections: None,
             max_outbound_bytes_per_conn: None,
+            max_inbound_bytes_per_conn: None,
+            max_inbound_bytes: None,
         }
     }
 }

@@ -30,6 +30,8 @@ pub(crate) struct InFlight {
     pub(crate) cancelled: bool,
     /// On an ordered connection (HTTP), the answer slot it fills.
     pub(crate) slot: Option<Slot>,
+    /// Inbound bytes it holds until it finishes (the frame or body that started it).
+    pub(crate) inbound: usize,
 }
 
 /// Every query in flight, across connections, by handle.
@@ -91,12 +93,14 @@ impl Server {
         if let Err(e) = check_cap("max_inflight_per_conn", limit, c.inflight.len() + 1) {
             return Err((e, Some(query_id)));
         }
+        let inbound = self.take_arriving_bytes(conn);
         let handle = self.queries.insert(InFlight {
             conn,
             query_id: query_id.clone(),
             work,
             cancelled: false,
             slot,
+            inbound,
         });
         if let Some(c) = self.conns.get_mut(&conn) {
             c.inflight.insert(query_id.clone(), handle);
@@ -293,6 +297,7 @@ impl Server {
         if let Some(c) = self.conns.get_mut(&entry.conn) {
             c.inflight.remove(&entry.query_id);
         }
+        self.release_inbound(entry.conn, entry.inbound);
         Some(entry)
     }
 
@@ -404,6 +409,7 @@ impl Server {
             cancelled,
             slot,
             work,
+            ..
         } = entry;
         if let (Some(slot), Work::Query(kind)) = (slot, work) {
             return self.answer_query(conn, slot, kind, outcome, now);

@@ -7,6 +7,7 @@
 use std::collections::{BTreeMap, VecDeque};
 
 use crate::auth::{tokens_match, OriginPolicy};
+use crate::budget::Budget;
 use crate::channels::Channels;
 use crate::codec::{decode_client_frame, ClientMessage, Frame, ServerMessage};
 use crate::effect::{Effect, QueryOutcome};
@@ -68,6 +69,11 @@ pub struct Config {
     /// A kept-alive HTTP connection with nothing in flight is closed after this long.
     /// `None` keeps idle connections open.
     pub http_idle_timeout_ms: Option<u64>,
+    /// Ping every WebSocket peer this often (`Effect::Ping`). `None`: never.
+    pub ping_interval_ms: Option<u64>,
+    /// Close (1001) a WebSocket peer not heard from — no frame, no pong — for this long,
+    /// unless the server itself stopped reading it (inbound budget). `None`: never.
+    pub idle_timeout_ms: Option<u64>,
     /// Fault-injection builds only: a handler panics when a query's SQL is exactly this
     /// text, so the driver's poisoning path can be tested end to end.
     #[cfg(feature = "fault-injection")]
@@ -88,6 +94,8 @@ impl Default for Config {
             origins: OriginPolicy::default(),
             auth_timeout_ms: Some(30_000),
             http_idle_timeout_ms: Some(DEFAULT_HTTP_IDLE_TIMEOUT_MS),
+            ping_interval_ms: Some(30_000),
+            idle_timeout_ms: Some(90_000),
             #[cfg(feature = "fault-injection")]
             panic_on_sql: None,
         }
@@ -126,6 +134,10 @@ pub(crate) struct Conn {
     /// they leave from the front, in request order.
     pub(crate) answers: BTreeMap<Slot, Option<HttpResponse>>,
     pub(crate) next_slot: Slot,
+    /// Inbound bytes held by this connection's unfinished work (see `budget`).
+    pub(crate) inbound_bytes: usize,
+    /// When the peer was last heard from (a frame or a pong).
+    pub(crate) last_heard: Millis,
 }
 
 /// The protocol state machine of one server. See the crate docs for the input/effect model.
@@ -138,6 +150,7 @@ pub struct Server {
     pub(crate) ids: IdGenerator,
     pub(crate) timers: Timers,
     pub(crate) flights: Flights,
+    pub(crate) budget: Budget,
     effects: VecDeque<Effect>,
     /// Set while a handler runs; stays set if it panicked.
     poisoned: bool,
@@ -158,6 +171,7 @@ impl Server {
             ids: IdGenerator::new(seed),
             timers: Timers::default(),
             flights: Flights::default(),
+            budget: Budget::default(),
             effects: VecDeque::new(),
             poisoned: false,
             shutting_down: false,
@@ -207,6 +221,7 @@ impl Server {
             panic!("test-injected panic inside a handler");
         }
         let result = handler(self);
+        self.apply_read_gates();
         self.poisoned = false;
         Ok(result)
     }
@@ -329,6 +344,15 @@ impl Server {
         })
     }
 
+    /// The WebSocket peer answered a ping (any pong counts as being heard from).
+    pub fn handle_pong(&mut self, conn: ConnId, now: Millis) -> Result<(), ServerError> {
+        self.guarded(|server| {
+            if let Some(c) = server.conns.get_mut(&conn) {
+                c.last_heard = now;
+            }
+        })
+    }
+
     /// The writer put `bytes` of an earlier `Send` on the socket.
     pub fn handle_sent(&mut self, conn: ConnId, bytes: usize) -> Result<(), ServerError> {
         self.guarded(|server| {
@@ -342,6 +366,7 @@ impl Server {
     pub fn handle_closed(&mut self, conn: ConnId, now: Millis) -> Result<(), ServerError> {
         self.guarded(|server| {
             server.release_connection(conn, now);
+            server.forget_read_gate(conn);
             server.conns.remove(&conn);
         })
     }
@@ -450,7 +475,9 @@ impl Server {
         let room = c.room.take();
         c.answers.clear();
         for handle in inflight.into_values() {
-            self.queries.remove(handle);
+            if let Some(entry) = self.queries.remove(handle) {
+                self.release_inbound(conn, entry.inbound);
+            }
             if self.flights.leave(handle) {
                 continue; // a waiter: nothing runs
             }
@@ -467,7 +494,13 @@ impl Server {
         if awaited_auth {
             self.timers.cancel(&TimerKey::AuthDeadline(conn));
         }
-        self.timers.cancel(&TimerKey::HttpIdle(conn));
+        for key in [
+            TimerKey::HttpIdle(conn),
+            TimerKey::Ping(conn),
+            TimerKey::PeerSilent(conn),
+        ] {
+            self.timers.cancel(&key);
+        }
     }
 
     fn open(&mut self, conn: ConnId, info: ConnectionInfo, now: Millis) {
@@ -500,6 +533,8 @@ impl Server {
                 dialect,
                 answers: BTreeMap::new(),
                 next_slot: 0,
+                inbound_bytes: 0,
+                last_heard: now,
             },
         );
         if self.shutting_down {
@@ -531,6 +566,14 @@ impl Server {
         }
         if dialect == Dialect::Http {
             self.arm_http_idle(conn, now);
+        } else {
+            if let Some(every) = self.config.ping_interval_ms {
+                self.timers.set(TimerKey::Ping(conn), now.plus(every));
+            }
+            if let Some(silence) = self.config.idle_timeout_ms {
+                self.timers
+                    .set(TimerKey::PeerSilent(conn), now.plus(silence));
+            }
         }
     }
 
@@ -542,6 +585,43 @@ impl Server {
             }
             TimerKey::RoomEvict(room_id) => self.room_evict_due(&room_id),
             TimerKey::HttpIdle(conn) => self.http_idle_due(conn, now),
+            TimerKey::Ping(conn) => self.ping_due(conn, now),
+            TimerKey::PeerSilent(conn) => self.silence_due(conn, now),
+        }
+    }
+
+    /// Time to ping `conn` again.
+    fn ping_due(&mut self, conn: ConnId, now: Millis) {
+        let (Some(every), true) = (
+            self.config.ping_interval_ms,
+            self.conns.get(&conn).is_some_and(|c| c.open),
+        ) else {
+            return;
+        };
+        self.push(Effect::Ping { conn });
+        self.timers.set(TimerKey::Ping(conn), now.plus(every));
+    }
+
+    /// The silence deadline of `conn` came: close it if nothing was heard since, unless we
+    /// are the ones not reading it.
+    fn silence_due(&mut self, conn: ConnId, now: Millis) {
+        let Some(silence) = self.config.idle_timeout_ms else {
+            return;
+        };
+        let Some(c) = self.conns.get(&conn).filter(|c| c.open) else {
+            return;
+        };
+        let heard = if self.is_reading_paused(conn) {
+            now
+        } else {
+            c.last_heard
+        };
+        let deadline = heard.plus(silence);
+        if deadline <= now {
+            let reason = format!("idle timeout: nothing heard for {silence} ms");
+            self.close(conn, close_code::GOING_AWAY, &reason, now);
+        } else {
+            self.timers.set(TimerKey::PeerSilent(conn), deadline);
         }
     }
 
@@ -562,9 +642,11 @@ impl Server {
     }
 
     fn frame(&mut self, conn: ConnId, frame: Frame, now: Millis) {
-        let Some(c) = self.conns.get(&conn) else {
+        self.budget.arriving = frame.len();
+        let Some(c) = self.conns.get_mut(&conn) else {
             return;
         };
+        c.last_heard = now;
         if !c.open || c.dialect != Dialect::SqlRooms {
             return;
         }

@@ -19,6 +19,10 @@ pub(crate) enum TimerKey {
     AuthDeadline(ConnId),
     /// Close a kept-alive HTTP connection that has been idle this long.
     HttpIdle(ConnId),
+    /// Ping a WebSocket peer.
+    Ping(ConnId),
+    /// Close a WebSocket peer not heard from (no frame, no pong) for `idle_timeout_ms`.
+    PeerSilent(ConnId),
 }
 
 /// Armed timers, by key (one deadline per key) and by deadline (the next one in O(log n)).

@@ -25,13 +25,19 @@ pub fn data_file(name: &str) -> PathBuf {
         .join(name)
 }
 
-/// The `duckwire` binary next to this test executable (target/<profile>/duckwire).
+/// The `duckwire` binary: `$DUCKWIRE_BIN`, or the one next to this executable (a test in
+/// target/<profile>/deps, or a tool in target/<profile>).
 pub fn binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("DUCKWIRE_BIN") {
+        return PathBuf::from(path);
+    }
     let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("target dir");
+    let here = exe.parent().expect("executable dir");
+    let dir = if here.join("duckwire").exists() {
+        here
+    } else {
+        here.parent().expect("target dir")
+    };
     let binary = dir.join("duckwire");
     assert!(
         binary.exists(),
@@ -170,6 +176,15 @@ impl Client {
             stream.set_read_timeout(Some(REPLY_TIMEOUT)).unwrap();
         }
         Ok(Client { socket })
+    }
+
+    /// Sends `text`, giving up after `timeout` if the server stops reading (backpressure);
+    /// `false` then.
+    pub fn send_text_within(&mut self, text: &str, timeout: Duration) -> bool {
+        if let tungstenite::stream::MaybeTlsStream::Plain(stream) = self.socket.get_ref() {
+            stream.set_write_timeout(Some(timeout)).unwrap();
+        }
+        self.socket.send(Message::Text(text.into())).is_ok()
     }
 
     pub fn connect(url: &str, headers: &[(&str, &str)]) -> Client {

@@ -333,3 +333,131 @@ fn malformed_http_gets_400_and_the_server_keeps_serving() {
     let (status, _, body) = get(&server.addr, "/healthz", "");
     assert_eq!((status, body.as_slice()), (200, b"ok".as_slice()));
 }
+
+/// The inbound budget (PROTOCOL §7): with both workers busy, one connection floods 4 MB
+/// queries. The server stops reading it at its budget (TCP backpressure) instead of
+/// buffering gigabytes or closing it; other connections are served meanwhile, and the
+/// flooder's queries run once the workers are free.
+#[test]
+fn a_flood_of_large_queries_is_held_back_by_the_inbound_budget() {
+    let budget: u64 = 16_000_000;
+    let server = ServerProcess::start(&[
+        "--threads",
+        "2",
+        "--max-inbound-bytes-per-conn",
+        &budget.to_string(),
+    ]);
+    let mut other = server.connect();
+    other.request(json!({"type":"exec","sql":"select 1","queryId":"warm"}));
+    let baseline = server.rss_bytes();
+
+    // Both workers busy, so the flood's queries queue up.
+    let mut busy = server.connect();
+    for id in ["slow-1", "slow-2"] {
+        busy.send_json(json!({"type":"json","sql":SLOW_SQL,"queryId":id}));
+    }
+    let mut flooder = server.connect();
+    let padding = "x".repeat(4_000_000);
+    let mut sent = 0;
+    for i in 0..800 {
+        let query =
+            json!({"type":"json","sql":format!("select {i} as n -- {padding}"),"queryId":i});
+        if !flooder.send_text_within(&query.to_string(), Duration::from_secs(3)) {
+            break;
+        }
+        sent += 1;
+    }
+    // 800 × 4 MB = 3.2 GB were offered; the server took its budget plus what the socket
+    // buffers hold, then stopped reading.
+    assert!(
+        sent < 800,
+        "the server read all {sent} floods: no backpressure"
+    );
+    let growth = server.rss_bytes().saturating_sub(baseline);
+    // Budget, one frame read past it, the frame being decoded, and allocator slack.
+    let bound = budget + 2 * 4_000_000 + 100_000_000;
+    assert!(growth < bound, "RSS grew by {growth} bytes (bound {bound})");
+    let (_, _, body) = get(&server.addr, "/metrics", "");
+    let metrics = String::from_utf8(body).unwrap();
+    let held: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("duckwire_inbound_bytes "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("duckwire_inbound_bytes");
+    assert!(held >= budget && held < budget + 8_000_000, "held {held}");
+
+    // Other connections are read and answered while the flooder is held back.
+    assert_eq!(
+        other.request(json!({"type":"subscribe","channel":"c"}))["type"],
+        "subscribed"
+    );
+    // The workers free up: the flood's queued queries run (releasing the budget) and
+    // everyone is served again.
+    drop(busy);
+    let reply = other.request(json!({"type":"json","sql":"select 2 as y","queryId":"after"}));
+    assert_eq!(reply["data"], "[{\"y\":2}]");
+    drop(flooder);
+}
+
+/// Dead peers are reclaimed (PROTOCOL §7): every WebSocket peer is pinged; one that answers
+/// stays, one that never answers (a raw socket that completed the handshake and went
+/// silent) is closed with 1001 after `--idle-timeout-ms`.
+#[test]
+fn silent_websocket_peers_are_pinged_then_closed_with_1001() {
+    use std::io::{Read, Write};
+    let server = ServerProcess::start(&["--ping-interval-ms", "100", "--idle-timeout-ms", "600"]);
+    // A live client keeps talking (and, reading, answers pings) the whole time.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let live = {
+        let (mut client, stop) = (server.connect(), stop.clone());
+        thread::spawn(move || {
+            let mut answered = 0;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let reply =
+                    client.request(json!({"type":"json","sql":"select 1 as x","queryId":answered}));
+                assert_eq!(reply["data"], "[{\"x\":1}]");
+                answered += 1;
+            }
+            answered
+        })
+    };
+    let mut silent = std::net::TcpStream::connect(&server.addr).unwrap();
+    silent.set_read_timeout(Some(REPLY_TIMEOUT)).unwrap();
+    silent
+        .write_all(
+            b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        )
+        .unwrap();
+    // Everything the server sends until it closes the socket.
+    let mut received = Vec::new();
+    let _ = silent.read_to_end(&mut received);
+    let head_end = received.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    assert!(received.starts_with(b"HTTP/1.1 101"));
+    let frames = &received[head_end..];
+    // Server frames are unmasked: [0x89, 0] is an empty ping, 0x88 a close with its code.
+    assert!(
+        frames.windows(2).any(|w| w == [0x89, 0]),
+        "pinged: {frames:?}"
+    );
+    let close = frames
+        .iter()
+        .position(|b| *b == 0x88)
+        .expect("a close frame");
+    let code = u16::from_be_bytes([frames[close + 2], frames[close + 3]]);
+    assert_eq!(code, 1001);
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    assert!(live.join().expect("the live client was served throughout") > 0);
+}
+
+#[test]
+fn a_request_head_that_never_completes_is_answered_408() {
+    use std::io::{Read, Write};
+    let server = ServerProcess::start(&["--http-head-timeout-ms", "300"]);
+    let mut slow = std::net::TcpStream::connect(&server.addr).unwrap();
+    slow.set_read_timeout(Some(REPLY_TIMEOUT)).unwrap();
+    slow.write_all(b"GET /healthz HT").unwrap();
+    let mut answer = String::new();
+    let _ = slow.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+}

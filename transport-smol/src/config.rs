@@ -20,6 +20,8 @@ pub struct ServerConfig {
     pub cache_dir: Option<PathBuf>,
     /// DuckDB worker threads (and `SET threads`).
     pub threads: usize,
+    /// How long a new connection may take to send its first request head (`None`: forever).
+    pub http_head_timeout: Option<std::time::Duration>,
 }
 
 impl ServerConfig {
@@ -41,6 +43,7 @@ impl Default for ServerConfig {
             cache_bytes: Some(256 * 1024 * 1024),
             cache_dir: None,
             threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            http_head_timeout: Some(std::time::Duration::from_secs(10)),
         }
     }
 }

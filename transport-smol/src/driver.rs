@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -23,7 +24,69 @@ pub enum Outbound {
     Frame(Frame),
     /// The answer to an HTTP connection's oldest unanswered request.
     Response(HttpResponse),
+    /// A WebSocket ping (the core keeps the schedule).
+    Ping,
     Close(u16, String),
+}
+
+/// Bytes a reader may have handed to the driver that the core has not seen yet. Past it the
+/// reader waits, so a connection holds at most its inbound budget plus one frame (plus this).
+const IN_TRANSIT_ALLOWANCE: usize = 1 << 20;
+
+/// Whether a connection's socket may be read: the core closes it when the connection's
+/// inbound budget is spent (TCP backpressure) and opens it when work finished; the reader
+/// also waits while the driver has not taken what it already handed over.
+#[derive(Debug)]
+pub struct ReadGate {
+    paused: AtomicBool,
+    in_transit: AtomicUsize,
+    wake: async_channel::Sender<()>,
+    woken: async_channel::Receiver<()>,
+}
+
+impl Default for ReadGate {
+    fn default() -> Self {
+        let (wake, woken) = async_channel::bounded(1);
+        ReadGate {
+            paused: AtomicBool::new(false),
+            in_transit: AtomicUsize::new(0),
+            wake,
+            woken,
+        }
+    }
+}
+
+impl ReadGate {
+    fn pause(&self) {
+        self.paused.store(true, Ordering::SeqCst);
+    }
+
+    fn resume(&self) {
+        self.paused.store(false, Ordering::SeqCst);
+        let _ = self.wake.try_send(());
+    }
+
+    /// The reader handed `bytes` to the driver.
+    pub fn handed_over(&self, bytes: usize) {
+        self.in_transit.fetch_add(bytes, Ordering::SeqCst);
+    }
+
+    /// The core has seen `bytes` the reader handed over.
+    fn taken(&self, bytes: usize) {
+        self.in_transit.fetch_sub(bytes, Ordering::SeqCst);
+        let _ = self.wake.try_send(());
+    }
+
+    /// Returns once the socket may be read.
+    pub async fn wait_open(&self) {
+        while self.paused.load(Ordering::SeqCst)
+            || self.in_transit.load(Ordering::SeqCst) >= IN_TRANSIT_ALLOWANCE
+        {
+            if self.woken.recv().await.is_err() {
+                return;
+            }
+        }
+    }
 }
 
 /// How the driver reaches one connection's writer task.
@@ -35,6 +98,8 @@ pub struct ConnectionWriter {
     /// dropped, so a peer that stopped reading is closed at its cap instead of holding
     /// its connection (and the queued bytes) open forever.
     pub close: async_channel::Sender<(u16, String)>,
+    /// Shared with the connection's reader.
+    pub gate: Arc<ReadGate>,
 }
 
 pub enum DriverInput {
@@ -54,6 +119,10 @@ pub enum DriverInput {
     Sent {
         conn: ConnId,
         bytes: usize,
+    },
+    /// A WebSocket pong arrived.
+    Pong {
+        conn: ConnId,
     },
     Closed {
         conn: ConnId,
@@ -87,6 +156,8 @@ struct State {
     poisoned: bool,
     /// Room saves issued after the core was poisoned, not yet finished.
     salvage_saves: usize,
+    /// The frame the core just handled: its reader is told after the effects are applied.
+    frame_taken: Option<(ConnId, usize)>,
 }
 
 impl Driver {
@@ -115,6 +186,11 @@ impl Driver {
             }
             if !state.poisoned {
                 self.carry_out_effects(&mut state.writers);
+            }
+            if let Some((conn, bytes)) = state.frame_taken.take() {
+                if let Some(writer) = state.writers.get(&conn) {
+                    writer.gate.taken(bytes);
+                }
             }
             let saved = if state.poisoned {
                 state.salvage_saves == 0
@@ -220,13 +296,17 @@ impl Driver {
                 self.call_core(|server| server.handle_open(conn, info, now))
             }
             DriverInput::Frame { conn, frame } => {
-                self.metrics.bytes_in.inc_by(frame.len() as u64);
+                let bytes = frame.len();
+                self.metrics.bytes_in.inc_by(bytes as u64);
+                // Once the core decided (and its pause, if any, is applied) the reader may go on.
+                state.frame_taken = Some((conn, bytes));
                 self.call_core(|server| server.handle_frame(conn, frame, now))
             }
             DriverInput::Http { conn, request } => {
                 self.metrics.bytes_in.inc_by(request.body.len() as u64);
                 self.call_core(|server| server.handle_http_request(conn, request, now))
             }
+            DriverInput::Pong { conn } => self.call_core(|server| server.handle_pong(conn, now)),
             DriverInput::Sent { conn, bytes } => {
                 self.metrics.bytes_out.inc_by(bytes as u64);
                 self.call_core(|server| server.handle_sent(conn, bytes))
@@ -338,6 +418,21 @@ impl Driver {
                     seq,
                     update,
                 }),
+                Effect::Ping { conn } => {
+                    if let Some(writer) = writers.get(&conn) {
+                        let _ = writer.queue.try_send(Outbound::Ping);
+                    }
+                }
+                Effect::PauseReading { conn } => {
+                    if let Some(writer) = writers.get(&conn) {
+                        writer.gate.pause();
+                    }
+                }
+                Effect::ResumeReading { conn } => {
+                    if let Some(writer) = writers.get(&conn) {
+                        writer.gate.resume();
+                    }
+                }
                 Effect::InvalidateCache => self.cache.invalidate(),
             }
         }
@@ -347,5 +442,8 @@ impl Driver {
             self.server.crdt_updates_accepted(),
         );
         Metrics::set_counter(&self.metrics.queries_shared, self.server.queries_shared());
+        self.metrics
+            .inbound_bytes
+            .set(self.server.inbound_bytes_total() as u64);
     }
 }

@@ -66,6 +66,8 @@ pub enum HeadError {
     Malformed,
     /// The peer went away (or never sent a byte of a next request).
     Io,
+    /// The head did not arrive within `--http-head-timeout-ms`: answer 408 and close.
+    TimedOut,
 }
 
 impl RequestHead {

@@ -38,6 +38,7 @@ pub struct Metrics {
     pub crdt_rooms: UGauge,
     pub crdt_updates: Counter,
     pub queries_shared: Counter,
+    pub inbound_bytes: UGauge,
     pub bytes_in: Counter,
     pub bytes_out: Counter,
 }
@@ -56,6 +57,7 @@ impl Default for Metrics {
             crdt_rooms: UGauge::default(),
             crdt_updates: Counter::default(),
             queries_shared: Counter::default(),
+            inbound_bytes: UGauge::default(),
             bytes_in: Counter::default(),
             bytes_out: Counter::default(),
             registry: Registry::default(),
@@ -109,6 +111,11 @@ impl Default for Metrics {
             "duckwire_queries_shared",
             "Persisted reads answered from an identical query already running (single flight)",
             metrics.queries_shared.clone(),
+        );
+        registry.register(
+            "duckwire_inbound_bytes",
+            "Bytes of received work not finished yet (the inbound budget in use)",
+            metrics.inbound_bytes.clone(),
         );
         registry.register(
             "duckwire_bytes_in",

@@ -19,7 +19,7 @@ use smol::net::{TcpListener, TcpStream};
 
 use crate::cache::ResultCache;
 use crate::config::ServerConfig;
-use crate::driver::{ConnectionWriter, Driver, DriverInput, Outbound};
+use crate::driver::{ConnectionWriter, Driver, DriverInput, Outbound, ReadGate};
 use crate::executor::connection::WriteEpoch;
 use crate::executor::{Completion, Executor};
 use crate::http::{read_body, read_head, write_response, HeadError, RequestHead, Response};
@@ -30,9 +30,6 @@ use crate::metrics::Metrics;
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// Pause after a failed `accept`.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
-/// How long a new connection may take to send its first request head (later heads on a
-/// kept-alive connection are bounded by the core's HTTP idle timeout).
-const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -290,13 +287,24 @@ pub fn run(
 
 async fn handle_connection(mut stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     let mut buffer = Vec::with_capacity(1024);
+    // A new connection must send its first request head in time (later heads on a
+    // kept-alive connection are bounded by the core's HTTP idle timeout).
+    let head_timeout = shared.config.http_head_timeout;
     let head = smol::future::or(read_head(&mut stream, &mut buffer), async {
-        smol::Timer::after(HEAD_TIMEOUT).await;
-        Err(HeadError::Malformed)
+        match head_timeout {
+            Some(timeout) => smol::Timer::after(timeout).await,
+            None => std::future::pending().await,
+        };
+        Err(HeadError::TimedOut)
     })
     .await;
     let head = match head {
         Ok(head) => head,
+        Err(HeadError::TimedOut) => {
+            let answer = Response::text(408, "request head timeout");
+            let _ = write_response(&mut stream, &answer, false).await;
+            return;
+        }
         Err(HeadError::Malformed) => {
             let _ = write_response(&mut stream, &Response::text(400, "bad request"), false).await;
             return;
@@ -324,9 +332,11 @@ async fn serve_http(
     let conn = ConnId(shared.next_conn.fetch_add(1, Relaxed));
     let (queue_tx, answers) = async_channel::unbounded::<Outbound>();
     let (close_tx, closes) = async_channel::bounded::<(u16, String)>(1);
+    let gate = Arc::new(ReadGate::default());
     let writer = ConnectionWriter {
         queue: queue_tx,
         close: close_tx,
+        gate: gate.clone(),
     };
     let info = ConnectionInfo {
         dialect: Dialect::Http,
@@ -390,7 +400,7 @@ async fn serve_http(
                 (render(response, &head, &shared), Some(sent))
             }
             Some(Outbound::Close(code, reason)) => (closed_by_core(code, &reason), None),
-            Some(Outbound::Frame(_)) | None => break,
+            Some(Outbound::Frame(_) | Outbound::Ping) | None => break,
         };
         let keep_alive = keep_alive && sent.is_some();
         if write_response(&mut stream, &response, keep_alive)
@@ -408,7 +418,10 @@ async fn serve_http(
         // The next request, unless the core closes the connection first (idle timeout,
         // shutdown): while it waits, only the core's idle timer bounds the wait.
         let next = smol::future::or(
-            async { Some(read_head(&mut stream, &mut buffer).await) },
+            async {
+                gate.wait_open().await;
+                Some(read_head(&mut stream, &mut buffer).await)
+            },
             async {
                 let _ = closes.recv().await;
                 None
@@ -426,7 +439,7 @@ async fn serve_http(
                 let _ = write_response(&mut stream, &refusal, false).await;
                 break;
             }
-            Some(Err(HeadError::Io)) | None => break,
+            Some(Err(HeadError::Io | HeadError::TimedOut)) | None => break,
         }
     }
     let _ = shared.driver.send(DriverInput::Closed { conn }).await;

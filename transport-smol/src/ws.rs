@@ -12,7 +12,9 @@ use duckwire_core::{close_code, ConnId, ConnectionInfo, Frame, Limits, ProtocolE
 use futures_util::{SinkExt, StreamExt};
 use smol::net::TcpStream;
 
-use crate::driver::{ConnectionWriter, DriverInput, Outbound};
+use std::sync::Arc;
+
+use crate::driver::{ConnectionWriter, DriverInput, Outbound, ReadGate};
 
 /// Messages larger than this go out as several WebSocket fragments of this size: the
 /// WebSocket library copies each frame it writes into its buffer, and a large result would
@@ -54,6 +56,50 @@ fn fragments(frame: Frame) -> Vec<Message> {
     messages
 }
 
+/// How often a paused connection's socket is checked for a hang-up.
+const HANGUP_CHECK_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Waits until the connection may be read; `false` if the peer hung up while paused.
+async fn wait_open_or_hangup(gate: &ReadGate, stream: &TcpStream) -> bool {
+    loop {
+        let opened = smol::future::or(
+            async {
+                gate.wait_open().await;
+                true
+            },
+            async {
+                smol::Timer::after(HANGUP_CHECK_EVERY).await;
+                false
+            },
+        )
+        .await;
+        if opened {
+            return true;
+        }
+        if peer_hung_up(stream) {
+            return false;
+        }
+    }
+}
+
+/// `POLLRDHUP`/`POLLHUP`/`POLLERR` without reading: the kernel reports the peer's FIN or
+/// reset even while unread data sits in the receive buffer.
+fn peer_hung_up(stream: &TcpStream) -> bool {
+    use rustix::event::{poll, PollFd, PollFlags};
+    let mut fds = [PollFd::new(stream, PollFlags::RDHUP)];
+    let zero = rustix::time::Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    match poll(&mut fds, Some(&zero)) {
+        Ok(0) => false,
+        Ok(_) => fds[0]
+            .revents()
+            .intersects(PollFlags::RDHUP | PollFlags::HUP | PollFlags::ERR),
+        Err(_) => false,
+    }
+}
+
 /// How long a peer has to answer our close frame before its socket is dropped.
 const CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -65,6 +111,7 @@ pub async fn serve(
     limits: Limits,
     driver: async_channel::Sender<DriverInput>,
 ) {
+    let hangup_probe = stream.clone();
     let config = WebSocketConfig::default()
         .max_message_size(limits.max_frame_bytes)
         .max_frame_size(limits.max_frame_bytes);
@@ -74,9 +121,11 @@ pub async fn serve(
     let (mut sink, mut source) = socket.split();
     let (writer, queue) = async_channel::unbounded::<Outbound>();
     let (close_requests_tx, close_requests) = async_channel::bounded::<(u16, String)>(1);
+    let gate = Arc::new(ReadGate::default());
     let connection_writer = ConnectionWriter {
         queue: writer.clone(),
         close: close_requests_tx,
+        gate: gate.clone(),
     };
     if driver
         .send(DriverInput::Open {
@@ -114,6 +163,11 @@ pub async fn serve(
                     Outbound::Close(code, reason) => return Some((code, reason)),
                     // HTTP answers go to HTTP connections only.
                     Outbound::Response(_) => {}
+                    Outbound::Ping => {
+                        if sink.send(Message::Ping(Bytes::new())).await.is_err() {
+                            return None;
+                        }
+                    }
                 }
             }
             None
@@ -139,11 +193,23 @@ pub async fn serve(
     });
 
     let reading = async {
-        while let Some(message) = source.next().await {
+        loop {
+            // Over its inbound budget the connection is not read: TCP backpressure. A peer
+            // that hangs up meanwhile is noticed without reading, so its queries stop.
+            if !wait_open_or_hangup(&gate, &hangup_probe).await {
+                break;
+            }
+            let Some(message) = source.next().await else {
+                break;
+            };
             let frame = match message {
                 Ok(Message::Text(text)) => Frame::Text(text.as_str().to_owned()),
                 Ok(Message::Binary(data)) => Frame::Binary(data),
                 Ok(Message::Close(_)) => break,
+                Ok(Message::Pong(_)) => {
+                    let _ = driver.send(DriverInput::Pong { conn }).await;
+                    continue;
+                }
                 Ok(_) => continue,
                 Err(WsError::Capacity(_)) => {
                     let limit = limits.max_frame_bytes.unwrap_or(usize::MAX);
@@ -157,6 +223,7 @@ pub async fn serve(
                 }
                 Err(_) => break,
             };
+            gate.handed_over(frame.len());
             if driver
                 .send(DriverInput::Frame { conn, frame })
                 .await

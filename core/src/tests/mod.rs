@@ -1,5 +1,6 @@
 mod harness;
 
+mod budget_tests;
 mod codec_tests;
 mod flights_tests;
 mod http_tests;

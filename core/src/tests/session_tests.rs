@@ -7,9 +7,12 @@ use crate::{
     Config, ConnId, ConnectionInfo, Effect, Frame, Limits, Server, ServerError, MAX_AUTH_STRIKES,
 };
 
+/// A token, and no keep-alive timers, so the only timer is the authentication deadline.
 fn with_token() -> Config {
     Config {
         auth_token: Some("s3cret".into()),
+        ping_interval_ms: None,
+        idle_timeout_ms: None,
         ..Config::default()
     }
 }
@@ -357,4 +360,59 @@ fn the_same_inputs_give_the_same_effects() {
         format!("{all:?}")
     };
     assert_eq!(run(), run());
+}
+
+#[test]
+fn peers_are_pinged_and_a_silent_one_is_closed_with_1001() {
+    let mut h = Harness::new(Config {
+        ping_interval_ms: Some(1_000),
+        idle_timeout_ms: Some(3_000),
+        ..Config::default()
+    });
+    h.open(1);
+    h.open(2);
+    let start = h.now;
+    let mut pings = 0;
+    // Peer 1 answers every ping; peer 2 never does.
+    for step in 1..=4 {
+        h.now = start + step * 1_000;
+        h.server.handle_timeout(h.now()).unwrap();
+        for effect in h.drain() {
+            match effect {
+                Effect::Ping { conn: ConnId(1) } => {
+                    pings += 1;
+                    h.server.handle_pong(ConnId(1), h.now()).unwrap();
+                }
+                Effect::Close { conn, code, .. } => {
+                    assert_eq!((conn, code, h.now - start), (ConnId(2), 1001, 3_000));
+                    h.server.handle_closed(conn, h.now()).unwrap();
+                }
+                _ => {}
+            }
+        }
+    }
+    assert_eq!(pings, 4);
+    assert_eq!(h.server.connection_count(), 1, "the answering peer stays");
+}
+
+#[test]
+fn a_peer_the_server_stopped_reading_is_not_closed_for_silence() {
+    let mut h = Harness::new(Config {
+        ping_interval_ms: None,
+        idle_timeout_ms: Some(1_000),
+        limits: crate::Limits {
+            max_inbound_bytes_per_conn: Some(10),
+            ..crate::Limits::default()
+        },
+        ..Config::default()
+    });
+    h.open(1);
+    h.text(
+        1,
+        json!({"type":"json","sql":"select 1 as long_enough","queryId":"q"}),
+    );
+    assert!(h.server.is_reading_paused(ConnId(1)));
+    h.now += 5_000;
+    h.server.handle_timeout(h.now()).unwrap();
+    assert!(closes(&h.drain()).is_empty());
 }

@@ -300,6 +300,8 @@ pub fn limits() -> Limits {
         max_subscriptions_per_conn: Some(2),
         max_connections: Some(3),
         max_outbound_bytes_per_conn: Some(2048),
+        max_inbound_bytes_per_conn: Some(160),
+        max_inbound_bytes: Some(400),
         ..Limits::default()
     }
 }
@@ -348,6 +350,9 @@ pub struct Session<'t> {
     outbound: BTreeMap<u64, usize>,
     next_id: u64,
     fail_persists: bool,
+    /// Connections the core told to stop reading.
+    paused: BTreeSet<u64>,
+    largest_frame: usize,
 }
 
 fn violation(what: impl Into<String>) -> Result<(), String> {
@@ -397,6 +402,8 @@ impl<'t> Session<'t> {
             outbound: BTreeMap::new(),
             next_id: 0,
             fail_persists: false,
+            paused: BTreeSet::new(),
+            largest_frame: 0,
         }
     }
 
@@ -409,6 +416,11 @@ impl<'t> Session<'t> {
     }
 
     fn frame(&mut self, conn: u64, frame: Frame, step: &mut Step) -> Result<(), String> {
+        if self.paused.contains(&conn) {
+            // A transport does not read a paused connection's socket.
+            return Ok(());
+        }
+        self.largest_frame = self.largest_frame.max(frame.len());
         if let Frame::Binary(bytes) = &frame {
             step.binary_sent = Some(bytes.to_vec());
         }
@@ -647,6 +659,7 @@ impl<'t> Session<'t> {
 
     fn forget(&mut self, conn: u64) {
         self.open.remove(&conn);
+        self.paused.remove(&conn);
         self.authenticated.remove(&conn);
         self.joined.remove(&conn);
         self.subscriptions.retain(|(c, _)| *c != conn);
@@ -736,6 +749,28 @@ impl<'t> Session<'t> {
                 }
                 Effect::AppendRoomUpdate { .. } => {
                     return violation("a log append while durable_room_log is off");
+                }
+                Effect::Ping { conn } => {
+                    ensure!(
+                        self.open.contains(&conn.0),
+                        "pinged closed connection {}",
+                        conn.0
+                    );
+                }
+                Effect::PauseReading { conn } => {
+                    ensure!(
+                        self.open.contains(&conn.0),
+                        "paused closed connection {}",
+                        conn.0
+                    );
+                    self.paused.insert(conn.0);
+                }
+                Effect::ResumeReading { conn } => {
+                    ensure!(
+                        self.paused.remove(&conn.0),
+                        "resumed {} without a pause",
+                        conn.0
+                    );
                 }
                 Effect::PersistSnapshot {
                     room_id,
@@ -911,12 +946,23 @@ impl<'t> Session<'t> {
                 subscriptions <= cap(caps.max_subscriptions_per_conn),
                 "(d) max_subscriptions_per_conn exceeded on {conn}"
             );
+            // A paused connection may have had one frame in flight.
+            let inbound = self.server.inbound_bytes(ConnId(conn));
+            ensure!(
+                inbound < cap(caps.max_inbound_bytes_per_conn) + self.largest_frame.max(1),
+                "(d) max_inbound_bytes_per_conn exceeded on {conn}: {inbound}"
+            );
             let queued = self.outbound.get(&conn).copied().unwrap_or(0);
             ensure!(
                 queued <= cap(caps.max_outbound_bytes_per_conn),
                 "(d) max_outbound_bytes_per_conn exceeded on {conn}: {queued}"
             );
         }
+        let total = self.server.inbound_bytes_total();
+        ensure!(
+            total < cap(caps.max_inbound_bytes) + usize::from(CONNS) * self.largest_frame.max(1),
+            "(d) max_inbound_bytes exceeded: {total}"
+        );
         Ok(())
     }
 
