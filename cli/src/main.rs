@@ -6,6 +6,9 @@ use argh::FromArgs;
 use duckwire_core::{Limits, OriginPolicy};
 use duckwire_smol::ServerConfig;
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// A DuckDB server speaking the SQLRooms WebSocket protocol (drop-in for sqlrooms-server).
 #[derive(FromArgs, Debug)]
 struct Args {

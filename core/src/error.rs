@@ -62,6 +62,10 @@ pub enum ProtocolError {
     RoomLoadFailed(String),
     #[error("CRDT change applied but not saved: {0}")]
     UpdateNotSaved(String),
+    #[error("`{0}` messages are not part of Mosaic's socket protocol (send arrow, json or exec)")]
+    NotMosaic(&'static str),
+    #[error("binary messages are not part of Mosaic's socket protocol")]
+    MosaicBinary,
     #[error("`{0}` messages are only accepted over WebSocket")]
     WebSocketOnly(&'static str),
     #[error("server is shutting down")]

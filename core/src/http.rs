@@ -25,6 +25,9 @@ pub enum Dialect {
     SqlRooms,
     /// HTTP/1.1: requests answered in order, each authenticated by its own headers.
     Http,
+    /// Mosaic's WebSocket protocol (`socketConnector`, path `/mosaic`): no ids, answers in
+    /// the order the messages came (see `mosaic`).
+    MosaicSocket,
 }
 
 /// One HTTP request, as the transport parsed it (framing is the transport's business).
@@ -39,7 +42,28 @@ pub struct HttpRequest {
     pub url_token: Option<String>,
     /// The `Origin` header, when the client is a browser.
     pub origin: Option<String>,
+    /// Query-string parameters, percent-decoded, in order.
+    pub params: Vec<(String, String)>,
     pub body: Bytes,
+}
+
+impl HttpRequest {
+    fn param(&self, name: &str) -> Option<&str> {
+        self.params
+            .iter()
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value.as_str())
+    }
+
+    /// The query a `GET /` carries: Mosaic's Python server sends `?query=<JSON request>`,
+    /// its Rust server `?type=T&sql=S`.
+    fn query_in_url(&self) -> Option<String> {
+        if let Some(query) = self.param("query") {
+            return Some(query.to_string());
+        }
+        let (kind, sql) = (self.param("type")?, self.param("sql")?);
+        Some(serde_json::json!({ "type": kind, "sql": sql }).to_string())
+    }
 }
 
 /// How the core answers an HTTP request. The transport renders it (status line, headers,
@@ -101,6 +125,11 @@ impl HttpResponse {
         }
     }
 
+    /// A refusal on a Mosaic socket (no status there, only the message).
+    pub(crate) fn mosaic_refusal(error: ProtocolError) -> Self {
+        Self::refusal(error)
+    }
+
     /// The HTTP status a refused request gets for this protocol error.
     fn refusal(error: ProtocolError) -> Self {
         let status = match &error {
@@ -116,6 +145,10 @@ impl HttpResponse {
         HttpResponse::error(status, error)
     }
 }
+
+/// The answer (405) to a GET that would write without proving where it comes from.
+pub const WRITE_OVER_GET: &str =
+    "writes over GET need an allowed Origin header or a bearer token (CSRF protection); use POST";
 
 /// The message for an origin the policy refuses (HTTP 403, WebSocket close 1008).
 pub const ORIGIN_NOT_ALLOWED: &str = "origin not allowed";
@@ -154,20 +187,31 @@ impl Server {
                 return Some(HttpResponse::error(403, ORIGIN_NOT_ALLOWED));
             }
         }
-        let needs_auth = match (request.method.as_str(), request.path.as_str()) {
+        let url_query = match (request.method.as_str(), request.path.as_str()) {
             ("GET", "/healthz") => return Some(HttpResponse::Health),
             ("GET", "/readyz") => return Some(HttpResponse::Ready),
             ("OPTIONS", "/") => return Some(HttpResponse::Preflight),
-            ("GET", "/version" | "/metrics") | ("POST", "/") => true,
+            ("GET", "/version" | "/metrics") | ("POST", "/") => None,
+            ("GET", "/") => match request.query_in_url() {
+                Some(query) => Some(query),
+                None => return Some(HttpResponse::error(404, "not found")),
+            },
             _ => return Some(HttpResponse::error(404, "not found")),
         };
-        if needs_auth && !self.request_authorized(&request) {
+        if !self.request_authorized(&request) {
             return Some(HttpResponse::refusal(ProtocolError::Unauthorized));
         }
-        match request.path.as_str() {
-            "/version" => Some(HttpResponse::Version),
-            "/metrics" => Some(HttpResponse::Metrics),
-            _ => self.rest_query(conn, slot, request.body, now),
+        match (request.path.as_str(), url_query) {
+            ("/version", _) => Some(HttpResponse::Version),
+            ("/metrics", _) => Some(HttpResponse::Metrics),
+            (_, Some(query)) => {
+                // Any page can make a browser send a GET (`<img src>`), without CORS: only a
+                // request that shows it comes from an allowed page (Origin) or a client holding
+                // the token (a header no page can add) may write.
+                let reads_only = request.origin.is_none() && request.bearer_token.is_none();
+                self.rest_query(conn, slot, Bytes::from(query), reads_only, now)
+            }
+            (_, None) => self.rest_query(conn, slot, request.body, false, now),
         }
     }
 
@@ -187,6 +231,7 @@ impl Server {
         conn: ConnId,
         slot: Slot,
         body: Bytes,
+        reads_only: bool,
         now: Millis,
     ) -> Option<HttpResponse> {
         if let Some(limit) = self.config.limits.max_frame_bytes {
@@ -216,6 +261,9 @@ impl Server {
                 message.type_name(),
             )));
         };
+        if reads_only && (kind == QueryKind::Exec || !crate::sql::classify(&sql).read_only) {
+            return Some(HttpResponse::error(405, WRITE_OVER_GET));
+        }
         // The id is internal (replies are matched by order); it only has to be unique.
         let query_id = QueryId::Num(slot.to_string());
         self.start_query_answered_in_order(conn, kind, sql, query_id, persist, slot, now)
@@ -248,7 +296,7 @@ impl Server {
     }
 
     /// Fills `slot` and sends every answer whose turn has come.
-    fn answer(&mut self, conn: ConnId, slot: Slot, response: HttpResponse, now: Millis) {
+    pub(crate) fn answer(&mut self, conn: ConnId, slot: Slot, response: HttpResponse, now: Millis) {
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
         };
@@ -266,12 +314,22 @@ impl Server {
                 break;
             };
             first.remove();
+            if c.dialect == Dialect::MosaicSocket {
+                self.send_frame(conn, response.into_mosaic_frame(), now);
+                continue;
+            }
             if !self.account_outbound(conn, response.len(), now) {
                 return;
             }
             self.push(Effect::Respond { conn, response });
         }
-        self.arm_http_idle(conn, now);
+        if self
+            .conns
+            .get(&conn)
+            .is_some_and(|c| c.dialect == Dialect::Http)
+        {
+            self.arm_http_idle(conn, now);
+        }
     }
 
     /// A kept-alive connection with nothing asked and nothing running starts its idle clock.

@@ -11,9 +11,11 @@ mod flights;
 mod http;
 mod ids;
 pub mod limits;
+mod mosaic;
 mod queries;
 mod rooms;
 mod server;
+pub mod sql;
 mod timers;
 
 pub use auth::{tokens_match, OriginPolicy};

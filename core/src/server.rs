@@ -647,8 +647,13 @@ impl Server {
             return;
         };
         c.last_heard = now;
-        if !c.open || c.dialect != Dialect::SqlRooms {
+        if !c.open {
             return;
+        }
+        match c.dialect {
+            Dialect::SqlRooms => {}
+            Dialect::MosaicSocket => return self.mosaic_frame(conn, frame, now),
+            Dialect::Http => return,
         }
         let authenticated = c.authenticated;
         if let Some(limit) = self.config.limits.max_frame_bytes {

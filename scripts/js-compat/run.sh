@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs the official clients, unchanged, against freshly started duckwire servers:
 # @sqlrooms/duckdb 0.29.0 (WebSocket connector), @sqlrooms/crdt 0.29.0 with loro-crdt,
-# Mosaic's @uwdata/mosaic-core REST connector, and (when Chromium is installed, as CI does)
-# the connector in headless Chromium. Needs node/npm and the registry; used by .ci/run.
+# Mosaic's @uwdata/mosaic-core 0.32.0 (REST and socket connectors, Coordinator, flechette
+# decoding), and (when Chromium is installed, as CI does) the connector in headless
+# Chromium. Needs node/npm and the registry; used by .ci/run.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$here/../.."
@@ -16,9 +17,21 @@ if [ ! -f vendor/duckdb/package/package.json ]; then
   mkdir -p vendor/duckdb
   (cd vendor/duckdb && npm pack --silent @sqlrooms/duckdb@0.29.0 >/dev/null && tar xzf sqlrooms-duckdb-0.29.0.tgz)
 fi
+# @uwdata/mosaic-core@0.32.0 cannot be installed whole either (@duckdb/duckdb-wasm, which
+# only its wasm connector uses, depends on @uwdata/wk-geojson, missing from the registry):
+# bundle the published mosaic-core and mosaic-sql as they are, with duckdb-wasm stubbed.
+for pkg in mosaic-core mosaic-sql; do
+  if [ ! -f "vendor/$pkg/package/package.json" ]; then
+    mkdir -p "vendor/$pkg"
+    (cd "vendor/$pkg" && npm pack --silent "@uwdata/$pkg@0.32.0" >/dev/null && tar xzf ./*.tgz)
+  fi
+done
 node_bundle() {
   npx esbuild "$1.mjs" --bundle --platform=node --format=esm --outfile="dist/$1.mjs" \
     --external:loro-crdt --external:apache-arrow --external:ws \
+    --alias:@uwdata/mosaic-core=./vendor/mosaic-core/package/dist/src/index.js \
+    --alias:@uwdata/mosaic-sql=./vendor/mosaic-sql/package/dist/src/index.js \
+    --alias:@duckdb/duckdb-wasm=./duckdb-wasm-stub.mjs --log-override:import-is-undefined=silent \
     --banner:js="import{createRequire}from'module';const require=createRequire(import.meta.url);" \
     --log-level=warning
 }
@@ -49,7 +62,9 @@ sqlrooms_clients() { node dist/compat.mjs "$1" && DUCKWIRE_BIN="$binary" node di
 sqlrooms_clients_with_token() {
   node dist/compat.mjs "$1" compat-secret && DUCKWIRE_BIN="$binary" node dist/crdt-compat.mjs "$1" compat-secret
 }
-mosaic_client() { node dist/mosaic-compat.mjs "http://${1#ws://}/"; }
+mosaic_client() {
+  node dist/mosaic-compat.mjs "http://${1#ws://}/" "$1/mosaic" "$root/tests/data/flights-200k.parquet"
+}
 browser() { node browser.mjs "$1"; }
 
 with_server sqlrooms_clients --sync

@@ -43,6 +43,21 @@ impl RequestHead {
             .then(|| token.trim().to_string())
     }
 
+    /// Every query-string parameter, percent-decoded, in order.
+    pub fn query_params(&self) -> Vec<(String, String)> {
+        let Some(query) = self.query.as_deref() else {
+            return Vec::new();
+        };
+        query
+            .split('&')
+            .filter(|pair| !pair.is_empty())
+            .map(|pair| {
+                let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+                (percent_decode(key), percent_decode(value))
+            })
+            .collect()
+    }
+
     /// A query-string parameter, percent-decoded.
     pub fn query_param(&self, name: &str) -> Option<String> {
         self.query.as_deref()?.split('&').find_map(|pair| {

@@ -376,6 +376,7 @@ async fn serve_http(
             bearer_token: head.bearer_token(),
             url_token: head.query_param("token"),
             origin: head.header("origin").map(str::to_string),
+            params: head.query_params(),
             body,
         };
         if shared
@@ -556,8 +557,14 @@ async fn upgrade(
         return;
     }
     let conn = ConnId(shared.next_conn.fetch_add(1, Relaxed));
+    // Every path speaks the SQLRooms protocol except `/mosaic`: Mosaic's socketConnector.
+    let dialect = if head.path == "/mosaic" {
+        Dialect::MosaicSocket
+    } else {
+        Dialect::SqlRooms
+    };
     let info = ConnectionInfo {
-        dialect: Dialect::SqlRooms,
+        dialect,
         peer: peer.to_string(),
         bearer_token: head.bearer_token(),
         url_token: head.query_param("token"),

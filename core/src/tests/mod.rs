@@ -4,6 +4,7 @@ mod budget_tests;
 mod codec_tests;
 mod flights_tests;
 mod http_tests;
+mod mosaic_tests;
 mod props;
 mod queries_tests;
 mod room_log_tests;

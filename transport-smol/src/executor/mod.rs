@@ -4,7 +4,8 @@
 pub mod connection;
 pub mod ipc;
 pub mod json;
-pub mod sql;
+/// SQL classification lives in the core (it decides what a GET may run).
+pub use duckwire_core::sql;
 pub mod upload;
 
 use std::collections::{HashMap, HashSet};

@@ -1,0 +1,130 @@
+//! Mosaic's socket protocol: no ids, answers in the order asked, bare results.
+
+use bytes::Bytes;
+use serde_json::json;
+
+use super::harness::{sent_binary, sent_json, Harness};
+use crate::{Config, ConnectionInfo, Dialect, Effect, Frame, QueryHandle, QueryOutcome, RunQuery};
+
+fn mosaic() -> ConnectionInfo {
+    ConnectionInfo {
+        dialect: Dialect::MosaicSocket,
+        ..Default::default()
+    }
+}
+
+fn runs(effects: &[Effect]) -> Vec<RunQuery> {
+    effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::RunQuery(run) => Some(run.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn sent(effects: &[Effect]) -> Vec<Frame> {
+    effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Send { frame, .. } => Some(frame.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn answers_come_in_request_order_as_bare_results() {
+    let mut h = Harness::new(Config::default());
+    h.open_with(1, mosaic());
+    let arrow = runs(&h.text(1, json!({"type":"arrow","sql":"select 1"})))[0].clone();
+    assert!(arrow.arrow_header.is_empty(), "bare IPC");
+    let json_query = runs(&h.text(1, json!({"type":"json","sql":"select 2"})))[0].clone();
+    assert_eq!(json_query.json_header, None);
+    let exec = runs(&h.text(1, json!({"type":"exec","sql":"create table t(a int)"})))[0].clone();
+    let bad = h.text(1, json!({"type":"subscribe","channel":"c"}));
+    assert!(sent(&bad).is_empty(), "waits its turn");
+    let finish = |h: &mut Harness, q: QueryHandle, o: QueryOutcome| {
+        h.server.handle_query_done(q, o, false, h.now()).unwrap();
+        h.drain()
+    };
+    assert!(sent(&finish(&mut h, exec.query, QueryOutcome::NoResultSet)).is_empty());
+    assert!(sent(&finish(
+        &mut h,
+        json_query.query,
+        QueryOutcome::Json("[{\"x\":2}]".into())
+    ))
+    .is_empty());
+    let effects = finish(
+        &mut h,
+        arrow.query,
+        QueryOutcome::Arrow(Bytes::from_static(b"IPC")),
+    );
+    assert_eq!(
+        sent(&effects),
+        vec![
+            Frame::Binary(Bytes::from_static(b"IPC")),
+            Frame::Text("[{\"x\":2}]".into()),
+            Frame::Text("{}".into()),
+            Frame::Text(
+                json!({"error":"`subscribe` messages are not part of Mosaic's socket protocol (send arrow, json or exec)"})
+                    .to_string()
+            ),
+        ]
+    );
+}
+
+#[test]
+fn failures_and_binary_messages_answer_errors() {
+    let mut h = Harness::new(Config::default());
+    h.open_with(1, mosaic());
+    let q = runs(&h.text(1, json!({"type":"json","sql":"select nope"})))[0].query;
+    h.server
+        .handle_query_done(
+            q,
+            QueryOutcome::Failed("Binder Error: nope".into()),
+            false,
+            h.now(),
+        )
+        .unwrap();
+    assert_eq!(
+        sent_json(&h.drain(), 1),
+        vec![json!({"error":"Binder Error: nope"})]
+    );
+    let effects = h.binary(1, vec![1, 2, 3]);
+    assert_eq!(
+        sent_json(&effects, 1),
+        vec![json!({"error":"binary messages are not part of Mosaic's socket protocol"})]
+    );
+    assert!(sent_binary(&effects, 1).is_empty());
+}
+
+#[test]
+fn the_token_comes_with_the_upgrade() {
+    let mut h = Harness::new(Config {
+        auth_token: Some("s3cret".into()),
+        ..Config::default()
+    });
+    h.open_with(1, mosaic());
+    let effects = h.text(1, json!({"type":"json","sql":"select 1"}));
+    assert!(runs(&effects).is_empty());
+    assert_eq!(
+        sent_json(&effects, 1),
+        vec![json!({"error":"unauthorized"})]
+    );
+    h.open_with(
+        2,
+        ConnectionInfo {
+            url_token: Some("s3cret".into()),
+            ..mosaic()
+        },
+    );
+    assert_eq!(
+        runs(&h.text(2, json!({"type":"json","sql":"select 1"}))).len(),
+        1
+    );
+    // Closing the socket interrupts what it had running.
+    let q = runs(&h.text(2, json!({"type":"json","sql":"select 2"})))[0].query;
+    h.server.handle_closed(crate::ConnId(2), h.now()).unwrap();
+    assert!(h.drain().contains(&Effect::Interrupt { query: q }));
+}

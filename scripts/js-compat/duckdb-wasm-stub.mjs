@@ -1,0 +1,2 @@
+// Stands in for @duckdb/duckdb-wasm, which only Mosaic's wasm connector uses (never here).
+export {};
