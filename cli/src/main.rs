@@ -102,6 +102,9 @@ struct Args {
     /// answer 408 to a new connection whose request head takes longer (default 10000; 0/none: never)
     #[argh(option, from_str_fn(parse_cap), default = "Some(10_000)")]
     http_head_timeout_ms: Option<usize>,
+    /// compress large HTTP answers (gzip, br, zstd as the client accepts): auto (only for non-loopback peers), on, off (default: auto)
+    #[argh(option, default = "duckwire_smol::compress::Compression::Auto")]
+    http_compression: duckwire_smol::compress::Compression,
     /// print name, version, DuckDB version and build, then exit
     #[argh(switch)]
     version: bool,
@@ -189,6 +192,7 @@ fn config_from(args: Args) -> ServerConfig {
         meta_db: args.meta_db,
         cache_bytes: args.cache_bytes,
         cache_dir: args.cache_dir,
+        http_compression: args.http_compression,
         http_head_timeout: args
             .http_head_timeout_ms
             .map(|ms| std::time::Duration::from_millis(ms as u64)),

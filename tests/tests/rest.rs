@@ -183,3 +183,80 @@ fn rest_errors_use_the_core_strings_and_statuses() {
     );
     assert_eq!((status, rows(&answer)), (200, json!([{"n": 1}])));
 }
+
+fn decoded(encoding: Option<&str>, body: &[u8]) -> Vec<u8> {
+    use std::io::Read;
+    let mut out = Vec::new();
+    match encoding {
+        None => out.extend_from_slice(body),
+        Some("gzip") => {
+            flate2::read::GzDecoder::new(body)
+                .read_to_end(&mut out)
+                .unwrap();
+        }
+        Some("br") => {
+            brotli::BrotliDecompress(&mut &body[..], &mut out).unwrap();
+        }
+        Some("zstd") => out = zstd::stream::decode_all(body).unwrap(),
+        Some(other) => panic!("unexpected encoding {other}"),
+    }
+    out
+}
+
+/// `--http-compression on`: large answers are compressed as the request's Accept-Encoding
+/// prefers, and decode to exactly the uncompressed answer; small ones go as they are.
+#[test]
+fn large_answers_are_compressed_as_the_client_accepts() {
+    let server = ServerProcess::start(&["--http-compression", "on"]);
+    let flights = data_file("flights-200k.parquet");
+    for kind in ["json", "arrow"] {
+        let request = json!({"type":kind,"sql":format!("select * from read_parquet('{}') limit 20000", flights.display())});
+        let (_, headers, plain) = post_json(&server.addr, &request, "");
+        assert_eq!(header(&headers, "content-encoding"), None);
+        for (accept, expected) in [
+            ("gzip", "gzip"),
+            ("gzip, br", "br"),
+            ("gzip, deflate, br, zstd", "zstd"),
+            ("br;q=0.5, gzip;q=0.9", "gzip"),
+        ] {
+            let (status, headers, body) = post_json(
+                &server.addr,
+                &request,
+                &format!("Accept-Encoding: {accept}\r\n"),
+            );
+            assert_eq!(status, 200);
+            let encoding = header(&headers, "content-encoding");
+            assert_eq!(encoding, Some(expected), "{kind} with {accept}");
+            assert!(
+                body.len() < plain.len() / 2,
+                "{kind} {expected}: {} of {}",
+                body.len(),
+                plain.len()
+            );
+            assert_eq!(decoded(encoding, &body), plain, "{kind} {expected}");
+        }
+    }
+    let (_, headers, _) = post_json(
+        &server.addr,
+        &json!({"type":"json","sql":"select 1 as n"}),
+        "Accept-Encoding: gzip\r\n",
+    );
+    assert_eq!(
+        header(&headers, "content-encoding"),
+        None,
+        "small answers go as they are"
+    );
+}
+
+#[test]
+fn auto_compression_leaves_loopback_clients_alone() {
+    let server = ServerProcess::start(&[]);
+    let request = json!({"type":"json","sql":"select * from range(10000) t(i)"});
+    let (_, headers, body) = post_json(
+        &server.addr,
+        &request,
+        "Accept-Encoding: gzip, br, zstd\r\n",
+    );
+    assert_eq!(header(&headers, "content-encoding"), None);
+    assert_eq!(rows(&body).as_array().unwrap().len(), 10_000);
+}

@@ -22,6 +22,8 @@ pub struct ServerConfig {
     pub threads: usize,
     /// How long a new connection may take to send its first request head (`None`: forever).
     pub http_head_timeout: Option<std::time::Duration>,
+    /// `--http-compression`.
+    pub http_compression: crate::compress::Compression,
 }
 
 impl ServerConfig {
@@ -44,6 +46,7 @@ impl Default for ServerConfig {
             cache_dir: None,
             threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
             http_head_timeout: Some(std::time::Duration::from_secs(10)),
+            http_compression: crate::compress::Compression::Auto,
         }
     }
 }

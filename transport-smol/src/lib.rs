@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 pub mod cache;
+pub mod compress;
 pub mod config;
 mod driver;
 pub mod executor;

@@ -18,6 +18,7 @@ use smol::io::AsyncWriteExt;
 use smol::net::{TcpListener, TcpStream};
 
 use crate::cache::ResultCache;
+use crate::compress::{Encoding, COMPRESS_ABOVE};
 use crate::config::ServerConfig;
 use crate::driver::{ConnectionWriter, Driver, DriverInput, Outbound, ReadGate};
 use crate::executor::connection::WriteEpoch;
@@ -398,7 +399,11 @@ async fn serve_http(
         let (response, sent) = match answer {
             Some(Outbound::Response(response)) => {
                 let sent = response.len();
-                (render(response, &head, &shared), Some(sent))
+                let rendered = render(response, &head, &shared);
+                (
+                    compressed(rendered, &head, &peer, &shared).await,
+                    Some(sent),
+                )
             }
             Some(Outbound::Close(code, reason)) => (closed_by_core(code, &reason), None),
             Some(Outbound::Frame(_) | Outbound::Ping) | None => break,
@@ -446,6 +451,39 @@ async fn serve_http(
     let _ = shared.driver.send(DriverInput::Closed { conn }).await;
     if let Some(head) = upgrade_to_websocket {
         upgrade(stream, buffer, peer, head, shared).await;
+    }
+}
+
+/// Compresses a large answer when `--http-compression` applies to this peer and the request
+/// accepts an encoding we speak. Compression runs on the blocking pool, off the I/O thread.
+async fn compressed(
+    mut response: Response,
+    head: &RequestHead,
+    peer: &SocketAddr,
+    shared: &Shared,
+) -> Response {
+    if response.body.len() <= COMPRESS_ABOVE || !shared.config.http_compression.applies_to(peer) {
+        return response;
+    }
+    let Some(encoding) = head.header("accept-encoding").and_then(Encoding::negotiate) else {
+        return response;
+    };
+    let body = response.body.clone();
+    match smol::unblock(move || encoding.compress(&body)).await {
+        Ok(smaller) => {
+            response.body = Bytes::from(smaller);
+            response
+                .headers
+                .push(("Content-Encoding".into(), encoding.header_value().into()));
+            response
+                .headers
+                .push(("Vary".into(), "Accept-Encoding".into()));
+            response
+        }
+        Err(e) => {
+            tracing::warn!("compressing an answer failed (sent as is): {e}");
+            response
+        }
     }
 }
 

@@ -1,0 +1,157 @@
+//! HTTP answer compression (`--http-compression auto|on|off`): `zstd`, `br` or `gzip`, as the
+//! request's `Accept-Encoding` prefers, for bodies above a threshold. `auto` compresses only
+//! for non-loopback peers: on one machine, bandwidth is free and compressing costs time.
+
+use std::io::Write;
+use std::net::SocketAddr;
+
+/// Bodies smaller than this go as they are: headers and a round trip dominate anyway.
+pub const COMPRESS_ABOVE: usize = 4 * 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Compression {
+    /// Only for peers that are not on this machine.
+    #[default]
+    Auto,
+    On,
+    Off,
+}
+
+impl std::str::FromStr for Compression {
+    type Err = String;
+
+    fn from_str(value: &str) -> Result<Self, String> {
+        match value.trim().to_ascii_lowercase().as_str() {
+            "auto" => Ok(Compression::Auto),
+            "on" => Ok(Compression::On),
+            "off" => Ok(Compression::Off),
+            other => Err(format!("expected auto, on or off, got {other:?}")),
+        }
+    }
+}
+
+impl Compression {
+    pub fn applies_to(self, peer: &SocketAddr) -> bool {
+        match self {
+            Compression::Auto => !peer.ip().is_loopback(),
+            Compression::On => true,
+            Compression::Off => false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encoding {
+    Zstd,
+    Brotli,
+    Gzip,
+}
+
+impl Encoding {
+    pub fn header_value(self) -> &'static str {
+        match self {
+            Encoding::Zstd => "zstd",
+            Encoding::Brotli => "br",
+            Encoding::Gzip => "gzip",
+        }
+    }
+
+    /// The encoding `Accept-Encoding` prefers (highest q; on ties zstd, then br, then gzip:
+    /// fastest for the ratio first). `None` when it accepts none of them.
+    pub fn negotiate(accept_encoding: &str) -> Option<Encoding> {
+        let mut best: Option<(f32, u8, Encoding)> = None;
+        for item in accept_encoding.split(',') {
+            let mut parts = item.split(';');
+            let name = parts.next().unwrap_or("").trim().to_ascii_lowercase();
+            let q = parts
+                .filter_map(|p| p.trim().strip_prefix("q="))
+                .find_map(|q| q.trim().parse::<f32>().ok())
+                .unwrap_or(1.0);
+            let (rank, encoding) = match name.as_str() {
+                "zstd" => (3, Encoding::Zstd),
+                "br" => (2, Encoding::Brotli),
+                "gzip" | "x-gzip" => (1, Encoding::Gzip),
+                _ => continue,
+            };
+            if q <= 0.0 {
+                continue;
+            }
+            if best.is_none_or(|(bq, br, _)| q > bq || (q == bq && rank > br)) {
+                best = Some((q, rank, encoding));
+            }
+        }
+        best.map(|(_, _, encoding)| encoding)
+    }
+
+    /// Compresses at a level chosen for speed (answers are made once, read once).
+    pub fn compress(self, body: &[u8]) -> std::io::Result<Vec<u8>> {
+        match self {
+            Encoding::Zstd => zstd::bulk::compress(body, 3),
+            Encoding::Brotli => {
+                let mut out = Vec::with_capacity(body.len() / 4);
+                {
+                    let mut writer = brotli::CompressorWriter::new(&mut out, 64 * 1024, 4, 22);
+                    writer.write_all(body)?;
+                    writer.flush()?;
+                }
+                Ok(out)
+            }
+            Encoding::Gzip => {
+                let mut encoder = flate2::write::GzEncoder::new(
+                    Vec::with_capacity(body.len() / 4),
+                    flate2::Compression::new(4),
+                );
+                encoder.write_all(body)?;
+                encoder.finish()
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_preferred_encoding_wins() {
+        assert_eq!(
+            Encoding::negotiate("gzip, deflate, br, zstd"),
+            Some(Encoding::Zstd)
+        );
+        assert_eq!(Encoding::negotiate("gzip, br"), Some(Encoding::Brotli));
+        assert_eq!(
+            Encoding::negotiate("gzip;q=1, br;q=0.5"),
+            Some(Encoding::Gzip)
+        );
+        assert_eq!(Encoding::negotiate("zstd;q=0, gzip"), Some(Encoding::Gzip));
+        assert_eq!(Encoding::negotiate("identity, deflate"), None);
+        assert_eq!(Encoding::negotiate(""), None);
+    }
+
+    #[test]
+    fn auto_compresses_only_for_other_machines() {
+        let loopback: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let lan: SocketAddr = "192.168.1.2:1".parse().unwrap();
+        assert!(!Compression::Auto.applies_to(&loopback));
+        assert!(Compression::Auto.applies_to(&lan));
+        assert!(Compression::On.applies_to(&loopback));
+        assert!(!Compression::Off.applies_to(&lan));
+    }
+
+    #[test]
+    fn every_encoding_round_trips() {
+        let body = b"[{\"a\":1},{\"a\":2}]".repeat(1000);
+        let zstd = Encoding::Zstd.compress(&body).unwrap();
+        assert_eq!(zstd::stream::decode_all(&zstd[..]).unwrap(), body);
+        let br = Encoding::Brotli.compress(&body).unwrap();
+        let mut decoded = Vec::new();
+        brotli::BrotliDecompress(&mut &br[..], &mut decoded).unwrap();
+        assert_eq!(decoded, body);
+        let gz = Encoding::Gzip.compress(&body).unwrap();
+        let mut decoded = Vec::new();
+        std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&gz[..]), &mut decoded)
+            .unwrap();
+        assert_eq!(decoded, body);
+        assert!(zstd.len() < body.len() / 10);
+    }
+}
