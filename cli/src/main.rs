@@ -105,6 +105,24 @@ struct Args {
     /// compress large HTTP answers (gzip, br, zstd as the client accepts): auto (only for non-loopback peers), on, off (default: auto)
     #[argh(option, default = "duckwire_smol::compress::Compression::Auto")]
     http_compression: duckwire_smol::compress::Compression,
+    /// open the database read-only: exec, uploads and writes are refused (rooms need --meta-db)
+    #[argh(switch)]
+    read_only: bool,
+    /// comma-separated directories queries may read files from (all other file, URL and ATTACH access is refused)
+    #[argh(option)]
+    allowed_dirs: Option<String>,
+    /// refuse every file, URL and ATTACH access from queries
+    #[argh(switch)]
+    no_external_access: bool,
+    /// stop a query running longer than this many ms (default: no limit)
+    #[argh(option)]
+    query_timeout_ms: Option<u64>,
+    /// memory limit passed to DuckDB, e.g. 4GB or 75%
+    #[argh(option)]
+    memory_limit: Option<String>,
+    /// a SQL file run once at start, before listening (attach databases, create views, load data)
+    #[argh(option)]
+    init_sql: Option<PathBuf>,
     /// print name, version, DuckDB version and build, then exit
     #[argh(switch)]
     version: bool,
@@ -180,6 +198,7 @@ fn config_from(args: Args) -> ServerConfig {
             auth_timeout_ms: args.auth_timeout_ms.map(|ms| ms as u64),
             http_idle_timeout_ms: args.http_idle_timeout_ms.map(|ms| ms as u64),
             ping_interval_ms: args.ping_interval_ms.map(|ms| ms as u64),
+            query_timeout_ms: args.query_timeout_ms.filter(|ms| *ms > 0),
             idle_timeout_ms: args.idle_timeout_ms.map(|ms| ms as u64),
             origins: args
                 .allowed_origins
@@ -193,6 +212,20 @@ fn config_from(args: Args) -> ServerConfig {
         cache_bytes: args.cache_bytes,
         cache_dir: args.cache_dir,
         http_compression: args.http_compression,
+        read_only: args.read_only,
+        allowed_dirs: args
+            .allowed_dirs
+            .map(|dirs| {
+                dirs.split(',')
+                    .map(str::trim)
+                    .filter(|d| !d.is_empty())
+                    .map(PathBuf::from)
+                    .collect()
+            })
+            .unwrap_or_default(),
+        no_external_access: args.no_external_access,
+        memory_limit: args.memory_limit,
+        init_sql: args.init_sql,
         http_head_timeout: args
             .http_head_timeout_ms
             .map(|ms| std::time::Duration::from_millis(ms as u64)),

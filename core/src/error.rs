@@ -68,6 +68,10 @@ pub enum ProtocolError {
     MosaicBinary,
     #[error("`{0}` messages are only accepted over WebSocket")]
     WebSocketOnly(&'static str),
+    #[error("query timeout ({0} ms) exceeded")]
+    QueryTimeout(u64),
+    #[error("the server is read-only (--read-only): writes are refused")]
+    ReadOnly,
     #[error("server is shutting down")]
     ShuttingDown,
 }

@@ -118,7 +118,7 @@ impl HttpResponse {
         !matches!(self, HttpResponse::Error { status: 403, .. })
     }
 
-    fn error(status: u16, error: impl ToString) -> Self {
+    pub(crate) fn error(status: u16, error: impl ToString) -> Self {
         HttpResponse::Error {
             status,
             message: error.to_string(),
@@ -140,6 +140,8 @@ impl HttpResponse {
             } => 413,
             ProtocolError::CapExceeded { .. } => 429,
             ProtocolError::ShuttingDown | ProtocolError::Cancelled => 503,
+            ProtocolError::ReadOnly => 403,
+            ProtocolError::QueryTimeout(_) => 504,
             _ => 400,
         };
         HttpResponse::error(status, error)

@@ -8,10 +8,11 @@ use bytes::Bytes;
 use crate::codec::{encode_arrow_frame_header, Frame, JsonReplyHeader, QueryKind, ServerMessage};
 use crate::effect::{Effect, QueryOutcome, RunQuery, UploadTable};
 use crate::flights::{Flight, FlightKey};
-use crate::http::Slot;
+use crate::http::{HttpResponse, Slot};
 use crate::ids::{ConnId, Millis, QueryHandle, QueryId};
 use crate::limits::check_cap;
 use crate::server::Server;
+use crate::timers::TimerKey;
 use crate::ProtocolError;
 
 /// What a handle stands for.
@@ -32,6 +33,8 @@ pub(crate) struct InFlight {
     pub(crate) slot: Option<Slot>,
     /// Inbound bytes it holds until it finishes (the frame or body that started it).
     pub(crate) inbound: usize,
+    /// It ran past `query_timeout_ms` and was interrupted for that.
+    pub(crate) timed_out: bool,
 }
 
 /// Every query in flight, across connections, by handle.
@@ -59,10 +62,6 @@ impl Queries {
 
     fn get_mut(&mut self, handle: QueryHandle) -> Option<&mut InFlight> {
         self.by_handle.get_mut(&handle)
-    }
-
-    fn slot_of(&self, handle: QueryHandle) -> Option<Slot> {
-        self.by_handle.get(&handle).and_then(|entry| entry.slot)
     }
 }
 
@@ -101,6 +100,7 @@ impl Server {
             cancelled: false,
             slot,
             inbound,
+            timed_out: false,
         });
         if let Some(c) = self.conns.get_mut(&conn) {
             c.inflight.insert(query_id.clone(), handle);
@@ -132,7 +132,12 @@ impl Server {
             return;
         }
         match self.admit(conn, query_id, Work::Query(kind), None) {
-            Ok((query, query_id)) => self.dispatch_query(query, conn, kind, sql, persist, query_id),
+            Ok((query, query_id)) => {
+                if let Err(error) = self.dispatch_query(query, conn, kind, sql, persist, now) {
+                    self.finish(query);
+                    self.send_error(conn, error, Some(query_id), now);
+                }
+            }
             Err((error, id)) => self.send_error(conn, error, id, now),
         }
     }
@@ -146,22 +151,67 @@ impl Server {
         kind: QueryKind,
         sql: String,
         persist: bool,
-        query_id: QueryId,
-    ) {
+        now: Millis,
+    ) -> Result<(), ProtocolError> {
+        if self.config.read_only
+            && (kind == QueryKind::Exec || !crate::sql::classify(&sql).read_only)
+        {
+            return Err(ProtocolError::ReadOnly);
+        }
+        let Some(entry) = self.queries.get_mut(query) else {
+            return Ok(());
+        };
+        let (query_id, bare) = (entry.query_id.clone(), entry.slot.is_some());
+        if let Some(limit) = self.config.query_timeout_ms {
+            self.timers
+                .set(TimerKey::QueryTimeout(query), now.plus(limit));
+        }
         let persist = persist && kind != QueryKind::Exec;
-        let bare = self.queries.slot_of(query).is_some();
         if !persist {
             let run = Self::run_query(query, conn, kind, sql, false, query_id, bare);
-            return self.push(Effect::RunQuery(run));
+            self.push(Effect::RunQuery(run));
+            return Ok(());
         }
         let key = FlightKey { kind, sql, bare };
         if let Some(leader) = self.flights.joinable(&key) {
             self.flights.wait(leader, query);
-            return;
+            return Ok(());
         }
         let run = Self::run_query(query, conn, kind, key.sql.clone(), true, query_id, bare);
         self.flights.lead(query, key, run.arrow_header.len());
         self.push(Effect::RunQuery(run));
+        Ok(())
+    }
+
+    /// `query` ran past `query_timeout_ms`: a waiter ends now; a running query is
+    /// interrupted and answered with the timeout once the executor reports.
+    pub(crate) fn query_timed_out(&mut self, query: QueryHandle, now: Millis) {
+        let Some(limit) = self.config.query_timeout_ms else {
+            return;
+        };
+        if self.flights.leave(query) {
+            if let Some(entry) = self.finish(query) {
+                self.deliver_timeout(entry, limit, now);
+            }
+            return;
+        }
+        if let Some(entry) = self.queries.get_mut(query) {
+            if !entry.timed_out {
+                entry.timed_out = true;
+                self.push(Effect::Interrupt { query });
+            }
+        }
+    }
+
+    fn deliver_timeout(&mut self, entry: InFlight, limit: u64, now: Millis) {
+        let error = ProtocolError::QueryTimeout(limit);
+        match (entry.slot, entry.work) {
+            (Some(slot), _) => {
+                let response = HttpResponse::error(504, error);
+                self.answer(entry.conn, slot, response, now);
+            }
+            _ => self.send_error(entry.conn, error, Some(entry.query_id), now),
+        }
     }
 
     /// The `RunQuery` effect: SQLRooms reply headers, or bare results for ordered dialects.
@@ -217,16 +267,19 @@ impl Server {
         query_id: QueryId,
         persist: bool,
         slot: Slot,
-        _now: Millis,
+        now: Millis,
     ) -> Result<(), ProtocolError> {
         self.maybe_inject_panic(&sql);
         if sql.trim().is_empty() {
             return Err(ProtocolError::EmptySql);
         }
-        let (query, query_id) = self
+        let (query, _) = self
             .admit(conn, Some(query_id), Work::Query(kind), Some(slot))
             .map_err(|(error, _)| error)?;
-        self.dispatch_query(query, conn, kind, sql, persist, query_id);
+        if let Err(error) = self.dispatch_query(query, conn, kind, sql, persist, now) {
+            self.finish(query);
+            return Err(error);
+        }
         Ok(())
     }
 
@@ -238,6 +291,10 @@ impl Server {
         payload: Bytes,
         now: Millis,
     ) {
+        if self.config.read_only {
+            let id = query_id.unwrap_or_else(|| QueryId::Str(self.ids.next_uuid_v4()));
+            return self.send_error(conn, ProtocolError::ReadOnly, Some(id), now);
+        }
         match self.admit(conn, query_id, Work::Upload, None) {
             Ok((query, query_id)) => self.push(Effect::UploadTable(UploadTable {
                 query,
@@ -298,6 +355,7 @@ impl Server {
             c.inflight.remove(&entry.query_id);
         }
         self.release_inbound(entry.conn, entry.inbound);
+        self.timers.cancel(&TimerKey::QueryTimeout(handle));
         Some(entry)
     }
 
@@ -402,6 +460,12 @@ impl Server {
 
     /// Sends a finished query's reply in its connection's dialect.
     fn deliver(&mut self, entry: InFlight, outcome: QueryOutcome, now: Millis) {
+        let interrupted = matches!(&outcome, QueryOutcome::Cancelled)
+            || matches!(&outcome, QueryOutcome::Failed(m) if m.contains("INTERRUPT"));
+        if entry.timed_out && interrupted {
+            let limit = self.config.query_timeout_ms.unwrap_or_default();
+            return self.deliver_timeout(entry, limit, now);
+        }
         let is_exec = entry.work == Work::Query(QueryKind::Exec);
         let InFlight {
             conn,

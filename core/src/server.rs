@@ -69,6 +69,11 @@ pub struct Config {
     /// A kept-alive HTTP connection with nothing in flight is closed after this long.
     /// `None` keeps idle connections open.
     pub http_idle_timeout_ms: Option<u64>,
+    /// A query running longer is interrupted and answered `query timeout (N ms) exceeded`.
+    /// `None`: no limit.
+    pub query_timeout_ms: Option<u64>,
+    /// `--read-only`: `exec`, uploads and statements that are not reads are refused.
+    pub read_only: bool,
     /// Ping every WebSocket peer this often (`Effect::Ping`). `None`: never.
     pub ping_interval_ms: Option<u64>,
     /// Close (1001) a WebSocket peer not heard from — no frame, no pong — for this long,
@@ -94,6 +99,8 @@ impl Default for Config {
             origins: OriginPolicy::default(),
             auth_timeout_ms: Some(30_000),
             http_idle_timeout_ms: Some(DEFAULT_HTTP_IDLE_TIMEOUT_MS),
+            query_timeout_ms: None,
+            read_only: false,
             ping_interval_ms: Some(30_000),
             idle_timeout_ms: Some(90_000),
             #[cfg(feature = "fault-injection")]
@@ -587,6 +594,7 @@ impl Server {
             TimerKey::HttpIdle(conn) => self.http_idle_due(conn, now),
             TimerKey::Ping(conn) => self.ping_due(conn, now),
             TimerKey::PeerSilent(conn) => self.silence_due(conn, now),
+            TimerKey::QueryTimeout(query) => self.query_timed_out(query, now),
         }
     }
 

@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::ids::{ConnId, Millis};
+use crate::ids::{ConnId, Millis, QueryHandle};
 
 /// What a timer is about.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -23,6 +23,8 @@ pub(crate) enum TimerKey {
     Ping(ConnId),
     /// Close a WebSocket peer not heard from (no frame, no pong) for `idle_timeout_ms`.
     PeerSilent(ConnId),
+    /// A query ran longer than `query_timeout_ms`.
+    QueryTimeout(QueryHandle),
 }
 
 /// Armed timers, by key (one deadline per key) and by deadline (the next one in O(log n)).

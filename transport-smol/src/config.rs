@@ -24,6 +24,16 @@ pub struct ServerConfig {
     pub http_head_timeout: Option<std::time::Duration>,
     /// `--http-compression`.
     pub http_compression: crate::compress::Compression,
+    /// `--read-only`: the database opens read-only (the core refuses writes by name).
+    pub read_only: bool,
+    /// `--allowed-dirs`: queries may read files only under these directories.
+    pub allowed_dirs: Vec<PathBuf>,
+    /// `--no-external-access`: no files, URLs or `ATTACH` at all.
+    pub no_external_access: bool,
+    /// `--memory-limit` (`4GB`, `75%`), passed to DuckDB.
+    pub memory_limit: Option<String>,
+    /// `--init-sql`: statements run once at start, before listening.
+    pub init_sql: Option<PathBuf>,
 }
 
 impl ServerConfig {
@@ -47,6 +57,11 @@ impl Default for ServerConfig {
             threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
             http_head_timeout: Some(std::time::Duration::from_secs(10)),
             http_compression: crate::compress::Compression::Auto,
+            read_only: false,
+            allowed_dirs: Vec::new(),
+            no_external_access: false,
+            memory_limit: None,
+            init_sql: None,
         }
     }
 }

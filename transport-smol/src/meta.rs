@@ -56,9 +56,20 @@ pub enum MetaDone {
     },
 }
 
+/// The namespace as later statements quote it.
+pub fn quoted_namespace(namespace: &str) -> String {
+    quote_identifier(namespace)
+}
+
 /// Creates the namespace and tables; returns the quoted namespace for later statements.
 pub fn init(conn: &Connection, namespace: &str, meta_db: Option<&Path>) -> Result<String, String> {
-    let ns = quote_identifier(namespace);
+    let alias = quote_identifier(namespace);
+    // An attached meta database is addressed by catalog and schema (`alias.main`): the main
+    // database may also have a schema of that name (from a run without --meta-db).
+    let ns = match meta_db {
+        Some(_) => format!("{alias}.main"),
+        None => alias.clone(),
+    };
     match meta_db {
         Some(path) => {
             if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
@@ -66,11 +77,13 @@ pub fn init(conn: &Connection, namespace: &str, meta_db: Option<&Path>) -> Resul
                     .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
             }
             let path = path.to_string_lossy().replace('\'', "''");
-            conn.execute_batch(&format!("ATTACH IF NOT EXISTS '{path}' AS {ns}"))
-                .map_err(|e| format!("cannot attach meta database: {e}"))?;
+            conn.execute_batch(&format!(
+                "ATTACH IF NOT EXISTS '{path}' AS {alias} (READ_WRITE)"
+            ))
+            .map_err(|e| format!("cannot attach meta database: {e}"))?;
         }
         None => conn
-            .execute_batch(&format!("CREATE SCHEMA IF NOT EXISTS {ns}"))
+            .execute_batch(&format!("CREATE SCHEMA IF NOT EXISTS {alias}"))
             .map_err(|e| format!("cannot create meta schema: {e}"))?,
     }
     let ui_state = |json_type: &str| {

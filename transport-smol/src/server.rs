@@ -36,6 +36,18 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 pub enum StartError {
     #[error("cannot open database {path}: {message}")]
     Database { path: String, message: String },
+    #[error("{0}")]
+    Flags(String),
+    #[error("--memory-limit {value}: {message}")]
+    MemoryLimit { value: String, message: String },
+    #[error("--init-sql {file}, line {line}: {message}")]
+    InitSql {
+        file: String,
+        line: usize,
+        message: String,
+    },
+    #[error("cannot lock down file access (--allowed-dirs / --no-external-access): {0}")]
+    Sandbox(String),
     #[error("cannot initialise meta storage: {0}")]
     Meta(String),
     #[error("cannot prepare the cache directory: {0}")]
@@ -76,7 +88,14 @@ pub fn open_database(config: &ServerConfig) -> Result<Connection, StartError> {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent).map_err(|e| fail(e.to_string()))?;
         }
-        Connection::open(path).map_err(|e| fail(e.to_string()))?
+        let mut duckdb_config = duckdb::Config::default();
+        if config.read_only {
+            // Several read-only processes may serve one file.
+            duckdb_config = duckdb_config
+                .access_mode(duckdb::AccessMode::ReadOnly)
+                .map_err(|e| fail(e.to_string()))?;
+        }
+        Connection::open_with_flags(path, duckdb_config).map_err(|e| fail(e.to_string()))?
     };
     conn.execute_batch(&format!("SET threads = {}", config.threads.max(1)))
         .map_err(|e| fail(e.to_string()))?;
@@ -113,6 +132,80 @@ pub fn duckdb_library_version() -> String {
         .unwrap_or_else(|e| format!("unknown ({e})"))
 }
 
+/// Flag combinations that cannot work, refused before anything starts.
+fn check_flags(config: &ServerConfig) -> Result<(), StartError> {
+    if config.read_only && config.is_in_memory() {
+        return Err(StartError::Flags(
+            "--read-only needs a database file (--db-path)".into(),
+        ));
+    }
+    if config.read_only && config.core.sync_enabled && config.meta_db.is_none() {
+        return Err(StartError::Flags(
+            "--sync with --read-only needs --meta-db on a writable file: rooms are saved there"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Runs `--init-sql`: each statement in order; the first failure stops the start with the
+/// line it begins on.
+fn run_init_sql(conn: &Connection, file: &std::path::Path) -> Result<(), StartError> {
+    let name = file.display().to_string();
+    let text = std::fs::read_to_string(file).map_err(|e| StartError::InitSql {
+        file: name.clone(),
+        line: 0,
+        message: e.to_string(),
+    })?;
+    for statement in duckwire_core::sql::split_statements(&text) {
+        let offset = statement.as_ptr() as usize - text.as_ptr() as usize;
+        let leading = statement.len() - statement.trim_start().len();
+        let line = text[..offset + leading].matches('\n').count() + 1;
+        conn.execute_batch(statement)
+            .map_err(|e| StartError::InitSql {
+                file: name.clone(),
+                line,
+                message: e.to_string(),
+            })?;
+    }
+    tracing::info!(file = name, "init SQL ran");
+    Ok(())
+}
+
+/// `--allowed-dirs` / `--no-external-access`: DuckDB's own sandbox, locked so no client can
+/// undo it. Meta storage is attached before, and the result cache's files are written by
+/// the server itself, so both keep working.
+fn lock_down_file_access(conn: &Connection, config: &ServerConfig) -> Result<(), StartError> {
+    if config.allowed_dirs.is_empty() && !config.no_external_access {
+        return Ok(());
+    }
+    let mut statements = Vec::new();
+    if !config.no_external_access {
+        let dirs: Vec<String> = config
+            .allowed_dirs
+            .iter()
+            .map(|dir| {
+                // DuckDB compares canonical paths; a directory must end with a separator so a
+                // sibling with the same prefix is not inside it.
+                let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.clone());
+                let mut text = dir.display().to_string();
+                if !text.ends_with('/') {
+                    text.push('/');
+                }
+                format!("'{}'", text.replace('\'', "''"))
+            })
+            .collect();
+        statements.push(format!("SET allowed_directories = [{}]", dirs.join(", ")));
+    }
+    statements.push("SET enable_external_access = false".into());
+    statements.push("SET lock_configuration = true".into());
+    for statement in statements {
+        conn.execute_batch(&statement)
+            .map_err(|e| StartError::Sandbox(format!("{statement}: {e}")))?;
+    }
+    Ok(())
+}
+
 /// `host:port`, with IPv6 hosts bracketed (`[::1]:4000`).
 fn listen_address(host: &str, port: u16) -> String {
     if host.contains(':') && !host.starts_with('[') {
@@ -129,10 +222,30 @@ pub fn run(
     on_listening: impl FnOnce(SocketAddr),
     shutdown: async_channel::Receiver<()>,
 ) -> Result<(), StartError> {
+    check_flags(&config)?;
     let base = open_database(&config)?;
+    if let Some(limit) = &config.memory_limit {
+        base.execute_batch(&format!(
+            "SET memory_limit = '{}'",
+            limit.replace('\'', "''")
+        ))
+        .map_err(|e| StartError::MemoryLimit {
+            value: limit.clone(),
+            message: e.to_string(),
+        })?;
+    }
     load_extensions(&base, &config.extensions);
-    let ns = meta::init(&base, &config.meta_namespace, config.meta_db.as_deref())
-        .map_err(StartError::Meta)?;
+    let ns = if config.read_only && config.meta_db.is_none() {
+        // Nothing can be created in a read-only database; meta storage needs --meta-db.
+        meta::quoted_namespace(&config.meta_namespace)
+    } else {
+        meta::init(&base, &config.meta_namespace, config.meta_db.as_deref())
+            .map_err(StartError::Meta)?
+    };
+    if let Some(file) = &config.init_sql {
+        run_init_sql(&base, file)?;
+    }
+    lock_down_file_access(&base, &config)?;
     let duckdb_version: String = base
         .query_row("SELECT version()", [], |row| row.get(0))
         .unwrap_or_else(|_| "unknown".into());
@@ -183,6 +296,7 @@ pub fn run(
     let mut seed = [0u8; 16];
     let _ = getrandom::fill(&mut seed);
     let mut core_config = config.core.clone();
+    core_config.read_only = config.read_only;
     // Acknowledged CRDT changes must survive a crash when rooms are stored in a file.
     core_config.durable_room_log = !config.is_in_memory() || config.meta_db.is_some();
     let driver = Driver {

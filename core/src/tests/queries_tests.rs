@@ -286,3 +286,55 @@ fn a_slow_reader_past_the_outbound_cap_is_closed_and_its_queries_interrupted() {
     }
     assert_eq!(h.server.connection_count(), 1);
 }
+
+#[test]
+fn a_query_past_its_timeout_is_interrupted_and_answered_with_the_timeout() {
+    let mut h = Harness::new(Config {
+        query_timeout_ms: Some(1_000),
+        // Only the query's timer, so `poll_timeout` shows it.
+        ping_interval_ms: None,
+        idle_timeout_ms: None,
+        ..Config::default()
+    });
+    h.open(1);
+    let run = run_effect(&h.text(1, json!({"type":"json","sql":"select 1","queryId":"slow"})));
+    h.now += 999;
+    h.server.handle_timeout(h.now()).unwrap();
+    assert!(h.drain().is_empty(), "not yet");
+    h.now += 1;
+    h.server.handle_timeout(h.now()).unwrap();
+    assert_eq!(h.drain(), vec![Effect::Interrupt { query: run.query }]);
+    let effects = done(&mut h, run.query, QueryOutcome::Cancelled);
+    assert_eq!(
+        only_json(&effects, 1),
+        json!({"type":"error","queryId":"slow","error":"query timeout (1000 ms) exceeded"})
+    );
+    // A query that finishes in time disarms its timer.
+    let run = run_effect(&h.text(1, json!({"type":"json","sql":"select 2","queryId":"quick"})));
+    done(&mut h, run.query, QueryOutcome::Json("[]".into()));
+    assert_eq!(h.server.poll_timeout(), None);
+}
+
+#[test]
+fn read_only_refuses_exec_writes_and_uploads_by_name() {
+    let mut h = Harness::new(Config {
+        read_only: true,
+        ..Config::default()
+    });
+    h.open(1);
+    let refused = "the server is read-only (--read-only): writes are refused";
+    for (i, message) in [
+        json!({"type":"exec","sql":"create table t(a int)","queryId":1}),
+        json!({"type":"json","sql":"insert into t values (1) returning a","queryId":2}),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let effects = h.text(1, message);
+        assert!(!effects.iter().any(|e| matches!(e, Effect::RunQuery(_))));
+        assert_eq!(only_json(&effects, 1)["error"], refused, "case {i}");
+    }
+    assert_eq!(h.server.inflight_count(ConnId(1)), 0);
+    let reads = h.text(1, json!({"type":"json","sql":"select 1","queryId":3}));
+    assert!(reads.iter().any(|e| matches!(e, Effect::RunQuery(_))));
+}
