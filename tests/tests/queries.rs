@@ -419,7 +419,7 @@ fn identical_persisted_reads_in_flight_share_one_result() {
     a.send_json(json!({"type":"json","sql":sql,"queryId":"a","persist":true}));
     a.send_json(json!({"type":"json","sql":sql,"queryId":"b","persist":true}));
     let data = json!("[{\"n\":142857143}]");
-    let mut replies = vec![a.recv_json(), a.recv_json()];
+    let mut replies = [a.recv_json(), a.recv_json()];
     replies.sort_by_key(|r| r["queryId"].to_string());
     assert_eq!(replies[0], json!({"type":"json","queryId":"a","data":data}));
     assert_eq!(replies[1], json!({"type":"json","queryId":"b","data":data}));

@@ -38,13 +38,12 @@ impl Soak {
     }
 }
 
+/// One kind of client: what it does on one connection, until that connection breaks.
+type Session = fn(&Soak, &mut Client, u64);
+
 /// Runs `session` over and over on fresh connections until the soak stops. A session ends
 /// (by returning or panicking) when its connection breaks: a restart, a cap, garbage.
-fn worker(
-    soak: &Arc<Soak>,
-    name: &str,
-    session: fn(&Soak, &mut Client, u64),
-) -> thread::JoinHandle<()> {
+fn worker(soak: &Arc<Soak>, name: &str, session: Session) -> thread::JoinHandle<()> {
     let soak = soak.clone();
     thread::Builder::new()
         .name(format!("soak-{name}"))
@@ -225,7 +224,7 @@ fn main() {
         .request(json!({"type":"exec","sql":"create table soak_log(i ubigint)","queryId":"ddl"}));
     let soak = Arc::new(Soak::default());
     *soak.url.lock().unwrap() = server.url("/");
-    let sessions: [(&str, fn(&Soak, &mut Client, u64)); 12] = [
+    let sessions: [(&str, Session); 12] = [
         ("queries-1", queries),
         ("queries-2", queries),
         ("queries-3", queries),
