@@ -248,3 +248,22 @@ fn hostile_percent_encoding_in_the_upgrade_url_is_harmless() {
     );
     assert_eq!(get(&server.addr, "/healthz", "").0, 200);
 }
+
+/// The upgrade is checked by tungstenite's own handshake: a WebSocket version other than 13
+/// gets `426` naming the one we speak (RFC 6455 §4.2.2), a missing key `400`.
+#[test]
+fn websocket_upgrades_need_version_13_and_a_key() {
+    let server = ServerProcess::start(&[]);
+    let upgrade = |extra: &str| {
+        http(
+            &server.addr,
+            &format!("GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n{extra}\r\n"),
+        )
+    };
+    let (status, headers, _) =
+        upgrade("Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 8\r\n");
+    assert_eq!(status, 426);
+    assert_eq!(header(&headers, "sec-websocket-version"), Some("13"));
+    let (status, _, body) = upgrade("Sec-WebSocket-Version: 13\r\n");
+    assert_eq!(status, 400, "{}", String::from_utf8_lossy(&body));
+}

@@ -6,7 +6,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use async_tungstenite::tungstenite::handshake::derive_accept_key;
+use async_tungstenite::tungstenite::handshake::server::{
+    create_response, write_response as write_handshake,
+};
+use async_tungstenite::tungstenite::http::{self, HeaderValue};
 use bytes::Bytes;
 use duckdb::Connection;
 use duckwire_core::{
@@ -601,6 +604,41 @@ async fn compressed(
     }
 }
 
+enum HandshakeRefusal {
+    /// No or another `Sec-WebSocket-Version` than 13: `426`.
+    Version,
+    Invalid(String),
+}
+
+/// The `101 Switching Protocols` answer for an upgrade request, from tungstenite.
+fn handshake_response(head: &RequestHead) -> Result<http::Response<()>, HandshakeRefusal> {
+    use async_tungstenite::tungstenite::error::{Error, ProtocolError};
+    let target = match &head.query {
+        Some(query) => format!("{}?{query}", head.path),
+        None => head.path.clone(),
+    };
+    let mut request = http::Request::builder()
+        .method(head.method.as_str())
+        .uri(target)
+        .version(if head.version_minor == 0 {
+            http::Version::HTTP_10
+        } else {
+            http::Version::HTTP_11
+        });
+    for (name, value) in &head.headers {
+        request = request.header(name.as_str(), value.as_str());
+    }
+    let request = request
+        .body(())
+        .map_err(|e| HandshakeRefusal::Invalid(e.to_string()))?;
+    create_response(&request).map_err(|e| match e {
+        Error::Protocol(ProtocolError::MissingSecWebSocketVersionHeader) => {
+            HandshakeRefusal::Version
+        }
+        other => HandshakeRefusal::Invalid(other.to_string()),
+    })
+}
+
 /// What a request waiting for its answer gets when the core closes the connection.
 fn closed_by_core(code: u16, reason: &str) -> Response {
     let status = match code {
@@ -684,28 +722,37 @@ async fn upgrade(
         let _ = write_response(&mut stream, &refusal, false).await;
         return;
     }
-    let Some(key) = head.header("sec-websocket-key") else {
-        let _ = write_response(
-            &mut stream,
-            &Response::text(400, "missing Sec-WebSocket-Key"),
-            false,
-        )
-        .await;
-        return;
+    // tungstenite's own handshake: it checks the method, HTTP/1.1, the Connection and
+    // Upgrade headers, Sec-WebSocket-Version 13 and the key, and derives the accept key.
+    let mut response = match handshake_response(&head) {
+        Ok(response) => response,
+        Err(HandshakeRefusal::Version) => {
+            // RFC 6455 §4.2.2: say which version we speak.
+            let mut refusal = Response::text(426, "unsupported Sec-WebSocket-Version (13 needed)");
+            refusal
+                .headers
+                .push(("Sec-WebSocket-Version".into(), "13".into()));
+            let _ = write_response(&mut stream, &refusal, false).await;
+            return;
+        }
+        Err(HandshakeRefusal::Invalid(reason)) => {
+            let refusal = Response::text(400, &format!("invalid WebSocket upgrade: {reason}"));
+            let _ = write_response(&mut stream, &refusal, false).await;
+            return;
+        }
     };
-    let mut response = format!(
-        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n",
-        derive_accept_key(key.trim().as_bytes())
-    );
     // Clients that offer subprotocols fail unless one is selected; take their first.
     if let Some(protocol) = head
         .header("sec-websocket-protocol")
         .and_then(|p| p.split(',').next())
+        .and_then(|p| HeaderValue::from_str(p.trim()).ok())
     {
-        response.push_str(&format!("Sec-WebSocket-Protocol: {}\r\n", protocol.trim()));
+        response
+            .headers_mut()
+            .insert("Sec-WebSocket-Protocol", protocol);
     }
-    response.push_str("\r\n");
-    if stream.write_all(response.as_bytes()).await.is_err() {
+    let mut bytes = Vec::with_capacity(256);
+    if write_handshake(&mut bytes, &response).is_err() || stream.write_all(&bytes).await.is_err() {
         return;
     }
     let conn = ConnId(shared.next_conn.fetch_add(1, Relaxed));
