@@ -17,8 +17,13 @@ env -u LD_LIBRARY_PATH -u DUCKDB_LIB_DIR "$work/venv/bin/duckwire" --port 0 --lo
 pid=$!
 for _ in $(seq 1 100); do grep -q "listening on" "$work/server.log" && break; sleep 0.1; done
 url=$(grep -o 'ws://[0-9.:]*' "$work/server.log" | head -n 1)
-answer=$(curl -sf -H 'Content-Type: application/json' \
-  -d '{"type":"json","sql":"select 42 as answer"}' "http://${url#ws://}/")
+answer=$(python3 - "http://${url#ws://}/" <<'PY'
+import sys, urllib.request
+request = urllib.request.Request(sys.argv[1], data=b'{"type":"json","sql":"select 42 as answer"}',
+                                 headers={"Content-Type": "application/json"})
+print(urllib.request.urlopen(request, timeout=20).read().decode())
+PY
+)
 [ "$answer" = '[{"answer":42}]' ] || { echo "wheel-check: unexpected answer $answer" >&2; exit 1; }
 (cd scripts/js-compat && node dist/compat.mjs "$url")
 echo "wheel-check: the wheel installs and serves ($(ls target/wheels/duckwire-*.whl))"
