@@ -7,7 +7,7 @@ cd "$(dirname "$0")/../fuzz"
 seconds=${1:-60}
 shift || true
 targets=("$@")
-[ ${#targets[@]} -eq 0 ] && targets=(decode state_machine crdt)
+[ ${#targets[@]} -eq 0 ] && targets=(decode state_machine crdt ordered)
 status=0
 # New inputs go to corpus/<target>, or under $DUCKWIRE_FUZZ_OUT (CI: a scratch dir, so a
 # smoke run leaves the committed corpus alone).

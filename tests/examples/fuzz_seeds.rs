@@ -215,6 +215,39 @@ fn main() -> std::io::Result<()> {
             crdt::Op::Rejoin { conn: 2 },
         ]),
     )?;
+    // Ordered dialects: a Mosaic socket and an HTTP connection, queries of every kind
+    // (shared persisted reads included) finishing out of order, refusals, a close.
+    use duckwire_fuzzing::ordered::Op as O;
+    let ordered = [
+        O::Open {
+            conn: 0,
+            http: false,
+        },
+        O::Open {
+            conn: 1,
+            http: true,
+        },
+        O::Request { conn: 0, what: 0 },
+        O::Request { conn: 0, what: 1 },
+        O::Request { conn: 1, what: 1 },
+        O::Request { conn: 0, what: 3 },
+        O::Request { conn: 1, what: 3 },
+        O::Request { conn: 0, what: 4 },
+        O::Request { conn: 0, what: 5 },
+        O::Request { conn: 1, what: 2 },
+        O::Finish { nth: 2, outcome: 0 },
+        O::Finish { nth: 0, outcome: 1 },
+        O::Finish { nth: 1, outcome: 0 },
+        O::Finish { nth: 0, outcome: 2 },
+        O::Finish { nth: 0, outcome: 0 },
+        O::Tick { ms: 8000 },
+        O::Close { conn: 0 },
+    ];
+    write(
+        "ordered",
+        "mosaic-and-http".into(),
+        fuzzing::encode(&ordered),
+    )?;
     println!("seeds written under {}", seeds.display());
     Ok(())
 }

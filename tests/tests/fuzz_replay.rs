@@ -58,3 +58,8 @@ fn crdt_corpus_replays_cleanly() {
     assert!(!updates.is_empty(), "the recorded traffic has CRDT updates");
     replay("crdt", |data| crdt::run(data, &updates));
 }
+
+#[test]
+fn ordered_corpus_replays_cleanly() {
+    replay("ordered", duckwire_fuzzing::ordered::run);
+}

@@ -8,6 +8,7 @@
 
 pub mod crdt;
 pub mod oracle;
+pub mod ordered;
 pub mod session;
 
 use arbitrary::Unstructured;

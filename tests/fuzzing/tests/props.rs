@@ -47,6 +47,14 @@ proptest! {
         }
     }
 
+    /// Mosaic sockets and HTTP connections: the k-th answer belongs to the k-th request.
+    #[test]
+    fn ordered_dialects_answer_in_request_order(data in proptest::collection::vec(any::<u8>(), 0..900)) {
+        if let Err(violation) = duckwire_fuzzing::ordered::run(&data) {
+            prop_assert!(false, "{}", violation);
+        }
+    }
+
     #[test]
     fn decoding_any_bytes_is_clean(data in proptest::collection::vec(any::<u8>(), 0..300)) {
         if let Err(violation) = fuzzing::decode(&data) {
