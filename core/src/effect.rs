@@ -97,6 +97,17 @@ pub struct UploadTable {
     pub payload: Bytes,
 }
 
+impl QueryOutcome {
+    /// Stopped by an interrupt: reported as `Cancelled`, or as DuckDB's "INTERRUPT" error.
+    pub(crate) fn is_interruption(&self) -> bool {
+        match self {
+            QueryOutcome::Cancelled => true,
+            QueryOutcome::Failed(message) => message.contains("INTERRUPT"),
+            _ => false,
+        }
+    }
+}
+
 /// How a query ended, as the executor reports it.
 #[derive(Debug, Clone, PartialEq)]
 pub enum QueryOutcome {

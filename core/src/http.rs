@@ -125,13 +125,9 @@ impl HttpResponse {
         }
     }
 
-    /// A refusal on a Mosaic socket (no status there, only the message).
-    pub(crate) fn mosaic_refusal(error: ProtocolError) -> Self {
-        Self::refusal(error)
-    }
-
-    /// The HTTP status a refused request gets for this protocol error.
-    fn refusal(error: ProtocolError) -> Self {
+    /// The HTTP status a refused request gets for this protocol error (on a Mosaic socket
+    /// only the message is sent).
+    pub(crate) fn refusal(error: ProtocolError) -> Self {
         let status = match &error {
             ProtocolError::Unauthorized => 401,
             ProtocolError::CapExceeded {
@@ -166,10 +162,8 @@ impl Server {
         if !c.open || c.dialect != Dialect::Http {
             return;
         }
-        let slot = c.next_slot;
-        c.next_slot += 1;
+        let slot = c.reserve_answer_slot();
         self.budget.arriving = request.body.len();
-        c.answers.insert(slot, None);
         self.timers.cancel(&TimerKey::HttpIdle(conn));
         if let Some(response) = self.route(conn, slot, request, now) {
             self.answer(conn, slot, response, now);

@@ -9,7 +9,7 @@
 use crate::codec::{decode_client_frame, ClientMessage, Frame};
 use crate::http::{HttpResponse, Slot};
 use crate::ids::{ConnId, Millis, QueryId};
-use crate::server::{close_code, Server};
+use crate::server::Server;
 use crate::ProtocolError;
 
 impl HttpResponse {
@@ -28,30 +28,23 @@ impl HttpResponse {
 }
 
 impl Server {
-    pub(crate) fn mosaic_frame(&mut self, conn: ConnId, frame: Frame, now: Millis) {
+    /// A message on a Mosaic socket (its size already checked by `frame`).
+    pub(crate) fn mosaic_frame(
+        &mut self,
+        conn: ConnId,
+        frame: Frame,
+        authenticated: bool,
+        now: Millis,
+    ) {
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
         };
-        let authenticated = c.authenticated;
-        let slot = c.next_slot;
-        c.next_slot += 1;
-        c.answers.insert(slot, None);
-        if let Some(limit) = self.config.limits.max_frame_bytes {
-            if frame.len() > limit {
-                let reason = ProtocolError::CapExceeded {
-                    cap: "max_frame_bytes",
-                    limit,
-                }
-                .to_string();
-                self.close(conn, close_code::MESSAGE_TOO_BIG, &reason, now);
-                return;
-            }
-        }
+        let slot = c.reserve_answer_slot();
         let refusal = match self.mosaic_query(conn, slot, authenticated, frame, now) {
             Ok(()) => return,
             Err(error) => error,
         };
-        self.answer(conn, slot, HttpResponse::mosaic_refusal(refusal), now);
+        self.answer(conn, slot, HttpResponse::refusal(refusal), now);
     }
 
     fn mosaic_query(

@@ -460,9 +460,7 @@ impl Server {
 
     /// Sends a finished query's reply in its connection's dialect.
     fn deliver(&mut self, entry: InFlight, outcome: QueryOutcome, now: Millis) {
-        let interrupted = matches!(&outcome, QueryOutcome::Cancelled)
-            || matches!(&outcome, QueryOutcome::Failed(m) if m.contains("INTERRUPT"));
-        if entry.timed_out && interrupted {
+        if entry.timed_out && outcome.is_interruption() {
             let limit = self.config.query_timeout_ms.unwrap_or_default();
             return self.deliver_timeout(entry, limit, now);
         }
@@ -547,9 +545,5 @@ impl Server {
 /// What waiters of a flight may receive: a result, or a failure DuckDB would repeat for them.
 /// `None` for an interruption, which belongs to the leader's client alone.
 fn outcome_to_share(outcome: &QueryOutcome) -> Option<QueryOutcome> {
-    match outcome {
-        QueryOutcome::Cancelled => None,
-        QueryOutcome::Failed(message) if message.contains("INTERRUPT") => None,
-        other => Some(other.clone()),
-    }
+    (!outcome.is_interruption()).then(|| outcome.clone())
 }

@@ -147,6 +147,16 @@ pub(crate) struct Conn {
     pub(crate) last_heard: Millis,
 }
 
+impl Conn {
+    /// Ordered dialects: the slot the next request's answer takes, held until it is filled.
+    pub(crate) fn reserve_answer_slot(&mut self) -> Slot {
+        let slot = self.next_slot;
+        self.next_slot += 1;
+        self.answers.insert(slot, None);
+        slot
+    }
+}
+
 /// The protocol state machine of one server. See the crate docs for the input/effect model.
 pub struct Server {
     pub(crate) config: Config,
@@ -658,12 +668,10 @@ impl Server {
         if !c.open {
             return;
         }
-        match c.dialect {
-            Dialect::SqlRooms => {}
-            Dialect::MosaicSocket => return self.mosaic_frame(conn, frame, now),
-            Dialect::Http => return,
+        let (dialect, authenticated) = (c.dialect, c.authenticated);
+        if dialect == Dialect::Http {
+            return;
         }
-        let authenticated = c.authenticated;
         if let Some(limit) = self.config.limits.max_frame_bytes {
             if frame.len() > limit {
                 let reason = ProtocolError::CapExceeded {
@@ -674,6 +682,9 @@ impl Server {
                 self.close(conn, close_code::MESSAGE_TOO_BIG, &reason, now);
                 return;
             }
+        }
+        if dialect == Dialect::MosaicSocket {
+            return self.mosaic_frame(conn, frame, authenticated, now);
         }
         let message = match decode_client_frame(&frame, &self.config.limits) {
             Ok(message) => message,
