@@ -3,7 +3,7 @@
 use proptest::prelude::*;
 use serde_json::json;
 
-use super::harness::Harness;
+use super::harness::{started, Harness};
 use crate::{Config, ConnId, Effect, Limits, QueryHandle, QueryOutcome};
 
 fn budgeted(per_conn: usize, total: usize) -> Config {
@@ -19,16 +19,6 @@ fn budgeted(per_conn: usize, total: usize) -> Config {
 
 fn query(id: u64, padding: usize) -> serde_json::Value {
     json!({"type":"json","sql":format!("select 1 -- {}", "x".repeat(padding)),"queryId":id})
-}
-
-fn started(effects: &[Effect]) -> Vec<QueryHandle> {
-    effects
-        .iter()
-        .filter_map(|e| match e {
-            Effect::RunQuery(run) => Some(run.query),
-            _ => None,
-        })
-        .collect()
 }
 
 #[test]

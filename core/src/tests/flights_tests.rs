@@ -2,19 +2,9 @@
 
 use serde_json::json;
 
-use super::harness::{sent_binary, sent_json, Harness};
+use super::harness::{runs, sent_binary, sent_json, Harness};
 use crate::codec::{encode_arrow_frame_header, JsonReplyHeader, JsonReplyWriter};
-use crate::{Config, ConnId, Effect, QueryId, QueryOutcome, RunQuery};
-
-fn runs(effects: &[Effect]) -> Vec<RunQuery> {
-    effects
-        .iter()
-        .filter_map(|e| match e {
-            Effect::RunQuery(run) => Some(run.clone()),
-            _ => None,
-        })
-        .collect()
-}
+use crate::{Config, ConnId, Effect, QueryId, QueryOutcome};
 
 fn persisted(kind: &str, id: &str) -> serde_json::Value {
     json!({"type":kind,"sql":"select * from big","queryId":id,"persist":true})

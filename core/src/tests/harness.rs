@@ -3,7 +3,7 @@
 use bytes::Bytes;
 use serde_json::Value;
 
-use crate::{Config, ConnId, ConnectionInfo, Effect, Frame, Millis, Server};
+use crate::{Config, ConnId, ConnectionInfo, Effect, Frame, Millis, QueryHandle, RunQuery, Server};
 
 pub(crate) struct Harness {
     pub server: Server,
@@ -89,6 +89,22 @@ pub(crate) fn only_json(effects: &[Effect], conn: u64) -> Value {
         "expected one reply, got {sent:?} from {effects:?}"
     );
     sent.into_iter().next().unwrap()
+}
+
+/// The queries the core asked to run.
+pub(crate) fn runs(effects: &[Effect]) -> Vec<RunQuery> {
+    effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::RunQuery(run) => Some(run.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The handles of the queries the core asked to run.
+pub(crate) fn started(effects: &[Effect]) -> Vec<QueryHandle> {
+    runs(effects).into_iter().map(|run| run.query).collect()
 }
 
 pub(crate) fn closes(effects: &[Effect]) -> Vec<(u64, u16)> {

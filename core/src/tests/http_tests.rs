@@ -33,16 +33,6 @@ fn request(h: &mut Harness, conn: u64, request: HttpRequest) -> Vec<Effect> {
     h.drain()
 }
 
-fn started(effects: &[Effect]) -> Vec<QueryHandle> {
-    effects
-        .iter()
-        .filter_map(|e| match e {
-            Effect::RunQuery(run) => Some(run.query),
-            _ => None,
-        })
-        .collect()
-}
-
 fn responses(effects: &[Effect]) -> Vec<HttpResponse> {
     effects
         .iter()
@@ -262,26 +252,4 @@ proptest! {
             }
         }
     }
-}
-
-#[test]
-fn unsaved_rooms_can_be_salvaged_after_poisoning() {
-    let mut h = Harness::new(Config {
-        sync_enabled: true,
-        ..Config::default()
-    });
-    h.open(1);
-    h.text(1, json!({"type":"crdt-join","roomId":"r"}));
-    h.server
-        .handle_snapshot_loaded("r", Ok(None), h.now())
-        .unwrap();
-    h.drain();
-    assert!(h.server.unsaved_room_snapshots().is_empty());
-    h.binary(1, loro_update(1, "k", 1));
-    let unsaved = h.server.unsaved_room_snapshots();
-    assert_eq!(unsaved.len(), 1);
-    assert_eq!(
-        snapshot_value(&unsaved[0].1),
-        snapshot_value(&loro_update(1, "k", 1))
-    );
 }

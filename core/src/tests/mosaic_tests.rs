@@ -3,24 +3,14 @@
 use bytes::Bytes;
 use serde_json::json;
 
-use super::harness::{sent_binary, sent_json, Harness};
-use crate::{Config, ConnectionInfo, Dialect, Effect, Frame, QueryHandle, QueryOutcome, RunQuery};
+use super::harness::{runs, sent_binary, sent_json, Harness};
+use crate::{Config, ConnectionInfo, Dialect, Effect, Frame, QueryHandle, QueryOutcome};
 
 fn mosaic() -> ConnectionInfo {
     ConnectionInfo {
         dialect: Dialect::MosaicSocket,
         ..Default::default()
     }
-}
-
-fn runs(effects: &[Effect]) -> Vec<RunQuery> {
-    effects
-        .iter()
-        .filter_map(|e| match e {
-            Effect::RunQuery(run) => Some(run.clone()),
-            _ => None,
-        })
-        .collect()
 }
 
 fn sent(effects: &[Effect]) -> Vec<Frame> {

@@ -423,3 +423,16 @@ fn b64(bytes: &[u8]) -> String {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
+
+#[test]
+fn unsaved_rooms_can_be_salvaged_after_poisoning() {
+    let mut h = joined(&[1]);
+    assert!(h.server.unsaved_room_snapshots().is_empty());
+    h.binary(1, loro_update(1, "k", 1));
+    let unsaved = h.server.unsaved_room_snapshots();
+    assert_eq!(unsaved.len(), 1);
+    assert_eq!(
+        snapshot_value(&unsaved[0].1),
+        snapshot_value(&loro_update(1, "k", 1))
+    );
+}
