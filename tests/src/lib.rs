@@ -301,11 +301,19 @@ pub fn http_bytes(addr: &str, request: &[u8]) -> (u16, Vec<(String, String)>, Ve
     stream.write_all(request).unwrap();
     let mut response = Vec::new();
     let _ = stream.read_to_end(&mut response);
-    let split = response
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .expect("response head");
-    let head = String::from_utf8_lossy(&response[..split]).to_string();
+    let split = head_end(&response).expect("response head");
+    let (status, headers) = parse_head(&response[..split]);
+    (status, headers, response[split + 4..].to_vec())
+}
+
+/// Where a response head ends (the blank line), if it has arrived.
+fn head_end(bytes: &[u8]) -> Option<usize> {
+    bytes.windows(4).position(|w| w == b"\r\n\r\n")
+}
+
+/// The status and the headers (names lower-cased) of a response head.
+fn parse_head(head: &[u8]) -> (u16, Vec<(String, String)>) {
+    let head = String::from_utf8_lossy(head);
     let mut lines = head.lines();
     let status: u16 = lines
         .next()
@@ -316,7 +324,7 @@ pub fn http_bytes(addr: &str, request: &[u8]) -> (u16, Vec<(String, String)>, Ve
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
         .collect();
-    (status, headers, response[split + 4..].to_vec())
+    (status, headers)
 }
 
 pub fn get(addr: &str, path: &str, extra_headers: &str) -> (u16, Vec<(String, String)>, Vec<u8>) {
@@ -491,7 +499,7 @@ impl HttpConnection {
     /// Reads the next answer; `None` when the server closed the connection instead.
     pub fn read_answer(&mut self) -> Option<HttpAnswer> {
         let split = loop {
-            if let Some(at) = self.buffered.windows(4).position(|w| w == b"\r\n\r\n") {
+            if let Some(at) = head_end(&self.buffered) {
                 break at;
             }
             if !self.fill() {
@@ -499,17 +507,7 @@ impl HttpConnection {
                 return None;
             }
         };
-        let head = String::from_utf8_lossy(&self.buffered[..split]).to_string();
-        let mut lines = head.lines();
-        let status: u16 = lines
-            .next()
-            .and_then(|l| l.split(' ').nth(1))
-            .and_then(|s| s.parse().ok())
-            .expect("status line");
-        let headers: Vec<(String, String)> = lines
-            .filter_map(|l| l.split_once(':'))
-            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-            .collect();
+        let (status, headers) = parse_head(&self.buffered[..split]);
         let length: usize = header(&headers, "content-length")
             .expect("content-length")
             .parse()
