@@ -333,22 +333,21 @@ impl Server {
         let Some(timeout) = self.config.http_idle_timeout_ms else {
             return;
         };
-        let idle = self
-            .conns
-            .get(&conn)
-            .is_some_and(|c| c.open && c.answers.is_empty() && c.inflight.is_empty());
-        if idle {
+        if self.is_http_idle(conn) {
             self.timers.set(TimerKey::HttpIdle(conn), now.plus(timeout));
         }
     }
 
     pub(crate) fn http_idle_due(&mut self, conn: ConnId, now: Millis) {
-        let idle = self
-            .conns
-            .get(&conn)
-            .is_some_and(|c| c.open && c.answers.is_empty() && c.inflight.is_empty());
-        if idle {
+        if self.is_http_idle(conn) {
             self.close(conn, close_code::GOING_AWAY, "idle timeout", now);
         }
+    }
+
+    /// Open, nothing asked that is unanswered, nothing running.
+    fn is_http_idle(&self, conn: ConnId) -> bool {
+        self.conns
+            .get(&conn)
+            .is_some_and(|c| c.open && c.answers.is_empty() && c.inflight.is_empty())
     }
 }
