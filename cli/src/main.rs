@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use argh::FromArgs;
 use duckwire_core::{Limits, OriginPolicy};
+use duckwire_smol::config::TlsFiles;
 use duckwire_smol::ServerConfig;
 
 #[global_allocator]
@@ -123,6 +124,12 @@ struct Args {
     /// a SQL file run once at start, before listening (attach databases, create views, load data)
     #[argh(option)]
     init_sql: Option<PathBuf>,
+    /// PEM certificate chain: serve https:// and wss:// on the port (needs --tls-key)
+    #[argh(option)]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert (PKCS#8, PKCS#1 or SEC1)
+    #[argh(option)]
+    tls_key: Option<PathBuf>,
     /// print name, version, DuckDB version and build, then exit
     #[argh(switch)]
     version: bool,
@@ -146,7 +153,18 @@ fn is_loopback(host: &str) -> bool {
     matches!(host, "localhost" | "::1" | "[::1]") || host.starts_with("127.")
 }
 
-fn config_from(args: Args) -> ServerConfig {
+/// `--tls-cert` and `--tls-key` go together.
+fn tls_files(cert: Option<PathBuf>, key: Option<PathBuf>) -> Result<Option<TlsFiles>, String> {
+    match (cert, key) {
+        (Some(cert), Some(key)) => Ok(Some(TlsFiles { cert, key })),
+        (None, None) => Ok(None),
+        (Some(_), None) => Err("--tls-cert needs --tls-key".into()),
+        (None, Some(_)) => Err("--tls-key needs --tls-cert".into()),
+    }
+}
+
+fn config_from(args: Args) -> Result<ServerConfig, String> {
+    let tls = tls_files(args.tls_cert.clone(), args.tls_key.clone())?;
     let defaults = Limits::default();
     let pick = |flag: Option<Option<usize>>, default: Option<usize>| flag.unwrap_or(default);
     let limits = Limits {
@@ -226,6 +244,7 @@ fn config_from(args: Args) -> ServerConfig {
         no_external_access: args.no_external_access,
         memory_limit: args.memory_limit,
         init_sql: args.init_sql,
+        tls,
         http_head_timeout: args
             .http_head_timeout_ms
             .map(|ms| std::time::Duration::from_millis(ms as u64)),
@@ -234,7 +253,7 @@ fn config_from(args: Args) -> ServerConfig {
     if let Some(threads) = args.threads {
         config.threads = threads.max(1);
     }
-    config
+    Ok(config)
 }
 
 /// How DuckDB got into this binary.
@@ -282,12 +301,25 @@ fn main() {
         Err(e) => tracing::warn!("could not raise the open-files limit: {e}"),
     }
 
-    let config = config_from(args);
-    if config.core.auth_token.is_none() && !is_loopback(&config.host) {
-        tracing::warn!(
-            host = config.host,
-            "binding a non-loopback address without --auth-token: anyone who can reach this port can run SQL"
-        );
+    let config = match config_from(args) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("duckwire: {e}");
+            std::process::exit(2);
+        }
+    };
+    if !is_loopback(&config.host) {
+        if config.core.auth_token.is_none() {
+            tracing::warn!(
+                host = config.host,
+                "binding a non-loopback address without --auth-token: anyone who can reach this port can run SQL"
+            );
+        } else if config.tls.is_none() {
+            tracing::warn!(
+                host = config.host,
+                "--auth-token on a non-loopback address without --tls-cert/--tls-key: the token crosses the network in clear text (terminate TLS here or in a proxy)"
+            );
+        }
     }
 
     let (stop, shutdown) = async_channel::bounded::<()>(1);
@@ -312,11 +344,12 @@ fn main() {
 
     let sync = config.core.sync_enabled;
     let db = config.db_path.clone();
+    let scheme = if config.tls.is_some() { "wss" } else { "ws" };
     let result = duckwire_smol::run(
         config,
         |addr| {
             println!(
-                "duckwire listening on ws://{addr}/ (database {db}, sync {})",
+                "duckwire listening on {scheme}://{addr}/ (database {db}, sync {})",
                 if sync { "on" } else { "off" }
             );
             use std::io::Write;
@@ -370,7 +403,7 @@ mod tests {
             ],
         )
         .unwrap();
-        let config = config_from(args);
+        let config = config_from(args).unwrap();
         assert_eq!(config.port, 0);
         assert!(config.core.sync_enabled);
         assert!(

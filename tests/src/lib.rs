@@ -86,8 +86,9 @@ impl ServerProcess {
         BufReader::new(stdout)
             .read_line(&mut line)
             .expect("startup line");
+        // `ws://` or, with --tls-cert, `wss://`.
         let addr = line
-            .split("ws://")
+            .split("://")
             .nth(1)
             .and_then(|rest| rest.split('/').next())
             .unwrap_or_else(|| panic!("no address in startup line {line:?}"))

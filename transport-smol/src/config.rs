@@ -34,6 +34,14 @@ pub struct ServerConfig {
     pub memory_limit: Option<String>,
     /// `--init-sql`: statements run once at start, before listening.
     pub init_sql: Option<PathBuf>,
+    /// `--tls-cert` and `--tls-key` (PEM): serve `https://` and `wss://` on the port.
+    pub tls: Option<TlsFiles>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 impl ServerConfig {
@@ -62,6 +70,7 @@ impl Default for ServerConfig {
             no_external_access: false,
             memory_limit: None,
             init_sql: None,
+            tls: None,
         }
     }
 }

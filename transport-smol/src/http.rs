@@ -2,9 +2,9 @@
 //! `Content-Length` bodies, keep-alive, and writing answers. What a request means is the
 //! core's decision (`duckwire_core::HttpRequest`); this module only moves bytes.
 
+use crate::tls::Stream;
 use bytes::Bytes;
 use smol::io::{AsyncReadExt, AsyncWriteExt};
-use smol::net::TcpStream;
 
 /// Longest request head accepted.
 const MAX_HEAD_BYTES: usize = 64 * 1024;
@@ -104,7 +104,7 @@ impl RequestHead {
 /// Reads until the end of the next head. `buffer` holds bytes already read (a pipelined
 /// request); on return it holds whatever followed the head.
 pub async fn read_head(
-    stream: &mut TcpStream,
+    stream: &mut Stream,
     buffer: &mut Vec<u8>,
 ) -> Result<RequestHead, HeadError> {
     let mut chunk = [0u8; 4096];
@@ -211,7 +211,7 @@ fn reason(status: u16) -> &'static str {
 
 /// Writes one answer; the connection stays open when `keep_alive`.
 pub async fn write_response(
-    stream: &mut TcpStream,
+    stream: &mut Stream,
     response: &Response,
     keep_alive: bool,
 ) -> std::io::Result<()> {
@@ -242,7 +242,7 @@ pub async fn write_response(
 /// Reads a `Content-Length` body: what `buffer` already holds first, the rest from the
 /// socket; bytes after the body (a pipelined request) stay in `buffer`.
 pub async fn read_body(
-    stream: &mut TcpStream,
+    stream: &mut Stream,
     head: &RequestHead,
     buffer: &mut Vec<u8>,
     max: Option<usize>,

@@ -9,6 +9,7 @@ mod http;
 pub mod meta;
 pub mod metrics;
 mod server;
+mod tls;
 mod ws;
 
 pub use config::ServerConfig;

@@ -20,6 +20,8 @@ use serde_json::json;
 use smol::io::AsyncWriteExt;
 use smol::net::{TcpListener, TcpStream};
 
+use crate::tls::Stream;
+
 use crate::cache::ResultCache;
 use crate::compress::{Encoding, COMPRESS_ABOVE};
 use crate::config::ServerConfig;
@@ -51,6 +53,8 @@ pub enum StartError {
     },
     #[error("cannot lock down file access (--allowed-dirs / --no-external-access): {0}")]
     Sandbox(String),
+    #[error("cannot set up TLS: {0}")]
+    Tls(String),
     #[error("cannot initialise meta storage: {0}")]
     Meta(String),
     #[error("cannot prepare the cache directory: {0}")]
@@ -72,6 +76,8 @@ struct Shared {
     ready: AtomicBool,
     duckdb_version: String,
     next_conn: AtomicU64,
+    /// `--tls-cert`/`--tls-key`: every connection on the port speaks TLS.
+    tls: Option<futures_rustls::TlsAcceptor>,
 }
 
 /// Opens (or creates) the database as PROTOCOL §8 says.
@@ -226,6 +232,13 @@ pub fn run(
     shutdown: async_channel::Receiver<()>,
 ) -> Result<(), StartError> {
     check_flags(&config)?;
+    // Bad certificate files stop the start before anything else is opened.
+    let tls = match &config.tls {
+        Some(files) => {
+            Some(crate::tls::acceptor(&files.cert, &files.key).map_err(StartError::Tls)?)
+        }
+        None => None,
+    };
     let base = open_database(&config)?;
     if let Some(limit) = &config.memory_limit {
         base.execute_batch(&format!(
@@ -319,6 +332,7 @@ pub fn run(
         ready: AtomicBool::new(false),
         duckdb_version,
         next_conn: AtomicU64::new(1),
+        tls,
     });
 
     let addr = listen_address(&config.host, config.port);
@@ -403,11 +417,41 @@ pub fn run(
     Ok(())
 }
 
-async fn handle_connection(mut stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+async fn handle_connection(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     let mut buffer = Vec::with_capacity(1024);
-    // A new connection must send its first request head in time (later heads on a
-    // kept-alive connection are bounded by the core's HTTP idle timeout).
+    // A new connection must finish its TLS handshake and send its first request head in
+    // time (later heads on a kept-alive connection are bounded by the core's HTTP idle
+    // timeout).
     let head_timeout = shared.config.http_head_timeout;
+    let deadline = async {
+        match head_timeout {
+            Some(timeout) => smol::Timer::after(timeout).await,
+            None => std::future::pending().await,
+        };
+    };
+    let mut stream = match &shared.tls {
+        None => Stream::Plain(tcp),
+        Some(acceptor) => {
+            let handshake = async { Some(acceptor.accept(tcp).await) };
+            match smol::future::or(handshake, async {
+                deadline.await;
+                None
+            })
+            .await
+            {
+                Some(Ok(tls)) => Stream::Tls(Box::new(tls)),
+                Some(Err(e)) => {
+                    // A plain-HTTP client on a TLS port, a wrong certificate, a scanner.
+                    tracing::debug!(%peer, "TLS handshake failed: {e}");
+                    return;
+                }
+                None => {
+                    tracing::debug!(%peer, "TLS handshake timed out");
+                    return;
+                }
+            }
+        }
+    };
     let head = smol::future::or(read_head(&mut stream, &mut buffer), async {
         match head_timeout {
             Some(timeout) => smol::Timer::after(timeout).await,
@@ -441,7 +485,7 @@ async fn handle_connection(mut stream: TcpStream, peer: SocketAddr, shared: Arc<
 /// it (idle timeout, shutdown) or the peer goes away. Requests are taken one after another,
 /// so pipelined requests are answered in order.
 async fn serve_http(
-    mut stream: TcpStream,
+    mut stream: Stream,
     mut buffer: Vec<u8>,
     peer: SocketAddr,
     first: RequestHead,
@@ -711,7 +755,7 @@ fn cors_headers(head: &RequestHead) -> Vec<(String, String)> {
 }
 
 async fn upgrade(
-    mut stream: TcpStream,
+    mut stream: Stream,
     rest: Vec<u8>,
     peer: SocketAddr,
     head: RequestHead,
@@ -752,7 +796,10 @@ async fn upgrade(
             .insert("Sec-WebSocket-Protocol", protocol);
     }
     let mut bytes = Vec::with_capacity(256);
-    if write_handshake(&mut bytes, &response).is_err() || stream.write_all(&bytes).await.is_err() {
+    if write_handshake(&mut bytes, &response).is_err()
+        || stream.write_all(&bytes).await.is_err()
+        || stream.flush().await.is_err()
+    {
         return;
     }
     let conn = ConnId(shared.next_conn.fetch_add(1, Relaxed));

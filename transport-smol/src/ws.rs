@@ -12,6 +12,8 @@ use duckwire_core::{close_code, ConnId, ConnectionInfo, Frame, Limits, ProtocolE
 use futures_util::{SinkExt, StreamExt};
 use smol::net::TcpStream;
 
+use crate::tls::Stream;
+
 use std::sync::Arc;
 
 use crate::driver::{ConnectionWriter, DriverInput, Outbound, ReadGate};
@@ -104,14 +106,14 @@ fn peer_hung_up(stream: &TcpStream) -> bool {
 const CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
 pub async fn serve(
-    stream: TcpStream,
+    stream: Stream,
     already_read: Vec<u8>,
     conn: ConnId,
     info: ConnectionInfo,
     limits: Limits,
     driver: async_channel::Sender<DriverInput>,
 ) {
-    let hangup_probe = stream.clone();
+    let hangup_probe = stream.tcp().clone();
     let config = WebSocketConfig::default()
         .max_message_size(limits.max_frame_bytes)
         .max_frame_size(limits.max_frame_bytes);
