@@ -20,8 +20,8 @@ mod timers;
 
 pub use auth::{tokens_match, OriginPolicy};
 pub use codec::{
-    decode_client_frame, encode_arrow_frame_header, ClientMessage, DecodeError, Frame, JsonReply,
-    JsonReplyHeader, JsonReplyWriter, QueryKind, ServerMessage,
+    decode_client_frame, encode_arrow_frame_header, escape_string_content, ClientMessage,
+    DecodeError, Frame, JsonReply, JsonReplyHeader, JsonReplyWriter, QueryKind, ServerMessage,
 };
 pub use effect::{Effect, QueryOutcome, RunQuery, UploadTable};
 pub use error::{ProtocolError, ServerError};

@@ -1,24 +1,39 @@
 #!/usr/bin/env bash
-# One benchmark run (see run.sh): duckwire, then sqlrooms-server, then the ratios.
+# One benchmark run (see run.sh): duckwire, sqlrooms-server and Mosaic's Rust server one
+# after another on the same machine with the same client, then the three-way table and the
+# targets. Each server gets the scenarios of the protocols it speaks.
 set -euo pipefail
 bin="$CARGO_TARGET_DIR/release"
 out="${TMPDIR:-/tmp}/duckwire-bench"
 mkdir -p "$out"
 wait_for() { for _ in $(seq 1 100); do grep -q "$2" "$1" && return 0; sleep 0.2; done; cat "$1"; return 1; }
+wait_port() { for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.2; done; return 1; }
+bench() { "$bin/duckwire-bench" --data "$DUCKWIRE_BENCH_DATA" "$@" $DUCKWIRE_BENCH_ARGS; }
 
 "$bin/duckwire" --port 4601 --threads "$(nproc)" --sync --log-level warn >"$out/duckwire.log" 2>&1 &
 pid=$!
 wait_for "$out/duckwire.log" "listening on"
-"$bin/duckwire-bench" --url ws://127.0.0.1:4601 --pid "$pid" --data "$DUCKWIRE_BENCH_DATA" \
-  --floor --label "duckwire $(git -C "$(dirname "$0")" rev-parse --short HEAD)" --json "$out/duckwire.json" "$@"
+bench --url ws://127.0.0.1:4601/ --mosaic-url ws://127.0.0.1:4601/mosaic --http http://127.0.0.1:4601/ \
+  --pid "$pid" --floor --label "duckwire $(git -C "$(dirname "$0")" rev-parse --short HEAD)" \
+  --json "$out/duckwire.json"
 kill "$pid"; wait "$pid" 2>/dev/null || true
 
-"$DUCKWIRE_BENCH_VENV/bin/sqlrooms-server" --port 4602 --sync >"$out/reference.log" 2>&1 &
+"$DUCKWIRE_BENCH_VENV/bin/sqlrooms-server" --port 4602 --sync >"$out/sqlrooms-server.log" 2>&1 &
 pid=$!
-wait_for "$out/reference.log" "istening"
-"$bin/duckwire-bench" --url ws://127.0.0.1:4602 --pid "$pid" --data "$DUCKWIRE_BENCH_DATA" \
+wait_for "$out/sqlrooms-server.log" "istening"
+bench --url ws://127.0.0.1:4602 --pid "$pid" \
   --label "sqlrooms-server $("$DUCKWIRE_BENCH_VENV/bin/pip" show sqlrooms-server | awk '/^Version/{print $2}')" \
-  --json "$out/reference.json" "$@"
+  --json "$out/sqlrooms-server.json"
 kill "$pid"; wait "$pid" 2>/dev/null || true
 
-"$bin/duckwire-bench" --compare "$out/duckwire.json" "$out/reference.json"
+# Mosaic's Rust server: in-memory database, its default pool of 10 connections, per-query
+# logging off (duckwire runs at --log-level warn too).
+RUST_LOG=warn "$DUCKWIRE_BENCH_MOSAIC" --port 4603 :memory: >"$out/mosaic-rust-server.log" 2>&1 &
+pid=$!
+wait_port 4603
+bench --mosaic-url ws://127.0.0.1:4603/ --http http://127.0.0.1:4603/ --pid "$pid" \
+  --label "Mosaic duckdb-server (Rust) $(basename "$DUCKWIRE_BENCH_MOSAIC")" \
+  --json "$out/mosaic-rust-server.json"
+kill "$pid"; wait "$pid" 2>/dev/null || true
+
+"$bin/duckwire-bench" --compare "$out/duckwire.json" "$out/sqlrooms-server.json" "$out/mosaic-rust-server.json"

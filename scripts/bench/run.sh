@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# The benchmark (BENCHMARKS.md): duckwire with its in-process floor, then the Python
-# reference sqlrooms-server (from PyPI, in a venv; needs Debian's libuv1), same scenarios,
-# same machine, same Rust client; prints both tables and the ratios.
-#   scripts/bench/run.sh [--quick]
+# The benchmark (BENCHMARKS.md): duckwire with its in-process floor, the Python reference
+# sqlrooms-server (from PyPI, in a venv; needs Debian's libuv1) and Mosaic's Rust
+# duckdb-server (built by mosaic-server.sh against the same libduckdb), same scenarios where
+# they share a protocol, same machine, same Rust client; prints the tables, the three-way
+# comparison and the targets.
+#   scripts/bench/run.sh [--quick] [--only SUBSTRING]
 # The Python server binds every interface and has no host flag, so when run as root with
 # `ip` available both servers and the client run in a network namespace with only loopback.
 set -euo pipefail
@@ -18,6 +20,7 @@ if [ ! -x "$venv/bin/sqlrooms-server" ]; then
   python3 -m venv "$venv"
   "$venv/bin/pip" install -q sqlrooms-server
 fi
+mosaic="$(scripts/bench/mosaic-server.sh)"
 data="$root/tests/data"
 inner="$root/scripts/bench/inner.sh"
 if [ "$(id -u)" = 0 ] && command -v ip >/dev/null; then
@@ -25,8 +28,9 @@ if [ "$(id -u)" = 0 ] && command -v ip >/dev/null; then
   ip netns exec duckwire-bench ip link set lo up
   ip netns exec duckwire-bench env HOME="$HOME" PATH="$PATH" LD_LIBRARY_PATH="$LD_LIBRARY_PATH" \
     CARGO_TARGET_DIR="$CARGO_TARGET_DIR" DUCKWIRE_BENCH_VENV="$venv" \
-    DUCKWIRE_BENCH_DATA="$data" bash "$inner" "$@"
+    DUCKWIRE_BENCH_DATA="$data" DUCKWIRE_BENCH_MOSAIC="$mosaic" DUCKWIRE_BENCH_ARGS="$*" bash "$inner"
 else
   echo "bench: not root; the reference server will listen on all interfaces during the run" >&2
-  DUCKWIRE_BENCH_VENV="$venv" DUCKWIRE_BENCH_DATA="$data" bash "$inner" "$@"
+  DUCKWIRE_BENCH_VENV="$venv" DUCKWIRE_BENCH_DATA="$data" DUCKWIRE_BENCH_MOSAIC="$mosaic" \
+    DUCKWIRE_BENCH_ARGS="$*" bash "$inner"
 fi

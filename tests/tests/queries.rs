@@ -190,6 +190,32 @@ fn persisted_results_are_cached_and_writes_invalidate_them() {
     );
 }
 
+/// A result the cache holds is answered without a DuckDB worker: with the only worker busy
+/// on a query that never ends, a cached read still answers (over WebSocket and REST).
+#[test]
+fn cache_hits_answer_while_every_worker_is_busy() {
+    let server = ServerProcess::start(&["--threads", "1"]);
+    let mut client = server.connect();
+    let query = json!({"type":"arrow","sql":"select 42 as x","persist":true,"queryId":"p"});
+    client.send_json(query.clone());
+    client.recv_binary();
+    client.send_json(json!({"type":"json","sql":SLOW_SQL,"queryId":"slow"}));
+    let mut other = server.connect();
+    other.send_json(query);
+    let reply = other.recv_binary();
+    let (header, ipc) = split_arrow_frame(&reply);
+    assert_eq!(header["queryId"], "p");
+    assert_eq!(read_ipc(ipc)[0].num_rows(), 1);
+    let (status, _, body) = post_json(
+        &server.addr,
+        &json!({"type":"arrow","sql":"select 42 as x","persist":true}),
+        "",
+    );
+    assert_eq!(status, 200);
+    assert_eq!(read_ipc(&body)[0].num_rows(), 1);
+    client.send_json(json!({"type":"cancel","queryId":"slow"}));
+}
+
 #[test]
 fn upload_arrow_creates_or_replaces_a_table() {
     let server = ServerProcess::start(&[]);

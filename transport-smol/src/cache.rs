@@ -105,8 +105,26 @@ impl ResultCache {
         self.epoch.current()
     }
 
+    /// An in-memory hit, counted, for answering on the driver thread without a worker hop;
+    /// `None` (and nothing counted) otherwise: the query then goes to a worker, which looks
+    /// again (in the disk tier too) and counts the hit or the miss.
+    pub fn memory_hit(&self, key: &CacheKey) -> Option<CachedValue> {
+        let value = self.memory_lookup(key, self.epoch.current())?;
+        self.metrics.cache_hits.inc();
+        Some(value)
+    }
+
     fn lookup(&self, key: &CacheKey) -> Option<CachedValue> {
         let epoch = self.epoch.current();
+        if let Some(value) = self.memory_lookup(key, epoch) {
+            return Some(value);
+        }
+        let path = self.disk_path(key, epoch)?;
+        let bytes = std::fs::read(path).ok()?;
+        Some(Bytes::from(bytes))
+    }
+
+    fn memory_lookup(&self, key: &CacheKey, epoch: u64) -> Option<CachedValue> {
         {
             let mut lru = self.lru.lock().unwrap_or_else(|e| e.into_inner());
             lru.tick += 1;
@@ -130,9 +148,7 @@ impl ResultCache {
                 None => {}
             }
         }
-        let path = self.disk_path(key, epoch)?;
-        let bytes = std::fs::read(path).ok()?;
-        Some(Bytes::from(bytes))
+        None
     }
 
     fn insert(&self, key: CacheKey, value: CachedValue, generation: u64) {

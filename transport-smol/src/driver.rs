@@ -8,9 +8,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
+use bytes::Bytes;
 use duckwire_core::{
-    close_code, ConnId, ConnectionInfo, Effect, Frame, HttpRequest, HttpResponse, Millis, Server,
-    ServerError,
+    close_code, ConnId, ConnectionInfo, Effect, Frame, HttpRequest, HttpResponse, Millis,
+    QueryHandle, QueryKind, QueryOutcome, RunQuery, Server, ServerError,
 };
 
 use crate::cache::ResultCache;
@@ -163,17 +164,37 @@ struct State {
 impl Driver {
     pub async fn run(mut self) -> MetaWorker {
         let mut state = State::default();
+        // One timer for the core's deadlines, re-armed only when the core wants to wake
+        // earlier than it is set for: arming a timer costs syscalls and a wake-up of the
+        // reactor, and the earliest deadline moves on almost every frame (idle timers).
+        // A timer that fires before the core's deadline only costs a `handle_timeout` with
+        // nothing due.
+        let mut timer = smol::Timer::never();
+        let mut armed: Option<Instant> = None;
         loop {
-            let input = match self.server.poll_timeout().filter(|_| !state.poisoned) {
-                Some(at) => {
-                    let deadline = self.started + std::time::Duration::from_millis(at.0);
+            let input = match self.inputs.try_recv() {
+                // Work already queued: no timer to look at.
+                Ok(input) => Some(Ok(input)),
+                Err(async_channel::TryRecvError::Closed) => break,
+                Err(async_channel::TryRecvError::Empty) => {
+                    let wanted = self
+                        .server
+                        .poll_timeout()
+                        .filter(|_| !state.poisoned)
+                        .map(|at| self.started + std::time::Duration::from_millis(at.0));
+                    if let Some(deadline) = wanted {
+                        if armed.is_none_or(|armed| deadline < armed) {
+                            timer.set_at(deadline);
+                            armed = Some(deadline);
+                        }
+                    }
                     smol::future::or(async { Some(self.inputs.recv().await) }, async {
-                        smol::Timer::at(deadline).await;
+                        (&mut timer).await;
+                        armed = None;
                         None
                     })
                     .await
                 }
-                None => Some(self.inputs.recv().await),
             };
             let now = self.now();
             let result = match input {
@@ -185,7 +206,7 @@ impl Driver {
                 self.poisoned(&mut state);
             }
             if !state.poisoned {
-                self.carry_out_effects(&mut state.writers);
+                self.carry_out_effects(&mut state, now);
             }
             if let Some((conn, bytes)) = state.frame_taken.take() {
                 if let Some(writer) = state.writers.get(&conn) {
@@ -348,7 +369,54 @@ impl Driver {
         }
     }
 
-    fn carry_out_effects(&mut self, writers: &mut HashMap<ConnId, ConnectionWriter>) {
+    /// Carries out the core's effects, and answers persisted reads the in-memory cache holds
+    /// right here (their answers are more effects), so a cache hit never waits for a worker.
+    fn carry_out_effects(&mut self, state: &mut State, now: Millis) {
+        loop {
+            let hits = self.carry_out_effects_once(&mut state.writers);
+            if hits.is_empty() {
+                return;
+            }
+            for (handle, outcome) in hits {
+                let answered =
+                    self.call_core(|server| server.handle_query_done(handle, outcome, false, now));
+                if let Err(ServerError::Poisoned) = answered {
+                    self.poisoned(state);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// A persisted read answered from the in-memory cache, or `None` (run it).
+    fn cache_hit(&self, run: &RunQuery) -> Option<QueryOutcome> {
+        if !run.persist || !self.cache.is_enabled() {
+            return None;
+        }
+        let started = Instant::now();
+        let value = self
+            .cache
+            .memory_hit(&(run.kind.as_str(), run.sql.clone()))?;
+        let outcome = match run.kind {
+            QueryKind::Arrow if run.arrow_header.is_empty() => QueryOutcome::Arrow(value),
+            QueryKind::Arrow => {
+                let mut frame = Vec::with_capacity(run.arrow_header.len() + value.len());
+                frame.extend_from_slice(&run.arrow_header);
+                frame.extend_from_slice(&value);
+                QueryOutcome::Arrow(Bytes::from(frame))
+            }
+            _ => QueryOutcome::Json(String::from_utf8_lossy(&value).into_owned()),
+        };
+        self.metrics
+            .record_query(run.kind.as_str(), "ok", started.elapsed().as_secs_f64());
+        Some(outcome)
+    }
+
+    fn carry_out_effects_once(
+        &mut self,
+        writers: &mut HashMap<ConnId, ConnectionWriter>,
+    ) -> Vec<(QueryHandle, QueryOutcome)> {
+        let mut hits = Vec::new();
         while let Some(effect) = self.server.poll_effect() {
             match effect {
                 Effect::Send { conn, frame } => {
@@ -367,6 +435,10 @@ impl Driver {
                     }
                 }
                 Effect::RunQuery(run) => {
+                    if let Some(outcome) = self.cache_hit(&run) {
+                        hits.push((run.query, outcome));
+                        continue;
+                    }
                     tracing::debug!(
                         conn = run.conn.0,
                         query_id = %run.query_id,
@@ -445,5 +517,6 @@ impl Driver {
         self.metrics
             .inbound_bytes
             .set(self.server.inbound_bytes_total() as u64);
+        hits
     }
 }

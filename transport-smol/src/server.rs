@@ -351,7 +351,11 @@ pub fn run(
         shared.ready.store(true, Relaxed);
         on_listening(local);
 
-        let accept_loop = async {
+        // Its own task: as part of the future `run` drives, it would be polled (one failed
+        // accept4 and an epoll re-arm) each time any task on the executor woke.
+        let accept_shared = shared.clone();
+        let accept_task = crate::spawn(async move {
+            let shared = accept_shared;
             loop {
                 match listener.accept().await {
                     Ok((stream, peer)) => {
@@ -368,7 +372,7 @@ pub fn run(
                     }
                 }
             }
-        };
+        });
         // `true` when the core was poisoned.
         let stop = async {
             smol::future::or(
@@ -380,8 +384,9 @@ pub fn run(
             )
             .await
         };
-        let poisoned = smol::future::or(accept_loop, stop).await;
-        drop(listener);
+        let poisoned = stop.await;
+        // Cancelling the task drops the listener: no new connections.
+        let _ = accept_task.cancel().await;
 
         tracing::info!("shutting down: closing connections and saving rooms");
         shared.ready.store(false, Relaxed);

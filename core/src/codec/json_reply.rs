@@ -78,6 +78,17 @@ impl JsonReplyWriter {
         escape_into(&mut self.text, rows);
     }
 
+    /// Appends rows text the caller already escaped in one pass while writing it (with
+    /// [`escape_string_content`] for the parts that need it): it must contain no `"`, `\` or
+    /// control character that is not part of an escape. Checked in debug builds.
+    pub fn push_escaped_rows(&mut self, escaped: &str) {
+        debug_assert!(
+            is_valid_string_content(escaped),
+            "push_escaped_rows: text is not escaped JSON string content"
+        );
+        self.text.extend_from_slice(escaped.as_bytes());
+    }
+
     pub fn finish(mut self) -> JsonReply {
         self.text.extend_from_slice(b"\"}");
         JsonReply {
@@ -86,6 +97,35 @@ impl JsonReplyWriter {
             header_len: self.header_len,
         }
     }
+}
+
+/// Whether `text` can stand between the quotes of a JSON string as it is.
+fn is_valid_string_content(text: &str) -> bool {
+    let bytes = text.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'"' => return false,
+            byte if byte < 0x20 => return false,
+            b'\\' => {
+                match bytes.get(i + 1) {
+                    Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => i += 2,
+                    Some(b'u') if bytes.len() >= i + 6 => i += 6,
+                    _ => return false,
+                }
+                continue;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    true
+}
+
+/// Appends `text` escaped as the content of a JSON string (without the quotes), as
+/// [`JsonReplyWriter::push_rows`] does: for callers that write rows already escaped.
+pub fn escape_string_content(out: &mut Vec<u8>, text: &str) {
+    escape_into(out, text);
 }
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
@@ -195,5 +235,18 @@ mod tests {
         let value: serde_json::Value =
             serde_json::from_str(reply(QueryId::Num("7".into()), &[&long]).as_str()).unwrap();
         assert_eq!(value["data"], long.as_str());
+    }
+
+    #[test]
+    fn rows_escaped_by_the_caller_make_the_same_reply() {
+        let rows = "[{\"s\":\"a\\\"b\",\"n\":1}]";
+        let mut escaped = Vec::new();
+        escape_string_content(&mut escaped, rows);
+        let escaped = String::from_utf8(escaped).unwrap();
+        assert!(is_valid_string_content(&escaped));
+        assert!(!is_valid_string_content(rows));
+        let mut writer = JsonReplyWriter::new(&JsonReplyHeader::new(&QueryId::Num("7".into())), 0);
+        writer.push_escaped_rows(&escaped);
+        assert_eq!(writer.finish(), reply(QueryId::Num("7".into()), &[rows]));
     }
 }

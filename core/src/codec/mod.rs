@@ -5,7 +5,7 @@ mod json_reply;
 mod server;
 
 pub use client::{decode_client_frame, ClientMessage, DecodeError, QueryKind};
-pub use json_reply::{JsonReply, JsonReplyHeader, JsonReplyWriter};
+pub use json_reply::{escape_string_content, JsonReply, JsonReplyHeader, JsonReplyWriter};
 pub use server::{encode_arrow_frame_header, ServerMessage};
 
 use bytes::Bytes;

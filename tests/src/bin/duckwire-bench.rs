@@ -1,15 +1,20 @@
-//! The benchmark: a Rust load generator for any server speaking the SQLRooms WebSocket
-//! protocol (duckwire or the Python sqlrooms-server), plus the in-process floor (the same SQL
-//! through duckdb-rs and duckwire's own IPC/JSON encoders, no network) measured in the same run.
+//! The benchmark: a Rust load generator for the servers duckwire is compared with, over the
+//! protocols they share, plus the in-process floor (the same SQL through duckdb-rs and
+//! duckwire's own IPC/JSON encoders, no network) measured in the same run.
 //!
-//!   duckwire-bench --url ws://127.0.0.1:4000 --pid PID --data tests/data [--floor]
-//!                  [--label duckwire] [--json out.json]
-//!   duckwire-bench --compare duckwire.json reference.json
+//!   duckwire-bench [--url ws://H:P/] [--mosaic-url ws://H:P/mosaic] [--http http://H:P/]
+//!                  --pid PID --data tests/data [--floor] [--label L] [--json out.json]
+//!   duckwire-bench --compare duckwire.json sqlrooms.json [mosaic.json]
 //!
-//! Every scenario reports median and p99 latency, queries/s, MB/s and the server's peak RSS
-//! during the scenario (VmHWM after resetting it through /proc/PID/clear_refs).
+//! `--url` runs the SQLRooms WebSocket scenarios (duckwire, sqlrooms-server), `--mosaic-url`
+//! Mosaic's WebSocket protocol (duckwire's `/mosaic`, Mosaic's servers on `/`), `--http` the
+//! Mosaic REST scenarios on kept-alive connections. Scenario names start with the protocol, so
+//! only like is compared with like. Every scenario reports median and p99 latency, queries/s,
+//! MB/s and the server's peak RSS during the scenario (VmHWM after resetting it through
+//! /proc/PID/clear_refs).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
@@ -23,7 +28,12 @@ use tungstenite::{Message, WebSocket};
 type Socket = WebSocket<MaybeTlsStream<TcpStream>>;
 
 struct Options {
-    url: String,
+    /// SQLRooms WebSocket protocol.
+    url: Option<String>,
+    /// Mosaic's WebSocket protocol.
+    mosaic_url: Option<String>,
+    /// Mosaic REST (`POST /`).
+    http: Option<String>,
     pid: Option<u32>,
     data: String,
     floor: bool,
@@ -32,12 +42,16 @@ struct Options {
     quick: bool,
     /// Only scenarios whose name contains this (for profiling one path).
     only: Option<String>,
+    /// Connections of the throughput scenario (each on its own client thread).
+    connections: usize,
 }
 
 fn parse_args() -> Result<Options, String> {
     let mut args = std::env::args().skip(1);
     let mut options = Options {
-        url: "ws://127.0.0.1:4000".into(),
+        url: None,
+        mosaic_url: None,
+        http: None,
         pid: None,
         data: "tests/data".into(),
         floor: false,
@@ -45,11 +59,14 @@ fn parse_args() -> Result<Options, String> {
         json_out: None,
         quick: false,
         only: None,
+        connections: 16,
     };
     while let Some(arg) = args.next() {
         let mut value = || args.next().ok_or(format!("{arg} needs a value"));
         match arg.as_str() {
-            "--url" => options.url = value()?,
+            "--url" => options.url = Some(value()?),
+            "--mosaic-url" => options.mosaic_url = Some(value()?),
+            "--http" => options.http = Some(value()?),
             "--pid" => options.pid = Some(value()?.parse().map_err(|e| format!("--pid: {e}"))?),
             "--data" => options.data = value()?,
             "--floor" => options.floor = true,
@@ -57,14 +74,24 @@ fn parse_args() -> Result<Options, String> {
             "--label" => options.label = value()?,
             "--json" => options.json_out = Some(value()?),
             "--only" => options.only = Some(value()?),
+            "--connections" => {
+                options.connections = value()?
+                    .parse()
+                    .map_err(|e| format!("--connections: {e}"))?
+            }
             "--compare" => {
-                let ours = value()?;
-                let reference = args.next().ok_or("--compare needs two files")?;
-                compare(&ours, &reference)?;
+                let files: Vec<String> = args.collect();
+                if files.len() < 2 {
+                    return Err("--compare needs duckwire.json and one or two others".into());
+                }
+                compare(&files)?;
                 std::process::exit(0);
             }
             other => return Err(format!("unknown argument {other}")),
         }
+    }
+    if options.url.is_none() && options.mosaic_url.is_none() && options.http.is_none() {
+        return Err("give at least one of --url, --mosaic-url, --http".into());
     }
     Ok(options)
 }
@@ -87,7 +114,7 @@ fn main() {
 
 /// One scenario's measurements.
 struct Scenario {
-    name: &'static str,
+    name: String,
     /// Per-operation latencies (a query, a suite, a fan-out).
     samples: Vec<Duration>,
     /// Operations (queries) completed and bytes received over `wall`.
@@ -101,7 +128,7 @@ struct Scenario {
 impl Scenario {
     /// A scenario that ran from `started` until now, without a floor yet.
     fn ended(
-        name: &'static str,
+        name: &str,
         samples: Vec<Duration>,
         operations: u64,
         bytes: u64,
@@ -109,7 +136,7 @@ impl Scenario {
         rss: &Rss,
     ) -> Scenario {
         Scenario {
-            name,
+            name: name.to_string(),
             samples,
             operations,
             bytes,
@@ -172,30 +199,149 @@ fn print_table(label: &str, results: &[Scenario]) {
     }
 }
 
-fn compare(ours: &str, reference: &str) -> Result<(), String> {
-    let load = |path: &str| -> Result<BTreeMap<String, Value>, String> {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("{path}: {e}"))?;
-        let rows: Vec<Value> = serde_json::from_str(&text).map_err(|e| format!("{path}: {e}"))?;
-        Ok(rows
-            .into_iter()
+type Results = BTreeMap<String, Value>;
+
+fn load(path: &str) -> Result<(String, Results), String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{path}: {e}"))?;
+    let rows: Vec<Value> = serde_json::from_str(&text).map_err(|e| format!("{path}: {e}"))?;
+    let label = std::path::Path::new(path)
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    Ok((
+        label,
+        rows.into_iter()
             .map(|row| (row["name"].as_str().unwrap_or_default().to_string(), row))
-            .collect())
+            .collect(),
+    ))
+}
+
+fn median_of(results: &Results, name: &str) -> Option<f64> {
+    results.get(name)?["median_s"].as_f64()
+}
+
+/// Throughput scenarios compare ops/s; everything else medians. `other / ours`: above 1 means
+/// duckwire is faster.
+fn speedup(ours: &Value, other: &Value) -> Option<f64> {
+    let name = ours["name"].as_str().unwrap_or_default();
+    if name.contains("throughput") {
+        Some(ours["ops_per_s"].as_f64()? / other["ops_per_s"].as_f64()?)
+    } else {
+        Some(other["median_s"].as_f64()? / ours["median_s"].as_f64()?)
+    }
+}
+
+/// The three-way table and the targets of BENCHMARKS.md, each marked met or not.
+fn compare(files: &[String]) -> Result<(), String> {
+    let (_, ours) = load(&files[0])?;
+    let others: Vec<(String, Results)> = files[1..]
+        .iter()
+        .map(|f| load(f))
+        .collect::<Result<_, _>>()?;
+    let secs = |v: Option<f64>| {
+        v.map(|s| ms(Duration::from_secs_f64(s)))
+            .unwrap_or_default()
     };
-    let (ours, reference) = (load(ours)?, load(reference)?);
-    println!("\n| scenario | median: reference / duckwire | ops/s: duckwire / reference |\n|---|---|---|");
+    print!("\n| scenario | duckwire |");
+    for (label, _) in &others {
+        print!(" {label} | × ({label} / duckwire) |");
+    }
+    println!(" × floor |");
+    println!("|---|---|{}---|", "---|---|".repeat(others.len()));
     for (name, row) in &ours {
-        let Some(other) = reference.get(name) else {
-            continue;
-        };
-        let ratio = |a: &Value, b: &Value| a.as_f64().zip(b.as_f64()).map(|(a, b)| a / b);
-        println!(
-            "| {name} | {} | {} |",
-            ratio(&other["median_s"], &row["median_s"])
-                .map(|r| format!("{r:.1}×"))
-                .unwrap_or_default(),
-            ratio(&row["ops_per_s"], &other["ops_per_s"])
-                .map(|r| format!("{r:.1}×"))
-                .unwrap_or_default(),
+        print!("| {name} | {} |", secs(row["median_s"].as_f64()));
+        for (_, other) in &others {
+            match other.get(name) {
+                Some(theirs) => print!(
+                    " {} | {} |",
+                    secs(theirs["median_s"].as_f64()),
+                    speedup(row, theirs)
+                        .map(|r| format!("{r:.2}×"))
+                        .unwrap_or_default()
+                ),
+                None => print!(" — | — |"),
+            }
+        }
+        let floor = row["floor_median_s"]
+            .as_f64()
+            .zip(row["median_s"].as_f64())
+            .map(|(f, m)| format!("{:.2}", m / f))
+            .unwrap_or_default();
+        println!(" {floor} |");
+    }
+    println!(
+        "\nthroughput rows compare ops/s (duckwire / other), all others medians (other / duckwire)"
+    );
+
+    println!("\n| target | measured | met |\n|---|---|---|");
+    let target = |what: String, measured: Option<f64>, met: &dyn Fn(f64) -> bool| match measured {
+        Some(value) => println!(
+            "| {what} | {value:.2} | {} |",
+            if met(value) { "met" } else { "NOT met" }
+        ),
+        None => println!("| {what} | not measured | — |"),
+    };
+    for (label, theirs) in &others {
+        let shared: Vec<(&String, f64)> = ours
+            .iter()
+            .filter_map(|(name, row)| Some((name, speedup(row, theirs.get(name)?)?)))
+            .collect();
+        if label.contains("mosaic") && !shared.is_empty() {
+            for (name, ratio) in &shared {
+                target(format!("{name}: ≥ 1.0× {label}"), Some(*ratio), &|r| {
+                    r >= 1.0
+                });
+            }
+            let geomean =
+                (shared.iter().map(|(_, r)| r.ln()).sum::<f64>() / shared.len() as f64).exp();
+            target(
+                format!(
+                    "geometric mean over {} shared scenarios: ≥ 1.5× {label}",
+                    shared.len()
+                ),
+                Some(geomean),
+                &|r| r >= 1.5,
+            );
+        }
+        if label.contains("sqlrooms") {
+            let ratio = |name: &str| Some(median_of(theirs, name)? / median_of(&ours, name)?);
+            target(
+                format!("select 1, json: ≥ 10× {label}"),
+                ratio("ws sqlrooms | select 1, json, sequential"),
+                &|r| r >= 10.0,
+            );
+            target(
+                format!("select 1, arrow: ≥ 10× {label}"),
+                ratio("ws sqlrooms | select 1, arrow, sequential"),
+                &|r| r >= 10.0,
+            );
+            target(
+                format!("CRDT fan-out: ≥ 3× {label} (≤ ⅓ of its time)"),
+                ratio("ws sqlrooms | CRDT fan-out: 1 update to 7 members"),
+                &|r| r >= 3.0,
+            );
+            target(
+                format!("cache hit: ≥ 3× {label}"),
+                ratio("ws sqlrooms | cache hit (persist: true, group-by)"),
+                &|r| r >= 3.0,
+            );
+        }
+    }
+    let over_floor = |name: &str| {
+        let row = ours.get(name)?;
+        Some(row["median_s"].as_f64()? / row["floor_median_s"].as_f64()?)
+    };
+    for (scenario, limit) in [
+        ("ws sqlrooms | select 1, json, sequential", 1.2),
+        ("ws sqlrooms | select 1, arrow, sequential", 1.2),
+        ("ws sqlrooms | big Arrow: 5M rows × 2 bigint", 1.3),
+        ("ws sqlrooms | big JSON: all flights rows", 1.5),
+        ("ws sqlrooms | Mosaic suite (7 queries)", 1.15),
+    ] {
+        target(
+            format!("{scenario}: ≤ {limit}× the floor"),
+            over_floor(scenario),
+            &|r| r <= limit,
         );
     }
     Ok(())
@@ -203,16 +349,119 @@ fn compare(ours: &str, reference: &str) -> Result<(), String> {
 
 // --- the client side ---------------------------------------------------------------------
 
-fn connect(url: &str) -> Socket {
-    let config = tungstenite::protocol::WebSocketConfig::default()
-        .max_message_size(None)
-        .max_frame_size(None);
-    let (socket, _) = tungstenite::client::connect_with_config(url, Some(config), 3)
-        .expect("connect to the server");
-    if let MaybeTlsStream::Plain(stream) = socket.get_ref() {
-        stream.set_nodelay(true).expect("nodelay");
+/// Which WebSocket protocol a [`Client`] speaks.
+#[derive(Clone, Copy, PartialEq)]
+enum Wire {
+    /// Queries carry ids; replies may come in any order.
+    SqlRooms,
+    /// Mosaic's socket protocol: no ids, replies in the order of the requests, Arrow as a
+    /// bare IPC binary message.
+    Mosaic,
+}
+
+/// A WebSocket client with queries in flight.
+struct Client {
+    socket: Socket,
+    wire: Wire,
+    next_id: u64,
+    /// SQLRooms: sent-at by query id.
+    by_id: BTreeMap<String, Instant>,
+    /// Mosaic: sent-at in request order.
+    in_order: VecDeque<Instant>,
+}
+
+impl Client {
+    fn connect(url: &str, wire: Wire) -> Client {
+        let config = tungstenite::protocol::WebSocketConfig::default()
+            .max_message_size(None)
+            .max_frame_size(None);
+        let (socket, _) = tungstenite::client::connect_with_config(url, Some(config), 3)
+            .expect("connect to the server");
+        if let MaybeTlsStream::Plain(stream) = socket.get_ref() {
+            stream.set_nodelay(true).expect("nodelay");
+        }
+        Client {
+            socket,
+            wire,
+            next_id: 0,
+            by_id: BTreeMap::new(),
+            in_order: VecDeque::new(),
+        }
     }
-    socket
+
+    fn in_flight(&self) -> usize {
+        self.by_id.len() + self.in_order.len()
+    }
+
+    fn send(&mut self, kind: &str, sql: &str, persist: bool) {
+        let mut message = json!({"type":kind,"sql":sql});
+        if persist {
+            message["persist"] = json!(true);
+        }
+        match self.wire {
+            Wire::SqlRooms => {
+                self.next_id += 1;
+                let id = format!("q{}", self.next_id);
+                message["queryId"] = json!(id);
+                self.by_id.insert(id, Instant::now());
+            }
+            Wire::Mosaic => self.in_order.push_back(Instant::now()),
+        }
+        self.socket
+            .send(Message::Text(message.to_string().into()))
+            .expect("send a query");
+    }
+
+    /// Reads until the reply of a query in flight: when it was sent and the reply's size.
+    /// Panics on an error reply.
+    fn recv(&mut self) -> (Instant, usize) {
+        loop {
+            let message = self.socket.read().expect("read a reply");
+            let (text, bytes) = match &message {
+                Message::Text(text) => (Some(text.as_str()), text.len()),
+                Message::Binary(bytes) => (None, bytes.len()),
+                _ => continue,
+            };
+            match self.wire {
+                Wire::Mosaic => {
+                    if let Some(text) = text {
+                        if text.starts_with("{\"error\"") {
+                            panic!("query failed: {text}");
+                        }
+                    }
+                    return (self.in_order.pop_front().expect("a query in flight"), bytes);
+                }
+                Wire::SqlRooms => {
+                    let id = match (text, &message) {
+                        (Some(text), _) => {
+                            // Only the envelope is decoded; a large `data` string is skipped,
+                            // not copied, so the client does not dominate big-result timings.
+                            let reply: Envelope = serde_json::from_str(text).expect("JSON reply");
+                            if reply.kind == "error" {
+                                panic!("query failed: {text}");
+                            }
+                            reply.query_id
+                        }
+                        (None, Message::Binary(frame)) => {
+                            let n = u32::from_be_bytes(frame[..4].try_into().unwrap()) as usize;
+                            let header: Value =
+                                serde_json::from_slice(&frame[4..4 + n]).unwrap_or(Value::Null);
+                            header["queryId"].clone()
+                        }
+                        _ => continue,
+                    };
+                    if let Some(sent) = id.as_str().and_then(|id| self.by_id.remove(id)) {
+                        return (sent, bytes);
+                    }
+                }
+            }
+        }
+    }
+
+    fn query(&mut self, kind: &str, sql: &str, persist: bool) -> usize {
+        self.send(kind, sql, persist);
+        self.recv().1
+    }
 }
 
 #[derive(serde::Deserialize)]
@@ -223,47 +472,85 @@ struct Envelope {
     query_id: Value,
 }
 
-/// Reads until the reply for `id`; returns its size in bytes. Panics on an error reply.
-fn read_reply(socket: &mut Socket, id: &Value) -> usize {
-    loop {
-        match socket.read().expect("read a reply") {
-            Message::Text(text) => {
-                // Only the envelope is decoded; a large `data` string is skipped, not copied,
-                // so the client does not dominate big-result timings.
-                let reply: Envelope = serde_json::from_str(text.as_str()).expect("JSON reply");
-                if reply.kind == "error" {
-                    panic!("query failed: {}", text.as_str());
-                }
-                if &reply.query_id == id {
-                    return text.len();
-                }
-            }
-            Message::Binary(bytes) => {
-                let n = u32::from_be_bytes(bytes[..4].try_into().unwrap()) as usize;
-                let header: Value = serde_json::from_slice(&bytes[4..4 + n]).unwrap_or(Value::Null);
-                if &header["queryId"] == id {
-                    return bytes.len();
-                }
-            }
-            _ => {}
+/// Mosaic REST on one kept-alive HTTP/1.1 connection.
+struct RestClient {
+    reader: BufReader<TcpStream>,
+    host: String,
+}
+
+impl RestClient {
+    fn connect(base: &str) -> RestClient {
+        let host = base
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .to_string();
+        let stream = TcpStream::connect(&host).expect("connect to the server over HTTP");
+        stream.set_nodelay(true).expect("nodelay");
+        RestClient {
+            reader: BufReader::with_capacity(1 << 16, stream),
+            host,
         }
     }
-}
 
-fn send_query(socket: &mut Socket, kind: &str, sql: &str, id: &Value, persist: bool) {
-    let mut message = json!({"type":kind,"sql":sql,"queryId":id});
-    if persist {
-        message["persist"] = json!(true);
+    /// `POST /` and reads the whole answer (Content-Length or chunked); returns the body's
+    /// size. Panics unless the status is 200.
+    fn query(&mut self, kind: &str, sql: &str) -> usize {
+        let body = json!({"type":kind,"sql":sql}).to_string();
+        let request = format!(
+            "POST / HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            self.host,
+            body.len()
+        );
+        self.reader
+            .get_mut()
+            .write_all(request.as_bytes())
+            .expect("send a request");
+        let mut line = String::new();
+        self.reader.read_line(&mut line).expect("status line");
+        let status = line.get(9..12).unwrap_or_default().to_string();
+        let (mut length, mut chunked, mut closes) = (None, false, false);
+        loop {
+            line.clear();
+            self.reader.read_line(&mut line).expect("a header");
+            let header = line.trim_end();
+            if header.is_empty() {
+                break;
+            }
+            let (name, value) = header.split_once(':').unwrap_or((header, ""));
+            let (name, value) = (name.to_ascii_lowercase(), value.trim().to_ascii_lowercase());
+            match name.as_str() {
+                "content-length" => length = value.parse().ok(),
+                "transfer-encoding" => chunked = value.contains("chunked"),
+                "connection" => closes = value == "close",
+                _ => {}
+            }
+        }
+        assert!(!closes, "the server closed a kept-alive connection");
+        let mut body = Vec::new();
+        if chunked {
+            loop {
+                line.clear();
+                self.reader.read_line(&mut line).expect("chunk size");
+                let size = usize::from_str_radix(line.trim(), 16).expect("a chunk size");
+                let mut chunk = vec![0u8; size + 2];
+                self.reader.read_exact(&mut chunk).expect("a chunk");
+                body.extend_from_slice(&chunk[..size]);
+                if size == 0 {
+                    break;
+                }
+            }
+        } else {
+            body.resize(length.unwrap_or(0), 0);
+            self.reader.read_exact(&mut body).expect("a body");
+        }
+        if status != "200" {
+            panic!(
+                "query failed ({status}): {}",
+                String::from_utf8_lossy(&body)
+            );
+        }
+        body.len()
     }
-    socket
-        .send(Message::Text(message.to_string().into()))
-        .expect("send a query");
-}
-
-fn query(socket: &mut Socket, kind: &str, sql: &str, id: u64) -> usize {
-    let id = json!(format!("q{id}"));
-    send_query(socket, kind, sql, &id, false);
-    read_reply(socket, &id)
 }
 
 struct Rss {
@@ -292,34 +579,59 @@ impl Rss {
     }
 }
 
+/// Where and how a scenario talks to the server.
+#[derive(Clone)]
+enum Door {
+    Ws(String, Wire),
+    Rest(String),
+}
+
+/// One connection through a [`Door`].
+enum Connection {
+    Ws(Box<Client>),
+    Rest(RestClient),
+}
+
+impl Connection {
+    fn open(door: &Door) -> Connection {
+        match door {
+            Door::Ws(url, wire) => Connection::Ws(Box::new(Client::connect(url, *wire))),
+            Door::Rest(base) => Connection::Rest(RestClient::connect(base)),
+        }
+    }
+
+    fn query(&mut self, kind: &str, sql: &str, persist: bool) -> usize {
+        match self {
+            Connection::Ws(client) => client.query(kind, sql, persist),
+            Connection::Rest(client) => client.query(kind, sql),
+        }
+    }
+}
+
 /// Runs `count` sequential queries of `sql` and times each.
-fn sequential(
-    name: &'static str,
-    url: &str,
-    rss: &Rss,
-    kind: &str,
-    sql: &str,
-    count: usize,
-) -> Scenario {
-    let mut socket = connect(url);
-    for i in 0..count.min(50) as u64 {
-        query(&mut socket, kind, sql, i); // warm-up
+fn sequential(name: &str, door: &Door, rss: &Rss, kind: &str, sql: &str, count: usize) -> Scenario {
+    let mut conn = Connection::open(door);
+    for _ in 0..count.min(50) {
+        conn.query(kind, sql, false); // warm-up
     }
     rss.reset();
     let started = Instant::now();
     let mut samples = Vec::with_capacity(count);
     let mut bytes = 0;
-    for i in 0..count as u64 {
+    for _ in 0..count {
         let t = Instant::now();
-        bytes += query(&mut socket, kind, sql, 1000 + i) as u64;
+        bytes += conn.query(kind, sql, false) as u64;
         samples.push(t.elapsed());
     }
     Scenario::ended(name, samples, count as u64, bytes, started, rss)
 }
 
-/// `connections` sockets, each keeping `window` queries in flight until it sent `per_conn`.
+/// `connections` sockets, each on its own thread keeping `window` queries in flight until it
+/// sent `per_conn`.
 fn throughput(
+    name: &str,
     url: &str,
+    wire: Wire,
     rss: &Rss,
     connections: usize,
     window: usize,
@@ -331,26 +643,17 @@ fn throughput(
         .map(|_| {
             let url = url.to_string();
             std::thread::spawn(move || {
-                let mut socket = connect(&url);
-                let mut sent_at: BTreeMap<String, Instant> = BTreeMap::new();
+                let mut client = Client::connect(&url, wire);
                 let mut samples = Vec::with_capacity(per_conn);
                 let (mut sent, mut bytes) = (0, 0u64);
                 while samples.len() < per_conn {
-                    while sent < per_conn && sent_at.len() < window {
-                        let id = format!("t{sent}");
-                        send_query(&mut socket, "arrow", "select 1 as x", &json!(id), false);
-                        sent_at.insert(id, Instant::now());
+                    while sent < per_conn && client.in_flight() < window {
+                        client.send("arrow", "select 1 as x", false);
                         sent += 1;
                     }
-                    if let Message::Binary(frame) = socket.read().expect("read") {
-                        let n = u32::from_be_bytes(frame[..4].try_into().unwrap()) as usize;
-                        let header: Value = serde_json::from_slice(&frame[4..4 + n]).unwrap();
-                        let id = header["queryId"].as_str().unwrap_or_default();
-                        if let Some(at) = sent_at.remove(id) {
-                            samples.push(at.elapsed());
-                            bytes += frame.len() as u64;
-                        }
-                    }
+                    let (at, size) = client.recv();
+                    samples.push(at.elapsed());
+                    bytes += size as u64;
                 }
                 (samples, bytes)
             })
@@ -364,80 +667,81 @@ fn throughput(
         bytes += b;
     }
     let operations = samples.len() as u64;
-    Scenario::ended(
-        "throughput: select 1, 16 conns × 16 in flight",
-        samples,
-        operations,
-        bytes,
-        started,
-        rss,
-    )
+    Scenario::ended(name, samples, operations, bytes, started, rss)
 }
 
+/// `clients` connections, each on its own thread, each running the queries one after another
+/// `reps` times; a sample is one pass of one client.
 fn repeated(
-    name: &'static str,
-    url: &str,
+    name: &str,
+    door: &Door,
     rss: &Rss,
     queries: &[(&str, &str)],
     reps: usize,
+    clients: usize,
 ) -> Scenario {
-    let mut socket = connect(url);
-    for (i, (kind, sql)) in queries.iter().enumerate() {
-        query(&mut socket, kind, sql, i as u64); // warm-up
+    let queries: Vec<(String, String)> = queries
+        .iter()
+        .map(|(k, s)| (k.to_string(), s.to_string()))
+        .collect();
+    let mut conns: Vec<Connection> = (0..clients).map(|_| Connection::open(door)).collect();
+    for conn in &mut conns {
+        for (kind, sql) in &queries {
+            conn.query(kind, sql, false); // warm-up
+        }
     }
+    rss.reset();
+    let started = Instant::now();
+    let threads: Vec<_> = conns
+        .into_iter()
+        .map(|mut conn| {
+            let queries = queries.clone();
+            std::thread::spawn(move || {
+                let mut samples = Vec::new();
+                let mut bytes = 0;
+                for _ in 0..reps {
+                    let t = Instant::now();
+                    for (kind, sql) in &queries {
+                        bytes += conn.query(kind, sql, false) as u64;
+                    }
+                    samples.push(t.elapsed());
+                }
+                (samples, bytes)
+            })
+        })
+        .collect();
+    let mut samples = Vec::new();
+    let mut bytes = 0;
+    for thread in threads {
+        let (s, b) = thread.join().expect("a client thread");
+        samples.extend(s);
+        bytes += b;
+    }
+    let operations = (reps * queries.len() * clients) as u64;
+    Scenario::ended(name, samples, operations, bytes, started, rss)
+}
+
+fn cache_hits(name: &str, door: &Door, rss: &Rss, reps: usize) -> Scenario {
+    let sql = "select floor(delay / 10) * 10 as bin, count(*) as n, avg(distance) as d from flights group by 1 order by 1";
+    let mut conn = Connection::open(door);
+    conn.query("arrow", sql, true); // the miss that fills the cache
     rss.reset();
     let started = Instant::now();
     let mut samples = Vec::new();
     let mut bytes = 0;
-    let mut id = 100;
     for _ in 0..reps {
         let t = Instant::now();
-        for (kind, sql) in queries {
-            id += 1;
-            bytes += query(&mut socket, kind, sql, id) as u64;
-        }
+        bytes += conn.query("arrow", sql, true) as u64;
         samples.push(t.elapsed());
     }
-    Scenario::ended(
-        name,
-        samples,
-        (reps * queries.len()) as u64,
-        bytes,
-        started,
-        rss,
-    )
+    Scenario::ended(name, samples, reps as u64, bytes, started, rss)
 }
 
-fn cache_hits(url: &str, rss: &Rss, reps: usize) -> Scenario {
-    let sql = "select floor(delay / 10) * 10 as bin, count(*) as n, avg(distance) as d from flights group by 1 order by 1";
-    let mut socket = connect(url);
-    let miss = json!("miss");
-    send_query(&mut socket, "arrow", sql, &miss, true);
-    read_reply(&mut socket, &miss);
-    rss.reset();
-    let started = Instant::now();
-    let mut samples = Vec::new();
-    let mut bytes = 0;
-    for i in 0..reps {
-        let id = json!(format!("hit{i}"));
-        let t = Instant::now();
-        send_query(&mut socket, "arrow", sql, &id, true);
-        bytes += read_reply(&mut socket, &id) as u64;
-        samples.push(t.elapsed());
-    }
-    Scenario::ended(
-        "cache hit (persist: true, group-by)",
-        samples,
-        reps as u64,
-        bytes,
-        started,
-        rss,
-    )
-}
-
-fn crdt_fanout(url: &str, rss: &Rss, reps: usize) -> Scenario {
+fn crdt_fanout(name: &str, url: &str, rss: &Rss, reps: usize) -> Scenario {
     let room = format!("fanout-{}", std::process::id());
-    let mut members: Vec<Socket> = (0..8).map(|_| connect(url)).collect();
+    let mut members: Vec<Socket> = (0..8)
+        .map(|_| Client::connect(url, Wire::SqlRooms).socket)
+        .collect();
     for socket in &mut members {
         let join = json!({"type":"crdt-join","roomId":room,"clientId":"bench"});
         socket.send(Message::Text(join.to_string().into())).unwrap();
@@ -480,14 +784,7 @@ fn crdt_fanout(url: &str, rss: &Rss, reps: usize) -> Scenario {
             }
         }
     }
-    Scenario::ended(
-        "CRDT fan-out: 1 update to 7 members",
-        samples,
-        reps as u64,
-        bytes,
-        started,
-        rss,
-    )
+    Scenario::ended(name, samples, reps as u64, bytes, started, rss)
 }
 
 // --- the floor: the same SQL in-process -----------------------------------------------
@@ -563,13 +860,20 @@ const MOSAIC_SUITE: [(&str, &str); 7] = [
 ];
 
 fn run_all(options: &Options) -> Vec<Scenario> {
-    let url = options.url.as_str();
     let rss = Rss { pid: options.pid };
     let scale = |n: usize| if options.quick { (n / 10).max(3) } else { n };
-    let mut setup = connect(url);
-    for (i, sql) in setup_sql(&options.data).iter().enumerate() {
-        query(&mut setup, "exec", sql, i as u64);
+    // Load the data through whichever door there is.
+    let setup_door = match (&options.url, &options.mosaic_url, &options.http) {
+        (Some(url), _, _) => Door::Ws(url.clone(), Wire::SqlRooms),
+        (None, Some(url), _) => Door::Ws(url.clone(), Wire::Mosaic),
+        (None, None, Some(base)) => Door::Rest(base.clone()),
+        (None, None, None) => unreachable!("checked by parse_args"),
+    };
+    let mut setup = Connection::open(&setup_door);
+    for sql in setup_sql(&options.data) {
+        setup.query("exec", &sql, false);
     }
+    drop(setup);
     let floor = options.floor.then(|| Floor::new(&options.data));
     let floor_of =
         |queries: &[(&str, &str)], reps: usize| floor.as_ref().map(|f| f.median(queries, reps));
@@ -581,45 +885,76 @@ fn run_all(options: &Options) -> Vec<Scenario> {
             .is_none_or(|only| name.contains(only))
     };
     let mut results = Vec::new();
-    let mut add = |name: &str, run: &mut dyn FnMut() -> Scenario| {
-        if wanted(name) {
-            results.push(run());
+    let mut add = |name: String, run: &mut dyn FnMut(&str) -> Scenario| {
+        if wanted(&name) {
+            results.push(run(&name));
         }
     };
-    for kind in ["json", "arrow"] {
-        let select_one: &[(&str, &str)] = &[(kind, "select 1 as x")];
-        let name = if kind == "json" {
-            "select 1, json, sequential"
+    let mut doors = Vec::new();
+    if let Some(url) = &options.url {
+        doors.push(("ws sqlrooms", Door::Ws(url.clone(), Wire::SqlRooms)));
+    }
+    if let Some(url) = &options.mosaic_url {
+        doors.push(("ws mosaic", Door::Ws(url.clone(), Wire::Mosaic)));
+    }
+    if let Some(base) = &options.http {
+        doors.push(("rest", Door::Rest(base.clone())));
+    }
+    for (protocol, door) in &doors {
+        for kind in ["json", "arrow"] {
+            let select_one: &[(&str, &str)] = &[(kind, "select 1 as x")];
+            add(
+                format!("{protocol} | select 1, {kind}, sequential"),
+                &mut |name| {
+                    let mut s = sequential(name, door, &rss, kind, "select 1 as x", scale(2000));
+                    s.floor = floor_of(select_one, 2000);
+                    s
+                },
+            );
+        }
+        if let Door::Ws(url, wire) = door {
+            let connections = options.connections;
+            add(
+                format!("{protocol} | throughput: select 1, {connections} conns × 16 in flight"),
+                &mut |name| throughput(name, url, *wire, &rss, connections, 16, scale(400)),
+            );
+        }
+        let suites: [Suite; 3] = [
+            (
+                "big Arrow: 5M rows × 2 bigint",
+                &[("arrow", BIG_ARROW)],
+                10,
+                5,
+            ),
+            ("big JSON: all flights rows", &[("json", BIG_JSON)], 10, 5),
+            ("Mosaic suite (7 queries)", &MOSAIC_SUITE, 30, 15),
+        ];
+        for (suite, queries, reps, floor_reps) in suites {
+            add(format!("{protocol} | {suite}"), &mut |name| {
+                let mut s = repeated(name, door, &rss, queries, scale(reps), 1);
+                s.floor = floor_of(queries, floor_reps);
+                s
+            });
+        }
+        if let Door::Rest(_) = door {
+            // A browser opens up to 6 connections per host; a Mosaic page's queries spread
+            // over them.
+            add(
+                format!("{protocol} | Mosaic suite, 6 parallel kept-alive clients"),
+                &mut |name| repeated(name, door, &rss, &MOSAIC_SUITE, scale(30), 6),
+            );
         } else {
-            "select 1, arrow, sequential"
-        };
-        add(name, &mut || {
-            let mut s = sequential(name, url, &rss, kind, "select 1 as x", scale(2000));
-            s.floor = floor_of(select_one, 2000);
-            s
-        });
+            add(
+                format!("{protocol} | cache hit (persist: true, group-by)"),
+                &mut |name| cache_hits(name, door, &rss, scale(500)),
+            );
+        }
+        if let Door::Ws(url, Wire::SqlRooms) = door {
+            add(
+                format!("{protocol} | CRDT fan-out: 1 update to 7 members"),
+                &mut |name| crdt_fanout(name, url, &rss, scale(300)),
+            );
+        }
     }
-    add("throughput", &mut || {
-        throughput(url, &rss, 16, 16, scale(400))
-    });
-    let suites: [Suite; 3] = [
-        (
-            "big Arrow: 5M rows × 2 bigint",
-            &[("arrow", BIG_ARROW)],
-            10,
-            5,
-        ),
-        ("big JSON: all flights rows", &[("json", BIG_JSON)], 10, 5),
-        ("Mosaic suite (7 queries)", &MOSAIC_SUITE, 30, 15),
-    ];
-    for (name, queries, reps, floor_reps) in suites {
-        add(name, &mut || {
-            let mut s = repeated(name, url, &rss, queries, scale(reps));
-            s.floor = floor_of(queries, floor_reps);
-            s
-        });
-    }
-    add("cache hit", &mut || cache_hits(url, &rss, scale(500)));
-    add("CRDT", &mut || crdt_fanout(url, &rss, scale(300)));
     results
 }

@@ -39,10 +39,22 @@ pub fn unique_column_names<'a>(names: impl Iterator<Item = &'a str>) -> Vec<Stri
     out
 }
 
+/// How the rows text is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RowsForm {
+    /// A JSON array (Mosaic's answers, the cache).
+    Json,
+    /// The same array already escaped as the content of a JSON string: the `data` of a
+    /// SQLRooms `json` reply, written in one pass instead of written and then escaped again.
+    /// Numbers, literals and punctuation need no escaping; keys are escaped once per result;
+    /// only string cells are escaped as they are written.
+    EscapedInString,
+}
+
 /// Appends the rows of `batches` as a JSON array to `out`.
 pub fn write_rows(batches: &[RecordBatch], names: &[String], out: &mut String) {
     out.reserve(estimated_len(batches, names));
-    for_each_chunk(batches, names, |chunk| out.push_str(chunk));
+    for_each_chunk(batches, names, RowsForm::Json, |chunk| out.push_str(chunk));
 }
 
 /// A rough size of the rows text, to size buffers once instead of regrowing (and copying)
@@ -53,14 +65,30 @@ pub fn estimated_len(batches: &[RecordBatch], names: &[String]) -> usize {
     rows * (key_bytes + 2) + 2
 }
 
-/// Writes the rows of `batches` as one JSON array, handing it to `emit` a batch of rows at a
-/// time, so a consumer (the reply's escaping) works on text that is still in cache.
-pub fn for_each_chunk(batches: &[RecordBatch], names: &[String], mut emit: impl FnMut(&str)) {
-    let keys: Vec<String> = names
+/// Writes the rows of `batches` as one JSON array in `form`, handing it to `emit` a batch of
+/// rows at a time, so a consumer works on text that is still in cache.
+pub fn for_each_chunk(
+    batches: &[RecordBatch],
+    names: &[String],
+    form: RowsForm,
+    mut emit: impl FnMut(&str),
+) {
+    let keys: Vec<Vec<u8>> = names
         .iter()
-        .map(|n| Value::String(n.clone()).to_string())
+        .map(|n| {
+            let key = format!("{}:", Value::String(n.clone()));
+            match form {
+                RowsForm::Json => key.into_bytes(),
+                RowsForm::EscapedInString => {
+                    let mut escaped = Vec::with_capacity(key.len() + 4);
+                    duckwire_core::escape_string_content(&mut escaped, &key);
+                    escaped
+                }
+            }
+        })
         .collect();
     let mut chunk: Vec<u8> = Vec::new();
+    let mut scratch: Vec<u8> = Vec::new();
     chunk.push(b'[');
     let mut first_row = true;
     for batch in batches {
@@ -75,11 +103,20 @@ pub fn for_each_chunk(batches: &[RecordBatch], names: &[String], mut emit: impl 
                 if i > 0 {
                     chunk.push(b',');
                 }
-                // Values are serialized straight into bytes (no `fmt` machinery per cell).
-                chunk.extend_from_slice(keys[i].as_bytes());
-                chunk.push(b':');
-                serde_json::to_writer(&mut chunk, &value_at(column.as_ref(), row))
-                    .expect("writing JSON to memory cannot fail");
+                chunk.extend_from_slice(&keys[i]);
+                if !write_plain_cell(column.as_ref(), row, &mut chunk) {
+                    // A cell whose JSON has quotes (strings, and everything value_at builds).
+                    match form {
+                        RowsForm::Json => write_quoted_cell(column.as_ref(), row, &mut chunk),
+                        RowsForm::EscapedInString => {
+                            scratch.clear();
+                            write_quoted_cell(column.as_ref(), row, &mut scratch);
+                            let text =
+                                std::str::from_utf8(&scratch).expect("serde_json writes UTF-8");
+                            duckwire_core::escape_string_content(&mut chunk, text);
+                        }
+                    }
+                }
             }
             chunk.push(b'}');
         }
@@ -88,6 +125,63 @@ pub fn for_each_chunk(batches: &[RecordBatch], names: &[String], mut emit: impl 
     }
     chunk.push(b']');
     emit(std::str::from_utf8(&chunk).expect("serde_json writes UTF-8"));
+}
+
+fn put<T: serde::Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) {
+    serde_json::to_writer(out, value).expect("writing JSON to memory cannot fail");
+}
+
+/// Writes a cell whose JSON has no quote, backslash or control character (null, numbers,
+/// booleans, dates as numbers) straight into `out`, without building a [`Value`]; `false`
+/// (nothing written) for the other cells. The same text [`value_at`] gives (tested below).
+fn write_plain_cell(array: &dyn Array, row: usize, out: &mut Vec<u8>) -> bool {
+    fn float(out: &mut Vec<u8>, value: f64) {
+        if value.is_finite() {
+            put(out, &value);
+        } else {
+            out.extend_from_slice(b"null");
+        }
+    }
+    if array.is_null(row) {
+        out.extend_from_slice(b"null");
+        return true;
+    }
+    match array.data_type() {
+        DataType::Boolean => {
+            let value = array.as_boolean().value(row);
+            out.extend_from_slice(if value { b"true" } else { b"false" });
+        }
+        DataType::Int8 => put(out, &array.as_primitive::<dt::Int8Type>().value(row)),
+        DataType::Int16 => put(out, &array.as_primitive::<dt::Int16Type>().value(row)),
+        DataType::Int32 => put(out, &array.as_primitive::<dt::Int32Type>().value(row)),
+        DataType::Int64 => put(out, &array.as_primitive::<dt::Int64Type>().value(row)),
+        DataType::UInt8 => put(out, &array.as_primitive::<dt::UInt8Type>().value(row)),
+        DataType::UInt16 => put(out, &array.as_primitive::<dt::UInt16Type>().value(row)),
+        DataType::UInt32 => put(out, &array.as_primitive::<dt::UInt32Type>().value(row)),
+        DataType::UInt64 => put(out, &array.as_primitive::<dt::UInt64Type>().value(row)),
+        DataType::Float32 => float(
+            out,
+            f64::from(array.as_primitive::<dt::Float32Type>().value(row)),
+        ),
+        DataType::Float64 => float(out, array.as_primitive::<dt::Float64Type>().value(row)),
+        DataType::Date32 => put(
+            out,
+            &(i64::from(array.as_primitive::<dt::Date32Type>().value(row)) * MS_PER_DAY),
+        ),
+        _ => return false,
+    }
+    true
+}
+
+/// Writes any other cell: strings without building a [`Value`], the rest through
+/// [`value_at`].
+fn write_quoted_cell(array: &dyn Array, row: usize, out: &mut Vec<u8>) {
+    match array.data_type() {
+        DataType::Utf8 => put(out, array.as_string::<i32>().value(row)),
+        DataType::LargeUtf8 => put(out, array.as_string::<i64>().value(row)),
+        DataType::Utf8View => put(out, array.as_string_view().value(row)),
+        _ => put(out, &value_at(array, row)),
+    }
 }
 
 fn decode_dictionary(array: &ArrayRef) -> ArrayRef {
@@ -326,6 +420,137 @@ mod tests {
         // A real column named like a suffix keeps its name; the duplicate skips past it.
         let names = unique_column_names(["x", "x", "x_1"].into_iter());
         assert_eq!(names, vec!["x", "x_2", "x_1"]);
+    }
+
+    #[test]
+    fn cells_written_directly_match_their_json_values() {
+        use duckdb::arrow::array::{
+            BooleanArray, Date32Array, Float32Array, Float64Array, Int16Array, Int64Array,
+            Int8Array, LargeStringArray, StringArray, StringViewArray, UInt64Array,
+        };
+        use std::sync::Arc;
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(BooleanArray::from(vec![
+                Some(true),
+                None,
+                Some(false),
+                Some(true),
+            ])),
+            Arc::new(Int8Array::from(vec![Some(-128), Some(0), None, Some(127)])),
+            Arc::new(Int16Array::from(vec![Some(-1), Some(2), Some(3), None])),
+            Arc::new(Int64Array::from(vec![
+                Some(i64::MIN),
+                Some(i64::MAX),
+                None,
+                Some(0),
+            ])),
+            Arc::new(UInt64Array::from(vec![
+                Some(u64::MAX),
+                None,
+                Some(1),
+                Some(0),
+            ])),
+            Arc::new(Float32Array::from(vec![
+                Some(0.1),
+                Some(f32::NAN),
+                None,
+                Some(-2.5),
+            ])),
+            Arc::new(Float64Array::from(vec![
+                Some(1e300),
+                Some(f64::INFINITY),
+                Some(-0.0),
+                Some(0.1 + 0.2),
+            ])),
+            Arc::new(StringArray::from(vec![
+                Some("a\"b\\c\n"),
+                None,
+                Some("é€😀"),
+                Some("\u{1}"),
+            ])),
+            Arc::new(LargeStringArray::from(vec![
+                Some(""),
+                Some("x"),
+                None,
+                Some("</script>"),
+            ])),
+            Arc::new(StringViewArray::from(vec![
+                Some("a longer string than twelve"),
+                None,
+                Some("s"),
+                Some("\t"),
+            ])),
+            Arc::new(Date32Array::from(vec![
+                Some(0),
+                Some(-1),
+                Some(19_000),
+                None,
+            ])),
+        ];
+        for column in &columns {
+            for row in 0..column.len() {
+                let mut direct = Vec::new();
+                if !write_plain_cell(column.as_ref(), row, &mut direct) {
+                    write_quoted_cell(column.as_ref(), row, &mut direct);
+                }
+                let through_value = serde_json::to_vec(&value_at(column.as_ref(), row)).unwrap();
+                assert_eq!(
+                    String::from_utf8(direct).unwrap(),
+                    String::from_utf8(through_value).unwrap(),
+                    "{:?} row {row}",
+                    column.data_type()
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn rows_escaped_in_one_pass_are_the_rows_escaped_afterwards() {
+        use duckdb::arrow::array::{Float64Array, Int32Array, StringArray};
+        use duckdb::arrow::datatypes::{Field, Schema};
+        use std::sync::Arc;
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("n", DataType::Int32, true),
+            Field::new("q\"uote\\d", DataType::Utf8, true),
+            Field::new("x", DataType::Float64, true),
+        ]));
+        let batch = RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(Int32Array::from(vec![Some(1), None, Some(-3)])),
+                Arc::new(StringArray::from(vec![
+                    Some("a\"b\\c\n\u{1}"),
+                    Some("é😀"),
+                    None,
+                ])),
+                Arc::new(Float64Array::from(vec![
+                    Some(0.5),
+                    Some(f64::NAN),
+                    Some(1e-7),
+                ])),
+            ],
+        )
+        .unwrap();
+        let batches = [batch.clone(), batch];
+        let names = unique_column_names(
+            batches[0]
+                .schema()
+                .fields()
+                .iter()
+                .map(|f| f.name().as_str()),
+        );
+        let mut plain = String::new();
+        for_each_chunk(&batches, &names, RowsForm::Json, |c| plain.push_str(c));
+        let mut one_pass = String::new();
+        for_each_chunk(&batches, &names, RowsForm::EscapedInString, |c| {
+            one_pass.push_str(c)
+        });
+        let mut afterwards = Vec::new();
+        duckwire_core::escape_string_content(&mut afterwards, &plain);
+        assert_eq!(one_pass, String::from_utf8(afterwards).unwrap());
+        let rows: Value = serde_json::from_str(&plain).unwrap();
+        assert_eq!(rows[0]["q\"uote\\d"], "a\"b\\c\n\u{1}");
+        assert_eq!(rows.as_array().unwrap().len(), 6);
     }
 
     #[test]

@@ -644,7 +644,9 @@ fn shape_result(
                 json::unique_column_names(schema.fields().iter().map(|f| f.name().as_str()));
             if let Some(header) = output.json_reply {
                 let mut reply = JsonReplyWriter::new(header, json::estimated_len(&batches, &names));
-                json::for_each_chunk(&batches, &names, |chunk| reply.push_rows(chunk));
+                json::for_each_chunk(&batches, &names, json::RowsForm::EscapedInString, |chunk| {
+                    reply.push_escaped_rows(chunk)
+                });
                 return Ok(QueryOutcome::JsonReply(reply.finish()));
             }
             let mut rows = String::new();
