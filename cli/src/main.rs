@@ -130,6 +130,12 @@ struct Args {
     /// PEM private key of --tls-cert (PKCS#8, PKCS#1 or SEC1)
     #[argh(option)]
     tls_key: Option<PathBuf>,
+    /// cluster mode: share channels with other replicas through this Redis (redis://HOST:PORT/N, rediss://…, redis+unix:///path)
+    #[argh(option)]
+    redis_url: Option<String>,
+    /// namespace of the Redis keys and channels (default: duckwire)
+    #[argh(option, default = "String::from(\"duckwire\")")]
+    redis_prefix: String,
     /// print name, version, DuckDB version and build, then exit
     #[argh(switch)]
     version: bool,
@@ -245,6 +251,8 @@ fn config_from(args: Args) -> Result<ServerConfig, String> {
         memory_limit: args.memory_limit,
         init_sql: args.init_sql,
         tls,
+        redis_url: args.redis_url,
+        redis_prefix: args.redis_prefix,
         http_head_timeout: args
             .http_head_timeout_ms
             .map(|ms| std::time::Duration::from_millis(ms as u64)),

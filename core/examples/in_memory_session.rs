@@ -108,6 +108,10 @@ impl Session {
                 // A peer that is always there answers at once.
                 Effect::Ping { conn } => self.server.handle_pong(conn, self.now).unwrap(),
                 Effect::InvalidateCache => {}
+                // One process, no replicas: the broker is never asked for (no replica_id).
+                Effect::BrokerSubscribe { .. }
+                | Effect::BrokerUnsubscribe { .. }
+                | Effect::PublishNotify { .. } => {}
             }
         }
     }

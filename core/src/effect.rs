@@ -63,6 +63,15 @@ pub enum Effect {
     ResumeReading { conn: ConnId },
     /// A write went through the server: drop every cached result.
     InvalidateCache,
+    /// Cluster mode: subscribe to the broker's channel `channel`; report the broker's
+    /// confirmation (or its failure) with `handle_broker_subscribed` and this token, and
+    /// every message it delivers with `handle_remote_notify`.
+    BrokerSubscribe { channel: String, token: u64 },
+    /// Cluster mode: no local subscriber is left; stop receiving `channel`.
+    BrokerUnsubscribe { channel: String },
+    /// Cluster mode: publish `message` (a notify with its origin, PROTOCOL §5a) on the
+    /// broker's channel `channel`, once. Lost if the broker is down.
+    PublishNotify { channel: String, message: Bytes },
 }
 
 #[derive(Debug, Clone, PartialEq)]

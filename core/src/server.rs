@@ -79,6 +79,10 @@ pub struct Config {
     /// Close (1001) a WebSocket peer not heard from — no frame, no pong — for this long,
     /// unless the server itself stopped reading it (inbound budget). `None`: never.
     pub idle_timeout_ms: Option<u64>,
+    /// Cluster mode (`--redis-url`): this replica's id, unique among the replicas (random,
+    /// from the caller). Channels are shared through a broker (PROTOCOL §5a). `None`: one
+    /// process, no broker effects.
+    pub replica_id: Option<String>,
     /// Fault-injection builds only: a handler panics when a query's SQL is exactly this
     /// text, so the driver's poisoning path can be tested end to end.
     #[cfg(feature = "fault-injection")]
@@ -103,6 +107,7 @@ impl Default for Config {
             read_only: false,
             ping_interval_ms: Some(30_000),
             idle_timeout_ms: Some(90_000),
+            replica_id: None,
             #[cfg(feature = "fault-injection")]
             panic_on_sql: None,
         }
@@ -370,6 +375,30 @@ impl Server {
         })
     }
 
+    /// The broker confirmed the subscription asked for with `Effect::BrokerSubscribe`
+    /// (`token` is that effect's). Also when the broker is unreachable: local subscribers
+    /// must not wait for it (cross-replica notifies are lost while it is down).
+    pub fn handle_broker_subscribed(
+        &mut self,
+        channel: &str,
+        token: u64,
+        now: Millis,
+    ) -> Result<(), ServerError> {
+        self.guarded(|server| server.broker_subscribed(channel, token, now))
+    }
+
+    /// A message the broker delivered on `channel` (published by any replica, this one
+    /// included). Returns whether it was a well-formed notify of that channel; malformed
+    /// ones are ignored.
+    pub fn handle_remote_notify(
+        &mut self,
+        channel: &str,
+        message: &[u8],
+        now: Millis,
+    ) -> Result<bool, ServerError> {
+        self.guarded(|server| server.remote_notify(channel, message, now))
+    }
+
     /// The writer put `bytes` of an earlier `Send` on the socket.
     pub fn handle_sent(&mut self, conn: ConnId, bytes: usize) -> Result<(), ServerError> {
         self.guarded(|server| {
@@ -504,7 +533,7 @@ impl Server {
             }
             self.push(Effect::Interrupt { query: handle });
         }
-        self.channels.remove_connection(conn);
+        self.forget_channels_of(conn);
         if let Some(room) = room {
             self.leave_room(conn, &room, now);
         }

@@ -539,3 +539,138 @@ impl HttpConnection {
         }
     }
 }
+
+/// A real `redis-server` (Debian's) on a Unix socket in a temporary directory, for the
+/// cluster tests; killed when dropped.
+pub struct RedisServer {
+    child: Option<Child>,
+    pub socket: PathBuf,
+    dir: PathBuf,
+}
+
+impl RedisServer {
+    /// `None`, with a message saying why, when `redis-server` is not installed (CI installs
+    /// it; the tests then skip instead of failing on a machine without it).
+    pub fn start(name: &str) -> Option<RedisServer> {
+        let installed = Command::new("redis-server")
+            .arg("--version")
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !installed {
+            eprintln!("SKIPPED: redis-server is not installed (apt-get install redis-server)");
+            return None;
+        }
+        let dir = temp_dir(name);
+        let socket = dir.join("redis.sock");
+        let mut server = RedisServer {
+            child: None,
+            socket,
+            dir,
+        };
+        server.restart();
+        Some(server)
+    }
+
+    /// `redis+unix://` URL for `--redis-url`.
+    pub fn url(&self) -> String {
+        format!("redis+unix://{}", self.socket.display())
+    }
+
+    /// Starts the server (again, after [`RedisServer::stop`]) on the same socket, and waits
+    /// until it answers `PING`.
+    pub fn restart(&mut self) {
+        let _ = std::fs::remove_file(&self.socket);
+        let child = Command::new("redis-server")
+            .args(["--port", "0", "--unixsocket"])
+            .arg(&self.socket)
+            .args(["--save", "", "--appendonly", "no", "--dir"])
+            .arg(&self.dir)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start redis-server");
+        self.child = Some(child);
+        let deadline = std::time::Instant::now() + REPLY_TIMEOUT;
+        while self.command(&["PING"]).as_deref() != Some("+PONG") {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "redis-server did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Kills the server (as a crash would).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Sends one command (RESP) and returns the first line of the answer and, for an array
+    /// answer, its elements on the following lines; `None` if Redis is not reachable.
+    pub fn command(&self, args: &[&str]) -> Option<String> {
+        let mut stream = std::os::unix::net::UnixStream::connect(&self.socket).ok()?;
+        stream.set_read_timeout(Some(REPLY_TIMEOUT)).ok()?;
+        let mut request = format!("*{}\r\n", args.len());
+        for arg in args {
+            request.push_str(&format!("${}\r\n{arg}\r\n", arg.len()));
+        }
+        stream.write_all(request.as_bytes()).ok()?;
+        let mut reader = BufReader::new(stream);
+        let mut first = String::new();
+        reader.read_line(&mut first).ok()?;
+        let first = first.trim_end().to_string();
+        let Some(count) = first.strip_prefix('*') else {
+            return Some(first);
+        };
+        let mut lines = vec![first.clone()];
+        let count: usize = count.parse().ok()?;
+        for _ in 0..count {
+            let mut line = String::new();
+            reader.read_line(&mut line).ok()?;
+            if line.starts_with('$') {
+                line.clear();
+                reader.read_line(&mut line).ok()?;
+            }
+            lines.push(line.trim_end().to_string());
+        }
+        Some(lines.join("\n"))
+    }
+
+    /// How many connections are subscribed to `channel` (`PUBSUB NUMSUB`).
+    pub fn subscribers(&self, channel: &str) -> usize {
+        self.command(&["PUBSUB", "NUMSUB", channel])
+            .and_then(|answer| {
+                answer
+                    .lines()
+                    .nth(2)
+                    .and_then(|n| n.trim_start_matches(':').parse().ok())
+            })
+            .unwrap_or(0)
+    }
+
+    /// Waits until `PUBSUB NUMSUB channel` is `count` (subscriptions follow clients
+    /// asynchronously); panics after [`REPLY_TIMEOUT`].
+    pub fn wait_for_subscribers(&self, channel: &str, count: usize) {
+        let deadline = std::time::Instant::now() + REPLY_TIMEOUT;
+        loop {
+            let now = self.subscribers(channel);
+            if now == count {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{channel}: {now} Redis subscribers, expected {count}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

@@ -36,6 +36,10 @@ pub struct ServerConfig {
     pub init_sql: Option<PathBuf>,
     /// `--tls-cert` and `--tls-key` (PEM): serve `https://` and `wss://` on the port.
     pub tls: Option<TlsFiles>,
+    /// `--redis-url`: cluster mode, channels shared with the other replicas through Redis.
+    pub redis_url: Option<String>,
+    /// `--redis-prefix`: namespace of every Redis key and channel duckwire uses.
+    pub redis_prefix: String,
 }
 
 #[derive(Debug, Clone)]
@@ -71,6 +75,8 @@ impl Default for ServerConfig {
             memory_limit: None,
             init_sql: None,
             tls: None,
+            redis_url: None,
+            redis_prefix: "duckwire".into(),
         }
     }
 }

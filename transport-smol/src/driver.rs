@@ -130,6 +130,16 @@ pub enum DriverInput {
     },
     Executor(Completion),
     Meta(MetaDone),
+    /// Cluster mode: Redis confirmed (or could not make) a subscription the core asked for.
+    BrokerSubscribed {
+        channel: String,
+        token: u64,
+    },
+    /// Cluster mode: a message Redis delivered on a user channel.
+    RemoteNotify {
+        channel: String,
+        message: Vec<u8>,
+    },
     /// Begin shutdown; `done` is signalled once every dirty room is saved.
     Shutdown {
         done: async_channel::Sender<()>,
@@ -142,6 +152,8 @@ pub struct Driver {
     pub executor: Arc<Executor>,
     pub meta: MetaWorker,
     pub cache: Arc<ResultCache>,
+    /// Cluster mode (`--redis-url`).
+    pub broker: Option<crate::broker::Broker>,
     pub metrics: Arc<Metrics>,
     /// Signalled if the core is poisoned: the server must stop.
     pub fatal: async_channel::Sender<()>,
@@ -362,6 +374,15 @@ impl Driver {
             }) => self.call_core(|server| {
                 server.handle_snapshot_persisted(&room_id, version, result, now)
             }),
+            DriverInput::BrokerSubscribed { channel, token } => {
+                self.call_core(|server| server.handle_broker_subscribed(&channel, token, now))
+            }
+            DriverInput::RemoteNotify { channel, message } => self.call_core(|server| {
+                if !server.handle_remote_notify(&channel, &message, now)? {
+                    tracing::warn!(channel, "ignored a malformed message from Redis");
+                }
+                Ok(())
+            }),
             DriverInput::Shutdown { done } => {
                 state.shutdown_waiter = Some(done);
                 self.call_core(|server| server.handle_shutdown(now))
@@ -506,6 +527,21 @@ impl Driver {
                     }
                 }
                 Effect::InvalidateCache => self.cache.invalidate(),
+                Effect::BrokerSubscribe { channel, token } => {
+                    if let Some(broker) = &self.broker {
+                        broker.subscribe(channel, token);
+                    }
+                }
+                Effect::BrokerUnsubscribe { channel } => {
+                    if let Some(broker) = &self.broker {
+                        broker.unsubscribe(channel);
+                    }
+                }
+                Effect::PublishNotify { channel, message } => {
+                    if let Some(broker) = &self.broker {
+                        broker.publish(channel, message);
+                    }
+                }
             }
         }
         self.metrics.crdt_rooms.set(self.server.room_count() as u64);

@@ -1,5 +1,6 @@
 #![doc = include_str!("../README.md")]
 
+mod broker;
 pub mod cache;
 pub mod compress;
 pub mod config;

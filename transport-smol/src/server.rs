@@ -313,6 +313,21 @@ pub fn run(
     let _ = getrandom::fill(&mut seed);
     let mut core_config = config.core.clone();
     core_config.read_only = config.read_only;
+    let broker = match &config.redis_url {
+        Some(url) => {
+            if core_config.replica_id.is_none() {
+                // Unique among replicas: it lets each drop its own publications' echo.
+                let mut id = [0u8; 8];
+                let _ = getrandom::fill(&mut id);
+                core_config.replica_id = Some(hex::encode(id));
+            }
+            Some(
+                crate::broker::Broker::start(url, &config.redis_prefix, driver_tx.clone())
+                    .map_err(StartError::Flags)?,
+            )
+        }
+        None => None,
+    };
     // Acknowledged CRDT changes must survive a crash when rooms are stored in a file.
     core_config.durable_room_log = !config.is_in_memory() || config.meta_db.is_some();
     let driver = Driver {
@@ -321,6 +336,7 @@ pub fn run(
         executor: executor.clone(),
         meta: meta_worker,
         cache,
+        broker,
         metrics: metrics.clone(),
         fatal: fatal_tx,
         started: Instant::now(),

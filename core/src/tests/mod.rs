@@ -1,6 +1,7 @@
 mod harness;
 
 mod budget_tests;
+mod cluster_tests;
 mod codec_tests;
 mod flights_tests;
 mod http_tests;

@@ -9,6 +9,11 @@
 //! (d) no cap is exceeded;
 //! (e) every server frame decodes with an independent decoder;
 //! (f) a room's state equals the merge of the valid updates it accepted (checked at the end);
+//! (g) cluster mode (runs whose first byte is ≥ 128): the broker is asked for a channel only
+//!     when it is not already, released only when asked for, publications come only from an
+//!     authenticated notify, and deliveries from the broker (its confirmations late, stale or
+//!     repeated, its messages our own echo, another replica's, or garbage) reach only
+//!     subscribers;
 //! plus: the machine never poisons itself and never sends to a closed connection.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -124,9 +129,21 @@ pub enum Op {
         fail: bool,
     },
     Shutdown,
+    /// The broker confirms the latest subscription request of a channel (`stale`: an
+    /// earlier token instead).
+    BrokerConfirm {
+        channel: u8,
+        stale: bool,
+    },
+    /// The broker delivers on a channel: 0 another replica's notify, 1 our own echo,
+    /// 2 garbage, 3 another channel's notify.
+    RemoteNotify {
+        channel: u8,
+        kind: u8,
+    },
 }
 
-const OP_KINDS: u8 = 21;
+const OP_KINDS: u8 = 23;
 
 impl Op {
     pub fn read(u: &mut Unstructured<'_>) -> Op {
@@ -204,6 +221,14 @@ impl Op {
                 room: byte(u) % 2,
             },
             19 => Op::PersistMode { fail: flag(u) },
+            21 => Op::BrokerConfirm {
+                channel: byte(u) % 3,
+                stale: flag(u),
+            },
+            22 => Op::RemoteNotify {
+                channel: byte(u) % 3,
+                kind: byte(u) % 4,
+            },
             _ => Op::Shutdown,
         }
     }
@@ -270,6 +295,8 @@ impl super::Encode for Op {
             Op::FireTimer { which, room } => out.extend([18, *which, *room]),
             Op::PersistMode { fail } => out.extend([19, b(*fail)]),
             Op::Shutdown => out.push(20),
+            Op::BrokerConfirm { channel, stale } => out.extend([21, *channel, b(*stale)]),
+            Op::RemoteNotify { channel, kind } => out.extend([22, *channel, *kind]),
         }
     }
 }
@@ -286,7 +313,8 @@ pub fn decode_ops(data: &[u8]) -> Vec<Op> {
 
 /// Runs the ops `data` encodes against a fresh machine and checks every invariant.
 pub fn run(data: &[u8], traffic: &[Frame]) -> Result<(), String> {
-    let mut session = Session::new(traffic);
+    let cluster = data.first().is_some_and(|b| *b >= 128);
+    let mut session = Session::new(traffic, cluster);
     for op in decode_ops(data) {
         session.apply(&op)?;
     }
@@ -353,7 +381,13 @@ pub struct Session<'t> {
     /// Connections the core told to stop reading.
     paused: BTreeSet<u64>,
     largest_frame: usize,
+    /// Cluster mode: broker subscriptions asked for, by channel, with every token used.
+    broker: BTreeMap<String, Vec<u64>>,
 }
+
+/// This run's replica id, and another replica's.
+const REPLICA: &str = "replica-a";
+const OTHER_REPLICA: &str = "replica-b";
 
 fn violation(what: impl Into<String>) -> Result<(), String> {
     Err(what.into())
@@ -377,12 +411,13 @@ pub fn loro_update(peer: u64, key: &str, value: i64) -> Vec<u8> {
 }
 
 impl<'t> Session<'t> {
-    pub fn new(traffic: &'t [Frame]) -> Self {
+    pub fn new(traffic: &'t [Frame], cluster: bool) -> Self {
         let config = Config {
             limits: limits(),
             auth_token: Some(TOKEN.into()),
             sync_enabled: true,
             allow_client_snapshots: true,
+            replica_id: cluster.then(|| REPLICA.to_string()),
             ..Config::default()
         };
         Session {
@@ -404,6 +439,7 @@ impl<'t> Session<'t> {
             fail_persists: false,
             paused: BTreeSet::new(),
             largest_frame: 0,
+            broker: BTreeMap::new(),
         }
     }
 
@@ -544,6 +580,33 @@ impl<'t> Session<'t> {
                         self.now(),
                     ))?;
                 }
+            }
+            Op::BrokerConfirm { channel, stale } => {
+                let channel = format!("c{channel}");
+                let tokens = self.broker.get(&channel).cloned().unwrap_or_default();
+                let token = match (tokens.last(), stale) {
+                    (Some(last), false) => *last,
+                    (Some(last), true) => last.wrapping_sub(1),
+                    (None, _) => 1,
+                };
+                Self::checked(
+                    self.server
+                        .handle_broker_subscribed(&channel, token, self.now()),
+                )?;
+            }
+            Op::RemoteNotify { channel, kind } => {
+                let channel = format!("c{channel}");
+                let message = match kind {
+                    0 => json!({"origin":OTHER_REPLICA,"channel":channel,"payload":"remote"})
+                        .to_string(),
+                    1 => json!({"origin":REPLICA,"channel":channel,"payload":"echo"}).to_string(),
+                    2 => "{\"origin\":".to_string(),
+                    _ => json!({"origin":OTHER_REPLICA,"channel":"elsewhere","payload":1})
+                        .to_string(),
+                };
+                self.server
+                    .handle_remote_notify(&channel, message.as_bytes(), self.now())
+                    .map_err(|e| format!("the machine failed: {e}"))?;
             }
             Op::Subscribe { conn, channel } => self.text(
                 conn.into(),
@@ -802,6 +865,26 @@ impl<'t> Session<'t> {
                     );
                 }
                 Effect::InvalidateCache => {}
+                Effect::BrokerSubscribe { channel, token } => {
+                    let tokens = self.broker.entry(channel.clone()).or_default();
+                    ensure!(
+                        tokens.is_empty(),
+                        "(g) broker asked again for {channel} without releasing it"
+                    );
+                    tokens.push(*token);
+                }
+                Effect::BrokerUnsubscribe { channel } => {
+                    ensure!(
+                        self.broker.remove(channel).is_some(),
+                        "(g) broker released {channel} never asked for"
+                    );
+                }
+                Effect::PublishNotify { .. } => {
+                    ensure!(
+                        step.acting_authenticated && step.acting.is_some(),
+                        "(g) a publication without an authenticated notify"
+                    );
+                }
             }
         }
         // (f): an update the room imported but could not ack, because answering pushed the
