@@ -1,8 +1,9 @@
 //! The inbound budget (PROTOCOL §7): bytes a peer sent whose work is not finished yet — the
-//! SQL of queries queued or running, upload payloads, HTTP bodies — counted per connection
-//! and in total. A connection at its budget (or any connection holding bytes while the total
-//! is at its budget) is told to stop being read (`PauseReading`): TCP backpressure instead of
-//! buffering or closing. Reading resumes when enough work finished (`ResumeReading`).
+//! SQL of queries queued or running, upload payloads, HTTP bodies, CRDT changes waiting for
+//! their durable append — counted per connection and in total. A connection at its budget
+//! (or any connection holding bytes while the total is at its budget) is told to stop being
+//! read (`PauseReading`): TCP backpressure instead of buffering or closing. Reading resumes
+//! when enough work finished (`ResumeReading`).
 //!
 //! A frame already read when the pause takes effect is still accepted, so a connection can
 //! hold at most its budget plus one frame.

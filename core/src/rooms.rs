@@ -33,7 +33,9 @@ pub(crate) struct Room {
     /// The last sequence number given to an update appended to the room's durable log.
     log_seq: u64,
     /// Acknowledgements held until the log holds their update (`Config::durable_room_log`).
-    pending_acks: Vec<(u64, ConnId, ServerMessage)>,
+    /// With the inbound bytes of the change each holds until its append is durable (the
+    /// update waits in the driver's append queue meanwhile: PROTOCOL §7's budget counts it).
+    pending_acks: Vec<(u64, ConnId, ServerMessage, usize)>,
 }
 
 /// What storage holds for a room: its last snapshot and the updates logged after it.
@@ -344,12 +346,14 @@ impl Server {
         if !self.config.durable_room_log {
             return self.send(conn, ack, now);
         }
-        let Some(room) = self.rooms.rooms.get_mut(room_id) else {
+        if !self.rooms.rooms.contains_key(room_id) {
             return;
-        };
+        }
+        let held = self.take_arriving_bytes(conn);
+        let room = self.rooms.rooms.get_mut(room_id).expect("checked above");
         room.log_seq += 1;
         let seq = room.log_seq;
-        room.pending_acks.push((seq, conn, ack));
+        room.pending_acks.push((seq, conn, ack, held));
         self.push(Effect::AppendRoomUpdate {
             room_id: room_id.to_string(),
             seq,
@@ -367,9 +371,10 @@ impl Server {
         let Some(room) = self.rooms.rooms.get_mut(room_id) else {
             return;
         };
-        let split = room.pending_acks.partition_point(|(s, _, _)| *s <= seq);
+        let split = room.pending_acks.partition_point(|(s, _, _, _)| *s <= seq);
         let settled: Vec<_> = room.pending_acks.drain(..split).collect();
-        for (_, conn, ack) in settled {
+        for (_, conn, ack, held) in settled {
+            self.release_inbound(conn, held);
             match &result {
                 Ok(()) => self.send(conn, ack, now),
                 Err(e) => {
@@ -564,7 +569,12 @@ impl Server {
             room.loaded && room.is_idle() && !room.needs_save() && room.persisting.is_none()
         });
         if evictable {
-            self.rooms.rooms.remove(room_id);
+            let room = self.rooms.rooms.remove(room_id).expect("evictable");
+            // Appends still in flight (their senders left the room): their bytes are no
+            // longer held by anything.
+            for (_, conn, _, held) in room.pending_acks {
+                self.release_inbound(conn, held);
+            }
         }
     }
 }

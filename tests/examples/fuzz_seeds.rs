@@ -165,6 +165,80 @@ fn main() -> std::io::Result<()> {
         fuzzing::encode(&structured),
     )?;
 
+    // state_machine in cluster mode (a first byte ≥ 128 turns it on; 138 + tag keeps the
+    // first op's tag): subscriptions waiting for the broker, confirmations on time, stale
+    // and repeated, and deliveries of every kind.
+    let cluster = vec![
+        Op::Open {
+            conn: 0,
+            credential: 1,
+        },
+        Op::Open {
+            conn: 1,
+            credential: 3,
+        },
+        Op::Subscribe {
+            conn: 0,
+            channel: 0,
+        },
+        Op::Subscribe {
+            conn: 1,
+            channel: 0,
+        },
+        Op::RemoteNotify {
+            channel: 0,
+            kind: 0,
+        },
+        Op::BrokerConfirm {
+            channel: 0,
+            stale: true,
+        },
+        Op::BrokerConfirm {
+            channel: 0,
+            stale: false,
+        },
+        Op::Notify {
+            conn: 0,
+            channel: 0,
+        },
+        Op::RemoteNotify {
+            channel: 0,
+            kind: 0,
+        },
+        Op::RemoteNotify {
+            channel: 0,
+            kind: 1,
+        },
+        Op::RemoteNotify {
+            channel: 0,
+            kind: 2,
+        },
+        Op::RemoteNotify {
+            channel: 0,
+            kind: 3,
+        },
+        Op::BrokerConfirm {
+            channel: 0,
+            stale: false,
+        },
+        Op::Unsubscribe {
+            conn: 1,
+            channel: 0,
+        },
+        Op::Close { conn: 0 },
+        Op::Subscribe {
+            conn: 1,
+            channel: 0,
+        },
+        Op::Notify {
+            conn: 1,
+            channel: 2,
+        },
+    ];
+    let mut bytes = fuzzing::encode(&cluster);
+    bytes[0] += 138;
+    write("state_machine", "cluster-channels".into(), bytes)?;
+
     // crdt: members editing every kind of container, recorded updates, and damaged ones.
     let mut ops = Vec::new();
     for i in 0..24u8 {

@@ -146,3 +146,42 @@ fn a_corrupt_logged_update_refuses_the_join() {
         .unwrap()
         .contains("logged update 1 is corrupt"));
 }
+
+/// Updates waiting for their append hold their bytes in the inbound budget: a sender that
+/// outruns the log is paused (TCP backpressure) instead of filling the append queue, and
+/// resumes once the log caught up.
+#[test]
+fn updates_waiting_for_the_log_count_in_the_inbound_budget() {
+    let update = loro_update(1, "a", 1);
+    let mut config = durable();
+    config.limits.max_inbound_bytes_per_conn = Some(update.len() * 2);
+    let mut h = Harness::new(config);
+    h.open(1);
+    h.text(1, json!({"type":"crdt-join","roomId":"r"}));
+    h.server
+        .handle_room_loaded("r", Ok(StoredRoom::default()), h.now())
+        .unwrap();
+    h.drain();
+    let pauses = |effects: &[Effect]| {
+        effects
+            .iter()
+            .filter(|e| matches!(e, Effect::PauseReading { .. }))
+            .count()
+    };
+    let second = loro_update(2, "b", 2);
+    assert_eq!(pauses(&h.binary(1, update.clone())), 0);
+    assert_eq!(pauses(&h.binary(1, second.clone())), 1, "budget reached");
+    assert_eq!(h.server.inbound_bytes_total(), update.len() + second.len());
+    h.server
+        .handle_room_update_appended("r", 2, Ok(()), h.now())
+        .unwrap();
+    let effects = h.drain();
+    assert!(effects
+        .iter()
+        .any(|e| matches!(e, Effect::ResumeReading { .. })));
+    assert_eq!(
+        h.server.inbound_bytes_total(),
+        0,
+        "every held byte released"
+    );
+}
