@@ -130,10 +130,10 @@ struct Args {
     /// PEM private key of --tls-cert (PKCS#8, PKCS#1 or SEC1)
     #[argh(option)]
     tls_key: Option<PathBuf>,
-    /// cluster mode: share channels with other replicas through this Redis (redis://HOST:PORT/N, rediss://…, redis+unix:///path)
+    /// cluster mode: share channels and CRDT rooms with other replicas through this Redis (redis://HOST:PORT/N, rediss://…, redis+unix:///path)
     #[argh(option)]
     redis_url: Option<String>,
-    /// namespace of the Redis keys and channels (default: duckwire)
+    /// namespace of the Redis channels and streams (default: duckwire)
     #[argh(option, default = "String::from(\"duckwire\")")]
     redis_prefix: String,
     /// print name, version, DuckDB version and build, then exit

@@ -111,7 +111,9 @@ impl Session {
                 // One process, no replicas: the broker is never asked for (no replica_id).
                 Effect::BrokerSubscribe { .. }
                 | Effect::BrokerUnsubscribe { .. }
-                | Effect::PublishNotify { .. } => {}
+                | Effect::PublishNotify { .. }
+                | Effect::RoomUnloaded { .. }
+                | Effect::RepublishRoom { .. } => {}
             }
         }
     }

@@ -72,6 +72,12 @@ pub enum Effect {
     /// Cluster mode: publish `message` (a notify with its origin, PROTOCOL §5a) on the
     /// broker's channel `channel`, once. Lost if the broker is down.
     PublishNotify { channel: String, message: Bytes },
+    /// The room left memory (idle and saved). Cluster mode: stop following its shared log.
+    RoomUnloaded { room_id: String },
+    /// Cluster mode, after `handle_broker_reconnected`: append the room's whole state to its
+    /// shared log (without acknowledging anyone), so replicas converge even if the broker
+    /// lost entries.
+    RepublishRoom { room_id: String, state: Bytes },
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -563,6 +563,50 @@ impl Server {
         }
     }
 
+    /// Cluster mode: a change another replica appended to the room's shared log. Imported
+    /// and relayed to every member here (nobody here sent it, so nobody is acknowledged).
+    /// `false` when the room is not loaded here or Loro rejects the bytes.
+    pub(crate) fn remote_room_update(&mut self, room_id: &str, update: Bytes, now: Millis) -> bool {
+        let Some(room) = self.rooms.rooms.get_mut(room_id) else {
+            return false;
+        };
+        if !room.loaded {
+            return false;
+        }
+        let before = room.doc.oplog_vv();
+        if room.doc.import(&update).is_err() {
+            return false;
+        }
+        if room.doc.oplog_vv() == before {
+            return true; // already here (its import is idempotent): nothing to relay
+        }
+        let members: Vec<ConnId> = room.members.iter().copied().collect();
+        self.mark_changed(room_id, now);
+        let frame = Frame::Binary(update);
+        for member in members {
+            self.send_frame(member, frame.clone(), now);
+        }
+        true
+    }
+
+    /// Cluster mode: the shared log may have lost entries (the broker restarted): every
+    /// loaded room's whole state goes to it once more, so every replica converges.
+    pub(crate) fn republish_rooms(&mut self) {
+        let rooms: Vec<(String, Vec<u8>)> = self
+            .rooms
+            .rooms
+            .iter()
+            .filter(|(_, room)| room.loaded)
+            .map(|(id, room)| (id.clone(), room.snapshot()))
+            .collect();
+        for (room_id, snapshot) in rooms {
+            self.push(Effect::RepublishRoom {
+                room_id,
+                state: Bytes::from(snapshot),
+            });
+        }
+    }
+
     /// The idle-eviction timer of `room_id` fired.
     pub(crate) fn room_evict_due(&mut self, room_id: &str) {
         let evictable = self.rooms.rooms.get(room_id).is_some_and(|room| {
@@ -575,6 +619,9 @@ impl Server {
             for (_, conn, _, held) in room.pending_acks {
                 self.release_inbound(conn, held);
             }
+            self.push(Effect::RoomUnloaded {
+                room_id: room_id.to_string(),
+            });
         }
     }
 }

@@ -6,6 +6,8 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
+use bytes::Bytes;
+
 use crate::auth::{tokens_match, OriginPolicy};
 use crate::budget::Budget;
 use crate::channels::Channels;
@@ -397,6 +399,23 @@ impl Server {
         now: Millis,
     ) -> Result<bool, ServerError> {
         self.guarded(|server| server.remote_notify(channel, message, now))
+    }
+
+    /// Cluster mode: a change of `room_id` that another replica appended to the room's
+    /// shared log. Returns whether it was imported (the room is loaded here and Loro took it).
+    pub fn handle_remote_room_update(
+        &mut self,
+        room_id: &str,
+        update: Bytes,
+        now: Millis,
+    ) -> Result<bool, ServerError> {
+        self.guarded(|server| server.remote_room_update(room_id, update, now))
+    }
+
+    /// Cluster mode: the broker connection came back (it may have lost entries): every
+    /// loaded room is republished (`Effect::RepublishRoom`).
+    pub fn handle_broker_reconnected(&mut self) -> Result<(), ServerError> {
+        self.guarded(|server| server.republish_rooms())
     }
 
     /// The writer put `bytes` of an earlier `Send` on the socket.

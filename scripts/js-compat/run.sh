@@ -2,8 +2,9 @@
 # Runs the official clients, unchanged, against freshly started duckwire servers:
 # @sqlrooms/duckdb 0.29.0 (WebSocket connector), @sqlrooms/crdt 0.29.0 with loro-crdt,
 # Mosaic's @uwdata/mosaic-core 0.32.0 (REST and socket connectors, Coordinator, flechette
-# decoding), and (when Chromium is installed, as CI does) the connector in headless
-# Chromium. Needs node/npm and the registry; used by .ci/run.
+# decoding), @sqlrooms/crdt across two replicas sharing a Redis (when redis-server is
+# installed, as CI does), and (when Chromium is installed, as CI does) the connector in
+# headless Chromium. Needs node/npm and the registry; used by .ci/run.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$here/../.."
@@ -35,7 +36,7 @@ node_bundle() {
     --banner:js="import{createRequire}from'module';const require=createRequire(import.meta.url);" \
     --log-level=warning
 }
-for script in compat crdt-compat mosaic-compat; do node_bundle "$script"; done
+for script in compat crdt-compat crdt-cluster-compat mosaic-compat; do node_bundle "$script"; done
 npx esbuild browser-page.mjs --bundle --platform=browser --format=esm --outfile=dist/browser-page.js --log-level=warning
 binary="$CARGO_TARGET_DIR/release/duckwire"
 
@@ -70,6 +71,32 @@ browser() { node browser.mjs "$1"; }
 with_server sqlrooms_clients --sync
 with_server sqlrooms_clients_with_token --sync --auth-token compat-secret
 with_server mosaic_client
+
+# Two replicas sharing one Redis (Debian's redis-server), clients on different replicas.
+if command -v redis-server >/dev/null; then
+  redis_dir=$(mktemp -d)
+  redis-server --port 0 --unixsocket "$redis_dir/redis.sock" --save "" --appendonly no \
+    --dir "$redis_dir" >/dev/null &
+  redis_pid=$!
+  for _ in $(seq 1 100); do [ -S "$redis_dir/redis.sock" ] && break; sleep 0.1; done
+  replica_urls=()
+  replica_pids=()
+  for replica in a b; do
+    log="$redis_dir/$replica.log"
+    "$binary" --port 0 --log-level warn --sync --redis-url "redis+unix://$redis_dir/redis.sock" >"$log" 2>&1 &
+    replica_pids+=($!)
+    for _ in $(seq 1 100); do grep -q "listening on" "$log" && break; sleep 0.1; done
+    replica_urls+=("$(grep -o 'ws://[0-9.:]*' "$log" | head -n 1)")
+  done
+  status=0
+  node dist/crdt-cluster-compat.mjs "${replica_urls[@]}" || status=$?
+  kill "${replica_pids[@]}" "$redis_pid" 2>/dev/null || true
+  wait 2>/dev/null || true
+  rm -rf "$redis_dir"
+  [ $status -eq 0 ] || exit $status
+else
+  echo "js-compat: redis-server not installed; the two-replica CRDT check is skipped (.ci/run installs it)" >&2
+fi
 if [ -x "${CHROMIUM:-/usr/bin/chromium}" ]; then
   with_server browser
 elif [ -n "${DUCKWIRE_REQUIRE_BROWSER:-}" ]; then

@@ -165,9 +165,9 @@ fn main() -> std::io::Result<()> {
         fuzzing::encode(&structured),
     )?;
 
-    // state_machine in cluster mode (a first byte ≥ 128 turns it on; 138 + tag keeps the
+    // state_machine in cluster mode (a first byte ≥ 128 turns it on; 150 + tag keeps the
     // first op's tag): subscriptions waiting for the broker, confirmations on time, stale
-    // and repeated, and deliveries of every kind.
+    // and repeated, deliveries of every kind, rooms with appends and remote changes.
     let cluster = vec![
         Op::Open {
             conn: 0,
@@ -234,9 +234,51 @@ fn main() -> std::io::Result<()> {
             conn: 1,
             channel: 2,
         },
+        // Rooms: appends before acks, other replicas' changes, a reconnection.
+        Op::Join { conn: 1, room: 0 },
+        Op::RemoteRoomUpdate {
+            room: 0,
+            key: 0,
+            value: 1,
+            corrupt: false,
+        },
+        Op::Loaded {
+            room: 0,
+            content: 0,
+        },
+        Op::Update {
+            conn: 1,
+            key: 1,
+            value: 2,
+            corrupt: false,
+        },
+        Op::RemoteRoomUpdate {
+            room: 0,
+            key: 2,
+            value: 3,
+            corrupt: false,
+        },
+        Op::RemoteRoomUpdate {
+            room: 0,
+            key: 2,
+            value: 4,
+            corrupt: true,
+        },
+        Op::PersistMode { fail: true },
+        Op::Update {
+            conn: 1,
+            key: 0,
+            value: 5,
+            corrupt: false,
+        },
+        Op::PersistMode { fail: false },
+        Op::BrokerReconnected,
+        Op::Close { conn: 1 },
+        Op::Tick { ms: 40000 },
+        Op::Tick { ms: 40000 },
     ];
     let mut bytes = fuzzing::encode(&cluster);
-    bytes[0] += 138;
+    bytes[0] += 150;
     write("state_machine", "cluster-channels".into(), bytes)?;
 
     // crdt: members editing every kind of container, recorded updates, and damaged ones.

@@ -142,3 +142,144 @@ fn replicas_work_while_redis_is_down_and_resubscribe_when_it_is_back() {
     assert_eq!(b.recv_json(), notified(json!("after")));
     assert_eq!(a2.recv_json(), notified(json!("after")));
 }
+
+// ----- CRDT rooms across replicas (PROTOCOL §6a) -----------------------------------------
+
+fn crdt_ack() -> Value {
+    json!({"type":"crdt-update-ack","roomId":"r"})
+}
+
+/// Reads until the next binary message (a relayed update), skipping nothing else.
+fn relayed(client: &mut Client) -> Vec<u8> {
+    client.recv_binary()
+}
+
+#[test]
+fn room_edits_reach_members_on_every_replica_and_late_joiners_anywhere() {
+    let Some(redis) = RedisServer::start("cluster-rooms") else {
+        return;
+    };
+    let servers = replicas(&redis, 3, &["--sync"]);
+    let mut a = servers[0].connect();
+    let mut b = servers[1].connect();
+    let mut c = servers[2].connect();
+    for client in [&mut a, &mut b, &mut c] {
+        assert_eq!(join_room(client, "r"), json!({}));
+    }
+    let from_a = loro_update("a", 1);
+    a.send_binary(from_a.clone());
+    assert_eq!(a.recv_json(), crdt_ack());
+    assert_eq!(relayed(&mut b), from_a, "B's member gets A's change");
+    assert_eq!(relayed(&mut c), from_a, "C's member gets A's change");
+    let from_b = loro_update("b", 2);
+    b.send_binary(from_b.clone());
+    assert_eq!(b.recv_json(), crdt_ack());
+    assert_eq!(relayed(&mut a), from_b);
+    assert_eq!(relayed(&mut c), from_b);
+
+    // A late joiner on a replica holding the room, and on one that never loaded it.
+    let mut late = servers[2].connect();
+    assert_eq!(join_room(&mut late, "r"), json!({"a":1,"b":2}));
+    let fresh = replicas(&redis, 1, &["--sync"]);
+    let mut elsewhere = fresh[0].connect();
+    assert_eq!(join_room(&mut elsewhere, "r"), json!({"a":1,"b":2}));
+}
+
+#[test]
+fn a_replica_killed_mid_edits_loses_no_acknowledged_change() {
+    let Some(redis) = RedisServer::start("cluster-sigkill") else {
+        return;
+    };
+    let mut servers = replicas(&redis, 2, &["--sync"]);
+    let mut writer = servers[0].connect();
+    join_room(&mut writer, "r");
+    const SENT: i64 = 2000;
+    for i in 0..SENT {
+        writer.send_binary(loro_update(&format!("k{i}"), i));
+    }
+    let mut acked = 0;
+    while acked < 50 {
+        assert_eq!(writer.recv_json(), crdt_ack());
+        acked += 1;
+    }
+    servers.remove(0).kill(); // SIGKILL while changes are still arriving
+                              // Acks the server sent before it died may still sit unread in our socket.
+    loop {
+        match writer.recv() {
+            Received::Json(reply) if reply == crdt_ack() => acked += 1,
+            _ => break,
+        }
+    }
+    assert!(
+        acked < SENT,
+        "the kill came after every change was acknowledged"
+    );
+    let mut reader = servers[0].connect();
+    let state = join_room(&mut reader, "r");
+    for i in 0..acked {
+        assert_eq!(
+            state[format!("k{i}")],
+            json!(i),
+            "acknowledged change k{i} lost"
+        );
+    }
+}
+
+#[test]
+fn replicas_converge_after_redis_restarts_empty() {
+    let Some(mut redis) = RedisServer::start("cluster-rooms-restart") else {
+        return;
+    };
+    let servers = replicas(&redis, 2, &["--sync"]);
+    let mut a = servers[0].connect();
+    let mut b = servers[1].connect();
+    join_room(&mut a, "r");
+    join_room(&mut b, "r");
+    let first = loro_update("before", 1);
+    a.send_binary(first.clone());
+    assert_eq!(a.recv_json(), crdt_ack());
+    assert_eq!(relayed(&mut b), first);
+
+    redis.stop();
+    // Without the shared log a change is applied here but never acknowledged.
+    a.send_binary(loro_update("while_down", 2));
+    let reply = a.recv_json();
+    assert_eq!(reply["type"], "error", "{reply}");
+    assert!(
+        reply["error"].as_str().unwrap().contains("not saved"),
+        "{reply}"
+    );
+
+    // A room this replica does not hold cannot be opened without the shared log.
+    let mut newcomer = servers[1].connect();
+    newcomer.send_json(json!({"type":"crdt-join","roomId":"other","clientId":"n"}));
+    let mut refused = newcomer.recv_json();
+    if refused["type"] == "crdt-joined" {
+        refused = newcomer.recv_json();
+    }
+    assert_eq!(refused["type"], "error", "{refused}");
+    assert!(
+        refused["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("failed to load room: cannot read the room's shared log"),
+        "{refused}"
+    );
+
+    redis.restart(); // empty: no persistence
+                     // A republishes the room's whole state; B imports it and relays it to its member.
+    let state = relayed(&mut b);
+    let doc = loro::LoroDoc::new();
+    for bytes in [&first[..], &state[..]] {
+        doc.import(bytes).unwrap();
+    }
+    assert_eq!(
+        serde_json::to_value(doc.get_map("m").get_deep_value()).unwrap(),
+        json!({"before":1,"while_down":2})
+    );
+    let mut late = servers[1].connect();
+    assert_eq!(
+        join_room(&mut late, "r"),
+        json!({"before":1,"while_down":2})
+    );
+}

@@ -1,7 +1,13 @@
 //! Cluster mode (`--redis-url`): user channels shared between replicas through Redis
-//! pub/sub (PROTOCOL §5a). The core decides what to publish and which broker channels it
-//! needs ([`Effect::BrokerSubscribe`](duckwire_core::Effect) and friends); this task only
-//! carries those to Redis and Redis' deliveries back to the driver.
+//! pub/sub (PROTOCOL §5a), and CRDT rooms through one Redis Stream per room (§6a). The core
+//! decides what to publish, which broker channels it needs, what to append and when to
+//! acknowledge ([`Effect::BrokerSubscribe`](duckwire_core::Effect) and friends); these tasks
+//! only carry those to Redis and Redis' deliveries back to the driver.
+//!
+//! Rooms: a change is appended to `<prefix>:room:<id>` (`XADD`, fields `origin` and
+//! `update`) before the core acknowledges it; a room loading here gets the stream's entries
+//! after its local snapshot; a follower task reads the streams of the rooms loaded here
+//! (`XREAD BLOCK`) and hands other replicas' entries to the core.
 //!
 //! Redis down: publications are dropped (cross-replica notifies are lost while it is down,
 //! as with any pub/sub), subscriptions are confirmed at once so local clients never wait for
@@ -9,22 +15,55 @@
 //! still wants. The `redis` crate runs on smol (`smol-comp`); no tokio runtime is started.
 
 use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use duckwire_core::StoredRoom;
 use futures_util::StreamExt;
 
 use crate::driver::DriverInput;
+use crate::meta::MetaDone;
 
 /// Publications waiting for Redis; more are dropped (counted in the log) rather than held.
 const PUBLISH_QUEUE: usize = 4096;
 const RECONNECT_MIN: Duration = Duration::from_millis(100);
 const RECONNECT_MAX: Duration = Duration::from_secs(5);
 
-/// Subscribe/unsubscribe requests from the core (few: bounded by the subscription caps).
+/// How long one `XREAD` waits for new entries before the follower looks again at which
+/// rooms it follows.
+const FOLLOW_BLOCK_MS: u64 = 200;
+/// Entries read per stream and round.
+const FOLLOW_COUNT: usize = 256;
+
+/// Requests from the core, in order. Subscriptions are few (bounded by the subscription
+/// caps); appends are bounded by the inbound budget, which holds their bytes until they are
+/// reported.
 pub enum Control {
-    Subscribe { channel: String, token: u64 },
-    Unsubscribe { channel: String },
+    Subscribe {
+        channel: String,
+        token: u64,
+    },
+    Unsubscribe {
+        channel: String,
+    },
+    Append {
+        room_id: String,
+        seq: u64,
+        update: Bytes,
+    },
+    /// The local part of a room's load is done: add the shared log, then follow it.
+    Load {
+        room_id: String,
+        local: Result<StoredRoom, String>,
+    },
+    Unfollow {
+        room_id: String,
+    },
+    Republish {
+        room_id: String,
+        state: Bytes,
+    },
 }
 
 /// The driver's handle on the broker task.
@@ -39,6 +78,7 @@ impl Broker {
     pub fn start(
         url: &str,
         prefix: &str,
+        replica_id: &str,
         driver: async_channel::Sender<DriverInput>,
     ) -> Result<Broker, String> {
         // `rediss://`: rustls needs a process-wide crypto provider; ours is ring, as for
@@ -47,14 +87,30 @@ impl Broker {
         let client = redis::Client::open(url).map_err(|e| format!("--redis-url {url}: {e}"))?;
         let (control, control_rx) = async_channel::unbounded();
         let (publications, publications_rx) = async_channel::bounded(PUBLISH_QUEUE);
+        let followed = Arc::new(Mutex::new(BTreeMap::new()));
+        let (follow_changed, follow_changes) = async_channel::bounded(1);
+        let follower = Follower {
+            client: client.clone(),
+            rooms_prefix: format!("{prefix}:room:"),
+            replica_id: replica_id.to_string(),
+            followed: followed.clone(),
+            changes: follow_changes,
+            driver: driver.clone(),
+        };
+        crate::spawn(follower.run()).detach();
         let task = BrokerTask {
             client,
             url: url.to_string(),
             prefix: format!("{prefix}:channel:"),
+            rooms_prefix: format!("{prefix}:room:"),
+            replica_id: replica_id.to_string(),
             driver,
             control: control_rx,
             publications: publications_rx,
             wanted: BTreeMap::new(),
+            followed,
+            follow_changed,
+            connected_before: false,
         };
         crate::spawn(task.run()).detach();
         Ok(Broker {
@@ -69,6 +125,10 @@ impl Broker {
 
     pub fn unsubscribe(&self, channel: String) {
         let _ = self.control.try_send(Control::Unsubscribe { channel });
+    }
+
+    pub fn control(&self, request: Control) {
+        let _ = self.control.try_send(request);
     }
 
     pub fn publish(&self, channel: String, message: Bytes) {
@@ -88,6 +148,14 @@ struct BrokerTask {
     publications: async_channel::Receiver<(String, Bytes)>,
     /// Channels the core wants, with the token of its latest request.
     wanted: BTreeMap<String, u64>,
+    /// `<--redis-prefix>:room:`, before a room's id.
+    rooms_prefix: String,
+    replica_id: String,
+    /// Rooms loaded here, with the last stream entry id seen (shared with the follower).
+    followed: Arc<Mutex<BTreeMap<String, String>>>,
+    follow_changed: async_channel::Sender<()>,
+    /// Whether a connection was made before (a reconnect republishes the rooms).
+    connected_before: bool,
 }
 
 /// What woke the connected loop.
@@ -142,7 +210,94 @@ impl BrokerTask {
             Control::Unsubscribe { channel } => {
                 self.wanted.remove(&channel);
             }
+            // Never acknowledged without the shared log: the sender gets an error.
+            Control::Append { room_id, seq, .. } => self.appended(
+                room_id,
+                seq,
+                Err("Redis is unavailable (--redis-url)".into()),
+            ),
+            // A room cannot be served without the changes other replicas logged.
+            Control::Load { room_id, local } => self.loaded(
+                room_id,
+                local.and(Err(
+                    "cannot read the room's shared log: Redis is unavailable (--redis-url)".into(),
+                )),
+            ),
+            Control::Unfollow { room_id } => self.unfollow(&room_id),
+            // Republished at the reconnection anyway.
+            Control::Republish { .. } => {}
         }
+    }
+
+    fn appended(&self, room_id: String, seq: u64, result: Result<(), String>) {
+        let _ = self.driver.try_send(DriverInput::Meta(MetaDone::Appended {
+            room_id,
+            seq,
+            result,
+        }));
+    }
+
+    fn loaded(&self, room_id: String, result: Result<StoredRoom, String>) {
+        let _ = self
+            .driver
+            .try_send(DriverInput::RoomLoaded { room_id, result });
+    }
+
+    fn unfollow(&self, room_id: &str) {
+        self.followed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(room_id);
+    }
+
+    fn follow(&self, room_id: String, after: String) {
+        self.followed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(room_id, after);
+        let _ = self.follow_changed.try_send(());
+    }
+
+    /// Appends one entry to a room's stream; returns its id.
+    async fn append_entry(
+        &self,
+        connection: &mut redis::aio::MultiplexedConnection,
+        room_id: &str,
+        bytes: &[u8],
+    ) -> redis::RedisResult<String> {
+        redis::cmd("XADD")
+            .arg(format!("{}{room_id}", self.rooms_prefix))
+            .arg("*")
+            .arg("origin")
+            .arg(&self.replica_id)
+            .arg("update")
+            .arg(bytes)
+            .query_async(connection)
+            .await
+    }
+
+    /// The room's local snapshot and log, plus every entry of its stream; the id of the
+    /// last entry (where following starts).
+    async fn with_shared_log(
+        &self,
+        connection: &mut redis::aio::MultiplexedConnection,
+        room_id: &str,
+        mut stored: StoredRoom,
+    ) -> redis::RedisResult<(StoredRoom, String)> {
+        let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+            .arg(format!("{}{room_id}", self.rooms_prefix))
+            .arg("-")
+            .arg("+")
+            .query_async(connection)
+            .await?;
+        let mut last = "0-0".to_string();
+        for entry in reply.ids {
+            if let Some(update) = entry_update(&entry) {
+                stored.updates.push(update);
+            }
+            last = entry.id;
+        }
+        Ok((stored, last))
     }
 
     fn confirm(&self, channel: String, token: u64) {
@@ -182,6 +337,10 @@ impl BrokerTask {
             self.confirm(channel, token);
         }
         tracing::info!(url = self.url, "connected to Redis");
+        if std::mem::replace(&mut self.connected_before, true) {
+            // Redis may have restarted empty: the rooms here go to it once more.
+            let _ = self.driver.try_send(DriverInput::BrokerReconnected);
+        }
         loop {
             let event = smol::future::or(self.next_event_without_redis(), async {
                 match deliveries.next().await {
@@ -210,6 +369,40 @@ impl BrokerTask {
                     sink.unsubscribe(format!("{}{channel}", self.prefix))
                         .await?;
                 }
+                Event::Control(Control::Append {
+                    room_id,
+                    seq,
+                    update,
+                }) => match self.append_entry(&mut publisher, &room_id, &update).await {
+                    Ok(_) => self.appended(room_id, seq, Ok(())),
+                    Err(e) => {
+                        self.appended(room_id, seq, Err(format!("Redis: {e}")));
+                        return Err(e);
+                    }
+                },
+                Event::Control(Control::Load { room_id, local }) => {
+                    let local = match local {
+                        Ok(local) => local,
+                        Err(e) => {
+                            self.loaded(room_id, Err(e));
+                            continue;
+                        }
+                    };
+                    match self.with_shared_log(&mut publisher, &room_id, local).await {
+                        Ok((stored, last)) => {
+                            self.loaded(room_id.clone(), Ok(stored));
+                            self.follow(room_id, last);
+                        }
+                        Err(e) => {
+                            self.loaded(room_id, Err(format!("Redis: {e}")));
+                            return Err(e);
+                        }
+                    }
+                }
+                Event::Control(Control::Unfollow { room_id }) => self.unfollow(&room_id),
+                Event::Control(Control::Republish { room_id, state }) => {
+                    self.append_entry(&mut publisher, &room_id, &state).await?;
+                }
                 Event::Publish(channel, message) => {
                     redis::cmd("PUBLISH")
                         .arg(format!("{}{channel}", self.prefix))
@@ -232,6 +425,113 @@ impl BrokerTask {
                         .await
                         .is_err()
                     {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The `update` field of a stream entry.
+fn entry_update(entry: &redis::streams::StreamId) -> Option<Vec<u8>> {
+    match entry.map.get("update")? {
+        redis::Value::BulkString(bytes) => Some(bytes.clone()),
+        _ => None,
+    }
+}
+
+fn entry_origin(entry: &redis::streams::StreamId) -> Option<&[u8]> {
+    match entry.map.get("origin")? {
+        redis::Value::BulkString(bytes) => Some(bytes),
+        _ => None,
+    }
+}
+
+/// Reads the streams of the rooms loaded here and hands other replicas' entries to the
+/// core, on its own connection (`XREAD BLOCK` holds it).
+struct Follower {
+    client: redis::Client,
+    rooms_prefix: String,
+    replica_id: String,
+    followed: Arc<Mutex<BTreeMap<String, String>>>,
+    /// Told when a room is followed, so an idle follower does not poll.
+    changes: async_channel::Receiver<()>,
+    driver: async_channel::Sender<DriverInput>,
+}
+
+impl Follower {
+    async fn run(self) {
+        let mut backoff = RECONNECT_MIN;
+        loop {
+            if let Err(e) = self.follow().await {
+                tracing::debug!("following room logs stopped: {e}");
+            }
+            if self.driver.is_closed() {
+                return;
+            }
+            smol::Timer::after(backoff).await;
+            backoff = (backoff * 2).min(RECONNECT_MAX);
+        }
+    }
+
+    async fn follow(&self) -> redis::RedisResult<()> {
+        let mut connection = self.client.get_multiplexed_async_connection().await?;
+        loop {
+            let rooms: Vec<(String, String)> = self
+                .followed
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .map(|(room, id)| (room.clone(), id.clone()))
+                .collect();
+            if rooms.is_empty() {
+                if self.changes.recv().await.is_err() {
+                    return Ok(());
+                }
+                continue;
+            }
+            let mut command = redis::cmd("XREAD");
+            command
+                .arg("COUNT")
+                .arg(FOLLOW_COUNT)
+                .arg("BLOCK")
+                .arg(FOLLOW_BLOCK_MS)
+                .arg("STREAMS");
+            for (room, _) in &rooms {
+                command.arg(format!("{}{room}", self.rooms_prefix));
+            }
+            for (_, id) in &rooms {
+                command.arg(id);
+            }
+            let reply: Option<redis::streams::StreamReadReply> =
+                command.query_async(&mut connection).await?;
+            let Some(reply) = reply else {
+                continue;
+            };
+            for stream in reply.keys {
+                let Some(room_id) = stream.key.strip_prefix(&self.rooms_prefix) else {
+                    continue;
+                };
+                for entry in &stream.ids {
+                    {
+                        let mut followed = self.followed.lock().unwrap_or_else(|e| e.into_inner());
+                        match followed.get_mut(room_id) {
+                            Some(last) => *last = entry.id.clone(),
+                            None => break, // unloaded meanwhile
+                        }
+                    }
+                    if entry_origin(entry) == Some(self.replica_id.as_bytes()) {
+                        continue; // ours: applied here before it was acknowledged
+                    }
+                    let Some(update) = entry_update(entry) else {
+                        continue;
+                    };
+                    let input = DriverInput::RemoteRoomUpdate {
+                        room_id: room_id.to_string(),
+                        update: Bytes::from(update),
+                    };
+                    if self.driver.send(input).await.is_err() {
                         return Ok(());
                     }
                 }

@@ -14,6 +14,7 @@ use duckwire_core::{
     QueryHandle, QueryKind, QueryOutcome, RunQuery, Server, ServerError,
 };
 
+use crate::broker::Control;
 use crate::cache::ResultCache;
 use crate::executor::{Completion, Executor, Job};
 use crate::meta::{MetaDone, MetaJob, MetaWorker};
@@ -140,11 +141,26 @@ pub enum DriverInput {
         channel: String,
         message: Vec<u8>,
     },
+    /// Cluster mode: a room's local snapshot and log with its shared log added.
+    RoomLoaded {
+        room_id: String,
+        result: Result<duckwire_core::StoredRoom, String>,
+    },
+    /// Cluster mode: another replica's change of a room loaded here.
+    RemoteRoomUpdate {
+        room_id: String,
+        update: Bytes,
+    },
+    /// Cluster mode: the Redis connection is back after a loss.
+    BrokerReconnected,
     /// Begin shutdown; `done` is signalled once every dirty room is saved.
     Shutdown {
         done: async_channel::Sender<()>,
     },
 }
+
+/// Queued inputs the driver handles in a row before it lets other tasks run.
+const INPUTS_PER_YIELD: usize = 64;
 
 pub struct Driver {
     pub server: Server,
@@ -183,12 +199,24 @@ impl Driver {
         // nothing due.
         let mut timer = smol::Timer::never();
         let mut armed: Option<Instant> = None;
+        // Inputs handled since the driver last gave the executor's other tasks a turn.
+        let mut without_yield = 0;
         loop {
             let input = match self.inputs.try_recv() {
-                // Work already queued: no timer to look at.
-                Ok(input) => Some(Ok(input)),
+                // Work already queued: no timer to look at. A long burst yields now and
+                // then, or the connection writers and the Redis tasks on this thread would
+                // wait for the whole burst (Redis calls time out after 500 ms).
+                Ok(input) => {
+                    without_yield += 1;
+                    if without_yield >= INPUTS_PER_YIELD {
+                        without_yield = 0;
+                        smol::future::yield_now().await;
+                    }
+                    Some(Ok(input))
+                }
                 Err(async_channel::TryRecvError::Closed) => break,
                 Err(async_channel::TryRecvError::Empty) => {
+                    without_yield = 0;
                     let wanted = self
                         .server
                         .poll_timeout()
@@ -358,8 +386,28 @@ impl Driver {
             DriverInput::Executor(Completion::Upload { handle, result }) => {
                 self.call_core(|server| server.handle_upload_done(handle, result, now))
             }
-            DriverInput::Meta(MetaDone::Loaded { room_id, result }) => {
+            DriverInput::Meta(MetaDone::Loaded { room_id, result }) => match &self.broker {
+                // Cluster mode: the room's shared log comes on top of the local part.
+                Some(broker) => {
+                    broker.control(Control::Load {
+                        room_id,
+                        local: result,
+                    });
+                    Ok(())
+                }
+                None => self.call_core(|server| server.handle_room_loaded(&room_id, result, now)),
+            },
+            DriverInput::RoomLoaded { room_id, result } => {
                 self.call_core(|server| server.handle_room_loaded(&room_id, result, now))
+            }
+            DriverInput::RemoteRoomUpdate { room_id, update } => self.call_core(|server| {
+                if !server.handle_remote_room_update(&room_id, update, now)? {
+                    tracing::debug!(room_id, "a change from another replica was not imported");
+                }
+                Ok(())
+            }),
+            DriverInput::BrokerReconnected => {
+                self.call_core(|server| server.handle_broker_reconnected())
             }
             DriverInput::Meta(MetaDone::Appended {
                 room_id,
@@ -506,11 +554,29 @@ impl Driver {
                     room_id,
                     seq,
                     update,
-                } => self.meta.submit(MetaJob::Append {
-                    room_id,
-                    seq,
-                    update,
-                }),
+                } => match &self.broker {
+                    // Cluster mode: the room's shared log is the durable one.
+                    Some(broker) => broker.control(Control::Append {
+                        room_id,
+                        seq,
+                        update,
+                    }),
+                    None => self.meta.submit(MetaJob::Append {
+                        room_id,
+                        seq,
+                        update,
+                    }),
+                },
+                Effect::RoomUnloaded { room_id } => {
+                    if let Some(broker) = &self.broker {
+                        broker.control(Control::Unfollow { room_id });
+                    }
+                }
+                Effect::RepublishRoom { room_id, state } => {
+                    if let Some(broker) = &self.broker {
+                        broker.control(Control::Republish { room_id, state });
+                    }
+                }
                 Effect::Ping { conn } => {
                     if let Some(writer) = writers.get(&conn) {
                         let _ = writer.queue.try_send(Outbound::Ping);

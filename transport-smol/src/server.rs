@@ -321,15 +321,24 @@ pub fn run(
                 let _ = getrandom::fill(&mut id);
                 core_config.replica_id = Some(hex::encode(id));
             }
+            let replica_id = core_config.replica_id.clone().unwrap_or_default();
             Some(
-                crate::broker::Broker::start(url, &config.redis_prefix, driver_tx.clone())
-                    .map_err(StartError::Flags)?,
+                crate::broker::Broker::start(
+                    url,
+                    &config.redis_prefix,
+                    &replica_id,
+                    driver_tx.clone(),
+                )
+                .map_err(StartError::Flags)?,
             )
         }
         None => None,
     };
     // Acknowledged CRDT changes must survive a crash when rooms are stored in a file.
-    core_config.durable_room_log = !config.is_in_memory() || config.meta_db.is_some();
+    // In cluster mode the room's Redis Stream is the log: appended before the ack always,
+    // since that append is also how the other replicas get the change.
+    core_config.durable_room_log =
+        !config.is_in_memory() || config.meta_db.is_some() || broker.is_some();
     let driver = Driver {
         server: Server::new(core_config, seed),
         inputs: driver_rx,

@@ -13,7 +13,10 @@
 //!     when it is not already, released only when asked for, publications come only from an
 //!     authenticated notify, and deliveries from the broker (its confirmations late, stale or
 //!     repeated, its messages our own echo, another replica's, or garbage) reach only
-//!     subscribers;
+//!     subscribers; rooms' changes are appended (and acknowledged only once appended, or
+//!     answered an error when the append fails), other replicas' changes reach only the
+//!     room's members and become part of the room, and a room leaves memory only without
+//!     members;
 //! plus: the machine never poisons itself and never sends to a closed connection.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -141,9 +144,18 @@ pub enum Op {
         channel: u8,
         kind: u8,
     },
+    /// Another replica's change of a room (`corrupt`: bytes Loro rejects).
+    RemoteRoomUpdate {
+        room: u8,
+        key: u8,
+        value: u8,
+        corrupt: bool,
+    },
+    /// The broker connection came back.
+    BrokerReconnected,
 }
 
-const OP_KINDS: u8 = 23;
+const OP_KINDS: u8 = 25;
 
 impl Op {
     pub fn read(u: &mut Unstructured<'_>) -> Op {
@@ -229,6 +241,13 @@ impl Op {
                 channel: byte(u) % 3,
                 kind: byte(u) % 4,
             },
+            23 => Op::RemoteRoomUpdate {
+                room: byte(u) % 2,
+                key: byte(u) % 3,
+                value: byte(u),
+                corrupt: flag(u),
+            },
+            24 => Op::BrokerReconnected,
             _ => Op::Shutdown,
         }
     }
@@ -297,6 +316,13 @@ impl super::Encode for Op {
             Op::Shutdown => out.push(20),
             Op::BrokerConfirm { channel, stale } => out.extend([21, *channel, b(*stale)]),
             Op::RemoteNotify { channel, kind } => out.extend([22, *channel, *kind]),
+            Op::RemoteRoomUpdate {
+                room,
+                key,
+                value,
+                corrupt,
+            } => out.extend([23, *room, *key, *value, b(*corrupt)]),
+            Op::BrokerReconnected => out.push(24),
         }
     }
 }
@@ -354,6 +380,8 @@ struct Step {
     /// Where the core puts the acting connection's CRDT updates, asked before the step;
     /// used only when the sender is closed before its update could be acked.
     update_room: Option<String>,
+    /// Cluster mode: the room another replica's change was delivered to.
+    remote_room: Option<String>,
 }
 
 /// The machine under test and everything the harness knows from watching its effects.
@@ -383,6 +411,12 @@ pub struct Session<'t> {
     largest_frame: usize,
     /// Cluster mode: broker subscriptions asked for, by channel, with every token used.
     broker: BTreeMap<String, Vec<u64>>,
+    cluster: bool,
+    /// Peer ids for other replicas' changes (distinct from the clients' fresh peers).
+    next_remote_peer: u64,
+    /// Connections that sent a join since their last `crdt-joined`: they may have left
+    /// their room.
+    rejoining: BTreeSet<u64>,
 }
 
 /// This run's replica id, and another replica's.
@@ -418,6 +452,9 @@ impl<'t> Session<'t> {
             sync_enabled: true,
             allow_client_snapshots: true,
             replica_id: cluster.then(|| REPLICA.to_string()),
+            // As the driver does: in cluster mode the room's shared log is appended to
+            // before every acknowledgement.
+            durable_room_log: cluster,
             ..Config::default()
         };
         Session {
@@ -440,6 +477,9 @@ impl<'t> Session<'t> {
             paused: BTreeSet::new(),
             largest_frame: 0,
             broker: BTreeMap::new(),
+            cluster,
+            next_remote_peer: 1 << 40,
+            rejoining: BTreeSet::new(),
         }
     }
 
@@ -459,6 +499,14 @@ impl<'t> Session<'t> {
         self.largest_frame = self.largest_frame.max(frame.len());
         if let Frame::Binary(bytes) = &frame {
             step.binary_sent = Some(bytes.to_vec());
+        }
+        if let Frame::Text(text) = &frame {
+            // A join of another room leaves the current one (if the core accepts it).
+            let is_join = serde_json::from_str::<Value>(text)
+                .is_ok_and(|v| v.get("type") == Some(&json!("crdt-join")));
+            if is_join {
+                self.rejoining.insert(conn);
+            }
         }
         Self::checked(self.server.handle_frame(ConnId(conn), frame, self.now()))
     }
@@ -608,6 +656,38 @@ impl<'t> Session<'t> {
                     .handle_remote_notify(&channel, message.as_bytes(), self.now())
                     .map_err(|e| format!("the machine failed: {e}"))?;
             }
+            Op::RemoteRoomUpdate {
+                room,
+                key,
+                value,
+                corrupt,
+            } => {
+                let room = format!("r{room}");
+                self.next_remote_peer += 1;
+                let mut bytes =
+                    loro_update(self.next_remote_peer, &format!("k{key}"), i64::from(value));
+                if corrupt {
+                    let at = bytes.len() / 2;
+                    bytes[at] ^= 0x5a;
+                }
+                step.remote_room = Some(room.clone());
+                step.binary_sent = Some(bytes.clone());
+                let imported = self
+                    .server
+                    .handle_remote_room_update(&room, Bytes::from(bytes.clone()), self.now())
+                    .map_err(|e| format!("the machine failed: {e}"))?;
+                if imported {
+                    ensure!(
+                        self.expected
+                            .entry(room)
+                            .or_default()
+                            .import(&bytes)
+                            .is_ok(),
+                        "(g) the room imported a change Loro rejects"
+                    );
+                }
+            }
+            Op::BrokerReconnected => Self::checked(self.server.handle_broker_reconnected())?,
             Op::Subscribe { conn, channel } => self.text(
                 conn.into(),
                 json!({"type":"subscribe","channel":format!("c{channel}")}),
@@ -725,6 +805,7 @@ impl<'t> Session<'t> {
         self.paused.remove(&conn);
         self.authenticated.remove(&conn);
         self.joined.remove(&conn);
+        self.rejoining.remove(&conn);
         self.subscriptions.retain(|(c, _)| *c != conn);
         self.outbound.remove(&conn);
         // A closed connection's queries owe no reply, and none may reach a later
@@ -756,6 +837,7 @@ impl<'t> Session<'t> {
     }
 
     fn observe(&mut self, step: &Step, effects: &[Effect]) -> Result<(), String> {
+        let mut appends: Vec<(String, u64)> = Vec::new();
         let mut acked_update = false;
         let mut acting_closed = false;
         let acting_room = step.update_room.clone();
@@ -810,8 +892,9 @@ impl<'t> Session<'t> {
                 Effect::Respond { .. } => {
                     return violation("an HTTP answer on a WebSocket-only session");
                 }
-                Effect::AppendRoomUpdate { .. } => {
-                    return violation("a log append while durable_room_log is off");
+                Effect::AppendRoomUpdate { room_id, seq, .. } => {
+                    ensure!(self.cluster, "a log append while durable_room_log is off");
+                    appends.push((room_id.clone(), *seq));
                 }
                 Effect::Ping { conn } => {
                     ensure!(
@@ -879,6 +962,16 @@ impl<'t> Session<'t> {
                         "(g) broker released {channel} never asked for"
                     );
                 }
+                Effect::RoomUnloaded { room_id } => {
+                    ensure!(
+                        !self
+                            .joined
+                            .iter()
+                            .any(|(c, r)| r == room_id && !self.rejoining.contains(c)),
+                        "(g) room {room_id} unloaded with members"
+                    );
+                }
+                Effect::RepublishRoom { .. } => {}
                 Effect::PublishNotify { .. } => {
                     ensure!(
                         step.acting_authenticated && step.acting.is_some(),
@@ -909,6 +1002,30 @@ impl<'t> Session<'t> {
                 doc.import(bytes).is_ok(),
                 "the room acked an update Loro rejects"
             );
+        }
+        // (g): the shared log answers each append (failing while persists fail); the ack
+        // (or the error) belongs to this step's sender.
+        for (room_id, seq) in appends {
+            let result = if self.fail_persists {
+                // Applied but not saved: the change is in the room all the same.
+                if let Some(bytes) = &step.binary_sent {
+                    let _ = self
+                        .expected
+                        .entry(room_id.clone())
+                        .or_default()
+                        .import(bytes);
+                }
+                Err("the shared log is unavailable".to_string())
+            } else {
+                Ok(())
+            };
+            Self::checked(self.server.handle_room_update_appended(
+                &room_id,
+                seq,
+                result,
+                self.now(),
+            ))?;
+            self.drain_and_observe(step)?;
         }
         Ok(())
     }
@@ -982,13 +1099,17 @@ impl<'t> Session<'t> {
                 self.authenticated.insert(to);
             }
             "crdt-joined" => {
+                self.rejoining.remove(&to);
                 let room = decoded["roomId"].as_str().unwrap_or_default().to_string();
                 self.joined.insert(to, room);
             }
             "raw" => {
                 // (b): CRDT updates reach only the other members of the sender's room, as
                 // the very bytes the sender sent.
-                let sender_room = step.acting.and_then(|c| self.joined.get(&c));
+                let sender_room = step
+                    .acting
+                    .and_then(|c| self.joined.get(&c))
+                    .or(step.remote_room.as_ref());
                 if sender_room.is_none() || self.joined.get(&to) != sender_room {
                     return Err(format!("(b) CRDT bytes to {to}, not in the sender's room"));
                 }

@@ -44,6 +44,8 @@ struct Options {
     only: Option<String>,
     /// Connections of the throughput scenario (each on its own client thread).
     connections: usize,
+    /// Replicas sharing a Redis (`--replicas URL,URL,…`): the cross-replica scenarios.
+    replicas: Vec<String>,
 }
 
 fn parse_args() -> Result<Options, String> {
@@ -60,6 +62,7 @@ fn parse_args() -> Result<Options, String> {
         quick: false,
         only: None,
         connections: 16,
+        replicas: Vec::new(),
     };
     while let Some(arg) = args.next() {
         let mut value = || args.next().ok_or(format!("{arg} needs a value"));
@@ -74,6 +77,9 @@ fn parse_args() -> Result<Options, String> {
             "--label" => options.label = value()?,
             "--json" => options.json_out = Some(value()?),
             "--only" => options.only = Some(value()?),
+            "--replicas" => {
+                options.replicas = value()?.split(',').map(str::to_string).collect();
+            }
             "--connections" => {
                 options.connections = value()?
                     .parse()
@@ -90,8 +96,12 @@ fn parse_args() -> Result<Options, String> {
             other => return Err(format!("unknown argument {other}")),
         }
     }
-    if options.url.is_none() && options.mosaic_url.is_none() && options.http.is_none() {
-        return Err("give at least one of --url, --mosaic-url, --http".into());
+    if options.url.is_none()
+        && options.mosaic_url.is_none()
+        && options.http.is_none()
+        && options.replicas.is_empty()
+    {
+        return Err("give at least one of --url, --mosaic-url, --http, --replicas".into());
     }
     Ok(options)
 }
@@ -737,10 +747,12 @@ fn cache_hits(name: &str, door: &Door, rss: &Rss, reps: usize) -> Scenario {
     Scenario::ended(name, samples, reps as u64, bytes, started, rss)
 }
 
-fn crdt_fanout(name: &str, url: &str, rss: &Rss, reps: usize) -> Scenario {
-    let room = format!("fanout-{}", std::process::id());
+/// One update from member 0 to 7 others; member `i` connects to `urls[i % urls.len()]`
+/// (one server, or replicas sharing a Redis).
+fn crdt_fanout(name: &str, urls: &[String], rss: &Rss, reps: usize) -> Scenario {
+    let room = format!("fanout-{}-{}", std::process::id(), urls.len());
     let mut members: Vec<Socket> = (0..8)
-        .map(|_| Client::connect(url, Wire::SqlRooms).socket)
+        .map(|i| Client::connect(&urls[i % urls.len()], Wire::SqlRooms).socket)
         .collect();
     for socket in &mut members {
         let join = json!({"type":"crdt-join","roomId":room,"clientId":"bench"});
@@ -781,6 +793,82 @@ fn crdt_fanout(name: &str, url: &str, rss: &Rss, reps: usize) -> Scenario {
         loop {
             if let Message::Text(_) = members[0].read().unwrap() {
                 break;
+            }
+        }
+    }
+    Scenario::ended(name, samples, reps as u64, bytes, started, rss)
+}
+
+/// Replicas sharing a Redis: a CRDT update to 7 members spread over them, and a notify
+/// from a client on the first replica to a subscriber on the last, each also with every
+/// client on the first replica (the same-process baseline, same run).
+fn cross_replica(options: &Options, rss: &Rss, scale: impl Fn(usize) -> usize) -> Vec<Scenario> {
+    let replicas = &options.replicas;
+    let one = std::slice::from_ref(&replicas[0]);
+    let n = replicas.len();
+    vec![
+        crdt_fanout(
+            "cluster | CRDT fan-out: 1 update to 7 members on one replica",
+            one,
+            rss,
+            scale(300),
+        ),
+        crdt_fanout(
+            &format!("cluster | CRDT fan-out: 1 update to 7 members over {n} replicas"),
+            replicas,
+            rss,
+            scale(300),
+        ),
+        notify_latency(
+            "cluster | notify to a subscriber on the same replica",
+            &replicas[0],
+            &replicas[0],
+            rss,
+            scale(1000),
+        ),
+        notify_latency(
+            "cluster | notify to a subscriber on another replica",
+            &replicas[0],
+            &replicas[n - 1],
+            rss,
+            scale(1000),
+        ),
+    ]
+}
+
+/// A notify from a client on `from` until a subscriber on `to` has it.
+fn notify_latency(name: &str, from: &str, to: &str, rss: &Rss, reps: usize) -> Scenario {
+    let channel = format!("bench-{}-{name}", std::process::id());
+    let mut sender = Client::connect(from, Wire::SqlRooms).socket;
+    let mut receiver = Client::connect(to, Wire::SqlRooms).socket;
+    let subscribe = json!({"type":"subscribe","channel":channel});
+    receiver
+        .send(Message::Text(subscribe.to_string().into()))
+        .unwrap();
+    // `subscribed` comes once the subscription holds everywhere.
+    while !matches!(receiver.read().unwrap(), Message::Text(_)) {}
+    rss.reset();
+    let started = Instant::now();
+    let mut samples = Vec::with_capacity(reps);
+    let mut bytes = 0;
+    for i in 0..reps {
+        let notify = json!({"type":"notify","channel":channel,"payload":i});
+        let t = Instant::now();
+        sender
+            .send(Message::Text(notify.to_string().into()))
+            .unwrap();
+        loop {
+            if let Message::Text(text) = receiver.read().unwrap() {
+                bytes += text.len() as u64;
+                break;
+            }
+        }
+        samples.push(t.elapsed());
+        // The sender's echo and ack.
+        let mut seen = 0;
+        while seen < 2 {
+            if let Message::Text(_) = sender.read().unwrap() {
+                seen += 1;
             }
         }
     }
@@ -863,6 +951,9 @@ fn run_all(options: &Options) -> Vec<Scenario> {
     let rss = Rss { pid: options.pid };
     let scale = |n: usize| if options.quick { (n / 10).max(3) } else { n };
     // Load the data through whichever door there is.
+    if !options.replicas.is_empty() {
+        return cross_replica(options, &rss, scale);
+    }
     let setup_door = match (&options.url, &options.mosaic_url, &options.http) {
         (Some(url), _, _) => Door::Ws(url.clone(), Wire::SqlRooms),
         (None, Some(url), _) => Door::Ws(url.clone(), Wire::Mosaic),
@@ -952,7 +1043,7 @@ fn run_all(options: &Options) -> Vec<Scenario> {
         if let Door::Ws(url, Wire::SqlRooms) = door {
             add(
                 format!("{protocol} | CRDT fan-out: 1 update to 7 members"),
-                &mut |name| crdt_fanout(name, url, &rss, scale(300)),
+                &mut |name| crdt_fanout(name, std::slice::from_ref(url), &rss, scale(300)),
             );
         }
     }
