@@ -283,3 +283,57 @@ fn replicas_converge_after_redis_restarts_empty() {
         json!({"before":1,"while_down":2})
     );
 }
+
+/// The deployment the README describes: read-only replicas serving one DuckDB file (DuckDB
+/// lets several read-only processes open it), each with its own writable meta file for
+/// rooms, sharing rooms and channels through Redis.
+#[test]
+fn read_only_replicas_share_one_database_file_and_their_rooms() {
+    let Some(redis) = RedisServer::start("cluster-read-only") else {
+        return;
+    };
+    let dir = temp_dir("cluster-read-only-data");
+    let db = dir.join("shared.duckdb");
+    let db = db.to_str().unwrap();
+    {
+        let writer = ServerProcess::start(&["--db-path", db]);
+        writer
+            .connect()
+            .request(json!({"type":"exec","sql":"create table t as select 7 as a","queryId":1}));
+        assert!(writer.terminate().success());
+    }
+    let url = redis.url();
+    let metas: Vec<String> = ["a", "b"]
+        .iter()
+        .map(|r| dir.join(format!("meta-{r}.duckdb")).display().to_string())
+        .collect();
+    let servers: Vec<ServerProcess> = metas
+        .iter()
+        .map(|meta| {
+            ServerProcess::start(&[
+                "--db-path",
+                db,
+                "--read-only",
+                "--sync",
+                "--meta-db",
+                meta,
+                "--redis-url",
+                &url,
+            ])
+        })
+        .collect();
+    for server in &servers {
+        let reply = server
+            .connect()
+            .request(json!({"type":"json","sql":"select a from t","queryId":"r"}));
+        assert_eq!(reply["data"], "[{\"a\":7}]");
+    }
+    let mut a = servers[0].connect();
+    let mut b = servers[1].connect();
+    join_room(&mut a, "r");
+    join_room(&mut b, "r");
+    let change = loro_update("k", 1);
+    a.send_binary(change.clone());
+    assert_eq!(a.recv_json(), crdt_ack());
+    assert_eq!(relayed(&mut b), change);
+}
