@@ -38,6 +38,9 @@ pub enum Effect {
         snapshot: Vec<u8>,
         version: u64,
         log_seq: u64,
+        /// Cluster mode: the snapshot holds every entry of the room's shared log up to this
+        /// id (stored with it; entries below it may be trimmed).
+        covers: Option<String>,
     },
     /// Append an accepted change to the room's durable log under `seq` (increasing per
     /// room); report with `handle_room_update_appended` once it is durable. Its sender's

@@ -36,6 +36,8 @@ pub(crate) struct Room {
     /// With the inbound bytes of the change each holds until its append is durable (the
     /// update waits in the driver's append queue meanwhile: PROTOCOL §7's budget counts it).
     pending_acks: Vec<(u64, ConnId, ServerMessage, usize)>,
+    /// Cluster mode: every entry of the shared log up to this id is in `doc`.
+    shared_log_position: Option<String>,
 }
 
 /// What storage holds for a room: its last snapshot and the updates logged after it.
@@ -46,6 +48,8 @@ pub struct StoredRoom {
     pub updates: Vec<Vec<u8>>,
     /// The highest sequence number in the log (0 when empty); new appends continue after it.
     pub last_seq: u64,
+    /// Cluster mode: the id of the last entry of the room's shared log included above.
+    pub shared_log_position: Option<String>,
 }
 
 impl Room {
@@ -63,6 +67,7 @@ impl Room {
             latency_due: None,
             log_seq: 0,
             pending_acks: Vec::new(),
+            shared_log_position: None,
         }
     }
 
@@ -241,6 +246,7 @@ impl Server {
                     .map_err(|e| format!("logged update {} is corrupt: {e}", i + 1))?;
             }
             room.log_seq = stored.last_seq;
+            room.shared_log_position = stored.shared_log_position.clone();
             replayed = !stored.updates.is_empty();
             Ok(())
         });
@@ -498,11 +504,13 @@ impl Server {
             self.timers.cancel(&key);
         }
         let log_seq = room.log_seq;
+        let covers = room.shared_log_position.clone();
         self.push(Effect::PersistSnapshot {
             room_id: room_id.to_string(),
             snapshot,
             version,
             log_seq,
+            covers,
         });
     }
 
@@ -587,6 +595,14 @@ impl Server {
             self.send_frame(member, frame.clone(), now);
         }
         true
+    }
+
+    /// Cluster mode: every entry of the room's shared log up to `position` has been handed
+    /// to the core (imported, or applied here before it was appended).
+    pub(crate) fn shared_log_position(&mut self, room_id: &str, position: String) {
+        if let Some(room) = self.rooms.rooms.get_mut(room_id).filter(|r| r.loaded) {
+            room.shared_log_position = Some(position);
+        }
     }
 
     /// Cluster mode: the shared log may have lost entries (the broker restarted): every

@@ -412,6 +412,17 @@ impl Server {
         self.guarded(|server| server.remote_room_update(room_id, update, now))
     }
 
+    /// Cluster mode: every entry of the room's shared log up to `position` was delivered
+    /// (other replicas' as `handle_remote_room_update` before this call, this replica's
+    /// own are applied already): the room's next snapshot covers them.
+    pub fn handle_shared_log_position(
+        &mut self,
+        room_id: &str,
+        position: String,
+    ) -> Result<(), ServerError> {
+        self.guarded(|server| server.shared_log_position(room_id, position))
+    }
+
     /// Cluster mode: the broker connection came back (it may have lost entries): every
     /// loaded room is republished (`Effect::RepublishRoom`).
     pub fn handle_broker_reconnected(&mut self) -> Result<(), ServerError> {

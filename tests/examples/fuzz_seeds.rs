@@ -165,7 +165,7 @@ fn main() -> std::io::Result<()> {
         fuzzing::encode(&structured),
     )?;
 
-    // state_machine in cluster mode (a first byte ≥ 128 turns it on; 150 + tag keeps the
+    // state_machine in cluster mode (a first byte ≥ 128 turns it on; 156 + tag keeps the
     // first op's tag): subscriptions waiting for the broker, confirmations on time, stale
     // and repeated, deliveries of every kind, rooms with appends and remote changes.
     let cluster = vec![
@@ -272,13 +272,15 @@ fn main() -> std::io::Result<()> {
             corrupt: false,
         },
         Op::PersistMode { fail: false },
+        Op::SharedLogPosition { room: 0, entry: 7 },
+        Op::Tick { ms: 1000 },
         Op::BrokerReconnected,
         Op::Close { conn: 1 },
         Op::Tick { ms: 40000 },
         Op::Tick { ms: 40000 },
     ];
     let mut bytes = fuzzing::encode(&cluster);
-    bytes[0] += 150;
+    bytes[0] += 156;
     write("state_machine", "cluster-channels".into(), bytes)?;
 
     // crdt: members editing every kind of container, recorded updates, and damaged ones.

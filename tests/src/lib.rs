@@ -608,8 +608,9 @@ impl RedisServer {
         }
     }
 
-    /// Sends one command (RESP) and returns the first line of the answer and, for an array
-    /// answer, its elements on the following lines; `None` if Redis is not reachable.
+    /// Sends one command (RESP) and returns the answer: a status or integer line as sent
+    /// (`+OK`, `:3`), a bulk string's content (`(nil)` for none), or for an array the `*N`
+    /// line followed by its elements, one per line; `None` if Redis is not reachable.
     pub fn command(&self, args: &[&str]) -> Option<String> {
         let mut stream = std::os::unix::net::UnixStream::connect(&self.socket).ok()?;
         stream.set_read_timeout(Some(REPLY_TIMEOUT)).ok()?;
@@ -622,6 +623,14 @@ impl RedisServer {
         let mut first = String::new();
         reader.read_line(&mut first).ok()?;
         let first = first.trim_end().to_string();
+        if let Some(length) = first.strip_prefix('$') {
+            if length == "-1" {
+                return Some("(nil)".into());
+            }
+            let mut content = String::new();
+            reader.read_line(&mut content).ok()?;
+            return Some(content.trim_end().to_string());
+        }
         let Some(count) = first.strip_prefix('*') else {
             return Some(first);
         };

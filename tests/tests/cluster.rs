@@ -337,3 +337,110 @@ fn read_only_replicas_share_one_database_file_and_their_rooms() {
     assert_eq!(a.recv_json(), crdt_ack());
     assert_eq!(relayed(&mut b), change);
 }
+
+/// Polls Redis until `check` holds (saves follow edits asynchronously); panics after
+/// [`REPLY_TIMEOUT`].
+fn redis_until(redis: &RedisServer, what: &str, check: impl Fn(&RedisServer) -> bool) {
+    let deadline = std::time::Instant::now() + REPLY_TIMEOUT;
+    while !check(redis) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+fn field(redis: &RedisServer, key: &str, name: &str) -> Option<String> {
+    redis
+        .command(&["HGET", key, name])
+        .filter(|value| value != "(nil)")
+}
+
+/// A counter from the server's `/metrics`.
+fn metric(server: &ServerProcess, name: &str) -> f64 {
+    let (_, _, body) = get(&server.addr, "/metrics", "");
+    String::from_utf8(body)
+        .unwrap()
+        .lines()
+        .find_map(|line| line.strip_prefix(&format!("{name} ")).map(str::to_string))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+fn stream_length(redis: &RedisServer) -> usize {
+    redis
+        .command(&["XLEN", "duckwire:room:r"])
+        .and_then(|a| a.trim_start_matches(':').parse().ok())
+        .unwrap_or(usize::MAX)
+}
+
+#[test]
+fn one_replica_at_a_time_saves_the_shared_snapshot_and_the_stream_is_trimmed_below_it() {
+    let Some(redis) = RedisServer::start("cluster-snapshots") else {
+        return;
+    };
+    let servers = replicas(&redis, 2, &["--sync", "--save-debounce-ms", "50"]);
+    let mut a = servers[0].connect();
+    let mut b = servers[1].connect();
+    join_room(&mut a, "r");
+    join_room(&mut b, "r");
+    for i in 0..20 {
+        a.send_binary(loro_update(&format!("k{i}"), i));
+        assert_eq!(a.recv_json(), crdt_ack());
+        relayed(&mut b);
+    }
+    // Saved beside the stream by the lease holder, the stream trimmed below what it covers.
+    redis_until(&redis, "a shared snapshot covering the edits", |r| {
+        field(r, "duckwire:room:r:snapshot", "covers").is_some() && stream_length(r) <= 2
+    });
+    let lease = redis.command(&["GET", "duckwire:room:r:lease"]).unwrap();
+    assert_eq!(
+        lease.len(),
+        16,
+        "one replica (a 16-digit id) holds the save lease: {lease}"
+    );
+    let fence = field(&redis, "duckwire:room:r:snapshot", "fence").unwrap();
+
+    // A replica that never held the room loads snapshot + the rest of the stream.
+    let fresh = replicas(&redis, 1, &["--sync"]);
+    let mut late = fresh[0].connect();
+    let state = join_room(&mut late, "r");
+    for i in 0..20 {
+        assert_eq!(state[format!("k{i}")], json!(i));
+    }
+
+    // A holder whose lease was taken over is refused: nothing it saves lands. Each replica
+    // counts the saves it left to the lease holder; wait for both to have tried.
+    redis.command(&["SET", "duckwire:room:r:lease", "intruder"]);
+    let covers = field(&redis, "duckwire:room:r:snapshot", "covers");
+    let skipped =
+        |server: &ServerProcess| metric(server, "duckwire_shared_snapshots_skipped_total");
+    let before: Vec<f64> = servers.iter().map(skipped).collect();
+    for i in 20..25 {
+        a.send_binary(loro_update(&format!("k{i}"), i));
+        assert_eq!(a.recv_json(), crdt_ack());
+    }
+    let deadline = std::time::Instant::now() + REPLY_TIMEOUT;
+    while servers.iter().zip(&before).any(|(s, b)| skipped(s) <= *b) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no save attempt after the edits"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(field(&redis, "duckwire:room:r:snapshot", "covers"), covers);
+    assert_eq!(
+        field(&redis, "duckwire:room:r:snapshot", "fence").as_deref(),
+        Some(fence.as_str())
+    );
+    // Once the lease is free again, the next save takes it with a higher fencing number.
+    redis.command(&["DEL", "duckwire:room:r:lease"]);
+    a.send_binary(loro_update("k25", 25));
+    assert_eq!(a.recv_json(), crdt_ack());
+    redis_until(&redis, "a save under a new lease", |r| {
+        field(r, "duckwire:room:r:snapshot", "fence")
+            .and_then(|f| f.parse::<u64>().ok())
+            .is_some_and(|f| f > fence.parse().unwrap())
+    });
+}

@@ -64,7 +64,29 @@ pub enum Control {
         room_id: String,
         state: Bytes,
     },
+    /// A snapshot holding every entry of the room's shared log up to `covers`.
+    SaveSnapshot {
+        room_id: String,
+        state: Bytes,
+        covers: String,
+    },
 }
+
+/// How long a replica's right to save a room's snapshot lasts without a save renewing it.
+const SAVE_LEASE_MS: u64 = 30_000;
+
+/// Stores a room's snapshot if the caller still holds the room's save lease and its fencing
+/// number is not older than the stored snapshot's, then trims the stream below the id the
+/// snapshot covers. KEYS: lease, snapshot hash, stream. ARGV: replica id, fencing number,
+/// state, covered id. Returns 1 when saved.
+const SAVE_SNAPSHOT_SCRIPT: &str = r"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+local stored = tonumber(redis.call('HGET', KEYS[2], 'fence') or '0')
+if tonumber(ARGV[2]) < stored then return 0 end
+redis.call('HSET', KEYS[2], 'state', ARGV[3], 'covers', ARGV[4], 'fence', ARGV[2])
+redis.call('XTRIM', KEYS[3], 'MINID', ARGV[4])
+return 1
+";
 
 /// The driver's handle on the broker task.
 pub struct Broker {
@@ -80,6 +102,7 @@ impl Broker {
         prefix: &str,
         replica_id: &str,
         driver: async_channel::Sender<DriverInput>,
+        metrics: Arc<crate::metrics::Metrics>,
     ) -> Result<Broker, String> {
         // `rediss://`: rustls needs a process-wide crypto provider; ours is ring, as for
         // --tls-cert (an error only means one is installed already).
@@ -111,6 +134,8 @@ impl Broker {
             followed,
             follow_changed,
             connected_before: false,
+            fences: BTreeMap::new(),
+            metrics,
         };
         crate::spawn(task.run()).detach();
         Ok(Broker {
@@ -156,6 +181,9 @@ struct BrokerTask {
     follow_changed: async_channel::Sender<()>,
     /// Whether a connection was made before (a reconnect republishes the rooms).
     connected_before: bool,
+    /// Fencing numbers of the save leases this replica took, by room.
+    fences: BTreeMap<String, u64>,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// What woke the connected loop.
@@ -224,8 +252,8 @@ impl BrokerTask {
                 )),
             ),
             Control::Unfollow { room_id } => self.unfollow(&room_id),
-            // Republished at the reconnection anyway.
-            Control::Republish { .. } => {}
+            // Republished at the reconnection anyway; saved again at the next save.
+            Control::Republish { .. } | Control::SaveSnapshot { .. } => {}
         }
     }
 
@@ -276,28 +304,106 @@ impl BrokerTask {
             .await
     }
 
-    /// The room's local snapshot and log, plus every entry of its stream; the id of the
-    /// last entry (where following starts).
+    /// The room's local snapshot and log, plus its shared snapshot and the stream's entries
+    /// after the id that snapshot covers; the id of the last entry (where following starts).
     async fn with_shared_log(
         &self,
         connection: &mut redis::aio::MultiplexedConnection,
         room_id: &str,
         mut stored: StoredRoom,
     ) -> redis::RedisResult<(StoredRoom, String)> {
+        let key = format!("{}{room_id}", self.rooms_prefix);
+        let shared: std::collections::HashMap<String, Vec<u8>> = redis::cmd("HGETALL")
+            .arg(format!("{key}:snapshot"))
+            .query_async(connection)
+            .await?;
+        let covers = shared
+            .get("covers")
+            .and_then(|id| String::from_utf8(id.clone()).ok());
+        if let Some(state) = shared.get("state") {
+            stored.updates.push(state.clone());
+        }
+        // Entries after the covered id (exclusive range); all of them without a snapshot.
+        let start = covers
+            .as_ref()
+            .map_or("-".to_string(), |id| format!("({id}"));
         let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
-            .arg(format!("{}{room_id}", self.rooms_prefix))
-            .arg("-")
+            .arg(&key)
+            .arg(start)
             .arg("+")
             .query_async(connection)
             .await?;
-        let mut last = "0-0".to_string();
+        let mut last = covers.unwrap_or_else(|| "0-0".to_string());
         for entry in reply.ids {
             if let Some(update) = entry_update(&entry) {
                 stored.updates.push(update);
             }
             last = entry.id;
         }
+        stored.shared_log_position = Some(last.clone());
         Ok((stored, last))
+    }
+
+    /// Saves a room's snapshot beside its stream if this replica holds (or takes) the room's
+    /// save lease; `Ok(false)` when another replica holds it or the save was refused as stale.
+    async fn save_snapshot(
+        &mut self,
+        connection: &mut redis::aio::MultiplexedConnection,
+        room_id: &str,
+        state: &[u8],
+        covers: &str,
+    ) -> redis::RedisResult<bool> {
+        let key = format!("{}{room_id}", self.rooms_prefix);
+        let lease = format!("{key}:lease");
+        let taken: Option<String> = redis::cmd("SET")
+            .arg(&lease)
+            .arg(&self.replica_id)
+            .arg("NX")
+            .arg("PX")
+            .arg(SAVE_LEASE_MS)
+            .query_async(connection)
+            .await?;
+        let fence = if taken.is_some() {
+            // A new lease: a fencing number above every earlier holder's.
+            let fence: u64 = redis::cmd("INCR")
+                .arg(format!("{key}:fence"))
+                .query_async(connection)
+                .await?;
+            self.fences.insert(room_id.to_string(), fence);
+            fence
+        } else {
+            let holder: Option<String> = redis::cmd("GET")
+                .arg(&lease)
+                .query_async(connection)
+                .await?;
+            match (
+                holder.as_deref() == Some(self.replica_id.as_str()),
+                self.fences.get(room_id),
+            ) {
+                (true, Some(fence)) => {
+                    let _: i64 = redis::cmd("PEXPIRE")
+                        .arg(&lease)
+                        .arg(SAVE_LEASE_MS)
+                        .query_async(connection)
+                        .await?;
+                    *fence
+                }
+                _ => return Ok(false), // another replica saves this room
+            }
+        };
+        let saved: i64 = redis::cmd("EVAL")
+            .arg(SAVE_SNAPSHOT_SCRIPT)
+            .arg(3)
+            .arg(&lease)
+            .arg(format!("{key}:snapshot"))
+            .arg(&key)
+            .arg(&self.replica_id)
+            .arg(fence)
+            .arg(state)
+            .arg(covers)
+            .query_async(connection)
+            .await?;
+        Ok(saved == 1)
     }
 
     fn confirm(&self, channel: String, token: u64) {
@@ -402,6 +508,21 @@ impl BrokerTask {
                 Event::Control(Control::Unfollow { room_id }) => self.unfollow(&room_id),
                 Event::Control(Control::Republish { room_id, state }) => {
                     self.append_entry(&mut publisher, &room_id, &state).await?;
+                }
+                Event::Control(Control::SaveSnapshot {
+                    room_id,
+                    state,
+                    covers,
+                }) => {
+                    let saved = self
+                        .save_snapshot(&mut publisher, &room_id, &state, &covers)
+                        .await?;
+                    tracing::debug!(room_id, covers, saved, "shared room snapshot");
+                    if saved {
+                        self.metrics.shared_snapshots_saved.inc();
+                    } else {
+                        self.metrics.shared_snapshots_skipped.inc();
+                    }
                 }
                 Event::Publish(channel, message) => {
                     redis::cmd("PUBLISH")
@@ -513,7 +634,9 @@ impl Follower {
                 let Some(room_id) = stream.key.strip_prefix(&self.rooms_prefix) else {
                     continue;
                 };
+                let mut position = None;
                 for entry in &stream.ids {
+                    position = Some(entry.id.clone());
                     {
                         let mut followed = self.followed.lock().unwrap_or_else(|e| e.into_inner());
                         match followed.get_mut(room_id) {
@@ -530,6 +653,16 @@ impl Follower {
                     let input = DriverInput::RemoteRoomUpdate {
                         room_id: room_id.to_string(),
                         update: Bytes::from(update),
+                    };
+                    if self.driver.send(input).await.is_err() {
+                        return Ok(());
+                    }
+                }
+                // After the batch's updates: the core's snapshots cover them from now on.
+                if let Some(position) = position {
+                    let input = DriverInput::SharedLogPosition {
+                        room_id: room_id.to_string(),
+                        position,
                     };
                     if self.driver.send(input).await.is_err() {
                         return Ok(());

@@ -151,6 +151,11 @@ pub enum DriverInput {
         room_id: String,
         update: Bytes,
     },
+    /// Cluster mode: every entry of a room's shared log up to `position` was delivered.
+    SharedLogPosition {
+        room_id: String,
+        position: String,
+    },
     /// Cluster mode: the Redis connection is back after a loss.
     BrokerReconnected,
     /// Begin shutdown; `done` is signalled once every dirty room is saved.
@@ -406,6 +411,9 @@ impl Driver {
                 }
                 Ok(())
             }),
+            DriverInput::SharedLogPosition { room_id, position } => {
+                self.call_core(|server| server.handle_shared_log_position(&room_id, position))
+            }
             DriverInput::BrokerReconnected => {
                 self.call_core(|server| server.handle_broker_reconnected())
             }
@@ -544,12 +552,24 @@ impl Driver {
                     snapshot,
                     version,
                     log_seq,
-                } => self.meta.submit(MetaJob::Persist {
-                    room_id,
-                    snapshot,
-                    version,
-                    log_seq,
-                }),
+                    covers,
+                } => {
+                    // Cluster mode: also beside the room's shared log, by whichever replica
+                    // holds the room's save lease (the local copy is this replica's own).
+                    if let (Some(broker), Some(covers)) = (&self.broker, covers) {
+                        broker.control(Control::SaveSnapshot {
+                            room_id: room_id.clone(),
+                            state: Bytes::from(snapshot.clone()),
+                            covers,
+                        });
+                    }
+                    self.meta.submit(MetaJob::Persist {
+                        room_id,
+                        snapshot,
+                        version,
+                        log_seq,
+                    })
+                }
                 Effect::AppendRoomUpdate {
                     room_id,
                     seq,

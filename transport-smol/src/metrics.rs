@@ -41,6 +41,10 @@ pub struct Metrics {
     pub inbound_bytes: UGauge,
     pub bytes_in: Counter,
     pub bytes_out: Counter,
+    /// Cluster mode: shared room snapshot saves this replica made, or skipped because
+    /// another replica holds the room's save lease (or its own was taken over).
+    pub shared_snapshots_saved: Counter,
+    pub shared_snapshots_skipped: Counter,
 }
 
 impl Default for Metrics {
@@ -60,6 +64,8 @@ impl Default for Metrics {
             inbound_bytes: UGauge::default(),
             bytes_in: Counter::default(),
             bytes_out: Counter::default(),
+            shared_snapshots_saved: Counter::default(),
+            shared_snapshots_skipped: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -126,6 +132,16 @@ impl Default for Metrics {
             "duckwire_bytes_out",
             "Payload bytes sent (WebSocket messages, HTTP bodies)",
             metrics.bytes_out.clone(),
+        );
+        registry.register(
+            "duckwire_shared_snapshots_saved",
+            "Cluster mode: room snapshots saved beside the room's Redis Stream by this replica",
+            metrics.shared_snapshots_saved.clone(),
+        );
+        registry.register(
+            "duckwire_shared_snapshots_skipped",
+            "Cluster mode: room snapshot saves left to the replica holding the room's save lease",
+            metrics.shared_snapshots_skipped.clone(),
         );
         // Every query label pair shows from the start, at zero.
         for kind in ["arrow", "json", "exec", "upload"] {

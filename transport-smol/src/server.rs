@@ -328,6 +328,7 @@ pub fn run(
                     &config.redis_prefix,
                     &replica_id,
                     driver_tx.clone(),
+                    metrics.clone(),
                 )
                 .map_err(StartError::Flags)?,
             )

@@ -197,3 +197,49 @@ fn single_node_mode_asks_nothing_of_a_broker() {
     assert!(publications(&effects).is_empty());
     assert!(!h.server.handle_remote_notify("c", b"{}", h.now()).unwrap());
 }
+
+#[test]
+fn a_room_snapshot_covers_the_shared_log_delivered_before_it() {
+    let mut h = Harness::new(Config {
+        replica_id: Some("b".into()),
+        sync_enabled: true,
+        durable_room_log: true,
+        ..Config::default()
+    });
+    h.open(1);
+    h.text(1, json!({"type":"crdt-join","roomId":"r"}));
+    let stored = crate::StoredRoom {
+        shared_log_position: Some("5-0".into()),
+        ..crate::StoredRoom::default()
+    };
+    h.server
+        .handle_room_loaded("r", Ok(stored), h.now())
+        .unwrap();
+    h.drain();
+    let update = super::harness::loro_update(9, "k", 1);
+    assert!(h
+        .server
+        .handle_remote_room_update("r", Bytes::from(update.clone()), h.now())
+        .unwrap());
+    let relayed = super::harness::sent_binary(&h.drain(), 1);
+    assert_eq!(
+        relayed,
+        vec![Bytes::from(update)],
+        "the member gets the change"
+    );
+    h.server
+        .handle_shared_log_position("r", "9-0".into())
+        .unwrap();
+    // The save after the debounce covers the position delivered before it.
+    h.now += 10_000;
+    h.server.handle_timeout(h.now()).unwrap();
+    let covers: Vec<Option<String>> = h
+        .drain()
+        .into_iter()
+        .filter_map(|e| match e {
+            Effect::PersistSnapshot { covers, .. } => Some(covers),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(covers, vec![Some("9-0".to_string())]);
+}

@@ -103,6 +103,7 @@ fn a_room_loads_as_snapshot_plus_log_continues_its_sequence_and_compacts_on_save
         snapshot: Some(loro_update(1, "a", 1)),
         updates: vec![loro_update(2, "b", 2), loro_update(3, "c", 3)],
         last_seq: 7,
+        shared_log_position: None,
     };
     let mut h = joined(&[1], stored);
     let expected = loro::LoroDoc::new();
@@ -136,6 +137,7 @@ fn a_corrupt_logged_update_refuses_the_join() {
         snapshot: None,
         updates: vec![b"not loro".to_vec()],
         last_seq: 1,
+        shared_log_position: None,
     };
     h.server
         .handle_room_loaded("r", Ok(stored), h.now())

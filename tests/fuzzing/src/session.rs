@@ -153,9 +153,14 @@ pub enum Op {
     },
     /// The broker connection came back.
     BrokerReconnected,
+    /// The shared log of a room was delivered up to entry `entry`.
+    SharedLogPosition {
+        room: u8,
+        entry: u8,
+    },
 }
 
-const OP_KINDS: u8 = 25;
+const OP_KINDS: u8 = 26;
 
 impl Op {
     pub fn read(u: &mut Unstructured<'_>) -> Op {
@@ -248,6 +253,10 @@ impl Op {
                 corrupt: flag(u),
             },
             24 => Op::BrokerReconnected,
+            25 => Op::SharedLogPosition {
+                room: byte(u) % 2,
+                entry: byte(u),
+            },
             _ => Op::Shutdown,
         }
     }
@@ -323,6 +332,7 @@ impl super::Encode for Op {
                 corrupt,
             } => out.extend([23, *room, *key, *value, b(*corrupt)]),
             Op::BrokerReconnected => out.push(24),
+            Op::SharedLogPosition { room, entry } => out.extend([25, *room, *entry]),
         }
     }
 }
@@ -688,6 +698,10 @@ impl<'t> Session<'t> {
                 }
             }
             Op::BrokerReconnected => Self::checked(self.server.handle_broker_reconnected())?,
+            Op::SharedLogPosition { room, entry } => Self::checked(
+                self.server
+                    .handle_shared_log_position(&format!("r{room}"), format!("{entry}-0")),
+            )?,
             Op::Subscribe { conn, channel } => self.text(
                 conn.into(),
                 json!({"type":"subscribe","channel":format!("c{channel}")}),
