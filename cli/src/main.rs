@@ -136,6 +136,9 @@ struct Args {
     /// namespace of the Redis channels and streams (default: duckwire)
     #[argh(option, default = "String::from(\"duckwire\")")]
     redis_prefix: String,
+    /// PEM CA certificate to trust for a rediss:// Redis (default: the system's roots)
+    #[argh(option)]
+    redis_ca: Option<PathBuf>,
     /// print name, version, DuckDB version and build, then exit
     #[argh(switch)]
     version: bool,
@@ -253,6 +256,7 @@ fn config_from(args: Args) -> Result<ServerConfig, String> {
         tls,
         redis_url: args.redis_url,
         redis_prefix: args.redis_prefix,
+        redis_ca: args.redis_ca,
         http_head_timeout: args
             .http_head_timeout_ms
             .map(|ms| std::time::Duration::from_millis(ms as u64)),

@@ -540,18 +540,33 @@ impl HttpConnection {
     }
 }
 
+/// A free TCP port on the loopback interface (for servers that cannot take port 0).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
 /// A real `redis-server` (Debian's) on a Unix socket in a temporary directory, for the
 /// cluster tests; killed when dropped.
 pub struct RedisServer {
     child: Option<Child>,
     pub socket: PathBuf,
     dir: PathBuf,
+    /// More `redis-server` arguments (TLS).
+    extra: Vec<String>,
 }
 
 impl RedisServer {
     /// `None`, with a message saying why, when `redis-server` is not installed (CI installs
     /// it; the tests then skip instead of failing on a machine without it).
     pub fn start(name: &str) -> Option<RedisServer> {
+        Self::start_with(name, &[])
+    }
+
+    /// [`RedisServer::start`] with more `redis-server` arguments.
+    pub fn start_with(name: &str, extra: &[String]) -> Option<RedisServer> {
         let installed = Command::new("redis-server")
             .arg("--version")
             .stdout(Stdio::null())
@@ -567,6 +582,7 @@ impl RedisServer {
             child: None,
             socket,
             dir,
+            extra: extra.to_vec(),
         };
         server.restart();
         Some(server)
@@ -586,6 +602,7 @@ impl RedisServer {
             .arg(&self.socket)
             .args(["--save", "", "--appendonly", "no", "--dir"])
             .arg(&self.dir)
+            .args(&self.extra)
             .stdout(Stdio::null())
             .spawn()
             .expect("start redis-server");

@@ -444,3 +444,39 @@ fn one_replica_at_a_time_saves_the_shared_snapshot_and_the_stream_is_trimmed_bel
             .is_some_and(|f| f > fence.parse().unwrap())
     });
 }
+
+/// `rediss://` with `--redis-ca`: Redis serving TLS with a certificate of a private CA (made
+/// by the test), replicas trusting that CA and nothing else.
+#[test]
+fn replicas_reach_redis_over_tls_trusting_a_private_ca() {
+    let dir = temp_dir("cluster-tls-certs");
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    let cert = dir.join("redis.pem");
+    let key = dir.join("redis-key.pem");
+    std::fs::write(&cert, certified.cert.pem()).unwrap();
+    std::fs::write(&key, certified.signing_key.serialize_pem()).unwrap();
+    let port = free_port();
+    let tls = [
+        "--tls-port".to_string(),
+        port.to_string(),
+        "--tls-cert-file".into(),
+        cert.display().to_string(),
+        "--tls-key-file".into(),
+        key.display().to_string(),
+        "--tls-auth-clients".into(),
+        "no".into(),
+    ];
+    let Some(redis) = RedisServer::start_with("cluster-tls", &tls) else {
+        return;
+    };
+    let url = format!("rediss://localhost:{port}/");
+    let ca = cert.display().to_string();
+    let start = || ServerProcess::start(&["--redis-url", &url, "--redis-ca", &ca]);
+    let (a, b) = (start(), start());
+    let mut on_b = b.connect();
+    subscribe(&mut on_b, "c");
+    assert_eq!(redis.subscribers(CHANNEL), 1, "subscribed over TLS");
+    let mut sender = a.connect();
+    notify(&mut sender, "c", json!("over tls"));
+    assert_eq!(on_b.recv_json(), notified(json!("over tls")));
+}

@@ -100,6 +100,7 @@ impl Broker {
     pub fn start(
         url: &str,
         prefix: &str,
+        redis_ca: Option<&std::path::Path>,
         replica_id: &str,
         driver: async_channel::Sender<DriverInput>,
         metrics: Arc<crate::metrics::Metrics>,
@@ -107,7 +108,22 @@ impl Broker {
         // `rediss://`: rustls needs a process-wide crypto provider; ours is ring, as for
         // --tls-cert (an error only means one is installed already).
         let _ = futures_rustls::rustls::crypto::ring::default_provider().install_default();
-        let client = redis::Client::open(url).map_err(|e| format!("--redis-url {url}: {e}"))?;
+        let client = match redis_ca {
+            None => redis::Client::open(url),
+            // A Redis with a certificate from a private CA (`rediss://`): trust that CA.
+            Some(ca) => {
+                let root_cert =
+                    std::fs::read(ca).map_err(|e| format!("--redis-ca {}: {e}", ca.display()))?;
+                redis::Client::build_with_tls(
+                    url,
+                    redis::TlsCertificates {
+                        client_tls: None,
+                        root_cert: Some(root_cert),
+                    },
+                )
+            }
+        }
+        .map_err(|e| format!("--redis-url {url}: {e}"))?;
         let (control, control_rx) = async_channel::unbounded();
         let (publications, publications_rx) = async_channel::bounded(PUBLISH_QUEUE);
         let followed = Arc::new(Mutex::new(BTreeMap::new()));

@@ -40,6 +40,8 @@ pub struct ServerConfig {
     pub redis_url: Option<String>,
     /// `--redis-prefix`: namespace of every Redis key and channel duckwire uses.
     pub redis_prefix: String,
+    /// `--redis-ca`: PEM CA certificate trusted for `rediss://` (else the system's roots).
+    pub redis_ca: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -77,6 +79,7 @@ impl Default for ServerConfig {
             tls: None,
             redis_url: None,
             redis_prefix: "duckwire".into(),
+            redis_ca: None,
         }
     }
 }

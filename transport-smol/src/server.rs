@@ -326,6 +326,7 @@ pub fn run(
                 crate::broker::Broker::start(
                     url,
                     &config.redis_prefix,
+                    config.redis_ca.as_deref(),
                     &replica_id,
                     driver_tx.clone(),
                     metrics.clone(),
