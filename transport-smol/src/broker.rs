@@ -149,7 +149,7 @@ impl Broker {
             wanted: BTreeMap::new(),
             followed,
             follow_changed,
-            connected_before: false,
+            sessions: 0,
             fences: BTreeMap::new(),
             metrics,
         };
@@ -195,8 +195,8 @@ struct BrokerTask {
     /// Rooms loaded here, with the last stream entry id seen (shared with the follower).
     followed: Arc<Mutex<BTreeMap<String, String>>>,
     follow_changed: async_channel::Sender<()>,
-    /// Whether a connection was made before (a reconnect republishes the rooms).
-    connected_before: bool,
+    /// Connections made so far (a reconnection republishes the rooms).
+    sessions: u64,
     /// Fencing numbers of the save leases this replica took, by room.
     fences: BTreeMap<String, u64>,
     metrics: Arc<crate::metrics::Metrics>,
@@ -217,9 +217,14 @@ impl BrokerTask {
     async fn run(mut self) {
         let mut backoff = RECONNECT_MIN;
         loop {
+            let sessions_before = self.sessions;
             match self.connected().await {
                 Ok(()) => return,
                 Err(e) => tracing::warn!(url = self.url, "Redis unavailable: {e}"),
+            }
+            if self.sessions > sessions_before {
+                // It was up for a while: retry soon, not after the last backoff.
+                backoff = RECONNECT_MIN;
             }
             // Down: keep the core's requests answered until the next attempt.
             let retry_at = std::time::Instant::now() + backoff;
@@ -459,7 +464,8 @@ impl BrokerTask {
             self.confirm(channel, token);
         }
         tracing::info!(url = self.url, "connected to Redis");
-        if std::mem::replace(&mut self.connected_before, true) {
+        self.sessions += 1;
+        if self.sessions > 1 {
             // Redis may have restarted empty: the rooms here go to it once more.
             let _ = self.driver.try_send(DriverInput::BrokerReconnected);
         }
