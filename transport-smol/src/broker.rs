@@ -160,14 +160,6 @@ impl Broker {
         })
     }
 
-    pub fn subscribe(&self, channel: String, token: u64) {
-        let _ = self.control.try_send(Control::Subscribe { channel, token });
-    }
-
-    pub fn unsubscribe(&self, channel: String) {
-        let _ = self.control.try_send(Control::Unsubscribe { channel });
-    }
-
     pub fn control(&self, request: Control) {
         let _ = self.control.try_send(request);
     }

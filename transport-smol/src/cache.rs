@@ -204,6 +204,26 @@ impl ResultCache {
     }
 }
 
+/// The answer a cached value gives a query of `kind`: the Arrow frame (`arrow_header`, empty
+/// for bare IPC answers, then the stored stream; no copy without a header), or the rows.
+pub fn cached_outcome(
+    kind: duckwire_core::QueryKind,
+    arrow_header: &Bytes,
+    value: CachedValue,
+) -> duckwire_core::QueryOutcome {
+    use duckwire_core::{QueryKind, QueryOutcome};
+    match kind {
+        QueryKind::Arrow if arrow_header.is_empty() => QueryOutcome::Arrow(value),
+        QueryKind::Arrow => {
+            let mut frame = Vec::with_capacity(arrow_header.len() + value.len());
+            frame.extend_from_slice(arrow_header);
+            frame.extend_from_slice(&value);
+            QueryOutcome::Arrow(Bytes::from(frame))
+        }
+        _ => QueryOutcome::Json(String::from_utf8_lossy(&value).into_owned()),
+    }
+}
+
 fn clear_dir(dir: &std::path::Path) {
     if let Ok(entries) = std::fs::read_dir(dir) {
         for entry in entries.flatten() {

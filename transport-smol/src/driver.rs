@@ -11,7 +11,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use duckwire_core::{
     close_code, ConnId, ConnectionInfo, Effect, Frame, HttpRequest, HttpResponse, Millis,
-    QueryHandle, QueryKind, QueryOutcome, RunQuery, Server, ServerError,
+    QueryHandle, QueryOutcome, RunQuery, Server, ServerError,
 };
 
 use crate::broker::Control;
@@ -474,16 +474,7 @@ impl Driver {
         let value = self
             .cache
             .memory_hit(&(run.kind.as_str(), run.sql.clone()))?;
-        let outcome = match run.kind {
-            QueryKind::Arrow if run.arrow_header.is_empty() => QueryOutcome::Arrow(value),
-            QueryKind::Arrow => {
-                let mut frame = Vec::with_capacity(run.arrow_header.len() + value.len());
-                frame.extend_from_slice(&run.arrow_header);
-                frame.extend_from_slice(&value);
-                QueryOutcome::Arrow(Bytes::from(frame))
-            }
-            _ => QueryOutcome::Json(String::from_utf8_lossy(&value).into_owned()),
-        };
+        let outcome = crate::cache::cached_outcome(run.kind, &run.arrow_header, value);
         self.metrics
             .record_query(run.kind.as_str(), "ok", started.elapsed().as_secs_f64());
         Some(outcome)
@@ -615,12 +606,12 @@ impl Driver {
                 Effect::InvalidateCache => self.cache.invalidate(),
                 Effect::BrokerSubscribe { channel, token } => {
                     if let Some(broker) = &self.broker {
-                        broker.subscribe(channel, token);
+                        broker.control(Control::Subscribe { channel, token });
                     }
                 }
                 Effect::BrokerUnsubscribe { channel } => {
                     if let Some(broker) = &self.broker {
-                        broker.unsubscribe(channel);
+                        broker.control(Control::Unsubscribe { channel });
                     }
                 }
                 Effect::PublishNotify { channel, message } => {

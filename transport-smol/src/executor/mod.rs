@@ -519,16 +519,10 @@ impl Worker {
             return Ok(done);
         }
         // Served from the cache.
-        let outcome = match kind {
-            QueryKind::Arrow => {
-                let mut frame = Vec::with_capacity(arrow_header.len() + value.len());
-                frame.extend_from_slice(arrow_header);
-                frame.extend_from_slice(&value);
-                QueryOutcome::Arrow(Bytes::from(frame))
-            }
-            _ => QueryOutcome::Json(String::from_utf8_lossy(&value).into_owned()),
-        };
-        Ok((outcome, false))
+        Ok((
+            crate::cache::cached_outcome(kind, arrow_header, value),
+            false,
+        ))
     }
 
     fn upload(
