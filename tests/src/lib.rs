@@ -540,6 +540,27 @@ impl HttpConnection {
     }
 }
 
+/// Runs the binary with `args`, expecting it to refuse to start; returns its stderr.
+pub fn refused_start(args: &[&str]) -> String {
+    let output = Command::new(binary())
+        .args(["--port", "0", "--log-level", "error"])
+        .args(args)
+        .output()
+        .expect("run duckwire");
+    assert!(!output.status.success(), "started with {args:?}");
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// Creates the database file `db` with `sql` run through a server that then stops cleanly
+/// (for tests of servers that open the file afterwards).
+pub fn database_with(db: &str, sql: &str) {
+    let writer = ServerProcess::start(&["--db-path", db]);
+    writer
+        .connect()
+        .request(serde_json::json!({"type":"exec","sql":sql,"queryId":1}));
+    assert!(writer.terminate().success());
+}
+
 /// A free TCP port on the loopback interface (for servers that cannot take port 0).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

@@ -149,11 +149,6 @@ fn crdt_ack() -> Value {
     json!({"type":"crdt-update-ack","roomId":"r"})
 }
 
-/// Reads until the next binary message (a relayed update), skipping nothing else.
-fn relayed(client: &mut Client) -> Vec<u8> {
-    client.recv_binary()
-}
-
 #[test]
 fn room_edits_reach_members_on_every_replica_and_late_joiners_anywhere() {
     let Some(redis) = RedisServer::start("cluster-rooms") else {
@@ -169,13 +164,13 @@ fn room_edits_reach_members_on_every_replica_and_late_joiners_anywhere() {
     let from_a = loro_update("a", 1);
     a.send_binary(from_a.clone());
     assert_eq!(a.recv_json(), crdt_ack());
-    assert_eq!(relayed(&mut b), from_a, "B's member gets A's change");
-    assert_eq!(relayed(&mut c), from_a, "C's member gets A's change");
+    assert_eq!(b.recv_binary(), from_a, "B's member gets A's change");
+    assert_eq!(c.recv_binary(), from_a, "C's member gets A's change");
     let from_b = loro_update("b", 2);
     b.send_binary(from_b.clone());
     assert_eq!(b.recv_json(), crdt_ack());
-    assert_eq!(relayed(&mut a), from_b);
-    assert_eq!(relayed(&mut c), from_b);
+    assert_eq!(a.recv_binary(), from_b);
+    assert_eq!(c.recv_binary(), from_b);
 
     // A late joiner on a replica holding the room, and on one that never loaded it.
     let mut late = servers[2].connect();
@@ -238,7 +233,7 @@ fn replicas_converge_after_redis_restarts_empty() {
     let first = loro_update("before", 1);
     a.send_binary(first.clone());
     assert_eq!(a.recv_json(), crdt_ack());
-    assert_eq!(relayed(&mut b), first);
+    assert_eq!(b.recv_binary(), first);
 
     redis.stop();
     // Without the shared log a change is applied here but never acknowledged.
@@ -268,7 +263,7 @@ fn replicas_converge_after_redis_restarts_empty() {
 
     redis.restart(); // empty: no persistence
                      // A republishes the room's whole state; B imports it and relays it to its member.
-    let state = relayed(&mut b);
+    let state = b.recv_binary();
     let doc = loro::LoroDoc::new();
     for bytes in [&first[..], &state[..]] {
         doc.import(bytes).unwrap();
@@ -295,13 +290,7 @@ fn read_only_replicas_share_one_database_file_and_their_rooms() {
     let dir = temp_dir("cluster-read-only-data");
     let db = dir.join("shared.duckdb");
     let db = db.to_str().unwrap();
-    {
-        let writer = ServerProcess::start(&["--db-path", db]);
-        writer
-            .connect()
-            .request(json!({"type":"exec","sql":"create table t as select 7 as a","queryId":1}));
-        assert!(writer.terminate().success());
-    }
+    database_with(db, "create table t as select 7 as a");
     let url = redis.url();
     let metas: Vec<String> = ["a", "b"]
         .iter()
@@ -335,7 +324,7 @@ fn read_only_replicas_share_one_database_file_and_their_rooms() {
     let change = loro_update("k", 1);
     a.send_binary(change.clone());
     assert_eq!(a.recv_json(), crdt_ack());
-    assert_eq!(relayed(&mut b), change);
+    assert_eq!(b.recv_binary(), change);
 }
 
 /// Polls Redis until `check` holds (saves follow edits asynchronously); panics after
@@ -388,7 +377,7 @@ fn one_replica_at_a_time_saves_the_shared_snapshot_and_the_stream_is_trimmed_bel
     for i in 0..20 {
         a.send_binary(loro_update(&format!("k{i}"), i));
         assert_eq!(a.recv_json(), crdt_ack());
-        relayed(&mut b);
+        b.recv_binary();
     }
     // Saved beside the stream by the lease holder, the stream trimmed below what it covers.
     redis_until(&redis, "a shared snapshot covering the edits", |r| {

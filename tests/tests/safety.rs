@@ -1,21 +1,8 @@
 //! Safe to expose (PROTOCOL §1, §3, §7): query timeouts, read-only mode, the file sandbox,
 //! a memory limit and init SQL, each refusal a clear error naming its flag.
 
-use std::process::Command;
-
 use duckwire_tests::*;
 use serde_json::{json, Value};
-
-/// Runs the binary with `args`, expecting it to refuse to start; returns its stderr.
-fn refused_start(args: &[&str]) -> String {
-    let output = Command::new(binary())
-        .args(["--port", "0", "--log-level", "error"])
-        .args(args)
-        .output()
-        .expect("run duckwire");
-    assert!(!output.status.success(), "started with {args:?}");
-    String::from_utf8_lossy(&output.stderr).into_owned()
-}
 
 fn error_of(reply: &Value) -> String {
     reply["error"].as_str().unwrap_or_default().to_string()
@@ -51,13 +38,7 @@ fn read_only_serves_reads_refuses_writes_and_lets_several_processes_share_a_file
     let dir = temp_dir("read-only");
     let db = dir.join("shared.duckdb");
     let db = db.to_str().unwrap();
-    {
-        let writer = ServerProcess::start(&["--db-path", db]);
-        writer
-            .connect()
-            .request(json!({"type":"exec","sql":"create table t as select 1 as a","queryId":1}));
-        assert!(writer.terminate().success());
-    }
+    database_with(db, "create table t as select 1 as a");
     let first = ServerProcess::start(&["--db-path", db, "--read-only"]);
     let second = ServerProcess::start(&["--db-path", db, "--read-only"]);
     for server in [&first, &second] {
@@ -92,13 +73,7 @@ fn read_only_serves_reads_refuses_writes_and_lets_several_processes_share_a_file
 fn read_only_rooms_need_a_writable_meta_db() {
     let dir = temp_dir("read-only-sync");
     let db = dir.join("data.duckdb");
-    {
-        let writer = ServerProcess::start(&["--db-path", db.to_str().unwrap()]);
-        writer
-            .connect()
-            .request(json!({"type":"exec","sql":"create table t(a int)","queryId":1}));
-        assert!(writer.terminate().success());
-    }
+    database_with(db.to_str().unwrap(), "create table t(a int)");
     let stderr = refused_start(&["--db-path", db.to_str().unwrap(), "--read-only", "--sync"]);
     assert!(stderr.contains("--meta-db"), "{stderr}");
     let meta = dir.join("meta.duckdb");

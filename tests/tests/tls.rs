@@ -4,7 +4,6 @@
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
-use std::process::Command;
 use std::sync::Arc;
 
 use duckwire_tests::*;
@@ -165,63 +164,45 @@ fn clear_text_on_a_tls_port_gets_no_answer() {
 #[test]
 fn bad_certificate_flags_stop_the_start_naming_the_flag() {
     let cert = certificate("tls-bad");
-    let run = |args: &[&str]| {
-        let output = Command::new(binary())
-            .args(["--port", "0", "--log-level", "error"])
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(!output.status.success(), "started with {args:?}");
-        String::from_utf8_lossy(&output.stderr).into_owned()
-    };
     let cert_path = cert.cert_file.to_str().unwrap();
     let key_path = cert.key_file.to_str().unwrap();
-    assert!(run(&["--tls-cert", cert_path]).contains("--tls-cert needs --tls-key"));
+    assert!(refused_start(&["--tls-cert", cert_path]).contains("--tls-cert needs --tls-key"));
     assert!(
-        run(&["--tls-cert", "/nonexistent.pem", "--tls-key", key_path])
+        refused_start(&["--tls-cert", "/nonexistent.pem", "--tls-key", key_path])
             .contains("--tls-cert /nonexistent.pem")
     );
     // A key file in place of the certificate: no CERTIFICATE block.
-    assert!(run(&["--tls-cert", key_path, "--tls-key", key_path]).contains("--tls-cert"));
+    assert!(refused_start(&["--tls-cert", key_path, "--tls-key", key_path]).contains("--tls-cert"));
     // The certificate in place of the key.
-    assert!(run(&["--tls-cert", cert_path, "--tls-key", cert_path]).contains("--tls-key"));
+    assert!(
+        refused_start(&["--tls-cert", cert_path, "--tls-key", cert_path]).contains("--tls-key")
+    );
+}
+
+/// What a server started on every interface with a token logs before it listens.
+fn startup_log_with_token_on_all_interfaces(name: &str, extra: &[&str]) -> String {
+    let log = temp_dir(name).join("server.log");
+    let mut args = vec!["--host", "0.0.0.0", "--auth-token", "secret"];
+    args.extend_from_slice(extra);
+    let server = ServerProcess::start_logging_to(&args, &[], &log);
+    let logged = std::fs::read_to_string(&log).unwrap();
+    drop(server);
+    logged
 }
 
 #[test]
 fn a_token_on_a_public_address_without_tls_is_warned_about() {
-    let log = temp_dir("tls-warning").join("server.log");
-    let server = ServerProcess::start_logging_to(
-        &[
-            "--host",
-            "0.0.0.0",
-            "--auth-token",
-            "secret",
-            "--log-level",
-            "warn",
-        ],
-        &[],
-        &log,
-    );
-    let warned = std::fs::read_to_string(&log).unwrap();
-    drop(server);
+    let warned = startup_log_with_token_on_all_interfaces("tls-warning", &[]);
     assert!(warned.contains("clear text"), "{warned}");
     let cert = certificate("tls-no-warning");
-    let log = temp_dir("tls-no-warning-log").join("server.log");
-    let server = ServerProcess::start_logging_to(
+    let quiet = startup_log_with_token_on_all_interfaces(
+        "tls-no-warning-log",
         &[
-            "--host",
-            "0.0.0.0",
-            "--auth-token",
-            "secret",
             "--tls-cert",
             cert.cert_file.to_str().unwrap(),
             "--tls-key",
             cert.key_file.to_str().unwrap(),
         ],
-        &[],
-        &log,
     );
-    let quiet = std::fs::read_to_string(&log).unwrap();
-    drop(server);
     assert!(!quiet.contains("clear text"), "{quiet}");
 }
