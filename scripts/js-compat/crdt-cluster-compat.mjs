@@ -3,34 +3,10 @@
 // replicas converge, a late joiner on either replica gets the state, rapid edits from both
 // sides converge.
 // Usage: node dist/crdt-cluster-compat.mjs ws://127.0.0.1:PORT_A ws://127.0.0.1:PORT_B
-import WebSocket from 'ws';
 import { LoroDoc } from 'loro-crdt';
-import { createWebSocketSyncConnector } from '@sqlrooms/crdt/dist/sync/webSocketSyncConnector.js';
+import { open, same, until } from './crdt-sync.mjs';
 
 const [urlA, urlB] = process.argv.slice(2);
-const createSocket = (u, protocols) => new WebSocket(u, protocols);
-
-function open(url, roomId, doc, clientId) {
-  const connector = createWebSocketSyncConnector({ url, roomId, clientId, createSocket, maxRetries: 0 });
-  const opened = new Promise((resolve, reject) => {
-    connector.setStatusListener((status) => {
-      if (status === 'open') resolve();
-      if (status === 'error') reject(new Error('sync connector error'));
-    });
-  });
-  connector.connect(doc);
-  return { connector, opened };
-}
-
-async function until(check, what, ms = 15000) {
-  const start = Date.now();
-  while (!check()) {
-    if (Date.now() - start > ms) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
-}
-
-const same = (x, y) => JSON.stringify(x.toJSON()) === JSON.stringify(y.toJSON());
 
 const roomId = `cluster-${Date.now()}`;
 const a = new LoroDoc();

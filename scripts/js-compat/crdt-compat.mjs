@@ -9,43 +9,16 @@ import fs from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
-import WebSocket from 'ws';
 import { LoroDoc } from 'loro-crdt';
-import { createWebSocketSyncConnector } from '@sqlrooms/crdt/dist/sync/webSocketSyncConnector.js';
+import { open as openRoom, same, until } from './crdt-sync.mjs';
 
 const token = process.argv[3];
-const createSocket = (u, protocols) => new WebSocket(u, protocols);
+/** Connects `doc` to `roomId` with this run's token. */
+const open = (url, roomId, doc, clientId, maxRetries = 0) =>
+  openRoom(url, roomId, doc, clientId, { maxRetries, token });
 const assert = (cond, message) => {
   if (!cond) throw new Error(`assertion failed: ${message}`);
 };
-
-/** Connects `doc` to `roomId`; `opened` resolves on the first open. */
-function open(url, roomId, doc, clientId, maxRetries = 0) {
-  const connector = createWebSocketSyncConnector({
-    url, roomId, clientId, createSocket, maxRetries, token, initialDelayMs: 100, maxDelayMs: 500,
-  });
-  const statuses = [];
-  const opened = new Promise((resolve, reject) => {
-    connector.setStatusListener((status) => {
-      statuses.push(status);
-      if (status === 'open') resolve();
-      if (status === 'error' && maxRetries === 0) reject(new Error('sync connector error'));
-    });
-  });
-  connector.connect(doc);
-  return { connector, opened, statuses };
-}
-
-/** Waits until `check()` holds, polling the event loop; fails after `ms`. */
-async function until(check, what, ms = 15000) {
-  const start = Date.now();
-  while (!check()) {
-    if (Date.now() - start > ms) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
-}
-
-const same = (x, y) => JSON.stringify(x.toJSON()) === JSON.stringify(y.toJSON());
 
 async function convergence(url) {
   const roomId = `room-${Date.now()}`;
