@@ -270,6 +270,16 @@ impl BrokerTask {
         }
     }
 
+    /// The Redis channel of a user channel.
+    fn channel_key(&self, channel: &str) -> String {
+        format!("{}{channel}", self.prefix)
+    }
+
+    /// The Redis Stream of a room (its snapshot, lease and fence keys add a suffix).
+    fn room_key(&self, room_id: &str) -> String {
+        format!("{}{room_id}", self.rooms_prefix)
+    }
+
     fn appended(&self, room_id: String, seq: u64, result: Result<(), String>) {
         let _ = self.driver.try_send(DriverInput::Meta(MetaDone::Appended {
             room_id,
@@ -307,7 +317,7 @@ impl BrokerTask {
         bytes: &[u8],
     ) -> redis::RedisResult<String> {
         redis::cmd("XADD")
-            .arg(format!("{}{room_id}", self.rooms_prefix))
+            .arg(self.room_key(room_id))
             .arg("*")
             .arg("origin")
             .arg(&self.replica_id)
@@ -325,7 +335,7 @@ impl BrokerTask {
         room_id: &str,
         mut stored: StoredRoom,
     ) -> redis::RedisResult<(StoredRoom, String)> {
-        let key = format!("{}{room_id}", self.rooms_prefix);
+        let key = self.room_key(room_id);
         let shared: std::collections::HashMap<String, Vec<u8>> = redis::cmd("HGETALL")
             .arg(format!("{key}:snapshot"))
             .query_async(connection)
@@ -366,7 +376,7 @@ impl BrokerTask {
         state: &[u8],
         covers: &str,
     ) -> redis::RedisResult<bool> {
-        let key = format!("{}{room_id}", self.rooms_prefix);
+        let key = self.room_key(room_id);
         let lease = format!("{key}:lease");
         let taken: Option<String> = redis::cmd("SET")
             .arg(&lease)
@@ -450,7 +460,7 @@ impl BrokerTask {
         let mut publisher = self.client.get_multiplexed_async_connection().await?;
         let (mut sink, mut deliveries) = pubsub.split();
         for (channel, token) in self.wanted.clone() {
-            sink.subscribe(format!("{}{channel}", self.prefix)).await?;
+            sink.subscribe(self.channel_key(&channel)).await?;
             // Subscriptions made while Redis was down were confirmed then; a repeat
             // confirmation with the same token is ignored by the core.
             self.confirm(channel, token);
@@ -479,15 +489,14 @@ impl BrokerTask {
                 }
                 Event::Control(Control::Subscribe { channel, token }) => {
                     self.wanted.insert(channel.clone(), token);
-                    let subscribed = sink.subscribe(format!("{}{channel}", self.prefix)).await;
+                    let subscribed = sink.subscribe(self.channel_key(&channel)).await;
                     // Confirmed even on failure: local subscribers must not wait for Redis.
                     self.confirm(channel, token);
                     subscribed?;
                 }
                 Event::Control(Control::Unsubscribe { channel }) => {
                     self.wanted.remove(&channel);
-                    sink.unsubscribe(format!("{}{channel}", self.prefix))
-                        .await?;
+                    sink.unsubscribe(self.channel_key(&channel)).await?;
                 }
                 Event::Control(Control::Append {
                     room_id,
@@ -540,7 +549,7 @@ impl BrokerTask {
                 }
                 Event::Publish(channel, message) => {
                     redis::cmd("PUBLISH")
-                        .arg(format!("{}{channel}", self.prefix))
+                        .arg(self.channel_key(&channel))
                         .arg(message.as_ref())
                         .query_async::<()>(&mut publisher)
                         .await?;

@@ -465,6 +465,13 @@ impl Driver {
         }
     }
 
+    /// A cluster-mode request to Redis; the core asks for none without `--redis-url`.
+    fn to_broker(&self, request: Control) {
+        if let Some(broker) = &self.broker {
+            broker.control(request);
+        }
+    }
+
     /// A persisted read answered from the in-memory cache, or `None` (run it).
     fn cache_hit(&self, run: &RunQuery) -> Option<QueryOutcome> {
         if !run.persist || !self.cache.is_enabled() {
@@ -578,15 +585,9 @@ impl Driver {
                         update,
                     }),
                 },
-                Effect::RoomUnloaded { room_id } => {
-                    if let Some(broker) = &self.broker {
-                        broker.control(Control::Unfollow { room_id });
-                    }
-                }
+                Effect::RoomUnloaded { room_id } => self.to_broker(Control::Unfollow { room_id }),
                 Effect::RepublishRoom { room_id, state } => {
-                    if let Some(broker) = &self.broker {
-                        broker.control(Control::Republish { room_id, state });
-                    }
+                    self.to_broker(Control::Republish { room_id, state })
                 }
                 Effect::Ping { conn } => {
                     if let Some(writer) = writers.get(&conn) {
@@ -605,14 +606,10 @@ impl Driver {
                 }
                 Effect::InvalidateCache => self.cache.invalidate(),
                 Effect::BrokerSubscribe { channel, token } => {
-                    if let Some(broker) = &self.broker {
-                        broker.control(Control::Subscribe { channel, token });
-                    }
+                    self.to_broker(Control::Subscribe { channel, token })
                 }
                 Effect::BrokerUnsubscribe { channel } => {
-                    if let Some(broker) = &self.broker {
-                        broker.control(Control::Unsubscribe { channel });
-                    }
+                    self.to_broker(Control::Unsubscribe { channel })
                 }
                 Effect::PublishNotify { channel, message } => {
                     if let Some(broker) = &self.broker {

@@ -449,24 +449,31 @@ pub fn run(
     Ok(())
 }
 
+/// Waits until `deadline`, or forever without one.
+async fn until(deadline: Option<std::time::Instant>) {
+    match deadline {
+        Some(at) => {
+            smol::Timer::at(at).await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
 async fn handle_connection(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     let mut buffer = Vec::with_capacity(1024);
     // A new connection must finish its TLS handshake and send its first request head in
     // time (later heads on a kept-alive connection are bounded by the core's HTTP idle
     // timeout).
-    let head_timeout = shared.config.http_head_timeout;
-    let deadline = async {
-        match head_timeout {
-            Some(timeout) => smol::Timer::after(timeout).await,
-            None => std::future::pending().await,
-        };
-    };
+    let deadline = shared
+        .config
+        .http_head_timeout
+        .map(|timeout| std::time::Instant::now() + timeout);
     let mut stream = match &shared.tls {
         None => Stream::Plain(tcp),
         Some(acceptor) => {
             let handshake = async { Some(acceptor.accept(tcp).await) };
             match smol::future::or(handshake, async {
-                deadline.await;
+                until(deadline).await;
                 None
             })
             .await
@@ -485,10 +492,7 @@ async fn handle_connection(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>
         }
     };
     let head = smol::future::or(read_head(&mut stream, &mut buffer), async {
-        match head_timeout {
-            Some(timeout) => smol::Timer::after(timeout).await,
-            None => std::future::pending().await,
-        };
+        until(deadline).await;
         Err(HeadError::TimedOut)
     })
     .await;
