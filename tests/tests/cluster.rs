@@ -390,6 +390,26 @@ fn one_replica_at_a_time_saves_the_shared_snapshot_and_the_stream_is_trimmed_bel
         "one replica (a 16-digit id) holds the save lease: {lease}"
     );
     let fence = field(&redis, "duckwire:room:r:snapshot", "fence").unwrap();
+    // Both replicas hold the room and save it on their debounce; within one lease interval
+    // (30 s, longer than this test) every shared save is the holder's, the other replica's
+    // attempts are skipped.
+    let saved = |server: &ServerProcess| metric(server, "duckwire_shared_snapshots_saved_total");
+    let skipped =
+        |server: &ServerProcess| metric(server, "duckwire_shared_snapshots_skipped_total");
+    let deadline = std::time::Instant::now() + REPLY_TIMEOUT;
+    while servers.iter().any(|s| saved(s) + skipped(s) == 0.0) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a replica holding the room never tried to save it"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let savers: Vec<f64> = servers.iter().map(saved).collect();
+    assert_eq!(
+        savers.iter().filter(|n| **n > 0.0).count(),
+        1,
+        "one replica saves the room per lease interval: {savers:?}"
+    );
 
     // A replica that never held the room loads snapshot + the rest of the stream.
     let fresh = replicas(&redis, 1, &["--sync"]);
@@ -403,8 +423,6 @@ fn one_replica_at_a_time_saves_the_shared_snapshot_and_the_stream_is_trimmed_bel
     // counts the saves it left to the lease holder; wait for both to have tried.
     redis.command(&["SET", "duckwire:room:r:lease", "intruder"]);
     let covers = field(&redis, "duckwire:room:r:snapshot", "covers");
-    let skipped =
-        |server: &ServerProcess| metric(server, "duckwire_shared_snapshots_skipped_total");
     let before: Vec<f64> = servers.iter().map(skipped).collect();
     for i in 20..25 {
         a.send_binary(loro_update(&format!("k{i}"), i));
