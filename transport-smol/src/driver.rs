@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -91,6 +91,51 @@ impl ReadGate {
     }
 }
 
+/// Bytes the writers put on the wire that the core has not been told of yet. They are
+/// reported without waking the driver (one more wake-up per reply costs about as much as the
+/// protocol work of a cached answer): the driver folds them into the core before it handles
+/// its next input, which is the earliest moment the core can act on them — it only weighs a
+/// connection's queued bytes against the next reply it queues.
+#[derive(Default)]
+pub struct SentReports {
+    /// Connections whose counter went from 0 to more since the driver last looked.
+    connections: Mutex<Vec<ConnId>>,
+}
+
+/// One connection's share of [`SentReports`].
+pub struct SentCounter {
+    conn: ConnId,
+    unreported: AtomicUsize,
+    reports: Arc<SentReports>,
+}
+
+impl SentCounter {
+    pub fn new(conn: ConnId, reports: &Arc<SentReports>) -> Arc<Self> {
+        Arc::new(SentCounter {
+            conn,
+            unreported: AtomicUsize::new(0),
+            reports: reports.clone(),
+        })
+    }
+
+    /// The writer put `bytes` of the core's output on the wire.
+    pub fn sent(&self, bytes: usize) {
+        if bytes > 0 && self.unreported.fetch_add(bytes, Ordering::SeqCst) == 0 {
+            // Listed once until the driver takes the count.
+            let mut connections = self
+                .reports
+                .connections
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            connections.push(self.conn);
+        }
+    }
+
+    fn take(&self) -> usize {
+        self.unreported.swap(0, Ordering::SeqCst)
+    }
+}
+
 /// How the driver reaches one connection's writer task.
 #[derive(Clone)]
 pub struct ConnectionWriter {
@@ -102,6 +147,8 @@ pub struct ConnectionWriter {
     pub close: async_channel::Sender<(u16, String)>,
     /// Shared with the connection's reader.
     pub gate: Arc<ReadGate>,
+    /// What the connection's writer has sent.
+    pub sent: Arc<SentCounter>,
 }
 
 pub enum DriverInput {
@@ -117,10 +164,6 @@ pub enum DriverInput {
     Http {
         conn: ConnId,
         request: HttpRequest,
-    },
-    Sent {
-        conn: ConnId,
-        bytes: usize,
     },
     /// A WebSocket pong arrived.
     Pong {
@@ -176,6 +219,8 @@ pub struct Driver {
     /// Cluster mode (`--redis-url`).
     pub broker: Option<crate::broker::Broker>,
     pub metrics: Arc<Metrics>,
+    /// What the connections' writers have sent (shared with them).
+    pub sent_reports: Arc<SentReports>,
     /// Signalled if the core is poisoned: the server must stop.
     pub fatal: async_channel::Sender<()>,
     pub started: Instant,
@@ -242,6 +287,9 @@ impl Driver {
                 }
             };
             let now = self.now();
+            if !state.poisoned {
+                self.fold_sent_bytes(&mut state);
+            }
             let result = match input {
                 None => self.call_core(|server| server.handle_timeout(now)),
                 Some(Err(_)) => break,
@@ -274,6 +322,31 @@ impl Driver {
 
     fn now(&self) -> Millis {
         Millis(self.started.elapsed().as_millis() as u64)
+    }
+
+    /// Tells the core what the writers sent since it last heard (see [`SentReports`]).
+    fn fold_sent_bytes(&mut self, state: &mut State) {
+        let connections = std::mem::take(
+            &mut *self
+                .sent_reports
+                .connections
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        );
+        for conn in connections {
+            let Some(bytes) = state.writers.get(&conn).map(|w| w.sent.take()) else {
+                continue;
+            };
+            if bytes > 0 {
+                self.metrics.bytes_out.inc_by(bytes as u64);
+                if let Err(ServerError::Poisoned) =
+                    self.call_core(|server| server.handle_sent(conn, bytes))
+                {
+                    self.poisoned(state);
+                    return;
+                }
+            }
+        }
     }
 
     /// Calls the core; a panic inside it is caught here, so it stops the server through the
@@ -373,10 +446,6 @@ impl Driver {
                 self.call_core(|server| server.handle_http_request(conn, request, now))
             }
             DriverInput::Pong { conn } => self.call_core(|server| server.handle_pong(conn, now)),
-            DriverInput::Sent { conn, bytes } => {
-                self.metrics.bytes_out.inc_by(bytes as u64);
-                self.call_core(|server| server.handle_sent(conn, bytes))
-            }
             DriverInput::Closed { conn } => {
                 if state.writers.remove(&conn).is_some() {
                     self.metrics.connections_open.dec();

@@ -25,7 +25,9 @@ use crate::tls::Stream;
 use crate::cache::ResultCache;
 use crate::compress::{Encoding, COMPRESS_ABOVE};
 use crate::config::ServerConfig;
-use crate::driver::{ConnectionWriter, Driver, DriverInput, Outbound, ReadGate};
+use crate::driver::{
+    ConnectionWriter, Driver, DriverInput, Outbound, ReadGate, SentCounter, SentReports,
+};
 use crate::executor::connection::WriteEpoch;
 use crate::executor::{Completion, Executor};
 use crate::http::{read_body, read_head, write_response, HeadError, RequestHead, Response};
@@ -78,6 +80,8 @@ struct Shared {
     next_conn: AtomicU64,
     /// `--tls-cert`/`--tls-key`: every connection on the port speaks TLS.
     tls: Option<futures_rustls::TlsAcceptor>,
+    /// What the connections' writers sent, for the driver.
+    sent_reports: Arc<SentReports>,
 }
 
 /// Opens (or creates) the database as PROTOCOL §8 says.
@@ -341,6 +345,7 @@ pub fn run(
     // since that append is also how the other replicas get the change.
     core_config.durable_room_log =
         !config.is_in_memory() || config.meta_db.is_some() || broker.is_some();
+    let sent_reports = Arc::new(SentReports::default());
     let driver = Driver {
         server: Server::new(core_config, seed),
         inputs: driver_rx,
@@ -349,6 +354,7 @@ pub fn run(
         cache,
         broker,
         metrics: metrics.clone(),
+        sent_reports: sent_reports.clone(),
         fatal: fatal_tx,
         started: Instant::now(),
     };
@@ -360,6 +366,7 @@ pub fn run(
         duckdb_version,
         next_conn: AtomicU64::new(1),
         tls,
+        sent_reports,
     });
 
     let addr = listen_address(&config.host, config.port);
@@ -535,7 +542,9 @@ async fn serve_http(
         queue: queue_tx,
         close: close_tx,
         gate: gate.clone(),
+        sent: SentCounter::new(conn, &shared.sent_reports),
     };
+    let sent_counter = writer.sent.clone();
     let info = ConnectionInfo {
         dialect: Dialect::Http,
         peer: peer.to_string(),
@@ -613,7 +622,7 @@ async fn serve_http(
             break;
         }
         if let Some(bytes) = sent {
-            let _ = shared.driver.send(DriverInput::Sent { conn, bytes }).await;
+            sent_counter.sent(bytes);
         }
         if !keep_alive {
             break;
@@ -860,6 +869,7 @@ async fn upgrade(
         info,
         shared.config.core.limits.clone(),
         shared.driver.clone(),
+        &shared.sent_reports,
     )
     .await;
     tracing::debug!(%peer, conn = conn.0, "WebSocket connection closed");

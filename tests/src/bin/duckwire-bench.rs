@@ -132,6 +132,9 @@ struct Scenario {
     bytes: u64,
     wall: Duration,
     peak_rss: Option<u64>,
+    /// Server CPU time (all its threads) per operation: unlike latency, it does not depend
+    /// on how the VM schedules the client's and the server's wake-ups.
+    server_cpu_per_op: Option<Duration>,
     floor: Option<Duration>,
 }
 
@@ -152,6 +155,9 @@ impl Scenario {
             bytes,
             wall: started.elapsed(),
             peak_rss: rss.peak(),
+            server_cpu_per_op: rss
+                .cpu_since_reset()
+                .map(|cpu| cpu.div_f64(operations.max(1) as f64)),
             floor: None,
         }
     }
@@ -170,6 +176,7 @@ impl Scenario {
             "ops_per_s": self.operations as f64 / self.wall.as_secs_f64(),
             "mb_per_s": self.bytes as f64 / 1e6 / self.wall.as_secs_f64(),
             "peak_rss_bytes": self.peak_rss,
+            "server_cpu_per_op_s": self.server_cpu_per_op.map(|d| d.as_secs_f64()),
             "floor_median_s": self.floor.map(|f| f.as_secs_f64()),
         })
     }
@@ -187,12 +194,12 @@ fn ms(d: Duration) -> String {
 fn print_table(label: &str, results: &[Scenario]) {
     println!("\n{label}");
     println!(
-        "| scenario | median | p99 | ops/s | MB/s | peak RSS | floor median | × floor |\n|---|---|---|---|---|---|---|---|"
+        "| scenario | median | p99 | ops/s | MB/s | peak RSS | server CPU/op | floor median | × floor |\n|---|---|---|---|---|---|---|---|---|"
     );
     for s in results {
         let median = s.percentile(0.5);
         println!(
-            "| {} | {} | {} | {:.0} | {:.1} | {} | {} | {} |",
+            "| {} | {} | {} | {:.0} | {:.1} | {} | {} | {} | {} |",
             s.name,
             ms(median),
             ms(s.percentile(0.99)),
@@ -201,6 +208,7 @@ fn print_table(label: &str, results: &[Scenario]) {
             s.peak_rss
                 .map(|b| format!("{:.0} MB", b as f64 / 1e6))
                 .unwrap_or_default(),
+            s.server_cpu_per_op.map(ms).unwrap_or_default(),
             s.floor.map(ms).unwrap_or_default(),
             s.floor
                 .map(|f| format!("{:.2}", median.as_secs_f64() / f.as_secs_f64()))
@@ -565,14 +573,51 @@ impl RestClient {
 
 struct Rss {
     pid: Option<u32>,
+    /// The server's CPU time when the scenario's measured part began.
+    cpu_at_reset: std::sync::atomic::AtomicU64,
 }
 
 impl Rss {
+    fn new(pid: Option<u32>) -> Rss {
+        Rss {
+            pid,
+            cpu_at_reset: Default::default(),
+        }
+    }
+
     fn reset(&self) {
         if let Some(pid) = self.pid {
             // "5" resets the peak RSS (VmHWM) of the process (Linux ≥ 4.0).
             let _ = std::fs::write(format!("/proc/{pid}/clear_refs"), "5");
         }
+        if let Some(cpu) = self.cpu() {
+            self.cpu_at_reset
+                .store(cpu, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    /// Nanoseconds the server's threads have run, from the scheduler's own accounting
+    /// (`/proc/PID/task/*/schedstat`, ns resolution; `/proc/PID/stat` counts 10 ms ticks). A
+    /// thread that exited meanwhile is not counted, which only matters for thread churn.
+    fn cpu(&self) -> Option<u64> {
+        let tasks = std::fs::read_dir(format!("/proc/{}/task", self.pid?)).ok()?;
+        let mut total = 0;
+        for task in tasks.flatten() {
+            let stat = std::fs::read_to_string(task.path().join("schedstat")).unwrap_or_default();
+            total += stat
+                .split_whitespace()
+                .next()
+                .and_then(|ns| ns.parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+        Some(total)
+    }
+
+    /// Server CPU time since [`reset`](Self::reset).
+    fn cpu_since_reset(&self) -> Option<Duration> {
+        let now = self.cpu()?;
+        let then = self.cpu_at_reset.load(std::sync::atomic::Ordering::SeqCst);
+        Some(Duration::from_nanos(now.saturating_sub(then)))
     }
 
     fn peak(&self) -> Option<u64> {
@@ -948,7 +993,7 @@ const MOSAIC_SUITE: [(&str, &str); 7] = [
 ];
 
 fn run_all(options: &Options) -> Vec<Scenario> {
-    let rss = Rss { pid: options.pid };
+    let rss = Rss::new(options.pid);
     let scale = |n: usize| if options.quick { (n / 10).max(3) } else { n };
     // Load the data through whichever door there is.
     if !options.replicas.is_empty() {
