@@ -6,7 +6,7 @@ use duckdb::arrow::ipc::writer::StreamWriter;
 use duckdb::arrow::record_batch::RecordBatch;
 
 pub fn write_stream(
-    buffer: &mut Vec<u8>,
+    buffer: &mut impl std::io::Write,
     schema: &SchemaRef,
     batches: impl IntoIterator<Item = Result<RecordBatch, String>>,
 ) -> Result<(), String> {

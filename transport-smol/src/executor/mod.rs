@@ -4,6 +4,7 @@
 pub mod connection;
 pub mod ipc;
 pub mod json;
+mod result_buffer;
 /// SQL classification lives in the core (it decides what a GET may run).
 pub use duckwire_core::sql;
 pub mod upload;
@@ -627,10 +628,11 @@ fn shape_result(
     });
     match output.kind {
         QueryKind::Arrow => {
-            let mut frame = Vec::with_capacity(arrow_header.len() + 4096);
-            frame.extend_from_slice(arrow_header);
+            let mut frame = result_buffer::ResultBuffer::new(arrow_header.len() + 4096);
+            std::io::Write::write_all(&mut frame, arrow_header)
+                .map_err(|e| format!("result buffer: {e}"))?;
             ipc::write_stream(&mut frame, &schema, batches)?;
-            Ok(QueryOutcome::Arrow(Bytes::from(frame)))
+            Ok(QueryOutcome::Arrow(frame.into_bytes()))
         }
         _ => {
             let batches = batches.collect::<Result<Vec<_>, String>>()?;
