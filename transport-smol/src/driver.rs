@@ -237,6 +237,9 @@ struct State {
     salvage_saves: usize,
     /// The frame the core just handled: its reader is told after the effects are applied.
     frame_taken: Option<(ConnId, usize)>,
+    /// Connections with sent bytes to report, swapped with [`SentReports`]' list (the two
+    /// vectors keep their capacity, so reporting allocates nothing).
+    sent_to_report: Vec<ConnId>,
 }
 
 impl Driver {
@@ -326,14 +329,16 @@ impl Driver {
 
     /// Tells the core what the writers sent since it last heard (see [`SentReports`]).
     fn fold_sent_bytes(&mut self, state: &mut State) {
-        let connections = std::mem::take(
+        let mut connections = std::mem::take(&mut state.sent_to_report);
+        std::mem::swap(
+            &mut connections,
             &mut *self
                 .sent_reports
                 .connections
                 .lock()
                 .unwrap_or_else(|e| e.into_inner()),
         );
-        for conn in connections {
+        for conn in connections.drain(..) {
             let Some(bytes) = state.writers.get(&conn).map(|w| w.sent.take()) else {
                 continue;
             };
@@ -347,6 +352,7 @@ impl Driver {
                 }
             }
         }
+        state.sent_to_report = connections;
     }
 
     /// Calls the core; a panic inside it is caught here, so it stops the server through the
