@@ -190,6 +190,46 @@ fn persisted_results_are_cached_and_writes_invalidate_them() {
     );
 }
 
+/// One SQL text persisted through two doors is cached in each door's form (SQLRooms: the
+/// rows escaped inside the reply's `data` string; Mosaic REST: the rows array), and each hit
+/// answers in its door's shape, with text that needs escaping intact.
+#[test]
+fn cached_json_answers_keep_each_doors_shape() {
+    let server = ServerProcess::start(&[]);
+    let sql = r#"select 'say "hi"' || chr(10) || 'back\slash é' as s, 7 as n"#;
+    let expected = json!([{"s": "say \"hi\"\nback\\slash é", "n": 7}]);
+    let hits = || -> u64 {
+        let (_, _, metrics) = get(&server.addr, "/metrics", "");
+        let text = String::from_utf8(metrics).unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix("duckwire_cache_hits_total "))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    let mut client = server.connect();
+    for (i, expected_hits) in [(0, 0), (1, 1), (2, 2)] {
+        let reply = client
+            .request(json!({"type":"json","sql":sql,"persist":true,"queryId":format!("q{i}")}));
+        assert_eq!(reply["queryId"], json!(format!("q{i}")));
+        let rows: serde_json::Value =
+            serde_json::from_str(reply["data"].as_str().expect("data is a string")).unwrap();
+        assert_eq!(rows, expected, "SQLRooms answer {i}");
+        assert_eq!(hits(), expected_hits, "SQLRooms answer {i} from the cache");
+    }
+    for i in 0..2 {
+        let (status, _, body) = post_json(
+            &server.addr,
+            &json!({"type":"json","sql":sql,"persist":true}),
+            "",
+        );
+        assert_eq!(status, 200);
+        let rows: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(rows, expected, "REST answer {i}");
+    }
+    // The REST door's first read filled its own form; its second was a hit.
+    assert_eq!(hits(), 3);
+}
+
 /// A result the cache holds is answered without a DuckDB worker: with the only worker busy
 /// on a query that never ends, a cached read still answers (over WebSocket and REST).
 #[test]

@@ -157,8 +157,14 @@ impl ResultCache {
             return;
         }
         if let Some(path) = self.disk_path(&key, generation) {
-            // Best effort: a failed disk write only means a later miss.
-            let _ = std::fs::write(path, &value);
+            // Best effort: a failed disk write only means a later miss. Written aside and
+            // renamed, so a reader (another worker, without this lock) never sees half a file.
+            let partial = path.with_extension("partial");
+            if std::fs::write(&partial, &value).is_err()
+                || std::fs::rename(&partial, &path).is_err()
+            {
+                let _ = std::fs::remove_file(&partial);
+            }
         }
         let Some(budget) = self.budget else {
             return;
@@ -204,21 +210,39 @@ impl ResultCache {
     }
 }
 
+/// The form a query's answer is cached in, which is part of its key: the Arrow IPC stream,
+/// the rows text (Mosaic's doors), or the rows already escaped as the `data` string of a
+/// SQLRooms `json` reply, so that a hit answers with a copy and no escaping.
+pub fn cache_form(kind: duckwire_core::QueryKind, json_reply: bool) -> &'static str {
+    match kind {
+        duckwire_core::QueryKind::Json if json_reply => "json-reply",
+        _ => kind.as_str(),
+    }
+}
+
 /// The answer a cached value gives a query of `kind`: the Arrow frame (`arrow_header`, empty
-/// for bare IPC answers, then the stored stream; no copy without a header), or the rows.
+/// for bare IPC answers, then the stored stream; no copy without a header), the SQLRooms
+/// `json` reply (`json_header`, then the stored escaped rows), or the rows.
 pub fn cached_outcome(
     kind: duckwire_core::QueryKind,
     arrow_header: &Bytes,
+    json_header: Option<&duckwire_core::JsonReplyHeader>,
     value: CachedValue,
 ) -> duckwire_core::QueryOutcome {
-    use duckwire_core::{QueryKind, QueryOutcome};
-    match kind {
-        QueryKind::Arrow if arrow_header.is_empty() => QueryOutcome::Arrow(value),
-        QueryKind::Arrow => {
+    use duckwire_core::{JsonReplyWriter, QueryKind, QueryOutcome};
+    match (kind, json_header) {
+        (QueryKind::Arrow, _) if arrow_header.is_empty() => QueryOutcome::Arrow(value),
+        (QueryKind::Arrow, _) => {
             let mut frame = Vec::with_capacity(arrow_header.len() + value.len());
             frame.extend_from_slice(arrow_header);
             frame.extend_from_slice(&value);
             QueryOutcome::Arrow(Bytes::from(frame))
+        }
+        (_, Some(header)) => {
+            let mut reply = JsonReplyWriter::new(header, value.len());
+            // Stored from a finished reply (and written to disk whole, by rename).
+            reply.push_escaped_rows(&String::from_utf8_lossy(&value));
+            QueryOutcome::JsonReply(reply.finish())
         }
         _ => QueryOutcome::Json(String::from_utf8_lossy(&value).into_owned()),
     }
@@ -227,7 +251,11 @@ pub fn cached_outcome(
 fn clear_dir(dir: &std::path::Path) {
     if let Ok(entries) = std::fs::read_dir(dir) {
         for entry in entries.flatten() {
-            if entry.path().extension().is_some_and(|e| e == "bin") {
+            if entry
+                .path()
+                .extension()
+                .is_some_and(|e| e == "bin" || e == "partial")
+            {
                 let _ = std::fs::remove_file(entry.path());
             }
         }
@@ -311,6 +339,24 @@ mod tests {
             })
             .unwrap();
         assert!(!cache.get_or_compute(key, || value("fresh")).unwrap().1);
+    }
+
+    #[test]
+    fn a_cached_sqlrooms_json_reply_equals_a_fresh_one_under_another_header() {
+        use duckwire_core::{JsonReplyHeader, JsonReplyWriter, QueryId, QueryKind, QueryOutcome};
+        let rows = "[{\"s\":\"a \\\"quoted\\\" \\\\ é\\n\u{1}\"}]";
+        let header = |id: &str| JsonReplyHeader::new(&QueryId::Str(id.into()));
+        let fresh = |id: &str| {
+            let mut writer = JsonReplyWriter::new(&header(id), rows.len());
+            writer.push_rows(rows);
+            writer.finish()
+        };
+        let stored = Bytes::copy_from_slice(fresh("first").escaped_rows().as_bytes());
+        let second = header("second");
+        match cached_outcome(QueryKind::Json, &Bytes::new(), Some(&second), stored) {
+            QueryOutcome::JsonReply(reply) => assert_eq!(reply, fresh("second")),
+            other => panic!("expected a reply, got {other:?}"),
+        }
     }
 
     #[test]

@@ -553,10 +553,14 @@ impl Driver {
             return None;
         }
         let started = Instant::now();
-        let value = self
-            .cache
-            .memory_hit(&(run.kind.as_str(), run.sql.clone()))?;
-        let outcome = crate::cache::cached_outcome(run.kind, &run.arrow_header, value);
+        let form = crate::cache::cache_form(run.kind, run.json_header.is_some());
+        let value = self.cache.memory_hit(&(form, run.sql.clone()))?;
+        let outcome = crate::cache::cached_outcome(
+            run.kind,
+            &run.arrow_header,
+            run.json_header.as_ref(),
+            value,
+        );
         self.metrics
             .record_query(run.kind.as_str(), "ok", started.elapsed().as_secs_f64());
         Some(outcome)

@@ -26,6 +26,9 @@ impl JsonReplyHeader {
     }
 }
 
+/// What ends every reply: the closing quote of `data` and the object's brace.
+const CLOSING: &str = "\"}";
+
 /// A complete `json` reply frame text.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JsonReply {
@@ -40,6 +43,13 @@ impl JsonReply {
 
     pub fn into_text(self) -> String {
         self.text
+    }
+
+    /// The rows as the escaped content of `data` (between its quotes): what a cache keeps so
+    /// that a later answer with another header needs no escaping
+    /// ([`JsonReplyWriter::push_escaped_rows`]).
+    pub fn escaped_rows(&self) -> &str {
+        &self.text[self.header_len..self.text.len() - CLOSING.len()]
     }
 
     /// The same rows answering another query (a waiter of the same flight).
@@ -90,7 +100,7 @@ impl JsonReplyWriter {
     }
 
     pub fn finish(mut self) -> JsonReply {
-        self.text.extend_from_slice(b"\"}");
+        self.text.extend_from_slice(CLOSING.as_bytes());
         JsonReply {
             // Only whole `str`s and ASCII escapes were appended to a `String`'s bytes.
             text: String::from_utf8(self.text).expect("escaped UTF-8 stays UTF-8"),

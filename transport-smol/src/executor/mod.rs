@@ -460,7 +460,7 @@ impl Worker {
             Plans::Fresh
         };
         let result = if persist && self.cache.is_enabled() {
-            self.cached_query(&conn, output.kind, sql, output.arrow_header, plans)
+            self.cached_query(&conn, output, sql, plans)
         } else {
             self.with_retries(|| run_sql_planned(&conn, output, sql, plans))
         };
@@ -477,24 +477,22 @@ impl Worker {
         }
     }
 
-    /// Through the cache: the stored value is the IPC stream (Arrow) or the rows text (JSON).
+    /// Through the cache: the stored value is the IPC stream (Arrow), the rows text (JSON for
+    /// Mosaic's doors) or the escaped rows of a SQLRooms `json` reply ([`cache_form`]).
+    ///
+    /// [`cache_form`]: crate::cache::cache_form
     fn cached_query(
         &mut self,
         conn: &Connection,
-        kind: QueryKind,
+        output: Output<'_>,
         sql: &str,
-        arrow_header: &Bytes,
         plans: Plans,
     ) -> Result<(QueryOutcome, bool), String> {
+        let (kind, arrow_header) = (output.kind, output.arrow_header);
         let cache = self.cache.clone();
         let mut computed: Option<(QueryOutcome, bool)> = None;
-        let (value, _) = cache.get_or_compute((kind.as_str(), sql.to_string()), || {
-            // Cached values are the plain rows text, so JSON is not built as a reply here.
-            let output = Output {
-                kind,
-                arrow_header,
-                json_reply: None,
-            };
+        let form = crate::cache::cache_form(kind, output.json_reply.is_some());
+        let (value, _) = cache.get_or_compute((form, sql.to_string()), || {
             let (outcome, wrote) =
                 match self.with_retries(|| run_sql_planned(conn, output, sql, plans)) {
                     Ok(done) => done,
@@ -508,6 +506,9 @@ impl Worker {
             let shareable = match (&outcome, wrote) {
                 (QueryOutcome::Arrow(frame), false) => Some(frame.slice(arrow_header.len()..)),
                 (QueryOutcome::Json(rows), false) => Some(Bytes::copy_from_slice(rows.as_bytes())),
+                (QueryOutcome::JsonReply(reply), false) => {
+                    Some(Bytes::copy_from_slice(reply.escaped_rows().as_bytes()))
+                }
                 _ => None,
             };
             computed = Some((outcome, wrote));
@@ -521,7 +522,7 @@ impl Worker {
         }
         // Served from the cache.
         Ok((
-            crate::cache::cached_outcome(kind, arrow_header, value),
+            crate::cache::cached_outcome(kind, arrow_header, output.json_reply, value),
             false,
         ))
     }
