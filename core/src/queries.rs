@@ -35,6 +35,41 @@ pub(crate) struct InFlight {
     pub(crate) inbound: usize,
     /// It ran past `query_timeout_ms` and was interrupted for that.
     pub(crate) timed_out: bool,
+    /// Ordered dialects, once dispatched: whether it may write (see [`HeldQuery`]).
+    pub(crate) in_order_write: Option<bool>,
+}
+
+/// A query of an ordered connection admitted (its answer slot taken) but not started yet.
+///
+/// Mosaic's own servers run a socket's messages one at a time, so a client may send a write
+/// and the reads that depend on it back to back. duckwire runs an ordered connection's reads
+/// concurrently, but a statement that may write runs alone: after every query received
+/// before it has finished, and before any query received after it starts.
+#[derive(Debug)]
+pub(crate) struct HeldQuery {
+    pub(crate) query: QueryHandle,
+    kind: QueryKind,
+    sql: String,
+    persist: bool,
+    write: bool,
+}
+
+/// An ordered connection's queries, as the write barrier sees them.
+#[derive(Debug, Default)]
+pub(crate) struct InOrder {
+    /// Admitted, waiting for the barrier, in request order.
+    pub(crate) held: std::collections::VecDeque<HeldQuery>,
+    /// Dispatched and not finished.
+    pub(crate) running: usize,
+    /// One of the running ones may write.
+    pub(crate) write_running: bool,
+}
+
+impl InOrder {
+    /// Whether a query received now (or the oldest held one) must wait.
+    fn must_wait(&self, write: bool) -> bool {
+        self.write_running || (write && self.running > 0)
+    }
 }
 
 /// Every query in flight, across connections, by handle.
@@ -101,6 +136,7 @@ impl Server {
             slot,
             inbound,
             timed_out: false,
+            in_order_write: None,
         });
         if let Some(c) = self.conns.get_mut(&conn) {
             c.inflight.insert(query_id.clone(), handle);
@@ -193,6 +229,7 @@ impl Server {
             if let Some(entry) = self.finish(query) {
                 self.deliver_timeout(entry, limit, now);
             }
+            self.start_held_queries(now);
             return;
         }
         if let Some(entry) = self.queries.get_mut(query) {
@@ -276,11 +313,73 @@ impl Server {
         let (query, _) = self
             .admit(conn, Some(query_id), Work::Query(kind), Some(slot))
             .map_err(|(error, _)| error)?;
-        if let Err(error) = self.dispatch_query(query, conn, kind, sql, persist, now) {
+        let write = kind == QueryKind::Exec || !crate::sql::classify(&sql).read_only;
+        let held = HeldQuery {
+            query,
+            kind,
+            sql,
+            persist,
+            write,
+        };
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return Ok(());
+        };
+        if !c.in_order.held.is_empty() || c.in_order.must_wait(write) {
+            c.in_order.held.push_back(held);
+            return Ok(());
+        }
+        if let Err(error) = self.dispatch_in_order(conn, held, now) {
             self.finish(query);
             return Err(error);
         }
         Ok(())
+    }
+
+    /// Starts a query of an ordered connection, counted by its write barrier.
+    fn dispatch_in_order(
+        &mut self,
+        conn: ConnId,
+        held: HeldQuery,
+        now: Millis,
+    ) -> Result<(), ProtocolError> {
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.in_order.running += 1;
+            c.in_order.write_running |= held.write;
+        }
+        if let Some(entry) = self.queries.get_mut(held.query) {
+            entry.in_order_write = Some(held.write);
+        }
+        self.dispatch_query(held.query, conn, held.kind, held.sql, held.persist, now)
+    }
+
+    /// The oldest held query of `conn`, taken off its queue if the write barrier lets it start.
+    fn next_startable(&mut self, conn: ConnId) -> Option<HeldQuery> {
+        let in_order = &mut self.conns.get_mut(&conn)?.in_order;
+        let next = in_order.held.front()?;
+        if in_order.must_wait(next.write) {
+            return None;
+        }
+        in_order.held.pop_front()
+    }
+
+    /// Starts the held queries of the connections whose running queries finished, as far as
+    /// the write barrier allows.
+    pub(crate) fn start_held_queries(&mut self, now: Millis) {
+        while let Some(conn) = self.barrier_moved.pop_first() {
+            while let Some(held) = self.next_startable(conn) {
+                let query = held.query;
+                if self.queries.work_of(query).is_none() {
+                    continue;
+                }
+                if let Err(error) = self.dispatch_in_order(conn, held, now) {
+                    if let Some(entry) = self.finish(query) {
+                        if let Some(slot) = entry.slot {
+                            self.answer(conn, slot, HttpResponse::refusal(error), now);
+                        }
+                    }
+                }
+            }
+        }
     }
 
     pub(crate) fn start_upload(
@@ -353,6 +452,13 @@ impl Server {
         let entry = self.queries.remove(handle)?;
         if let Some(c) = self.conns.get_mut(&entry.conn) {
             c.inflight.remove(&entry.query_id);
+            if let Some(write) = entry.in_order_write {
+                c.in_order.running = c.in_order.running.saturating_sub(1);
+                if write {
+                    c.in_order.write_running = false;
+                }
+                self.barrier_moved.insert(entry.conn);
+            }
         }
         self.release_inbound(entry.conn, entry.inbound);
         self.timers.cancel(&TimerKey::QueryTimeout(handle));
@@ -394,10 +500,10 @@ impl Server {
                 None => self.release_waiters(flight),
             }
         }
-        let Some(entry) = entry else {
-            return;
-        };
-        self.deliver(entry, outcome, now);
+        if let Some(entry) = entry {
+            self.deliver(entry, outcome, now);
+        }
+        self.start_held_queries(now);
     }
 
     /// Answers every waiter of a flight from its leader's result, under their own ids.

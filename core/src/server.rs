@@ -4,7 +4,7 @@
 //! Single owner: a `Server` is `Send` but not meant to be shared; the driver owns it and
 //! feeds it inputs one at a time (see the crate docs).
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use bytes::Bytes;
 
@@ -152,6 +152,8 @@ pub(crate) struct Conn {
     pub(crate) inbound_bytes: usize,
     /// When the peer was last heard from (a frame or a pong).
     pub(crate) last_heard: Millis,
+    /// Ordered dialects: the write barrier (see `queries::HeldQuery`).
+    pub(crate) in_order: crate::queries::InOrder,
 }
 
 impl Conn {
@@ -174,6 +176,8 @@ pub struct Server {
     pub(crate) ids: IdGenerator,
     pub(crate) timers: Timers,
     pub(crate) flights: Flights,
+    /// Ordered connections where a query finished: their held queries may start.
+    pub(crate) barrier_moved: BTreeSet<ConnId>,
     pub(crate) budget: Budget,
     effects: VecDeque<Effect>,
     /// Set while a handler runs; stays set if it panicked.
@@ -195,6 +199,7 @@ impl Server {
             ids: IdGenerator::new(seed),
             timers: Timers::default(),
             flights: Flights::default(),
+            barrier_moved: BTreeSet::new(),
             budget: Budget::default(),
             effects: VecDeque::new(),
             poisoned: false,
@@ -550,9 +555,14 @@ impl Server {
         let inflight = std::mem::take(&mut c.inflight);
         let room = c.room.take();
         c.answers.clear();
+        // Held back by the write barrier: never handed to the executor.
+        let held: BTreeSet<QueryHandle> = c.in_order.held.drain(..).map(|h| h.query).collect();
         for handle in inflight.into_values() {
             if let Some(entry) = self.queries.remove(handle) {
                 self.release_inbound(conn, entry.inbound);
+            }
+            if held.contains(&handle) {
+                continue;
             }
             if self.flights.leave(handle) {
                 continue; // a waiter: nothing runs
@@ -611,6 +621,7 @@ impl Server {
                 next_slot: 0,
                 inbound_bytes: 0,
                 last_heard: now,
+                in_order: Default::default(),
             },
         );
         if self.shutting_down {

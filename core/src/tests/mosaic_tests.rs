@@ -31,14 +31,12 @@ fn answers_come_in_request_order_as_bare_results() {
     assert!(arrow.arrow_header.is_empty(), "bare IPC");
     let json_query = runs(&h.text(1, json!({"type":"json","sql":"select 2"})))[0].clone();
     assert_eq!(json_query.json_header, None);
-    let exec = runs(&h.text(1, json!({"type":"exec","sql":"create table t(a int)"})))[0].clone();
     let bad = h.text(1, json!({"type":"subscribe","channel":"c"}));
     assert!(sent(&bad).is_empty(), "waits its turn");
     let finish = |h: &mut Harness, q: QueryHandle, o: QueryOutcome| {
         h.server.handle_query_done(q, o, false, h.now()).unwrap();
         h.drain()
     };
-    assert!(sent(&finish(&mut h, exec.query, QueryOutcome::NoResultSet)).is_empty());
     assert!(sent(&finish(
         &mut h,
         json_query.query,
@@ -55,12 +53,58 @@ fn answers_come_in_request_order_as_bare_results() {
         vec![
             Frame::Binary(Bytes::from_static(b"IPC")),
             Frame::Text("[{\"x\":2}]".into()),
-            Frame::Text("{}".into()),
             Frame::Text(
                 json!({"error":"`subscribe` messages are not part of Mosaic's socket protocol (send arrow, json or exec)"})
                     .to_string()
             ),
         ]
+    );
+}
+
+/// Mosaic's servers run a socket's messages one at a time; duckwire runs its reads together
+/// but a write alone: after the queries sent before it, before the ones sent after it.
+#[test]
+fn a_write_runs_alone_between_the_reads_around_it() {
+    let mut h = Harness::new(Config::default());
+    h.open_with(1, mosaic());
+    let finish = |h: &mut Harness, q: QueryHandle, o: QueryOutcome| {
+        h.server.handle_query_done(q, o, false, h.now()).unwrap();
+        h.drain()
+    };
+    let before = runs(&h.text(1, json!({"type":"json","sql":"select 1 as x"})))[0].clone();
+    let exec = json!({"type":"exec","sql":"create table t as select 1 as a"});
+    assert!(
+        runs(&h.text(1, exec)).is_empty(),
+        "the write waits for the read before it"
+    );
+    let count = json!({"type":"json","sql":"select count(*) as n from t"});
+    assert!(
+        runs(&h.text(1, count)).is_empty(),
+        "the read after the write waits for it"
+    );
+    let also = json!({"type":"arrow","sql":"select 2"});
+    assert!(
+        runs(&h.text(1, also)).is_empty(),
+        "and so does every later query"
+    );
+
+    let effects = finish(
+        &mut h,
+        before.query,
+        QueryOutcome::Json("[{\"x\":1}]".into()),
+    );
+    assert_eq!(sent(&effects), vec![Frame::Text("[{\"x\":1}]".into())]);
+    let started = runs(&effects);
+    assert_eq!(started.len(), 1, "the write alone: {started:?}");
+    assert_eq!(started[0].sql, "create table t as select 1 as a");
+
+    let effects = finish(&mut h, started[0].query, QueryOutcome::NoResultSet);
+    assert_eq!(sent(&effects), vec![Frame::Text("{}".into())]);
+    let reads = runs(&effects);
+    assert_eq!(
+        reads.iter().map(|r| r.sql.as_str()).collect::<Vec<_>>(),
+        ["select count(*) as n from t", "select 2"],
+        "the reads after it start together once it finished"
     );
 }
 
