@@ -257,7 +257,7 @@ impl Server {
                 message.type_name(),
             )));
         };
-        if reads_only && (kind == QueryKind::Exec || !crate::sql::classify(&sql).read_only) {
+        if reads_only && crate::sql::may_write(kind, &sql) {
             return Some(HttpResponse::error(405, WRITE_OVER_GET));
         }
         // The id is internal (replies are matched by order); it only has to be unique.

@@ -189,9 +189,7 @@ impl Server {
         persist: bool,
         now: Millis,
     ) -> Result<(), ProtocolError> {
-        if self.config.read_only
-            && (kind == QueryKind::Exec || !crate::sql::classify(&sql).read_only)
-        {
+        if self.config.read_only && crate::sql::may_write(kind, &sql) {
             return Err(ProtocolError::ReadOnly);
         }
         let Some(entry) = self.queries.get_mut(query) else {
@@ -313,7 +311,7 @@ impl Server {
         let (query, _) = self
             .admit(conn, Some(query_id), Work::Query(kind), Some(slot))
             .map_err(|(error, _)| error)?;
-        let write = kind == QueryKind::Exec || !crate::sql::classify(&sql).read_only;
+        let write = crate::sql::may_write(kind, &sql);
         let held = HeldQuery {
             query,
             kind,

@@ -130,6 +130,11 @@ pub struct Classification {
     pub read_only: bool,
 }
 
+/// Whether a message of `kind` with `sql` may write: an `exec`, or SQL that is not a read.
+pub fn may_write(kind: crate::QueryKind, sql: &str) -> bool {
+    kind == crate::QueryKind::Exec || !classify(sql).read_only
+}
+
 pub fn classify(sql: &str) -> Classification {
     let statements = split_statements(sql);
     let is_read = |s: &&str| QUERY_KEYWORDS.contains(&leading_keyword(s).as_str());

@@ -329,15 +329,20 @@ fn read_only_replicas_share_one_database_file_and_their_rooms() {
 
 /// Polls Redis until `check` holds (saves follow edits asynchronously); panics after
 /// [`REPLY_TIMEOUT`].
-fn redis_until(redis: &RedisServer, what: &str, check: impl Fn(&RedisServer) -> bool) {
+/// Waits (up to `REPLY_TIMEOUT`) until `check` holds.
+fn until(what: &str, check: impl Fn() -> bool) {
     let deadline = std::time::Instant::now() + REPLY_TIMEOUT;
-    while !check(redis) {
+    while !check() {
         assert!(
             std::time::Instant::now() < deadline,
             "timed out waiting for {what}"
         );
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
+}
+
+fn redis_until(redis: &RedisServer, what: &str, check: impl Fn(&RedisServer) -> bool) {
+    until(what, || check(redis));
 }
 
 fn field(redis: &RedisServer, key: &str, name: &str) -> Option<String> {
@@ -396,14 +401,9 @@ fn one_replica_at_a_time_saves_the_shared_snapshot_and_the_stream_is_trimmed_bel
     let saved = |server: &ServerProcess| metric(server, "duckwire_shared_snapshots_saved_total");
     let skipped =
         |server: &ServerProcess| metric(server, "duckwire_shared_snapshots_skipped_total");
-    let deadline = std::time::Instant::now() + REPLY_TIMEOUT;
-    while servers.iter().any(|s| saved(s) + skipped(s) == 0.0) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "a replica holding the room never tried to save it"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    until("every replica holding the room to try to save it", || {
+        servers.iter().all(|s| saved(s) + skipped(s) > 0.0)
+    });
     let savers: Vec<f64> = servers.iter().map(saved).collect();
     assert_eq!(
         savers.iter().filter(|n| **n > 0.0).count(),
@@ -428,14 +428,9 @@ fn one_replica_at_a_time_saves_the_shared_snapshot_and_the_stream_is_trimmed_bel
         a.send_binary(loro_update(&format!("k{i}"), i));
         assert_eq!(a.recv_json(), crdt_ack());
     }
-    let deadline = std::time::Instant::now() + REPLY_TIMEOUT;
-    while servers.iter().zip(&before).any(|(s, b)| skipped(s) <= *b) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no save attempt after the edits"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    until("a save attempt by every replica after the edits", || {
+        servers.iter().zip(&before).all(|(s, b)| skipped(s) > *b)
+    });
     assert_eq!(field(&redis, "duckwire:room:r:snapshot", "covers"), covers);
     assert_eq!(
         field(&redis, "duckwire:room:r:snapshot", "fence").as_deref(),
