@@ -43,6 +43,9 @@ struct Args {
     /// quiet time before a changed room is saved, in ms (default: 500)
     #[argh(option, default = "500")]
     save_debounce_ms: u64,
+    /// unload a room (its document leaves memory) this many ms after its last member left and it was saved (default: 30000)
+    #[argh(option, default = "30_000")]
+    room_idle_evict_ms: u64,
     /// let clients seed empty rooms with crdt-snapshot (always on for :memory:)
     #[argh(switch)]
     allow_client_snapshots: bool,
@@ -222,6 +225,7 @@ fn config_from(args: Args) -> Result<ServerConfig, String> {
             sync_enabled: args.sync,
             allow_client_snapshots: args.allow_client_snapshots || in_memory,
             save_debounce_ms: args.save_debounce_ms,
+            room_idle_evict_ms: args.room_idle_evict_ms,
             auth_timeout_ms: args.auth_timeout_ms.map(|ms| ms as u64),
             http_idle_timeout_ms: args.http_idle_timeout_ms.map(|ms| ms as u64),
             ping_interval_ms: args.ping_interval_ms.map(|ms| ms as u64),

@@ -113,14 +113,35 @@ impl ServerProcess {
 
     /// The server's resident set size now, from /proc.
     pub fn rss_bytes(&self) -> u64 {
+        self.status_bytes("VmRSS:")
+    }
+
+    /// The anonymous part of the resident set (heaps, stacks, buffers): what the server
+    /// allocated, without the pages of its own code and libraries it has touched so far.
+    pub fn anonymous_rss_bytes(&self) -> u64 {
+        self.status_bytes("RssAnon:")
+    }
+
+    fn status_bytes(&self, field: &str) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
             .expect("/proc/<pid>/status");
         let kib: u64 = status
             .lines()
-            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .find_map(|line| line.strip_prefix(field))
             .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
-            .expect("VmRSS");
+            .unwrap_or_else(|| panic!("{field} in /proc/<pid>/status"));
         kib * 1024
+    }
+
+    /// A value from the server's `/metrics` (0 when the series is absent).
+    pub fn metric(&self, name: &str) -> f64 {
+        let (_, _, body) = get(&self.addr, "/metrics", "");
+        String::from_utf8(body)
+            .unwrap_or_default()
+            .lines()
+            .find_map(|line| line.strip_prefix(&format!("{name} ")).map(str::to_string))
+            .and_then(|value| value.trim().parse().ok())
+            .unwrap_or(0.0)
     }
 
     /// SIGKILL: no chance to flush anything.

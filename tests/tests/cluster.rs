@@ -351,17 +351,6 @@ fn field(redis: &RedisServer, key: &str, name: &str) -> Option<String> {
         .filter(|value| value != "(nil)")
 }
 
-/// A counter from the server's `/metrics`.
-fn metric(server: &ServerProcess, name: &str) -> f64 {
-    let (_, _, body) = get(&server.addr, "/metrics", "");
-    String::from_utf8(body)
-        .unwrap()
-        .lines()
-        .find_map(|line| line.strip_prefix(&format!("{name} ")).map(str::to_string))
-        .and_then(|value| value.trim().parse().ok())
-        .unwrap_or(0.0)
-}
-
 fn stream_length(redis: &RedisServer) -> usize {
     redis
         .command(&["XLEN", "duckwire:room:r"])
@@ -398,9 +387,8 @@ fn one_replica_at_a_time_saves_the_shared_snapshot_and_the_stream_is_trimmed_bel
     // Both replicas hold the room and save it on their debounce; within one lease interval
     // (30 s, longer than this test) every shared save is the holder's, the other replica's
     // attempts are skipped.
-    let saved = |server: &ServerProcess| metric(server, "duckwire_shared_snapshots_saved_total");
-    let skipped =
-        |server: &ServerProcess| metric(server, "duckwire_shared_snapshots_skipped_total");
+    let saved = |server: &ServerProcess| server.metric("duckwire_shared_snapshots_saved_total");
+    let skipped = |server: &ServerProcess| server.metric("duckwire_shared_snapshots_skipped_total");
     until("every replica holding the room to try to save it", || {
         servers.iter().all(|s| saved(s) + skipped(s) > 0.0)
     });

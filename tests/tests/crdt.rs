@@ -122,6 +122,36 @@ fn rooms_survive_a_restart_of_a_file_database() {
 }
 
 #[test]
+fn an_empty_saved_room_is_unloaded_after_the_idle_delay_and_loads_again_on_join() {
+    let dir = temp_dir("crdt-evict");
+    let db = dir.join("app.duckdb");
+    let server = ServerProcess::start(&[
+        "--sync",
+        "--db-path",
+        db.to_str().unwrap(),
+        "--room-idle-evict-ms",
+        "200",
+    ]);
+    let mut a = server.connect();
+    join_room(&mut a, "r");
+    a.send_binary(loro_update("kept", 3));
+    assert_eq!(a.recv_json()["type"], "crdt-update-ack");
+    assert_eq!(server.metric("duckwire_crdt_rooms"), 1.0);
+    a.close();
+    let deadline = std::time::Instant::now() + REPLY_TIMEOUT;
+    while server.metric("duckwire_crdt_rooms") != 0.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the room did not leave memory within the idle delay after its last member left"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let mut b = server.connect();
+    assert_eq!(join_room(&mut b, "r"), json!({"kept": 3}));
+    assert_eq!(server.metric("duckwire_crdt_rooms"), 1.0);
+}
+
+#[test]
 fn meta_db_stores_rooms_in_an_attached_file() {
     let dir = temp_dir("crdt-meta-db");
     let db = dir.join("main.duckdb");
