@@ -71,6 +71,22 @@ fn json_values_follow_the_python_server() {
 }
 
 #[test]
+fn floats_are_written_with_the_digits_their_type_holds() {
+    // A FLOAT is written as the shortest text that reads back as the same 32-bit float, as
+    // DuckDB prints it: `0.1`, not its widened double `0.10000000149011612`. Doubles keep
+    // every digit they hold.
+    let server = ServerProcess::start(&[]);
+    let mut client = server.connect();
+    let sql = "select 0.1::float as f, [0.1::float, 3.4028235e38::float] as l, \
+               0.1::double + 0.2::double as d";
+    let reply = client.request(json!({"type":"json","sql":sql,"queryId":"f"}));
+    assert_eq!(
+        reply["data"],
+        "[{\"f\":0.1,\"l\":[0.1,3.4028235e+38],\"d\":0.30000000000000004}]"
+    );
+}
+
+#[test]
 fn exec_and_statements_without_results_answer_ok() {
     let server = ServerProcess::start(&[]);
     let mut client = server.connect();

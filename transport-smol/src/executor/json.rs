@@ -159,10 +159,15 @@ fn write_plain_cell(array: &dyn Array, row: usize, out: &mut Vec<u8>) -> bool {
         DataType::UInt16 => put(out, &array.as_primitive::<dt::UInt16Type>().value(row)),
         DataType::UInt32 => put(out, &array.as_primitive::<dt::UInt32Type>().value(row)),
         DataType::UInt64 => put(out, &array.as_primitive::<dt::UInt64Type>().value(row)),
-        DataType::Float32 => float(
-            out,
-            f64::from(array.as_primitive::<dt::Float32Type>().value(row)),
-        ),
+        DataType::Float32 => {
+            let value = array.as_primitive::<dt::Float32Type>().value(row);
+            if value.is_finite() {
+                // serde_json writes an f32 as the shortest text that reads back as that f32.
+                put(out, &value);
+            } else {
+                out.extend_from_slice(b"null");
+            }
+        }
         DataType::Float64 => float(out, array.as_primitive::<dt::Float64Type>().value(row)),
         DataType::Date32 => put(
             out,
@@ -197,6 +202,15 @@ fn number_f64(value: f64) -> Value {
     Number::from_f64(value).map_or(Value::Null, Value::Number)
 }
 
+/// A FLOAT as the shortest decimal that reads back as the same 32-bit float (`0.1`, as DuckDB
+/// prints it), not its widened double (`0.10000000149011612`, digits the column never held).
+fn float32(value: f32) -> Value {
+    if !value.is_finite() {
+        return Value::Null;
+    }
+    number_f64(value.to_string().parse().unwrap_or(f64::from(value)))
+}
+
 /// One cell as a JSON value.
 pub fn value_at(array: &dyn Array, row: usize) -> Value {
     if array.is_null(row) {
@@ -219,9 +233,7 @@ pub fn value_at(array: &dyn Array, row: usize) -> Value {
         DataType::Float16 => {
             number_f64(array.as_primitive::<dt::Float16Type>().value(row).to_f64())
         }
-        DataType::Float32 => number_f64(f64::from(
-            array.as_primitive::<dt::Float32Type>().value(row),
-        )),
+        DataType::Float32 => float32(array.as_primitive::<dt::Float32Type>().value(row)),
         DataType::Float64 => number_f64(array.as_primitive::<dt::Float64Type>().value(row)),
         DataType::Decimal128(_, scale) => decimal(
             array.as_primitive::<dt::Decimal128Type>().value(row),
@@ -456,6 +468,12 @@ mod tests {
                 None,
                 Some(-2.5),
             ])),
+            Arc::new(Float32Array::from(vec![
+                Some(16_777_216.0),
+                Some(f32::MAX),
+                Some(1e-7),
+                Some(f32::from_bits(1)),
+            ])),
             Arc::new(Float64Array::from(vec![
                 Some(1e300),
                 Some(f64::INFINITY),
@@ -563,5 +581,25 @@ mod tests {
             serde_json::json!(i64::MAX)
         );
         assert_eq!(to_millis(-1, TimeUnit::Microsecond), -1);
+    }
+
+    #[test]
+    fn floats_keep_the_digits_of_their_own_width() {
+        assert_eq!(float32(0.1).to_string(), "0.1");
+        assert_eq!(float32(-2.5).to_string(), "-2.5");
+        assert_eq!(float32(f32::INFINITY), Value::Null);
+        // Every FLOAT written reads back as the same 32-bit float.
+        for bits in [
+            1u32,
+            0x3dcc_cccd,
+            0x4b80_0000,
+            0x7f7f_ffff,
+            0x0080_0000,
+            0xbf80_0001,
+        ] {
+            let value = f32::from_bits(bits);
+            let text = float32(value).to_string();
+            assert_eq!(text.parse::<f32>().unwrap(), value, "{text}");
+        }
     }
 }
