@@ -181,6 +181,49 @@ fn room_edits_reach_members_on_every_replica_and_late_joiners_anywhere() {
 }
 
 #[test]
+fn changes_waiting_together_share_one_redis_round_trip_and_keep_their_order() {
+    let Some(redis) = RedisServer::start("cluster-group-commit") else {
+        return;
+    };
+    let servers = replicas(&redis, 2, &["--sync"]);
+    let mut writer = servers[0].connect();
+    let mut member = servers[1].connect();
+    join_room(&mut writer, "r");
+    join_room(&mut member, "r");
+    let appends = || servers[0].metric("duckwire_shared_log_appends_total");
+    let round_trips = || servers[0].metric("duckwire_shared_log_round_trips_total");
+    let (appends_before, round_trips_before) = (appends(), round_trips());
+    // Redis holds every write for 200 ms (under the Redis client's 500 ms answer timeout):
+    // the first change's append waits in it and the changes sent meanwhile queue behind it,
+    // as under a burst of edits.
+    redis.command(&["CLIENT", "PAUSE", "200", "WRITE"]);
+    const SENT: i64 = 50;
+    let changes: Vec<Vec<u8>> = (0..SENT)
+        .map(|i| loro_update(&format!("k{i}"), i))
+        .collect();
+    for change in &changes {
+        writer.send_binary(change.clone());
+    }
+    for _ in 0..SENT {
+        assert_eq!(writer.recv_json(), crdt_ack());
+    }
+    for (i, change) in changes.iter().enumerate() {
+        assert_eq!(&member.recv_binary(), change, "change {i} relayed in order");
+    }
+    assert_eq!(appends() - appends_before, SENT as f64);
+    let shared = round_trips() - round_trips_before;
+    assert!(
+        shared <= 5.0,
+        "{SENT} changes queued behind a paused Redis took {shared} round trips"
+    );
+    let mut late = servers[1].connect();
+    let state = join_room(&mut late, "r");
+    for i in 0..SENT {
+        assert_eq!(state[format!("k{i}")], json!(i), "change k{i}");
+    }
+}
+
+#[test]
 fn a_replica_killed_mid_edits_loses_no_acknowledged_change() {
     let Some(redis) = RedisServer::start("cluster-sigkill") else {
         return;

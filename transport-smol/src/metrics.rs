@@ -45,6 +45,10 @@ pub struct Metrics {
     /// another replica holds the room's save lease (or its own was taken over).
     pub shared_snapshots_saved: Counter,
     pub shared_snapshots_skipped: Counter,
+    /// Cluster mode: changes appended to rooms' Redis Streams, and the round trips that
+    /// carried them (appends waiting together share one).
+    pub shared_log_appends: Counter,
+    pub shared_log_round_trips: Counter,
 }
 
 impl Default for Metrics {
@@ -66,6 +70,8 @@ impl Default for Metrics {
             bytes_out: Counter::default(),
             shared_snapshots_saved: Counter::default(),
             shared_snapshots_skipped: Counter::default(),
+            shared_log_appends: Counter::default(),
+            shared_log_round_trips: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -142,6 +148,16 @@ impl Default for Metrics {
             "duckwire_shared_snapshots_skipped",
             "Cluster mode: room snapshot saves left to the replica holding the room's save lease",
             metrics.shared_snapshots_skipped.clone(),
+        );
+        registry.register(
+            "duckwire_shared_log_appends",
+            "Cluster mode: changes appended to rooms' Redis Streams by this replica",
+            metrics.shared_log_appends.clone(),
+        );
+        registry.register(
+            "duckwire_shared_log_round_trips",
+            "Cluster mode: Redis round trips that carried those appends (appends waiting together share one)",
+            metrics.shared_log_round_trips.clone(),
         );
         // Every query label pair shows from the start, at zero.
         for kind in ["arrow", "json", "exec", "upload"] {

@@ -844,6 +844,67 @@ fn crdt_fanout(name: &str, urls: &[String], rss: &Rss, reps: usize) -> Scenario 
     Scenario::ended(name, samples, reps as u64, bytes, started, rss)
 }
 
+/// Acknowledged CRDT edits per second: `editors` clients, each alone in its own room, each
+/// keeping `window` edits in flight (a burst of typing); an edit counts when its
+/// `crdt-update-ack` arrives (in cluster mode, after its append to the room's Redis Stream).
+fn crdt_edit_throughput(
+    name: &str,
+    url: &str,
+    rss: &Rss,
+    editors: usize,
+    window: usize,
+    per_editor: usize,
+) -> Scenario {
+    rss.reset();
+    let started = Instant::now();
+    let threads: Vec<_> = (0..editors)
+        .map(|e| {
+            let url = url.to_string();
+            let room = format!("edits-{}-{e}-{name}", std::process::id());
+            std::thread::spawn(move || {
+                let mut socket = Client::connect(&url, Wire::SqlRooms).socket;
+                let join = json!({"type":"crdt-join","roomId":room,"clientId":"bench"});
+                socket.send(Message::Text(join.to_string().into())).unwrap();
+                let mut seen = 0;
+                while seen < 2 {
+                    if let Message::Text(_) = socket.read().unwrap() {
+                        seen += 1;
+                    }
+                }
+                let doc = loro::LoroDoc::new();
+                let mut version = doc.oplog_vv();
+                let mut in_flight = VecDeque::new();
+                let (mut sent, mut samples) = (0, Vec::with_capacity(per_editor));
+                while samples.len() < per_editor {
+                    while sent < per_editor && in_flight.len() < window {
+                        doc.get_map("m")
+                            .insert(&format!("k{}", sent % 50), sent as i64)
+                            .unwrap();
+                        doc.commit();
+                        let update = doc.export(loro::ExportMode::updates(&version)).unwrap();
+                        version = doc.oplog_vv();
+                        in_flight.push_back(Instant::now());
+                        socket.send(Message::Binary(update.into())).unwrap();
+                        sent += 1;
+                    }
+                    if let Message::Text(text) = socket.read().unwrap() {
+                        let reply: Value = serde_json::from_str(&text).unwrap();
+                        assert_eq!(reply["type"], "crdt-update-ack", "{reply}");
+                        samples.push(in_flight.pop_front().expect("an edit in flight").elapsed());
+                    }
+                }
+                samples
+            })
+        })
+        .collect();
+    let samples: Vec<Duration> = threads
+        .into_iter()
+        .flat_map(|t| t.join().expect("an editor"))
+        .collect();
+    let operations = samples.len() as u64;
+    Scenario::ended(name, samples, operations, 0, started, rss)
+}
+
 /// Replicas sharing a Redis: a CRDT update to 7 members spread over them, and a notify
 /// from a client on the first replica to a subscriber on the last, each also with every
 /// client on the first replica (the same-process baseline, same run).
@@ -862,6 +923,14 @@ fn cross_replica(options: &Options, rss: &Rss, scale: impl Fn(usize) -> usize) -
             &format!("cluster | CRDT fan-out: 1 update to 7 members over {n} replicas"),
             replicas,
             rss,
+            scale(300),
+        ),
+        crdt_edit_throughput(
+            "cluster | throughput: acknowledged CRDT edits, 16 editors × 16 in flight",
+            &replicas[0],
+            rss,
+            16,
+            16,
             scale(300),
         ),
         notify_latency(
