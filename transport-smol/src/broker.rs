@@ -35,6 +35,23 @@ const RECONNECT_MAX: Duration = Duration::from_secs(5);
 const FOLLOW_BLOCK_MS: u64 = 200;
 /// Entries read per stream and round.
 const FOLLOW_COUNT: usize = 256;
+/// How long a command may wait for Redis' answer before it counts as failed (the sender of
+/// a change then gets an error, never an ack, and the connection is made anew). The Redis
+/// client's own default, 500 ms, turned a Redis pausing for a fork or a slow fsync into
+/// failed edits and a reconnection that republishes every room.
+const REDIS_ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A connection for commands, waiting [`REDIS_ANSWER_TIMEOUT`] for each answer.
+async fn command_connection(
+    client: &redis::Client,
+) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
+    let config =
+        redis::AsyncConnectionConfig::new().set_response_timeout(Some(REDIS_ANSWER_TIMEOUT));
+    client
+        .get_multiplexed_async_connection_with_config(&config)
+        .await
+}
+
 /// Appends waiting together go to Redis as one pipeline (group commit: one round trip for
 /// the lot instead of one each, which bounded a replica's acknowledged edits per second by
 /// the Redis round-trip time); at most this many at once.
@@ -522,7 +539,7 @@ impl BrokerTask {
     /// deliveries until the connection fails (`Err`) or the server stops (`Ok`).
     async fn connected(&mut self) -> redis::RedisResult<()> {
         let pubsub = self.client.get_async_pubsub().await?;
-        let mut publisher = self.client.get_multiplexed_async_connection().await?;
+        let mut publisher = command_connection(&self.client).await?;
         let (mut sink, mut deliveries) = pubsub.split();
         for (channel, token) in self.wanted.clone() {
             sink.subscribe(self.channel_key(&channel)).await?;
@@ -694,7 +711,7 @@ impl Follower {
     }
 
     async fn follow(&self) -> redis::RedisResult<()> {
-        let mut connection = self.client.get_multiplexed_async_connection().await?;
+        let mut connection = command_connection(&self.client).await?;
         loop {
             let rooms: Vec<(String, String)> = self
                 .followed
