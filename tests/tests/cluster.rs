@@ -81,6 +81,38 @@ fn a_notify_crosses_replicas_exactly_once() {
 }
 
 #[test]
+fn notifies_waiting_together_share_one_redis_round_trip_and_keep_their_order() {
+    let Some(redis) = RedisServer::start("cluster-publish-batch") else {
+        return;
+    };
+    let servers = replicas(&redis, 2, &[]);
+    let mut sender = servers[0].connect();
+    let mut subscriber = servers[1].connect();
+    subscribe(&mut subscriber, "c");
+    let published = || servers[0].metric("duckwire_publications_total");
+    let round_trips = || servers[0].metric("duckwire_publish_round_trips_total");
+    let (published_before, round_trips_before) = (published(), round_trips());
+    // Redis holds every write (PUBLISH too) for a second: the first publication waits in it
+    // and the notifies sent meanwhile queue behind it.
+    redis.command(&["CLIENT", "PAUSE", "1000", "WRITE"]);
+    const SENT: i64 = 50;
+    for n in 0..SENT {
+        notify(&mut sender, "c", json!({ "n": n }));
+    }
+    for n in 0..SENT {
+        assert_eq!(subscriber.recv_json(), notified(json!({ "n": n })));
+    }
+    until("every publication counted", || {
+        published() - published_before == SENT as f64
+    });
+    let shared = round_trips() - round_trips_before;
+    assert!(
+        shared <= 5.0,
+        "{SENT} notifies queued behind a paused Redis took {shared} round trips"
+    );
+}
+
+#[test]
 fn redis_subscriptions_follow_local_subscribers_and_prefixes_separate_clusters() {
     let Some(redis) = RedisServer::start("cluster-subscriptions") else {
         return;

@@ -52,10 +52,10 @@ async fn command_connection(
         .await
 }
 
-/// Appends waiting together go to Redis as one pipeline (group commit: one round trip for
-/// the lot instead of one each, which bounded a replica's acknowledged edits per second by
-/// the Redis round-trip time); at most this many at once.
-const APPEND_BATCH: usize = 256;
+/// Appends (and publications) waiting together go to Redis as one pipeline (group commit:
+/// one round trip for the lot instead of one each, which bounded a replica's acknowledged
+/// edits per second by the Redis round-trip time); at most this many at once.
+const PIPELINE_LIMIT: usize = 256;
 
 /// Requests from the core, in order. Subscriptions are few (bounded by the subscription
 /// caps); appends are bounded by the inbound budget, which holds their bytes until they are
@@ -340,12 +340,12 @@ impl BrokerTask {
         let _ = self.follow_changed.try_send(());
     }
 
-    /// The append just received and every append queued behind it (up to [`APPEND_BATCH`]);
+    /// The append just received and every append queued behind it (up to [`PIPELINE_LIMIT`]);
     /// a request of another kind met on the way is held for the next turn, so requests
     /// stay in order.
     fn gather_appends(&mut self, first: PendingAppend) -> Vec<PendingAppend> {
         let mut batch = vec![first];
-        while batch.len() < APPEND_BATCH {
+        while batch.len() < PIPELINE_LIMIT {
             match self.control.try_recv() {
                 Ok(Control::Append {
                     room_id,
@@ -639,11 +639,30 @@ impl BrokerTask {
                     }
                 }
                 Event::Publish(channel, message) => {
-                    redis::cmd("PUBLISH")
+                    // Publications waiting together go in one round trip, in order, as
+                    // appends do.
+                    let mut pipeline = redis::pipe();
+                    pipeline
+                        .cmd("PUBLISH")
                         .arg(self.channel_key(&channel))
                         .arg(message.as_ref())
-                        .query_async::<()>(&mut publisher)
-                        .await?;
+                        .ignore();
+                    let mut published = 1;
+                    while published < PIPELINE_LIMIT {
+                        let Ok((channel, message)) = self.publications.try_recv() else {
+                            break;
+                        };
+                        pipeline
+                            .cmd("PUBLISH")
+                            .arg(self.channel_key(&channel))
+                            .arg(message.as_ref())
+                            .ignore();
+                        published += 1;
+                    }
+                    let sent = pipeline.query_async::<()>(&mut publisher).await;
+                    self.metrics.publish_round_trips.inc();
+                    self.metrics.publications.inc_by(published as u64);
+                    sent?;
                 }
                 Event::Delivered(message) => {
                     let Some(channel) = message

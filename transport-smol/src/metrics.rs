@@ -49,6 +49,9 @@ pub struct Metrics {
     /// carried them (appends waiting together share one).
     pub shared_log_appends: Counter,
     pub shared_log_round_trips: Counter,
+    /// Cluster mode: notifies published to Redis, and the round trips that carried them.
+    pub publications: Counter,
+    pub publish_round_trips: Counter,
 }
 
 impl Default for Metrics {
@@ -72,6 +75,8 @@ impl Default for Metrics {
             shared_snapshots_skipped: Counter::default(),
             shared_log_appends: Counter::default(),
             shared_log_round_trips: Counter::default(),
+            publications: Counter::default(),
+            publish_round_trips: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -158,6 +163,16 @@ impl Default for Metrics {
             "duckwire_shared_log_round_trips",
             "Cluster mode: Redis round trips that carried those appends (appends waiting together share one)",
             metrics.shared_log_round_trips.clone(),
+        );
+        registry.register(
+            "duckwire_publications",
+            "Cluster mode: notifies published to Redis by this replica",
+            metrics.publications.clone(),
+        );
+        registry.register(
+            "duckwire_publish_round_trips",
+            "Cluster mode: Redis round trips that carried those publications (publications waiting together share one)",
+            metrics.publish_round_trips.clone(),
         );
         // Every query label pair shows from the start, at zero.
         for kind in ["arrow", "json", "exec", "upload"] {
