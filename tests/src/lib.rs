@@ -5,7 +5,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tungstenite::client::IntoClientRequest;
@@ -434,6 +434,16 @@ pub fn upload_frame(query_id: &str, table: &str, ipc: &[u8]) -> Vec<u8> {
     frame
 }
 
+/// Waits until `check` holds, polling every 20 ms (what it waits for happens in another
+/// process, with nothing to be told by); panics naming `what` after [`REPLY_TIMEOUT`].
+pub fn until(what: &str, check: impl Fn() -> bool) {
+    let deadline = Instant::now() + REPLY_TIMEOUT;
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// A Loro update setting `key` = `value` in map "m" (from a fresh peer).
 pub fn loro_update(key: &str, value: i64) -> Vec<u8> {
     let doc = loro::LoroDoc::new();
@@ -649,14 +659,9 @@ impl RedisServer {
             .spawn()
             .expect("start redis-server");
         self.child = Some(child);
-        let deadline = std::time::Instant::now() + REPLY_TIMEOUT;
-        while self.command(&["PING"]).as_deref() != Some("+PONG") {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "redis-server did not start"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        until("redis-server to start", || {
+            self.command(&["PING"]).as_deref() == Some("+PONG")
+        });
     }
 
     /// Kills the server (as a crash would).

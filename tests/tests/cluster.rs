@@ -404,18 +404,6 @@ fn read_only_replicas_share_one_database_file_and_their_rooms() {
 
 /// Polls Redis until `check` holds (saves follow edits asynchronously); panics after
 /// [`REPLY_TIMEOUT`].
-/// Waits (up to `REPLY_TIMEOUT`) until `check` holds.
-fn until(what: &str, check: impl Fn() -> bool) {
-    let deadline = std::time::Instant::now() + REPLY_TIMEOUT;
-    while !check() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-}
-
 fn redis_until(redis: &RedisServer, what: &str, check: impl Fn(&RedisServer) -> bool) {
     until(what, || check(redis));
 }

@@ -138,14 +138,10 @@ fn an_empty_saved_room_is_unloaded_after_the_idle_delay_and_loads_again_on_join(
     assert_eq!(a.recv_json()["type"], "crdt-update-ack");
     assert_eq!(server.metric("duckwire_crdt_rooms"), 1.0);
     a.close();
-    let deadline = std::time::Instant::now() + REPLY_TIMEOUT;
-    while server.metric("duckwire_crdt_rooms") != 0.0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the room did not leave memory within the idle delay after its last member left"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    until(
+        "the room to leave memory after its last member left",
+        || server.metric("duckwire_crdt_rooms") == 0.0,
+    );
     let mut b = server.connect();
     assert_eq!(join_room(&mut b, "r"), json!({"kept": 3}));
     assert_eq!(server.metric("duckwire_crdt_rooms"), 1.0);

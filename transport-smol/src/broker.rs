@@ -366,43 +366,26 @@ impl BrokerTask {
         batch
     }
 
-    /// Appends the entries to their rooms' streams, in order, in one round trip.
-    async fn append_entries(
+    /// Appends `(room id, update)` entries to their rooms' streams, in order, in one round
+    /// trip.
+    async fn append_entries<'a>(
         &self,
         connection: &mut redis::aio::MultiplexedConnection,
-        batch: &[PendingAppend],
+        entries: impl IntoIterator<Item = (&'a str, &'a [u8])>,
     ) -> redis::RedisResult<()> {
         let mut pipeline = redis::pipe();
-        for append in batch {
+        for (room_id, update) in entries {
             pipeline
                 .cmd("XADD")
-                .arg(self.room_key(&append.room_id))
+                .arg(self.room_key(room_id))
                 .arg("*")
                 .arg("origin")
                 .arg(&self.replica_id)
                 .arg("update")
-                .arg(append.update.as_ref())
+                .arg(update)
                 .ignore();
         }
         pipeline.query_async::<()>(connection).await
-    }
-
-    /// Appends one entry to a room's stream; returns its id.
-    async fn append_entry(
-        &self,
-        connection: &mut redis::aio::MultiplexedConnection,
-        room_id: &str,
-        bytes: &[u8],
-    ) -> redis::RedisResult<String> {
-        redis::cmd("XADD")
-            .arg(self.room_key(room_id))
-            .arg("*")
-            .arg("origin")
-            .arg(&self.replica_id)
-            .arg("update")
-            .arg(bytes)
-            .query_async(connection)
-            .await
     }
 
     /// The room's local snapshot and log, plus its shared snapshot and the stream's entries
@@ -590,7 +573,10 @@ impl BrokerTask {
                         seq,
                         update,
                     });
-                    let appended = self.append_entries(&mut publisher, &batch).await;
+                    let entries = batch
+                        .iter()
+                        .map(|append| (append.room_id.as_str(), append.update.as_ref()));
+                    let appended = self.append_entries(&mut publisher, entries).await;
                     self.metrics.shared_log_round_trips.inc();
                     self.metrics.shared_log_appends.inc_by(batch.len() as u64);
                     let failure = appended.as_ref().err().map(|e| format!("Redis: {e}"));
@@ -621,7 +607,8 @@ impl BrokerTask {
                 }
                 Event::Control(Control::Unfollow { room_id }) => self.unfollow(&room_id),
                 Event::Control(Control::Republish { room_id, state }) => {
-                    self.append_entry(&mut publisher, &room_id, &state).await?;
+                    self.append_entries(&mut publisher, [(room_id.as_str(), state.as_ref())])
+                        .await?;
                 }
                 Event::Control(Control::SaveSnapshot {
                     room_id,
@@ -642,22 +629,18 @@ impl BrokerTask {
                     // Publications waiting together go in one round trip, in order, as
                     // appends do.
                     let mut pipeline = redis::pipe();
-                    pipeline
-                        .cmd("PUBLISH")
-                        .arg(self.channel_key(&channel))
-                        .arg(message.as_ref())
-                        .ignore();
-                    let mut published = 1;
-                    while published < PIPELINE_LIMIT {
-                        let Ok((channel, message)) = self.publications.try_recv() else {
-                            break;
-                        };
+                    let mut published = 0;
+                    let mut next = Some((channel, message));
+                    while let Some((channel, message)) = next.take() {
                         pipeline
                             .cmd("PUBLISH")
                             .arg(self.channel_key(&channel))
                             .arg(message.as_ref())
                             .ignore();
                         published += 1;
+                        if published < PIPELINE_LIMIT {
+                            next = self.publications.try_recv().ok();
+                        }
                     }
                     let sent = pipeline.query_async::<()>(&mut publisher).await;
                     self.metrics.publish_round_trips.inc();

@@ -792,6 +792,47 @@ fn cache_hits(name: &str, door: &Door, rss: &Rss, reps: usize) -> Scenario {
     Scenario::ended(name, samples, reps as u64, bytes, started, rss)
 }
 
+/// Joins `room` and waits for `crdt-joined`, then `crdt-snapshot`.
+fn join_bench_room(socket: &mut Socket, room: &str) {
+    let join = json!({"type":"crdt-join","roomId":room,"clientId":"bench"});
+    socket.send(Message::Text(join.to_string().into())).unwrap();
+    let mut seen = 0;
+    while seen < 2 {
+        if let Message::Text(_) = socket.read().unwrap() {
+            seen += 1;
+        }
+    }
+}
+
+/// One Loro peer typing: each edit sets one of 50 keys and yields the update since the
+/// previous edit.
+struct Editor {
+    doc: loro::LoroDoc,
+    version: loro::VersionVector,
+}
+
+impl Editor {
+    fn new() -> Editor {
+        let doc = loro::LoroDoc::new();
+        let version = doc.oplog_vv();
+        Editor { doc, version }
+    }
+
+    fn edit(&mut self, i: usize) -> Vec<u8> {
+        self.doc
+            .get_map("m")
+            .insert(&format!("k{}", i % 50), i as i64)
+            .unwrap();
+        self.doc.commit();
+        let update = self
+            .doc
+            .export(loro::ExportMode::updates(&self.version))
+            .unwrap();
+        self.version = self.doc.oplog_vv();
+        update
+    }
+}
+
 /// One update from member 0 to 7 others; member `i` connects to `urls[i % urls.len()]`
 /// (one server, or replicas sharing a Redis).
 fn crdt_fanout(name: &str, urls: &[String], rss: &Rss, reps: usize) -> Scenario {
@@ -800,29 +841,15 @@ fn crdt_fanout(name: &str, urls: &[String], rss: &Rss, reps: usize) -> Scenario 
         .map(|i| Client::connect(&urls[i % urls.len()], Wire::SqlRooms).socket)
         .collect();
     for socket in &mut members {
-        let join = json!({"type":"crdt-join","roomId":room,"clientId":"bench"});
-        socket.send(Message::Text(join.to_string().into())).unwrap();
-        // crdt-joined, then crdt-snapshot.
-        let mut seen = 0;
-        while seen < 2 {
-            if let Message::Text(_) = socket.read().unwrap() {
-                seen += 1;
-            }
-        }
+        join_bench_room(socket, &room);
     }
-    let doc = loro::LoroDoc::new();
-    let mut version = doc.oplog_vv();
+    let mut editor = Editor::new();
     rss.reset();
     let started = Instant::now();
     let mut samples = Vec::new();
     let mut bytes = 0;
     for i in 0..reps {
-        doc.get_map("m")
-            .insert(&format!("k{}", i % 50), i as i64)
-            .unwrap();
-        doc.commit();
-        let update = doc.export(loro::ExportMode::updates(&version)).unwrap();
-        version = doc.oplog_vv();
+        let update = editor.edit(i);
         let t = Instant::now();
         members[0].send(Message::Binary(update.into())).unwrap();
         for other in &mut members[1..] {
@@ -863,26 +890,13 @@ fn crdt_edit_throughput(
             let room = format!("edits-{}-{e}-{name}", std::process::id());
             std::thread::spawn(move || {
                 let mut socket = Client::connect(&url, Wire::SqlRooms).socket;
-                let join = json!({"type":"crdt-join","roomId":room,"clientId":"bench"});
-                socket.send(Message::Text(join.to_string().into())).unwrap();
-                let mut seen = 0;
-                while seen < 2 {
-                    if let Message::Text(_) = socket.read().unwrap() {
-                        seen += 1;
-                    }
-                }
-                let doc = loro::LoroDoc::new();
-                let mut version = doc.oplog_vv();
+                join_bench_room(&mut socket, &room);
+                let mut editor = Editor::new();
                 let mut in_flight = VecDeque::new();
                 let (mut sent, mut samples) = (0, Vec::with_capacity(per_editor));
                 while samples.len() < per_editor {
                     while sent < per_editor && in_flight.len() < window {
-                        doc.get_map("m")
-                            .insert(&format!("k{}", sent % 50), sent as i64)
-                            .unwrap();
-                        doc.commit();
-                        let update = doc.export(loro::ExportMode::updates(&version)).unwrap();
-                        version = doc.oplog_vv();
+                        let update = editor.edit(sent);
                         in_flight.push_back(Instant::now());
                         socket.send(Message::Binary(update.into())).unwrap();
                         sent += 1;

@@ -135,9 +135,11 @@ fn put<T: serde::Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) {
 /// booleans, dates as numbers) straight into `out`, without building a [`Value`]; `false`
 /// (nothing written) for the other cells. The same text [`value_at`] gives (tested below).
 fn write_plain_cell(array: &dyn Array, row: usize, out: &mut Vec<u8>) -> bool {
-    fn float(out: &mut Vec<u8>, value: f64) {
-        if value.is_finite() {
-            put(out, &value);
+    /// A float as serde_json writes it (an f32 as the shortest text that reads back as that
+    /// f32, not its widened f64), NaN and ±inf as `null`.
+    fn float(out: &mut Vec<u8>, finite: bool, value: &impl serde::Serialize) {
+        if finite {
+            put(out, value);
         } else {
             out.extend_from_slice(b"null");
         }
@@ -161,14 +163,12 @@ fn write_plain_cell(array: &dyn Array, row: usize, out: &mut Vec<u8>) -> bool {
         DataType::UInt64 => put(out, &array.as_primitive::<dt::UInt64Type>().value(row)),
         DataType::Float32 => {
             let value = array.as_primitive::<dt::Float32Type>().value(row);
-            if value.is_finite() {
-                // serde_json writes an f32 as the shortest text that reads back as that f32.
-                put(out, &value);
-            } else {
-                out.extend_from_slice(b"null");
-            }
+            float(out, value.is_finite(), &value);
         }
-        DataType::Float64 => float(out, array.as_primitive::<dt::Float64Type>().value(row)),
+        DataType::Float64 => {
+            let value = array.as_primitive::<dt::Float64Type>().value(row);
+            float(out, value.is_finite(), &value);
+        }
         DataType::Date32 => put(
             out,
             &(i64::from(array.as_primitive::<dt::Date32Type>().value(row)) * MS_PER_DAY),
