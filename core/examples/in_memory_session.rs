@@ -8,8 +8,8 @@ use std::collections::{BTreeMap, VecDeque};
 
 use bytes::Bytes;
 use duckwire_core::{
-    Config, ConnId, ConnectionInfo, Dialect, Effect, Frame, HttpRequest, HttpResponse, Millis,
-    QueryHandle, QueryKind, QueryOutcome, Server,
+    Config, ConnId, ConnectionInfo, Dialect, Effect, Gate, Frame, HttpRequest, HttpResponse, Millis,
+    QueryHandle, QueryKind, QueryOutcome, Server, Verdict,
 };
 use serde_json::{json, Value};
 
@@ -26,9 +26,14 @@ struct MemoryTransport {
 /// leave a query running (so it can be cancelled).
 #[derive(Default)]
 struct FakeExecutor {
-    running: Vec<(QueryHandle, QueryKind, String, Bytes)>,
+    running: Vec<(QueryHandle, QueryKind, String, Bytes, Gate)>,
     interrupted: Vec<QueryHandle>,
     stored_rooms: BTreeMap<String, Vec<u8>>,
+}
+
+/// The fake executor's stand-in for DuckDB's verdict.
+fn is_read(sql: &str) -> bool {
+    sql.to_lowercase().starts_with("select")
 }
 
 struct Session {
@@ -65,9 +70,19 @@ impl Session {
                     self.server.handle_closed(conn, self.now).unwrap();
                 }
                 Effect::RunQuery(run) => {
-                    self.executor
-                        .running
-                        .push((run.query, run.kind, run.sql, run.arrow_header))
+                    // A real executor asks DuckDB; this one calls `select …` a read.
+                    if run.gate == Gate::ClassifyFirst && is_read(&run.sql) {
+                        self.server
+                            .handle_query_classified(run.query, Verdict::Read, self.now)
+                            .unwrap();
+                    }
+                    self.executor.running.push((
+                        run.query,
+                        run.kind,
+                        run.sql,
+                        run.arrow_header,
+                        run.gate,
+                    ))
                 }
                 Effect::Interrupt { query } => self.executor.interrupted.push(query),
                 Effect::UploadTable(upload) => self
@@ -120,10 +135,12 @@ impl Session {
 
     /// Completes every running query the fake way: `select` → one row, anything else → no result set.
     fn run_executor(&mut self) {
-        for (query, kind, sql, header) in std::mem::take(&mut self.executor.running) {
+        for (query, kind, sql, header, gate) in std::mem::take(&mut self.executor.running) {
             let outcome = if self.executor.interrupted.contains(&query) {
                 QueryOutcome::Cancelled
-            } else if !sql.to_lowercase().starts_with("select") {
+            } else if gate != Gate::Any && !is_read(&sql) {
+                QueryOutcome::NotARead("not a SELECT".into())
+            } else if !is_read(&sql) {
                 QueryOutcome::NoResultSet
             } else if kind == QueryKind::Arrow {
                 QueryOutcome::Arrow([header.as_ref(), b"<arrow ipc>"].concat().into())

@@ -97,10 +97,45 @@ pub struct RunQuery {
     /// reports the whole frame in [`QueryOutcome::Arrow`]. Empty for the bare IPC stream
     /// that HTTP answers carry.
     pub arrow_header: Bytes,
+    /// What may run: anything, or only what DuckDB classifies as a read (see [`Gate`]).
+    pub gate: Gate,
     /// Start of the SQLRooms `json` reply; the executor may build the whole reply with
     /// [`crate::JsonReplyWriter`] and report it in [`QueryOutcome::JsonReply`]. `None`:
     /// report the bare rows ([`QueryOutcome::Json`]), as HTTP answers carry them.
     pub json_header: Option<JsonReplyHeader>,
+}
+
+/// What the executor may run for a [`RunQuery`]. DuckDB decides what a statement is: the
+/// executor asks it (its parser's statements and their types) before anything runs, and
+/// reports what it found with the outcome (`wrote`) or as [`QueryOutcome::NotARead`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Gate {
+    /// Whatever it is.
+    Any,
+    /// Only one statement DuckDB classifies as a read, run in a read-only transaction (so
+    /// DuckDB itself refuses a read that would write, such as `nextval`); anything else is
+    /// reported as [`QueryOutcome::NotARead`] without running.
+    ReadsOnly,
+    /// The write barrier of an ordered connection asks first: report the verdict with
+    /// [`Server::handle_query_classified`](crate::Server::handle_query_classified) before
+    /// running; a statement that is not a read is not run but reported as
+    /// [`QueryOutcome::NotARead`], and the core runs it again, alone, with [`Gate::Any`].
+    ClassifyFirst,
+}
+
+/// What DuckDB says a SQL text is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// One statement of DuckDB's `SELECT` type (or a plain `EXPLAIN`).
+    Read,
+    /// Anything else, named as DuckDB names it (`INSERT`, `EXPLAIN ANALYZE`, `3 statements`).
+    NotARead(String),
+}
+
+impl Verdict {
+    pub fn is_read(&self) -> bool {
+        matches!(self, Verdict::Read)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -139,6 +174,8 @@ pub enum QueryOutcome {
     NoResultSet,
     /// DuckDB's error message.
     Failed(String),
+    /// Not run: the gate allowed reads only and DuckDB classifies it as this.
+    NotARead(String),
     /// Interrupted.
     Cancelled,
 }

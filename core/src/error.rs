@@ -72,6 +72,12 @@ pub enum ProtocolError {
     QueryTimeout(u64),
     #[error("the server is read-only (--read-only): writes are refused")]
     ReadOnly,
+    /// The connection or request holds the read token; the text says what was refused.
+    #[error("this token may only read (--read-token); refused: {0}")]
+    ReadTokenWrite(String),
+    /// A GET without an `Origin` or bearer token (any page can make a browser send one).
+    #[error("writes over GET need an allowed Origin header or a bearer token (CSRF protection); use POST (refused: {0})")]
+    WriteOverGet(String),
     #[error("server is shutting down")]
     ShuttingDown,
 }

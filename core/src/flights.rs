@@ -93,6 +93,13 @@ impl Flights {
         true
     }
 
+    /// The requests waiting for `leader`'s result.
+    pub(crate) fn waiters_of(&self, leader: QueryHandle) -> &[QueryHandle] {
+        self.by_leader
+            .get(&leader)
+            .map_or(&[], |flight| flight.waiters.as_slice())
+    }
+
     pub(crate) fn is_waiting(&self, handle: QueryHandle) -> bool {
         self.leader_of.contains_key(&handle)
     }

@@ -9,10 +9,11 @@
 
 use bytes::Bytes;
 
-use crate::auth::tokens_match;
+use crate::auth::Rights;
 use crate::codec::{decode_client_frame, ClientMessage, Frame, QueryKind};
 use crate::effect::{Effect, QueryOutcome};
 use crate::ids::{ConnId, Millis, QueryId};
+use crate::queries::ReadsOnly;
 use crate::server::{close_code, Server};
 use crate::timers::TimerKey;
 use crate::ProtocolError;
@@ -42,6 +43,10 @@ pub struct HttpRequest {
     pub url_token: Option<String>,
     /// The `Origin` header, when the client is a browser.
     pub origin: Option<String>,
+    /// The `Host` header.
+    pub host: Option<String>,
+    /// The address the connection reached the server at (the socket's local address).
+    pub local_ip: Option<std::net::IpAddr>,
     /// Query-string parameters, percent-decoded, in order.
     pub params: Vec<(String, String)>,
     pub body: Bytes,
@@ -136,7 +141,8 @@ impl HttpResponse {
             } => 413,
             ProtocolError::CapExceeded { .. } => 429,
             ProtocolError::ShuttingDown | ProtocolError::Cancelled => 503,
-            ProtocolError::ReadOnly => 403,
+            ProtocolError::ReadOnly | ProtocolError::ReadTokenWrite(_) => 403,
+            ProtocolError::WriteOverGet(_) => 405,
             ProtocolError::QueryTimeout(_) => 504,
             _ => 400,
         };
@@ -144,12 +150,13 @@ impl HttpResponse {
     }
 }
 
-/// The answer (405) to a GET that would write without proving where it comes from.
-pub const WRITE_OVER_GET: &str =
-    "writes over GET need an allowed Origin header or a bearer token (CSRF protection); use POST";
-
 /// The message for an origin the policy refuses (HTTP 403, WebSocket close 1008).
 pub const ORIGIN_NOT_ALLOWED: &str = "origin not allowed";
+
+/// The message for a `Host` the policy refuses (HTTP 403, WebSocket close 1008): a name that
+/// is not loopback, not the address the server was reached at and not listed.
+pub const HOST_NOT_ALLOWED: &str =
+    "host not allowed: start the server with --allowed-hosts <name> to serve this name (DNS rebinding protection)";
 
 /// Where an answer goes on an ordered connection.
 pub(crate) type Slot = u64;
@@ -178,6 +185,13 @@ impl Server {
         request: HttpRequest,
         now: Millis,
     ) -> Option<HttpResponse> {
+        if !self
+            .config
+            .hosts
+            .allows(request.host.as_deref(), request.local_ip)
+        {
+            return Some(HttpResponse::error(403, HOST_NOT_ALLOWED));
+        }
         if let Some(origin) = &request.origin {
             if !self.config.origins.allows(origin) {
                 return Some(HttpResponse::error(403, ORIGIN_NOT_ALLOWED));
@@ -194,30 +208,26 @@ impl Server {
             },
             _ => return Some(HttpResponse::error(404, "not found")),
         };
-        if !self.request_authorized(&request) {
+        let given = [&request.bearer_token, &request.url_token];
+        let Some(rights) = self
+            .config
+            .rights_of(given.into_iter().flatten().map(String::as_str))
+        else {
             return Some(HttpResponse::refusal(ProtocolError::Unauthorized));
-        }
+        };
+        let credential = (rights == Rights::ReadOnly).then_some(ReadsOnly::ReadToken);
         match (request.path.as_str(), url_query) {
             ("/version", _) => Some(HttpResponse::Version),
             ("/metrics", _) => Some(HttpResponse::Metrics),
             (_, Some(query)) => {
                 // Any page can make a browser send a GET (`<img src>`), without CORS: only a
                 // request that shows it comes from an allowed page (Origin) or a client holding
-                // the token (a header no page can add) may write.
-                let reads_only = request.origin.is_none() && request.bearer_token.is_none();
-                self.rest_query(conn, slot, Bytes::from(query), reads_only, now)
+                // a token (a header no page can add) may write.
+                let unproven = request.origin.is_none() && request.bearer_token.is_none();
+                let door = credential.or(unproven.then_some(ReadsOnly::UnprovenGet));
+                self.rest_query(conn, slot, Bytes::from(query), door, now)
             }
-            (_, None) => self.rest_query(conn, slot, request.body, false, now),
-        }
-    }
-
-    fn request_authorized(&self, request: &HttpRequest) -> bool {
-        match &self.config.auth_token {
-            None => true,
-            Some(expected) => [&request.bearer_token, &request.url_token]
-                .into_iter()
-                .flatten()
-                .any(|given| tokens_match(expected, given)),
+            (_, None) => self.rest_query(conn, slot, request.body, credential, now),
         }
     }
 
@@ -227,7 +237,7 @@ impl Server {
         conn: ConnId,
         slot: Slot,
         body: Bytes,
-        reads_only: bool,
+        door: Option<ReadsOnly>,
         now: Millis,
     ) -> Option<HttpResponse> {
         if let Some(limit) = self.config.limits.max_frame_bytes {
@@ -257,12 +267,9 @@ impl Server {
                 message.type_name(),
             )));
         };
-        if reads_only && crate::sql::may_write(kind, &sql) {
-            return Some(HttpResponse::error(405, WRITE_OVER_GET));
-        }
         // The id is internal (replies are matched by order); it only has to be unique.
         let query_id = QueryId::Num(slot.to_string());
-        self.start_query_answered_in_order(conn, kind, sql, query_id, persist, slot, now)
+        self.start_query_answered_in_order(conn, kind, sql, query_id, persist, slot, door, now)
             .err()
             .map(HttpResponse::refusal)
     }
@@ -278,6 +285,8 @@ impl Server {
     ) {
         let response = match outcome {
             QueryOutcome::Failed(message) => HttpResponse::error(500, message),
+            // `deliver` answers these as refusals before they get here.
+            QueryOutcome::NotARead(_) => HttpResponse::error(500, "internal error: not run"),
             QueryOutcome::Cancelled => HttpResponse::refusal(ProtocolError::Cancelled),
             _ if kind == QueryKind::Exec => HttpResponse::Done,
             QueryOutcome::NoResultSet => HttpResponse::Done,

@@ -18,14 +18,14 @@ mod server;
 pub mod sql;
 mod timers;
 
-pub use auth::{tokens_match, OriginPolicy};
+pub use auth::{tokens_match, HostPolicy, OriginPolicy, Rights};
 pub use codec::{
     decode_client_frame, encode_arrow_frame_header, escape_string_content, ClientMessage,
     DecodeError, Frame, JsonReply, JsonReplyHeader, JsonReplyWriter, QueryKind, ServerMessage,
 };
-pub use effect::{Effect, QueryOutcome, RunQuery, UploadTable};
+pub use effect::{Effect, Gate, QueryOutcome, RunQuery, UploadTable, Verdict};
 pub use error::{ProtocolError, ServerError};
-pub use http::{Dialect, HttpRequest, HttpResponse, ORIGIN_NOT_ALLOWED};
+pub use http::{Dialect, HttpRequest, HttpResponse, HOST_NOT_ALLOWED, ORIGIN_NOT_ALLOWED};
 pub use ids::{ConnId, Millis, QueryHandle, QueryId};
 pub use limits::Limits;
 pub use rooms::StoredRoom;

@@ -66,7 +66,9 @@ impl Server {
                 kind, sql, persist, ..
             } => {
                 let query_id = QueryId::Num(slot.to_string());
-                self.start_query_answered_in_order(conn, kind, sql, query_id, persist, slot, now)
+                self.start_query_answered_in_order(
+                    conn, kind, sql, query_id, persist, slot, None, now,
+                )
             }
             other => Err(ProtocolError::NotMosaic(other.type_name())),
         }

@@ -6,7 +6,8 @@ use std::collections::BTreeMap;
 use bytes::Bytes;
 
 use crate::codec::{encode_arrow_frame_header, Frame, JsonReplyHeader, QueryKind, ServerMessage};
-use crate::effect::{Effect, QueryOutcome, RunQuery, UploadTable};
+use crate::auth::Rights;
+use crate::effect::{Effect, Gate, QueryOutcome, RunQuery, UploadTable, Verdict};
 use crate::flights::{Flight, FlightKey};
 use crate::http::{HttpResponse, Slot};
 use crate::ids::{ConnId, Millis, QueryHandle, QueryId};
@@ -37,6 +38,50 @@ pub(crate) struct InFlight {
     pub(crate) timed_out: bool,
     /// Ordered dialects, once dispatched: whether it may write (see [`HeldQuery`]).
     pub(crate) in_order_write: Option<bool>,
+    /// Why it may only read, if it may only read.
+    pub(crate) reads_only: Option<ReadsOnly>,
+    /// What the executor was (or will be) asked to let run.
+    pub(crate) gate: Gate,
+    /// Dispatched with [`Gate::ClassifyFirst`] and DuckDB's verdict not in yet: the write
+    /// barrier holds its connection's later queries until it is.
+    pub(crate) unclassified: bool,
+    /// [`Gate::ClassifyFirst`]: what to run again, alone, if DuckDB says it is not a read.
+    pub(crate) barrier_retry: Option<(String, bool)>,
+}
+
+/// Why a query may only read. DuckDB decides whether it is a read (see [`Gate::ReadsOnly`]);
+/// this decides what its client is told when it is not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ReadsOnly {
+    /// `--read-only`.
+    Server,
+    /// The client presented the read token (`--read-token`).
+    ReadToken,
+    /// A GET that shows neither an allowed `Origin` nor a bearer token: any web page can make
+    /// a browser send one (`<img src>`), so it may not write (CSRF).
+    UnprovenGet,
+}
+
+impl ReadsOnly {
+    /// The error for something refused because of this restriction; `refused` says what
+    /// (`` `exec` messages ``, `SQL that DuckDB classifies as INSERT`).
+    pub(crate) fn refusal(self, refused: String) -> ProtocolError {
+        match self {
+            ReadsOnly::Server => ProtocolError::ReadOnly,
+            ReadsOnly::ReadToken => ProtocolError::ReadTokenWrite(refused),
+            ReadsOnly::UnprovenGet => ProtocolError::WriteOverGet(refused),
+        }
+    }
+}
+
+/// What a refusal names for a message type that writes by definition.
+pub(crate) fn refused_message(type_name: &str) -> String {
+    format!("`{type_name}` messages")
+}
+
+/// What a refusal names for SQL DuckDB classified.
+fn refused_sql(classified_as: &str) -> String {
+    format!("SQL that DuckDB classifies as {classified_as}")
 }
 
 /// A query of an ordered connection admitted (its answer slot taken) but not started yet.
@@ -63,12 +108,15 @@ pub(crate) struct InOrder {
     pub(crate) running: usize,
     /// One of the running ones may write.
     pub(crate) write_running: bool,
+    /// Running ones whose verdict DuckDB has not given yet ([`Gate::ClassifyFirst`]): one
+    /// of them may still turn out to be a write that must run before later queries.
+    pub(crate) unclassified: usize,
 }
 
 impl InOrder {
     /// Whether a query received now (or the oldest held one) must wait.
     fn must_wait(&self, write: bool) -> bool {
-        self.write_running || (write && self.running > 0)
+        self.write_running || self.unclassified > 0 || (write && self.running > 0)
     }
 }
 
@@ -137,6 +185,10 @@ impl Server {
             inbound,
             timed_out: false,
             in_order_write: None,
+            reads_only: None,
+            gate: Gate::Any,
+            unclassified: false,
+            barrier_retry: None,
         });
         if let Some(c) = self.conns.get_mut(&conn) {
             c.inflight.insert(query_id.clone(), handle);
@@ -167,19 +219,54 @@ impl Server {
             self.send_error(conn, ProtocolError::EmptySql, Some(id), now);
             return;
         }
+        let reads_only = self.reads_only_for(conn, None);
+        if let (Some(restriction), QueryKind::Exec) = (reads_only, kind) {
+            let id = query_id.unwrap_or_else(|| QueryId::Str(self.ids.next_uuid_v4()));
+            let error = restriction.refusal(refused_message(kind.as_str()));
+            return self.send_error(conn, error, Some(id), now);
+        }
         match self.admit(conn, query_id, Work::Query(kind), None) {
-            Ok((query, query_id)) => {
-                if let Err(error) = self.dispatch_query(query, conn, kind, sql, persist, now) {
-                    self.finish(query);
-                    self.send_error(conn, error, Some(query_id), now);
+            Ok((query, _)) => {
+                let gate = match reads_only {
+                    Some(_) => Gate::ReadsOnly,
+                    None => Gate::Any,
+                };
+                if let Some(entry) = self.queries.get_mut(query) {
+                    entry.reads_only = reads_only;
                 }
+                self.dispatch_query(query, conn, kind, sql, persist, gate, now);
             }
             Err((error, id)) => self.send_error(conn, error, id, now),
         }
     }
 
+    /// The restriction a query of `conn` runs under: the server's (`--read-only`), then the
+    /// connection's credential (read token), then the door's (an unproven GET).
+    pub(crate) fn reads_only_for(
+        &self,
+        conn: ConnId,
+        door: Option<ReadsOnly>,
+    ) -> Option<ReadsOnly> {
+        if self.config.read_only {
+            return Some(ReadsOnly::Server);
+        }
+        let rights = self.conns.get(&conn).and_then(|c| c.rights);
+        if rights == Some(Rights::ReadOnly) {
+            return Some(ReadsOnly::ReadToken);
+        }
+        door
+    }
+
+    /// The error for a message that writes by its type (`exec`, uploads, notifies, CRDT
+    /// changes) from a connection that may only read; `None` if it may write.
+    pub(crate) fn write_refusal(&self, conn: ConnId, type_name: &str) -> Option<ProtocolError> {
+        self.reads_only_for(conn, None)
+            .map(|restriction| restriction.refusal(refused_message(type_name)))
+    }
+
     /// Runs an admitted query, or, for a persisted read identical to one running, makes it
     /// wait for that one's result (see [`crate::flights`]).
+    #[allow(clippy::too_many_arguments)]
     fn dispatch_query(
         &mut self,
         query: QueryHandle,
@@ -187,14 +274,13 @@ impl Server {
         kind: QueryKind,
         sql: String,
         persist: bool,
+        gate: Gate,
         now: Millis,
-    ) -> Result<(), ProtocolError> {
-        if self.config.read_only && crate::sql::may_write(kind, &sql) {
-            return Err(ProtocolError::ReadOnly);
-        }
+    ) {
         let Some(entry) = self.queries.get_mut(query) else {
-            return Ok(());
+            return;
         };
+        entry.gate = gate;
         let (query_id, bare) = (entry.query_id.clone(), entry.slot.is_some());
         if let Some(limit) = self.config.query_timeout_ms {
             self.timers
@@ -202,19 +288,19 @@ impl Server {
         }
         let persist = persist && kind != QueryKind::Exec;
         if !persist {
-            let run = Self::run_query(query, conn, kind, sql, false, query_id, bare);
+            let run = Self::run_query(query, conn, kind, sql, false, query_id, bare, gate);
             self.push(Effect::RunQuery(run));
-            return Ok(());
+            return;
         }
         let key = FlightKey { kind, sql, bare };
         if let Some(leader) = self.flights.joinable(&key) {
             self.flights.wait(leader, query);
-            return Ok(());
+            return;
         }
-        let run = Self::run_query(query, conn, kind, key.sql.clone(), true, query_id, bare);
+        let sql = key.sql.clone();
+        let run = Self::run_query(query, conn, kind, sql, true, query_id, bare, gate);
         self.flights.lead(query, key, run.arrow_header.len());
         self.push(Effect::RunQuery(run));
-        Ok(())
     }
 
     /// `query` ran past `query_timeout_ms`: a waiter ends now; a running query is
@@ -250,6 +336,7 @@ impl Server {
     }
 
     /// The `RunQuery` effect: SQLRooms reply headers, or bare results for ordered dialects.
+    #[allow(clippy::too_many_arguments)]
     fn run_query(
         query: QueryHandle,
         conn: ConnId,
@@ -258,6 +345,7 @@ impl Server {
         persist: bool,
         query_id: QueryId,
         bare: bool,
+        gate: Gate,
     ) -> RunQuery {
         let (arrow_header, json_header) = if bare {
             (Bytes::new(), None)
@@ -276,6 +364,7 @@ impl Server {
             arrow_header,
             json_header,
             query_id,
+            gate,
         }
     }
 
@@ -292,7 +381,8 @@ impl Server {
         self.push(Effect::InvalidateCache);
     }
 
-    /// A query of an ordered connection: bare results, answered in its `slot`'s turn.
+    /// A query of an ordered connection: bare results, answered in its `slot`'s turn. `door`
+    /// is the restriction the request itself carries (an unproven GET, a read token).
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn start_query_answered_in_order(
         &mut self,
@@ -302,16 +392,27 @@ impl Server {
         query_id: QueryId,
         persist: bool,
         slot: Slot,
+        door: Option<ReadsOnly>,
         now: Millis,
     ) -> Result<(), ProtocolError> {
         self.maybe_inject_panic(&sql);
         if sql.trim().is_empty() {
             return Err(ProtocolError::EmptySql);
         }
+        let reads_only = self.reads_only_for(conn, door);
+        if let (Some(restriction), QueryKind::Exec) = (reads_only, kind) {
+            return Err(restriction.refusal(refused_message(kind.as_str())));
+        }
         let (query, _) = self
             .admit(conn, Some(query_id), Work::Query(kind), Some(slot))
             .map_err(|(error, _)| error)?;
-        let write = crate::sql::may_write(kind, &sql);
+        if let Some(entry) = self.queries.get_mut(query) {
+            entry.reads_only = reads_only;
+        }
+        // A query that may only read cannot write, whatever it is. Otherwise the keyword hint
+        // may only make a query a write (it runs alone at once); one it calls a read is still
+        // asked of DuckDB before later queries may start (`Gate::ClassifyFirst`).
+        let write = reads_only.is_none() && crate::sql::hint_may_write(kind, &sql);
         let held = HeldQuery {
             query,
             kind,
@@ -326,28 +427,92 @@ impl Server {
             c.in_order.held.push_back(held);
             return Ok(());
         }
-        if let Err(error) = self.dispatch_in_order(conn, held, now) {
-            self.finish(query);
-            return Err(error);
-        }
+        self.dispatch_in_order(conn, held, now);
         Ok(())
     }
 
     /// Starts a query of an ordered connection, counted by its write barrier.
-    fn dispatch_in_order(
-        &mut self,
-        conn: ConnId,
-        held: HeldQuery,
-        now: Millis,
-    ) -> Result<(), ProtocolError> {
+    fn dispatch_in_order(&mut self, conn: ConnId, held: HeldQuery, now: Millis) {
+        let Some(entry) = self.queries.get_mut(held.query) else {
+            return;
+        };
+        let gate = match (entry.reads_only, held.write) {
+            (Some(_), _) => Gate::ReadsOnly,
+            (None, true) => Gate::Any,
+            (None, false) => Gate::ClassifyFirst,
+        };
+        entry.in_order_write = Some(held.write);
+        if gate == Gate::ClassifyFirst {
+            entry.unclassified = true;
+            entry.barrier_retry = Some((held.sql.clone(), held.persist));
+        }
         if let Some(c) = self.conns.get_mut(&conn) {
             c.in_order.running += 1;
             c.in_order.write_running |= held.write;
+            c.in_order.unclassified += usize::from(gate == Gate::ClassifyFirst);
         }
-        if let Some(entry) = self.queries.get_mut(held.query) {
-            entry.in_order_write = Some(held.write);
+        self.dispatch_query(held.query, conn, held.kind, held.sql, held.persist, gate, now)
+    }
+
+    /// DuckDB's verdict on a [`Gate::ClassifyFirst`] query, before it runs. A read lets the
+    /// connection's later queries start (and those waiting for its result: same SQL, same
+    /// verdict); anything else comes back as [`QueryOutcome::NotARead`].
+    pub(crate) fn query_classified(&mut self, handle: QueryHandle, verdict: Verdict, now: Millis) {
+        if !verdict.is_read() {
+            return;
         }
-        self.dispatch_query(held.query, conn, held.kind, held.sql, held.persist, now)
+        let waiters = self.flights.waiters_of(handle).to_vec();
+        for query in std::iter::once(handle).chain(waiters) {
+            self.mark_classified(query);
+        }
+        self.start_held_queries(now);
+    }
+
+    fn mark_classified(&mut self, handle: QueryHandle) {
+        let Some(entry) = self.queries.get_mut(handle) else {
+            return;
+        };
+        if !std::mem::take(&mut entry.unclassified) {
+            return;
+        }
+        entry.barrier_retry = None;
+        let conn = entry.conn;
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.in_order.unclassified = c.in_order.unclassified.saturating_sub(1);
+            self.barrier_moved.insert(conn);
+        }
+    }
+
+    /// A [`Gate::ClassifyFirst`] query DuckDB says is not a read: not run, it goes back to the
+    /// front of its connection's queue as a write, to run alone once the queries before it
+    /// finish. `false` if it was not such a query.
+    fn hand_back_to_barrier(&mut self, handle: QueryHandle) -> bool {
+        let Some(entry) = self.queries.get_mut(handle) else {
+            return false;
+        };
+        let (Work::Query(kind), Some((sql, persist))) = (entry.work, entry.barrier_retry.take())
+        else {
+            return false;
+        };
+        let was_unclassified = std::mem::take(&mut entry.unclassified);
+        entry.in_order_write = None;
+        let conn = entry.conn;
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return true;
+        };
+        c.in_order.running = c.in_order.running.saturating_sub(1);
+        if was_unclassified {
+            c.in_order.unclassified = c.in_order.unclassified.saturating_sub(1);
+        }
+        c.in_order.held.push_front(HeldQuery {
+            query: handle,
+            kind,
+            sql,
+            persist,
+            write: true,
+        });
+        self.barrier_moved.insert(conn);
+        true
     }
 
     /// The oldest held query of `conn`, taken off its queue if the write barrier lets it start.
@@ -369,13 +534,7 @@ impl Server {
                 if self.queries.work_of(query).is_none() {
                     continue;
                 }
-                if let Err(error) = self.dispatch_in_order(conn, held, now) {
-                    if let Some(entry) = self.finish(query) {
-                        if let Some(slot) = entry.slot {
-                            self.answer(conn, slot, HttpResponse::refusal(error), now);
-                        }
-                    }
-                }
+                self.dispatch_in_order(conn, held, now);
             }
         }
     }
@@ -388,9 +547,9 @@ impl Server {
         payload: Bytes,
         now: Millis,
     ) {
-        if self.config.read_only {
+        if let Some(error) = self.write_refusal(conn, "uploadArrow") {
             let id = query_id.unwrap_or_else(|| QueryId::Str(self.ids.next_uuid_v4()));
-            return self.send_error(conn, ProtocolError::ReadOnly, Some(id), now);
+            return self.send_error(conn, error, Some(id), now);
         }
         match self.admit(conn, query_id, Work::Upload, None) {
             Ok((query, query_id)) => self.push(Effect::UploadTable(UploadTable {
@@ -455,6 +614,9 @@ impl Server {
                 if write {
                     c.in_order.write_running = false;
                 }
+                if entry.unclassified {
+                    c.in_order.unclassified = c.in_order.unclassified.saturating_sub(1);
+                }
                 self.barrier_moved.insert(entry.conn);
             }
         }
@@ -478,6 +640,14 @@ impl Server {
                 _ => Ok(()),
             };
             return self.upload_done(handle, result, now);
+        }
+        if matches!(outcome, QueryOutcome::NotARead(_)) && self.hand_back_to_barrier(handle) {
+            // Nothing ran; those waiting for its result run on their own.
+            if let Some(flight) = self.flights.land(handle) {
+                self.release_waiters(flight);
+            }
+            self.start_held_queries(now);
+            return;
         }
         let flight = self.flights.land(handle);
         let entry = self.finish(handle);
@@ -540,11 +710,12 @@ impl Server {
             let Some(entry) = self.queries.get_mut(waiter) else {
                 continue;
             };
-            let (conn, query_id, work, bare) = (
+            let (conn, query_id, work, bare, gate) = (
                 entry.conn,
                 entry.query_id.clone(),
                 entry.work,
                 entry.slot.is_some(),
+                entry.gate,
             );
             let Work::Query(kind) = work else {
                 continue;
@@ -557,6 +728,7 @@ impl Server {
                 true,
                 query_id,
                 bare,
+                gate,
             );
             self.push(Effect::RunQuery(run));
         }
@@ -567,6 +739,9 @@ impl Server {
         if entry.timed_out && outcome.is_interruption() {
             let limit = self.config.query_timeout_ms.unwrap_or_default();
             return self.deliver_timeout(entry, limit, now);
+        }
+        if let QueryOutcome::NotARead(classified_as) = outcome {
+            return self.refuse(entry, &classified_as, now);
         }
         let is_exec = entry.work == Work::Query(QueryKind::Exec);
         let InFlight {
@@ -609,6 +784,21 @@ impl Server {
             QueryOutcome::Cancelled => {
                 self.send_error(conn, ProtocolError::Cancelled, Some(query_id), now)
             }
+            // Answered by `refuse` above.
+            QueryOutcome::NotARead(_) => {}
+        }
+    }
+
+    /// A query that was not run because DuckDB says it is not a read and it may only read.
+    fn refuse(&mut self, entry: InFlight, classified_as: &str, now: Millis) {
+        let error = match entry.reads_only {
+            Some(restriction) => restriction.refusal(refused_sql(classified_as)),
+            // Only gated queries come back unrun; anything else is an executor bug.
+            None => ProtocolError::ReadOnly,
+        };
+        match entry.slot {
+            Some(slot) => self.answer(entry.conn, slot, HttpResponse::refusal(error), now),
+            None => self.send_error(entry.conn, error, Some(entry.query_id), now),
         }
     }
 
@@ -649,5 +839,6 @@ impl Server {
 /// What waiters of a flight may receive: a result, or a failure DuckDB would repeat for them.
 /// `None` for an interruption, which belongs to the leader's client alone.
 fn outcome_to_share(outcome: &QueryOutcome) -> Option<QueryOutcome> {
-    (!outcome.is_interruption()).then(|| outcome.clone())
+    let shareable = !outcome.is_interruption() && !matches!(outcome, QueryOutcome::NotARead(_));
+    shareable.then(|| outcome.clone())
 }

@@ -8,13 +8,15 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use bytes::Bytes;
 
-use crate::auth::{tokens_match, OriginPolicy};
+use crate::auth::{rights_of, HostPolicy, OriginPolicy, Rights};
 use crate::budget::Budget;
 use crate::channels::Channels;
 use crate::codec::{decode_client_frame, ClientMessage, Frame, ServerMessage};
 use crate::effect::{Effect, QueryOutcome};
 use crate::flights::Flights;
-use crate::http::{Dialect, HttpRequest, HttpResponse, Slot, ORIGIN_NOT_ALLOWED};
+use crate::http::{
+    Dialect, HttpRequest, HttpResponse, Slot, HOST_NOT_ALLOWED, ORIGIN_NOT_ALLOWED,
+};
 use crate::ids::{ConnId, IdGenerator, Millis, QueryHandle, QueryId};
 use crate::limits::Limits;
 use crate::queries::Queries;
@@ -49,6 +51,9 @@ pub struct Config {
     pub limits: Limits,
     /// `--auth-token`; `None` means every connection is authenticated.
     pub auth_token: Option<String>,
+    /// `--read-token`: a second token whose holders may only read (PROTOCOL §4a). Only
+    /// meaningful beside `auth_token`.
+    pub read_token: Option<String>,
     /// `--sync`: CRDT rooms are available.
     pub sync_enabled: bool,
     /// Clients may seed empty rooms with `crdt-snapshot`.
@@ -65,6 +70,9 @@ pub struct Config {
     pub room_idle_evict_ms: u64,
     /// Browser origins allowed besides loopback ones (`--allowed-origins`).
     pub origins: OriginPolicy,
+    /// `Host` names answered besides loopback ones and the connection's local address
+    /// (`--allowed-hosts`).
+    pub hosts: HostPolicy,
     /// With a token configured, a connection still unauthenticated this long after opening
     /// is closed (1008). `None` disables the deadline.
     pub auth_timeout_ms: Option<u64>,
@@ -91,11 +99,19 @@ pub struct Config {
     pub panic_on_sql: Option<String>,
 }
 
+impl Config {
+    /// The rights of a client presenting `given` tokens; `None` when none is valid.
+    pub fn rights_of<'a>(&self, given: impl IntoIterator<Item = &'a str>) -> Option<Rights> {
+        rights_of(self.auth_token.as_deref(), self.read_token.as_deref(), given)
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
             limits: Limits::default(),
             auth_token: None,
+            read_token: None,
             sync_enabled: false,
             allow_client_snapshots: false,
             save_debounce_ms: 500,
@@ -103,6 +119,7 @@ impl Default for Config {
             max_save_latency_ms: 5_000,
             room_idle_evict_ms: 30_000,
             origins: OriginPolicy::default(),
+            hosts: HostPolicy::default(),
             auth_timeout_ms: Some(30_000),
             http_idle_timeout_ms: Some(DEFAULT_HTTP_IDLE_TIMEOUT_MS),
             query_timeout_ms: None,
@@ -130,11 +147,16 @@ pub struct ConnectionInfo {
     pub url_token: Option<String>,
     /// The `Origin` header, when the client is a browser.
     pub origin: Option<String>,
+    /// The upgrade's `Host` header.
+    pub host: Option<String>,
+    /// The address the connection reached the server at (the socket's local address).
+    pub local_ip: Option<std::net::IpAddr>,
 }
 
 #[derive(Debug)]
 pub(crate) struct Conn {
-    pub(crate) authenticated: bool,
+    /// What the connection may do; `None` until it authenticates.
+    pub(crate) rights: Option<Rights>,
     pub(crate) auth_strikes: u8,
     /// False once the core has emitted `Close`: nothing more is sent or acted on.
     pub(crate) open: bool,
@@ -157,6 +179,10 @@ pub(crate) struct Conn {
 }
 
 impl Conn {
+    pub(crate) fn authenticated(&self) -> bool {
+        self.rights.is_some()
+    }
+
     /// Ordered dialects: the slot the next request's answer takes, held until it is filled.
     pub(crate) fn reserve_answer_slot(&mut self) -> Slot {
         let slot = self.next_slot;
@@ -231,7 +257,7 @@ impl Server {
 
     /// Whether `conn` is authenticated (false for unknown connections).
     pub fn is_authenticated(&self, conn: ConnId) -> bool {
-        self.conns.get(&conn).is_some_and(|c| c.authenticated)
+        self.conns.get(&conn).is_some_and(Conn::authenticated)
     }
 
     /// Snapshot saves emitted and not yet reported (shutdown waits for these).
@@ -298,6 +324,19 @@ impl Server {
         now: Millis,
     ) -> Result<(), ServerError> {
         self.guarded(|server| server.query_done(query, outcome, wrote, now))
+    }
+
+    /// The executor's verdict on a query it was asked to classify first
+    /// ([`Gate::ClassifyFirst`](crate::Gate::ClassifyFirst)), before running it: a read lets
+    /// the connection's later queries start. (A statement that is not a read is reported as
+    /// [`QueryOutcome::NotARead`] instead, and calling this with it changes nothing.)
+    pub fn handle_query_classified(
+        &mut self,
+        query: QueryHandle,
+        verdict: crate::Verdict,
+        now: Millis,
+    ) -> Result<(), ServerError> {
+        self.guarded(|server| server.query_classified(query, verdict, now))
     }
 
     /// The executor finished an upload.
@@ -551,7 +590,7 @@ impl Server {
             return;
         };
         c.open = false;
-        let awaited_auth = !c.authenticated && self.config.auth_token.is_some();
+        let awaited_auth = !c.authenticated() && self.config.auth_token.is_some();
         let inflight = std::mem::take(&mut c.inflight);
         let room = c.room.take();
         c.answers.clear();
@@ -598,19 +637,19 @@ impl Server {
             .values()
             .filter(|c| c.open && c.dialect == dialect)
             .count();
-        let authenticated = match &self.config.auth_token {
-            None => true,
+        let rights = if dialect == Dialect::Http {
             // Every HTTP request brings its own credentials.
-            Some(_) if dialect == Dialect::Http => true,
-            Some(expected) => [&info.bearer_token, &info.url_token]
-                .into_iter()
-                .flatten()
-                .any(|given| tokens_match(expected, given)),
+            Some(Rights::Full)
+        } else {
+            let given = [&info.bearer_token, &info.url_token];
+            self.config
+                .rights_of(given.into_iter().flatten().map(String::as_str))
         };
+        let authenticated = rights.is_some();
         self.conns.insert(
             conn,
             Conn {
-                authenticated,
+                rights,
                 auth_strikes: 0,
                 open: true,
                 inflight: BTreeMap::new(),
@@ -635,6 +674,11 @@ impl Server {
                 self.close(conn, close_code::POLICY_VIOLATION, ORIGIN_NOT_ALLOWED, now);
                 return;
             }
+        }
+        if dialect != Dialect::Http && !self.config.hosts.allows(info.host.as_deref(), info.local_ip)
+        {
+            self.close(conn, close_code::POLICY_VIOLATION, HOST_NOT_ALLOWED, now);
+            return;
         }
         if let Some(limit) = self.config.limits.max_connections {
             if open_now >= limit {
@@ -718,7 +762,7 @@ impl Server {
         if self
             .conns
             .get(&conn)
-            .is_some_and(|c| c.open && !c.authenticated)
+            .is_some_and(|c| c.open && !c.authenticated())
         {
             self.close(
                 conn,
@@ -738,7 +782,7 @@ impl Server {
         if !c.open {
             return;
         }
-        let (dialect, authenticated) = (c.dialect, c.authenticated);
+        let (dialect, authenticated) = (c.dialect, c.authenticated());
         if dialect == Dialect::Http {
             return;
         }
@@ -782,15 +826,13 @@ impl Server {
     }
 
     fn authenticate(&mut self, conn: ConnId, token: &str, now: Millis) {
-        let ok = match &self.config.auth_token {
-            None => true,
-            Some(expected) => tokens_match(expected, token),
-        };
+        let rights = self.config.rights_of([token]);
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
         };
-        if ok {
-            let was_authenticated = std::mem::replace(&mut c.authenticated, true);
+        if let Some(rights) = rights {
+            // A second `auth` may change the rights (a read token, then the full one).
+            let was_authenticated = c.rights.replace(rights).is_some();
             if !was_authenticated && self.config.auth_token.is_some() {
                 self.timers.cancel(&TimerKey::AuthDeadline(conn));
             }
@@ -811,6 +853,21 @@ impl Server {
     }
 
     fn dispatch(&mut self, conn: ConnId, message: ClientMessage, now: Millis) {
+        let read_token = self.conns.get(&conn).and_then(|c| c.rights) == Some(Rights::ReadOnly);
+        if read_token && message.writes_by_type() {
+            let refused = crate::queries::refused_message(message.type_name());
+            let error = ProtocolError::ReadTokenWrite(refused);
+            let query_id = match &message {
+                ClientMessage::Query { .. } | ClientMessage::UploadArrow { .. } => Some(
+                    message
+                        .query_id()
+                        .cloned()
+                        .unwrap_or_else(|| QueryId::Str(self.ids.next_uuid_v4())),
+                ),
+                _ => message.query_id().cloned(),
+            };
+            return self.send_error(conn, error, query_id, now);
+        }
         match message {
             ClientMessage::Auth { .. } => unreachable!("handled before dispatch"),
             ClientMessage::Query {

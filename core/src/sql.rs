@@ -1,8 +1,12 @@
-//! A light lexical look at SQL text: split statements and tell reads from writes.
+//! A light lexical look at SQL text: split statements, and hints.
 //!
-//! DuckDB parses and runs the SQL; this only decides two things the C API does not tell
-//! duckdb-rs users: whether the last statement yields a result set (else the reply is `ok`),
-//! and whether the whole text may have written (then cached results are dropped).
+//! Nothing here decides a security or cache question: what a statement is, is DuckDB's answer
+//! (the executor asks its parser before anything runs; see `Gate` and `Verdict`). The hints
+//! may only make the server more careful, never less:
+//! - [`hint_may_write`] lets the write barrier of an ordered connection run a query alone at
+//!   once; a query it calls a read is still classified by DuckDB before later ones start.
+//! - [`plan_is_reusable`] may only refuse plan reuse to a statement DuckDB calls a read.
+//! - [`classify`]'s `returns_rows` picks how a result is read (rows, or `ok`).
 
 /// Splits on top-level `;`, skipping quotes, comments and dollar-quoted strings.
 pub fn split_statements(sql: &str) -> Vec<&str> {
@@ -130,8 +134,11 @@ pub struct Classification {
     pub read_only: bool,
 }
 
-/// Whether a message of `kind` with `sql` may write: an `exec`, or SQL that is not a read.
-pub fn may_write(kind: crate::QueryKind, sql: &str) -> bool {
+/// A hint, never a verdict: whether a message of `kind` with `sql` looks like it may write
+/// (an `exec`, or SQL whose statements do not all start with a query keyword). It may call a
+/// write a read (`with a as (select 1) insert …`); callers must only use it to be *more*
+/// careful (see the module docs).
+pub fn hint_may_write(kind: crate::QueryKind, sql: &str) -> bool {
     kind == crate::QueryKind::Exec || !classify(sql).read_only
 }
 

@@ -87,6 +87,21 @@ impl ClientMessage {
         }
     }
 
+    /// Whether the message changes something others see by its type alone (whatever SQL it
+    /// carries): `exec`, uploads, notifies and CRDT changes. A read token may send none.
+    pub fn writes_by_type(&self) -> bool {
+        matches!(
+            self,
+            ClientMessage::Query {
+                kind: QueryKind::Exec,
+                ..
+            } | ClientMessage::UploadArrow { .. }
+                | ClientMessage::Notify { .. }
+                | ClientMessage::CrdtSnapshot { .. }
+                | ClientMessage::CrdtUpdate(_)
+        )
+    }
+
     /// The `queryId` the request carried, if any.
     pub fn query_id(&self) -> Option<&QueryId> {
         match self {

@@ -48,6 +48,14 @@ impl Harness {
         self.frame(conn, Frame::Binary(Bytes::from(bytes)))
     }
 
+    /// The executor found `query` (dispatched with `Gate::ClassifyFirst`) to be a read.
+    pub fn classified_read(&mut self, query: QueryHandle) -> Vec<Effect> {
+        self.server
+            .handle_query_classified(query, crate::Verdict::Read, self.now())
+            .unwrap();
+        self.drain()
+    }
+
     pub fn drain(&mut self) -> Vec<Effect> {
         std::iter::from_fn(|| self.server.poll_effect()).collect()
     }

@@ -63,6 +63,7 @@ fn answers_leave_in_request_order_whatever_order_queries_finish_in() {
             run.arrow_header.is_empty() && run.json_header.is_none(),
             "bare results"
         );
+        h.classified_read(run.query);
         handles.push(run.query);
     }
     let done = |h: &mut Harness, handle, n: u32| {

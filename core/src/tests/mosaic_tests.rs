@@ -4,7 +4,7 @@ use bytes::Bytes;
 use serde_json::json;
 
 use super::harness::{runs, sent_binary, sent_json, Harness};
-use crate::{Config, ConnectionInfo, Dialect, Effect, Frame, QueryHandle, QueryOutcome};
+use crate::{Config, ConnectionInfo, Dialect, Effect, Frame, Gate, QueryHandle, QueryOutcome};
 
 fn mosaic() -> ConnectionInfo {
     ConnectionInfo {
@@ -29,7 +29,10 @@ fn answers_come_in_request_order_as_bare_results() {
     h.open_with(1, mosaic());
     let arrow = runs(&h.text(1, json!({"type":"arrow","sql":"select 1"})))[0].clone();
     assert!(arrow.arrow_header.is_empty(), "bare IPC");
-    let json_query = runs(&h.text(1, json!({"type":"json","sql":"select 2"})))[0].clone();
+    assert_eq!(arrow.gate, Gate::ClassifyFirst, "DuckDB says whether it is a read");
+    let json_effects = h.text(1, json!({"type":"json","sql":"select 2"}));
+    assert!(runs(&json_effects).is_empty(), "held until the first is classified");
+    let json_query = runs(&h.classified_read(arrow.query))[0].clone();
     assert_eq!(json_query.json_header, None);
     let bad = h.text(1, json!({"type":"subscribe","channel":"c"}));
     assert!(sent(&bad).is_empty(), "waits its turn");
@@ -72,6 +75,7 @@ fn a_write_runs_alone_between_the_reads_around_it() {
         h.drain()
     };
     let before = runs(&h.text(1, json!({"type":"json","sql":"select 1 as x"})))[0].clone();
+    h.classified_read(before.query);
     let exec = json!({"type":"exec","sql":"create table t as select 1 as a"});
     assert!(
         runs(&h.text(1, exec)).is_empty(),
@@ -100,12 +104,54 @@ fn a_write_runs_alone_between_the_reads_around_it() {
 
     let effects = finish(&mut h, started[0].query, QueryOutcome::NoResultSet);
     assert_eq!(sent(&effects), vec![Frame::Text("{}".into())]);
-    let reads = runs(&effects);
+    let count = runs(&effects);
     assert_eq!(
-        reads.iter().map(|r| r.sql.as_str()).collect::<Vec<_>>(),
-        ["select count(*) as n from t", "select 2"],
-        "the reads after it start together once it finished"
+        count.iter().map(|r| r.sql.as_str()).collect::<Vec<_>>(),
+        ["select count(*) as n from t"],
+        "the read after it starts once it finished"
     );
+    let also = runs(&h.classified_read(count[0].query));
+    assert_eq!(
+        also.iter().map(|r| r.sql.as_str()).collect::<Vec<_>>(),
+        ["select 2"],
+        "and the next one once DuckDB called the first a read; both run together"
+    );
+}
+
+/// The keyword hint cannot tell `with … insert` from a read: DuckDB's verdict hands it back,
+/// unrun, and it runs alone after the queries before it and before the ones after it.
+#[test]
+fn a_write_the_hint_took_for_a_read_is_handed_back_and_runs_alone() {
+    let mut h = Harness::new(Config::default());
+    h.open_with(1, mosaic());
+    let finish = |h: &mut Harness, q: QueryHandle, o: QueryOutcome, wrote: bool| {
+        h.server.handle_query_done(q, o, wrote, h.now()).unwrap();
+        h.drain()
+    };
+    let before = runs(&h.text(1, json!({"type":"json","sql":"select 1 as x"})))[0].clone();
+    h.classified_read(before.query);
+    let sql = "with a as (select 1) insert into t select * from a";
+    let disguised = runs(&h.text(1, json!({"type":"exec","sql":"select 0"})));
+    assert_eq!(disguised.len(), 0, "an exec is a write by its type: it waits");
+    let effects = finish(&mut h, before.query, QueryOutcome::Json("[1]".into()), false);
+    let exec = runs(&effects)[0].clone();
+    assert_eq!(exec.gate, Gate::Any);
+    finish(&mut h, exec.query, QueryOutcome::NoResultSet, true);
+
+    let write = runs(&h.text(1, json!({"type":"json","sql":sql})))[0].clone();
+    assert_eq!(write.gate, Gate::ClassifyFirst);
+    let after = h.text(1, json!({"type":"json","sql":"select count(*) from t"}));
+    assert!(runs(&after).is_empty(), "waits for DuckDB's verdict");
+    let effects = finish(&mut h, write.query, QueryOutcome::NotARead("INSERT".into()), false);
+    assert!(sent(&effects).is_empty(), "nothing is answered: it has not run");
+    let again = runs(&effects);
+    assert_eq!(again.len(), 1, "it runs again, alone: {again:?}");
+    assert_eq!((again[0].sql.as_str(), again[0].gate), (sql, Gate::Any));
+    let effects = finish(&mut h, again[0].query, QueryOutcome::NoResultSet, true);
+    assert_eq!(sent(&effects), vec![Frame::Text("{}".into())]);
+    assert!(effects.contains(&Effect::InvalidateCache));
+    let later = runs(&effects);
+    assert_eq!(later[0].sql, "select count(*) from t", "then the read after it");
 }
 
 #[test]
@@ -153,10 +199,9 @@ fn the_token_comes_with_the_upgrade() {
             ..mosaic()
         },
     );
-    assert_eq!(
-        runs(&h.text(2, json!({"type":"json","sql":"select 1"}))).len(),
-        1
-    );
+    let first = runs(&h.text(2, json!({"type":"json","sql":"select 1"})));
+    assert_eq!(first.len(), 1);
+    h.classified_read(first[0].query);
     // Closing the socket interrupts what it had running.
     let q = runs(&h.text(2, json!({"type":"json","sql":"select 2"})))[0].query;
     h.server.handle_closed(crate::ConnId(2), h.now()).unwrap();

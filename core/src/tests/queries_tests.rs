@@ -3,7 +3,7 @@
 use bytes::Bytes;
 use serde_json::json;
 
-use super::harness::{closes, only_json, sent_binary, sent_json, Harness};
+use super::harness::{closes, only_json, runs, sent_binary, sent_json, Harness};
 use crate::{Config, ConnId, Effect, Limits, QueryHandle, QueryKind, QueryOutcome, RunQuery};
 
 fn run_effect(effects: &[Effect]) -> RunQuery {
@@ -323,18 +323,28 @@ fn read_only_refuses_exec_writes_and_uploads_by_name() {
     });
     h.open(1);
     let refused = "the server is read-only (--read-only): writes are refused";
-    for (i, message) in [
+    // An exec writes by its type: refused before anything runs.
+    let effects = h.text(
+        1,
         json!({"type":"exec","sql":"create table t(a int)","queryId":1}),
+    );
+    assert!(!effects.iter().any(|e| matches!(e, Effect::RunQuery(_))));
+    assert_eq!(only_json(&effects, 1)["error"], refused);
+    // SQL is DuckDB's to classify: it may run only as a read, and DuckDB's verdict refuses it.
+    let effects = h.text(
+        1,
         json!({"type":"json","sql":"insert into t values (1) returning a","queryId":2}),
-    ]
-    .into_iter()
-    .enumerate()
-    {
-        let effects = h.text(1, message);
-        assert!(!effects.iter().any(|e| matches!(e, Effect::RunQuery(_))));
-        assert_eq!(only_json(&effects, 1)["error"], refused, "case {i}");
-    }
+    );
+    let run = runs(&effects)[0].clone();
+    assert_eq!(run.gate, crate::Gate::ReadsOnly);
+    h.server
+        .handle_query_done(run.query, QueryOutcome::NotARead("INSERT".into()), false, h.now())
+        .unwrap();
+    let effects = h.drain();
+    assert_eq!(only_json(&effects, 1)["error"], refused);
+    assert_eq!(only_json(&effects, 1)["queryId"], 2);
+    assert!(!effects.contains(&Effect::InvalidateCache), "nothing ran");
     assert_eq!(h.server.inflight_count(ConnId(1)), 0);
     let reads = h.text(1, json!({"type":"json","sql":"select 1","queryId":3}));
-    assert!(reads.iter().any(|e| matches!(e, Effect::RunQuery(_))));
+    assert_eq!(runs(&reads)[0].gate, crate::Gate::ReadsOnly);
 }
