@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use argh::FromArgs;
-use duckwire_core::{Limits, OriginPolicy};
+use duckwire_core::{HostPolicy, Limits, OriginPolicy};
 use duckwire_smol::config::TlsFiles;
 use duckwire_smol::ServerConfig;
 
@@ -28,6 +28,10 @@ struct Args {
     /// bearer token clients must present (or env DUCKWIRE_AUTH_TOKEN)
     #[argh(option)]
     auth_token: Option<String>,
+    /// a second token whose holders may only read: what DuckDB classifies as reads,
+    /// subscriptions, joining rooms (or env DUCKWIRE_READ_TOKEN); needs --auth-token
+    #[argh(option)]
+    read_token: Option<String>,
     /// close connections not authenticated within this many ms (default 30000; 0/none disables)
     #[argh(option, from_str_fn(parse_cap), default = "Some(30_000)")]
     auth_timeout_ms: Option<usize>,
@@ -52,6 +56,10 @@ struct Args {
     /// comma-separated browser origins allowed besides loopback ones; * allows all
     #[argh(option)]
     allowed_origins: Option<String>,
+    /// comma-separated Host names answered besides loopback ones and the address a client
+    /// reached (DNS rebinding protection); * answers any
+    #[argh(option)]
+    allowed_hosts: Option<String>,
     /// result cache budget in bytes; 0 or none disables it (default: 268435456)
     #[argh(option, from_str_fn(parse_cap), default = "Some(256 * 1024 * 1024)")]
     cache_bytes: Option<usize>,
@@ -205,6 +213,19 @@ fn config_from(args: Args) -> Result<ServerConfig, String> {
         .auth_token
         .or_else(|| std::env::var("DUCKWIRE_AUTH_TOKEN").ok())
         .filter(|t| !t.is_empty());
+    let read_token = args
+        .read_token
+        .or_else(|| std::env::var("DUCKWIRE_READ_TOKEN").ok())
+        .filter(|t| !t.is_empty());
+    let mut hosts = args
+        .allowed_hosts
+        .as_deref()
+        .map(HostPolicy::from_list)
+        .unwrap_or_default();
+    // A server bound to a name answers that name.
+    if args.host.parse::<std::net::IpAddr>().is_err() {
+        hosts.allowed.push(args.host.to_ascii_lowercase());
+    }
     let in_memory = args.db_path == ":memory:";
     let mut config = ServerConfig {
         host: args.host,
@@ -222,6 +243,8 @@ fn config_from(args: Args) -> Result<ServerConfig, String> {
         core: duckwire_core::Config {
             limits,
             auth_token,
+            read_token,
+            hosts,
             sync_enabled: args.sync,
             allow_client_snapshots: args.allow_client_snapshots || in_memory,
             save_debounce_ms: args.save_debounce_ms,

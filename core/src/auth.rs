@@ -77,7 +77,8 @@ impl HostPolicy {
         }
         let bare = name.trim_start_matches('[').trim_end_matches(']');
         if let Ok(ip) = bare.parse::<std::net::IpAddr>() {
-            if ip.is_loopback() || Some(ip) == local_ip {
+            let local_ip = local_ip.map(|local| local.to_canonical());
+            if ip.is_loopback() || Some(ip.to_canonical()) == local_ip {
                 return true;
             }
         }

@@ -185,10 +185,16 @@ impl Server {
         request: HttpRequest,
         now: Millis,
     ) -> Option<HttpResponse> {
-        if !self
-            .config
-            .hosts
-            .allows(request.host.as_deref(), request.local_ip)
+        // Health probes reveal nothing and come with whatever `Host` a load balancer sends.
+        let probe = matches!(
+            (request.method.as_str(), request.path.as_str()),
+            ("GET", "/healthz" | "/readyz")
+        );
+        if !probe
+            && !self
+                .config
+                .hosts
+                .allows(request.host.as_deref(), request.local_ip)
         {
             return Some(HttpResponse::error(403, HOST_NOT_ALLOWED));
         }

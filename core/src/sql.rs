@@ -41,6 +41,42 @@ pub fn split_statements(sql: &str) -> Vec<&str> {
         .collect()
 }
 
+/// Whether `keyword` occurs as a word of `sql` outside string literals, quoted identifiers,
+/// comments and dollar-quoted strings (case-insensitive). A hint: it may only make a read a
+/// write (see the module docs).
+pub fn has_keyword(sql: &str, keyword: &str) -> bool {
+    let bytes = sql.as_bytes();
+    let is_word = |b: u8| b.is_ascii_alphanumeric() || b == b'_';
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'\'' | b'"' => i = skip_quoted(bytes, i, bytes[i]),
+            b'-' if bytes.get(i + 1) == Some(&b'-') => {
+                i = bytes[i..]
+                    .iter()
+                    .position(|b| *b == b'\n')
+                    .map_or(bytes.len(), |p| i + p)
+            }
+            b'/' if bytes.get(i + 1) == Some(&b'*') => {
+                i = find(bytes, i + 2, b"*/").map_or(bytes.len(), |p| p + 2)
+            }
+            b'$' => i = skip_dollar_quoted(bytes, i).max(i + 1),
+            b if is_word(b) => {
+                let end = bytes[i..]
+                    .iter()
+                    .position(|b| !is_word(*b))
+                    .map_or(bytes.len(), |p| i + p);
+                if sql[i..end].eq_ignore_ascii_case(keyword) {
+                    return true;
+                }
+                i = end;
+            }
+            _ => i += 1,
+        }
+    }
+    false
+}
+
 fn skip_quoted(bytes: &[u8], start: usize, quote: u8) -> usize {
     let mut i = start + 1;
     while i < bytes.len() {
@@ -223,6 +259,19 @@ mod tests {
         let call = classify("call pragma_version()");
         assert!(call.returns_rows && !call.read_only);
         assert!(!classify("  ").returns_rows);
+    }
+
+    #[test]
+    fn keywords_are_found_outside_quotes_and_comments_only() {
+        assert!(has_keyword("explain analyze select 1", "ANALYZE"));
+        assert!(has_keyword("EXPLAIN (ANALYZE) select 1", "analyze"));
+        assert!(!has_keyword("explain select 'analyze'", "ANALYZE"));
+        assert!(!has_keyword("explain select \"analyze\" from t", "ANALYZE"));
+        assert!(!has_keyword("explain select 1 -- analyze", "ANALYZE"));
+        assert!(!has_keyword("explain /* analyze */ select 1", "ANALYZE"));
+        assert!(!has_keyword("explain select $$analyze$$", "ANALYZE"));
+        assert!(!has_keyword("explain select analyzed from t", "ANALYZE"));
+        assert!(!has_keyword("", "ANALYZE"));
     }
 
     #[test]

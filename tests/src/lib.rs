@@ -519,7 +519,7 @@ impl HttpConnection {
     pub fn post_request(body: &Value, extra_headers: &str) -> String {
         let body = body.to_string();
         format!(
-            "POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{extra_headers}\r\n{body}",
+            "POST / HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{extra_headers}\r\n{body}",
             body.len()
         )
     }

@@ -129,7 +129,7 @@ fn a_peer_that_ignores_our_close_frame_is_disconnected() {
     socket.set_read_timeout(Some(REPLY_TIMEOUT)).unwrap();
     write!(
         socket,
-        "GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+        "GET / HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
     )
     .unwrap();

@@ -425,7 +425,7 @@ fn silent_websocket_peers_are_pinged_then_closed_with_1001() {
     silent.set_read_timeout(Some(REPLY_TIMEOUT)).unwrap();
     silent
         .write_all(
-            b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+            b"GET / HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
               Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
         )
         .unwrap();

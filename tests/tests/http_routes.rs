@@ -220,7 +220,7 @@ fn rest_answers_cors_headers_for_allowed_origins() {
     );
     let (status, headers, _) = http(
         &server.addr,
-        "OPTIONS / HTTP/1.1\r\nHost: x\r\nOrigin: http://localhost:3000\r\nConnection: close\r\n\r\n",
+        "OPTIONS / HTTP/1.1\r\nHost: localhost\r\nOrigin: http://localhost:3000\r\nConnection: close\r\n\r\n",
     );
     assert_eq!(status, 204);
     assert!(header(&headers, "access-control-allow-methods")
@@ -257,7 +257,7 @@ fn websocket_upgrades_need_version_13_and_a_key() {
     let upgrade = |extra: &str| {
         http(
             &server.addr,
-            &format!("GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n{extra}\r\n"),
+            &format!("GET / HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n{extra}\r\n"),
         )
     };
     let (status, headers, _) =

@@ -50,7 +50,7 @@ fn two_requests_are_answered_on_one_kept_alive_connection() {
         assert_eq!(header(&headers, "connection"), Some("keep-alive"));
         assert_eq!(rows(&body), json!([{ "n": n }]));
     }
-    http.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+    http.write(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n");
     let (status, _, body) = http.read_answer().expect("an answer");
     assert_eq!((status, body.as_slice()), (200, b"ok".as_slice()));
 }
@@ -68,7 +68,7 @@ fn pipelined_requests_are_answered_in_request_order() {
             "",
         ));
     }
-    pipelined.push_str("GET /nope HTTP/1.1\r\nHost: x\r\n\r\n");
+    pipelined.push_str("GET /nope HTTP/1.1\r\nHost: localhost\r\n\r\n");
     http.write(pipelined.as_bytes());
     let (_, _, body) = http.read_answer().expect("first answer");
     assert_eq!(rows(&body), json!([{"n": 30000000}]));
@@ -108,7 +108,7 @@ fn connection_close_is_honoured_and_http_1_0_closes_by_default() {
 fn idle_kept_alive_connections_are_closed_by_the_core_timer() {
     let server = ServerProcess::start(&["--http-idle-timeout-ms", "200"]);
     let mut http = HttpConnection::open(&server.addr);
-    http.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+    http.write(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n");
     assert_eq!(http.read_answer().expect("an answer").0, 200);
     // Nothing more is sent: the server closes the socket (a read timeout would panic).
     assert!(http.read_answer().is_none());
@@ -177,7 +177,7 @@ fn rest_errors_use_the_core_strings_and_statuses() {
     let (status, _, answer) = http(
         &server.addr,
         &format!(
-            "POST /?token=s3cret HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            "POST /?token=s3cret HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
             body.len()
         ),
     );

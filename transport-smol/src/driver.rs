@@ -458,6 +458,9 @@ impl Driver {
                 }
                 self.call_core(|server| server.handle_closed(conn, now))
             }
+            DriverInput::Executor(Completion::Classified { handle }) => self.call_core(|server| {
+                server.handle_query_classified(handle, duckwire_core::Verdict::Read, now)
+            }),
             DriverInput::Executor(Completion::Query {
                 handle,
                 outcome,
@@ -606,6 +609,7 @@ impl Driver {
                         persist: run.persist,
                         arrow_header: run.arrow_header,
                         json_header: run.json_header,
+                        gate: run.gate,
                     })
                 }
                 Effect::Interrupt { query } => self.executor.interrupt(query),

@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_tungstenite::tungstenite::handshake::server::{
@@ -14,7 +14,7 @@ use bytes::Bytes;
 use duckdb::Connection;
 use duckwire_core::{
     close_code, ConnId, ConnectionInfo, Dialect, HttpRequest, HttpResponse, Server,
-    ORIGIN_NOT_ALLOWED,
+    HOST_NOT_ALLOWED, ORIGIN_NOT_ALLOWED,
 };
 use serde_json::json;
 use smol::io::AsyncWriteExt;
@@ -29,7 +29,8 @@ use crate::driver::{
     ConnectionWriter, Driver, DriverInput, Outbound, ReadGate, SentCounter, SentReports,
 };
 use crate::executor::connection::WriteEpoch;
-use crate::executor::{Completion, Executor};
+use crate::executor::database::Database;
+use crate::executor::{Completion, Executor, SharedDatabase};
 use crate::http::{read_body, read_head, write_response, HeadError, RequestHead, Response};
 use crate::meta::{self, MetaWorker};
 use crate::metrics::Metrics;
@@ -84,14 +85,15 @@ struct Shared {
     sent_reports: Arc<SentReports>,
 }
 
-/// Opens (or creates) the database as PROTOCOL §8 says.
-pub fn open_database(config: &ServerConfig) -> Result<Connection, StartError> {
+/// Opens (or creates) the database as PROTOCOL §8 says: its C API handle (which the workers
+/// connect and classify statements through) and a first connection.
+pub fn open_database(config: &ServerConfig) -> Result<(Arc<Database>, Connection), StartError> {
     let fail = |message: String| StartError::Database {
         path: config.db_path.clone(),
         message,
     };
-    let conn = if config.is_in_memory() {
-        Connection::open_in_memory().map_err(|e| fail(e.to_string()))?
+    let database = if config.is_in_memory() {
+        Database::open(":memory:", false).map_err(fail)?
     } else {
         let path = std::path::Path::new(&config.db_path);
         if path.metadata().is_ok_and(|m| m.is_file() && m.len() == 0) {
@@ -101,18 +103,13 @@ pub fn open_database(config: &ServerConfig) -> Result<Connection, StartError> {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent).map_err(|e| fail(e.to_string()))?;
         }
-        let mut duckdb_config = duckdb::Config::default();
-        if config.read_only {
-            // Several read-only processes may serve one file.
-            duckdb_config = duckdb_config
-                .access_mode(duckdb::AccessMode::ReadOnly)
-                .map_err(|e| fail(e.to_string()))?;
-        }
-        Connection::open_with_flags(path, duckdb_config).map_err(|e| fail(e.to_string()))?
+        // Read-only: several processes may serve one file.
+        Database::open(&config.db_path, config.read_only).map_err(fail)?
     };
+    let conn = database.connect().map_err(fail)?;
     conn.execute_batch(&format!("SET threads = {}", config.threads.max(1)))
         .map_err(|e| fail(e.to_string()))?;
-    Ok(conn)
+    Ok((database, conn))
 }
 
 fn load_extensions(conn: &Connection, extensions: &[String]) {
@@ -147,6 +144,20 @@ pub fn duckdb_library_version() -> String {
 
 /// Flag combinations that cannot work, refused before anything starts.
 fn check_flags(config: &ServerConfig) -> Result<(), StartError> {
+    match (&config.core.auth_token, &config.core.read_token) {
+        (None, Some(_)) => {
+            return Err(StartError::Flags(
+                "--read-token needs --auth-token: without a full token every client may write"
+                    .into(),
+            ))
+        }
+        (Some(full), Some(read)) if full == read => {
+            return Err(StartError::Flags(
+                "--read-token must differ from --auth-token".into(),
+            ))
+        }
+        _ => {}
+    }
     if config.read_only && config.is_in_memory() {
         return Err(StartError::Flags(
             "--read-only needs a database file (--db-path)".into(),
@@ -243,7 +254,7 @@ pub fn run(
         }
         None => None,
     };
-    let base = open_database(&config)?;
+    let (database, base) = open_database(&config)?;
     if let Some(limit) = &config.memory_limit {
         base.execute_batch(&format!(
             "SET memory_limit = '{}'",
@@ -272,7 +283,7 @@ pub fn run(
     let meta_conn = base
         .try_clone()
         .map_err(|e| StartError::Meta(e.to_string()))?;
-    let base = Arc::new(Mutex::new(base));
+    let base = SharedDatabase::new(base, database);
 
     let metrics = Arc::new(Metrics::default());
     // One "a write happened" epoch for the result cache and the workers' plans.
@@ -443,7 +454,7 @@ pub fn run(
     // The driver stopped: no more work arrives. Stop queries, finish saves, checkpoint.
     executor.shutdown();
     meta_worker.stop();
-    let base = base.lock().unwrap_or_else(|e| e.into_inner());
+    let base = base.base.lock().unwrap_or_else(|e| e.into_inner());
     if !config.is_in_memory() {
         if let Err(e) = base.execute_batch("FORCE CHECKPOINT") {
             tracing::warn!("checkpoint at shutdown failed: {e}");
@@ -467,6 +478,8 @@ async fn until(deadline: Option<std::time::Instant>) {
 }
 
 async fn handle_connection(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+    // The address the client reached us at: a `Host` naming it is answered (PROTOCOL §4).
+    let local_ip = tcp.local_addr().ok().map(|addr| addr.ip());
     let mut buffer = Vec::with_capacity(1024);
     // A new connection must finish its TLS handshake and send its first request head in
     // time (later heads on a kept-alive connection are bounded by the core's HTTP idle
@@ -516,11 +529,19 @@ async fn handle_connection(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>
         }
         Err(HeadError::Io) => return,
     };
+    let client = Client { peer, local_ip };
     if head.is_websocket_upgrade() {
-        upgrade(stream, buffer, peer, head, shared).await;
+        upgrade(stream, buffer, client, head, shared).await;
         return;
     }
-    serve_http(stream, buffer, peer, head, shared).await;
+    serve_http(stream, buffer, client, head, shared).await;
+}
+
+/// Who is on the other end of a connection, and where it reached us.
+#[derive(Clone, Copy)]
+struct Client {
+    peer: SocketAddr,
+    local_ip: Option<std::net::IpAddr>,
 }
 
 /// An HTTP connection: each request goes to the core, its answer comes back through the
@@ -530,10 +551,11 @@ async fn handle_connection(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>
 async fn serve_http(
     mut stream: Stream,
     mut buffer: Vec<u8>,
-    peer: SocketAddr,
+    client: Client,
     first: RequestHead,
     shared: Arc<Shared>,
 ) {
+    let peer = client.peer;
     let conn = ConnId(shared.next_conn.fetch_add(1, Relaxed));
     let (queue_tx, answers) = async_channel::unbounded::<Outbound>();
     let (close_tx, closes) = async_channel::bounded::<(u16, String)>(1);
@@ -583,6 +605,8 @@ async fn serve_http(
             bearer_token: head.bearer_token(),
             url_token: head.query_param("token"),
             origin: head.header("origin").map(str::to_string),
+            host: head.header("host").map(str::to_string),
+            local_ip: client.local_ip,
             params: head.query_params(),
             body,
         };
@@ -656,7 +680,7 @@ async fn serve_http(
     }
     let _ = shared.driver.send(DriverInput::Closed { conn }).await;
     if let Some(head) = upgrade_to_websocket {
-        upgrade(stream, buffer, peer, head, shared).await;
+        upgrade(stream, buffer, client, head, shared).await;
     }
 }
 
@@ -802,10 +826,21 @@ fn cors_headers(head: &RequestHead) -> Vec<(String, String)> {
 async fn upgrade(
     mut stream: Stream,
     rest: Vec<u8>,
-    peer: SocketAddr,
+    client: Client,
     head: RequestHead,
     shared: Arc<Shared>,
 ) {
+    let peer = client.peer;
+    if !shared
+        .config
+        .core
+        .hosts
+        .allows(head.header("host"), client.local_ip)
+    {
+        tracing::warn!(%peer, host = head.header("host"), "WebSocket upgrade refused: host not allowed");
+        let _ = write_response(&mut stream, &Response::error(403, HOST_NOT_ALLOWED), false).await;
+        return;
+    }
     if let Some(refusal) = origin_refusal(&head, &shared) {
         tracing::warn!(%peer, origin = head.header("origin"), "WebSocket upgrade refused: origin not allowed");
         let _ = write_response(&mut stream, &refusal, false).await;
@@ -860,6 +895,8 @@ async fn upgrade(
         bearer_token: head.bearer_token(),
         url_token: head.query_param("token"),
         origin: head.header("origin").map(str::to_string),
+        host: head.header("host").map(str::to_string),
+        local_ip: client.local_ip,
     };
     tracing::debug!(%peer, conn = conn.0, path = head.path, "WebSocket connection opened");
     crate::ws::serve(

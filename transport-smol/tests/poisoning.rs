@@ -59,7 +59,7 @@ fn post(addr: &str, sql: &str) -> String {
         .set_read_timeout(Some(Duration::from_secs(20)))
         .unwrap();
     let request = format!(
-        "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "POST / HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
     stream.write_all(request.as_bytes()).unwrap();

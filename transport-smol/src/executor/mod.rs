@@ -2,6 +2,7 @@
 //! cloned from the one database, interrupts, conflict retries, the result cache, uploads.
 
 pub mod connection;
+pub mod database;
 pub mod ipc;
 pub mod json;
 mod result_buffer;
@@ -17,11 +18,35 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use duckdb::arrow::record_batch::RecordBatch;
 use duckdb::{Connection, InterruptHandle};
-use duckwire_core::{JsonReplyHeader, JsonReplyWriter, QueryHandle, QueryKind, QueryOutcome};
+use duckwire_core::{
+    Gate, JsonReplyHeader, JsonReplyWriter, QueryHandle, QueryKind, QueryOutcome, Verdict,
+};
 
 use crate::cache::ResultCache;
 use crate::metrics::Metrics;
 use connection::{WorkerConnection, WriteEpoch};
+use database::{Classifier, Database};
+
+/// The database the workers run on: the connection every worker's own is cloned from, and the
+/// C API handle that clones (and classifiers) connect through. Fields drop in order: the
+/// connection before the handle.
+pub struct SharedDatabase {
+    pub base: Mutex<Connection>,
+    pub handle: Arc<Database>,
+}
+
+impl SharedDatabase {
+    pub fn new(base: Connection, handle: Arc<Database>) -> Arc<SharedDatabase> {
+        Arc::new(SharedDatabase {
+            base: Mutex::new(base),
+            handle,
+        })
+    }
+}
+
+/// What a worker reports for a query DuckDB calls something other than a read when only a
+/// read may run: the transaction was read-only and DuckDB refused to write (`nextval`, …).
+const WRITES_IN_A_READ: &str = "a statement that writes the database";
 
 /// What a client sees when its job hit a bug (a panic) in the executor.
 const INTERNAL_ERROR: &str = "internal error while running the query";
@@ -43,6 +68,8 @@ pub enum Job {
         arrow_header: Bytes,
         /// `None`: bare rows text (HTTP); else the whole SQLRooms reply is built here.
         json_header: Option<JsonReplyHeader>,
+        /// What may run (DuckDB's verdict decides; see [`Gate`]).
+        gate: Gate,
     },
     Upload {
         handle: QueryHandle,
@@ -53,6 +80,8 @@ pub enum Job {
 
 /// How the executor reports back to the driver.
 pub enum Completion {
+    /// A [`Gate::ClassifyFirst`] query is a read; it runs now.
+    Classified { handle: QueryHandle },
     Query {
         handle: QueryHandle,
         outcome: QueryOutcome,
@@ -182,7 +211,9 @@ pub struct Executor {
 }
 
 struct Worker {
-    base: Arc<Mutex<Connection>>,
+    database: Arc<SharedDatabase>,
+    /// Asks DuckDB what a SQL text is; connected on first use.
+    classifier: Option<Classifier>,
     /// The connection kept between reads (see [`connection`]).
     connection: WorkerConnection,
     write_epoch: Arc<WriteEpoch>,
@@ -195,7 +226,7 @@ struct Worker {
 
 impl Executor {
     pub fn start(
-        base: Arc<Mutex<Connection>>,
+        database: Arc<SharedDatabase>,
         threads: usize,
         cache: Arc<ResultCache>,
         metrics: Arc<Metrics>,
@@ -208,7 +239,8 @@ impl Executor {
             .map(|i| {
                 let queue = queue.clone();
                 let mut worker = Worker {
-                    base: base.clone(),
+                    database: database.clone(),
+                    classifier: None,
                     connection: WorkerConnection::default(),
                     write_epoch: write_epoch.clone(),
                     interrupts: interrupts.clone(),
@@ -326,7 +358,8 @@ fn is_conflict(message: &str) -> bool {
 impl Worker {
     /// A new connection, for jobs that write (uploads).
     fn fresh_connection(&self) -> Result<Connection, String> {
-        self.base
+        self.database
+            .base
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .try_clone()
@@ -384,13 +417,14 @@ impl Worker {
                 persist,
                 arrow_header,
                 json_header,
+                gate,
             } => {
                 let output = Output {
                     kind,
                     arrow_header: &arrow_header,
                     json_reply: json_header.as_ref(),
                 };
-                let (outcome, wrote) = self.query(handle, output, &sql, persist);
+                let (outcome, wrote) = self.query(handle, output, &sql, persist, gate);
                 self.record(kind.as_str(), &outcome, started);
                 (self.completions)(Completion::Query {
                     handle,
@@ -437,43 +471,75 @@ impl Worker {
         }
     }
 
+    /// DuckDB's verdict on `sql` (see [`database`]).
+    fn verdict(&mut self, sql: &str) -> Result<Verdict, String> {
+        let classifier = match &mut self.classifier {
+            Some(classifier) => classifier,
+            empty => empty.insert(Classifier::new(&self.database.handle)?),
+        };
+        classifier.classify(sql)
+    }
+
+    /// Runs a query as its gate allows; the `bool` says whether it may have written (DuckDB's
+    /// verdict: anything but a read).
     fn query(
         &mut self,
         handle: QueryHandle,
         output: Output<'_>,
         sql: &str,
         persist: bool,
+        gate: Gate,
     ) -> (QueryOutcome, bool) {
+        // Nothing runs before DuckDB has said what the text is. Text its parser or binder
+        // rejects fails here, as it would when run.
+        let verdict = match self.verdict(sql) {
+            Ok(verdict) => verdict,
+            Err(message) => return (QueryOutcome::Failed(message), false),
+        };
+        let read = match (&verdict, gate) {
+            (Verdict::NotARead(what), Gate::ReadsOnly | Gate::ClassifyFirst) => {
+                return (QueryOutcome::NotARead(what.clone()), false);
+            }
+            (Verdict::Read, Gate::ClassifyFirst) => {
+                (self.completions)(Completion::Classified { handle });
+                true
+            }
+            (verdict, _) => verdict.is_read(),
+        };
         let epoch = self.write_epoch.current();
-        let conn = match self.connection.take(&self.base, epoch) {
+        let conn = match self.connection.take(&self.database.base, epoch) {
             Ok(conn) => conn,
             Err(e) => return (QueryOutcome::Failed(e), false),
         };
-        let read_only = sql::classify(sql).read_only;
         if !self.interrupts.start(handle, conn.interrupt_handle()) {
             self.connection.give_back(conn, epoch, true);
             return (QueryOutcome::Cancelled, false);
         }
-        let plans = if sql::plan_is_reusable(sql) {
+        let plans = if read && sql::plan_is_reusable(sql) {
             Plans::Reuse
         } else {
             Plans::Fresh
         };
-        let result = if persist && self.cache.is_enabled() {
-            self.cached_query(&conn, output, sql, plans)
-        } else {
-            self.with_retries(|| run_sql_planned(&conn, output, sql, plans))
-        };
+        let result = in_transaction(&conn, gate == Gate::ReadsOnly, || {
+            if persist && self.cache.is_enabled() {
+                self.cached_query(&conn, output, sql, plans, read)
+            } else {
+                self.with_retries(|| run_sql_planned(&conn, output, sql, plans))
+            }
+        });
         self.interrupts.finish(handle);
-        if !read_only {
+        if !read {
             // Even a failed or interrupted write may have changed what plans see.
             self.write_epoch.advance();
         }
-        self.connection.give_back(conn, epoch, read_only);
+        self.connection.give_back(conn, epoch, read);
         match result {
-            Ok(done) => done,
+            Ok(outcome) => (outcome, !read),
             Err(message) if is_interruption(&message) => (QueryOutcome::Cancelled, false),
-            Err(message) => (QueryOutcome::Failed(message), !read_only),
+            Err(message) if gate == Gate::ReadsOnly && refused_as_a_write(&message) => {
+                (QueryOutcome::NotARead(WRITES_IN_A_READ.into()), false)
+            }
+            Err(message) => (QueryOutcome::Failed(message), !read),
         }
     }
 
@@ -481,37 +547,38 @@ impl Worker {
     /// Mosaic's doors) or the escaped rows of a SQLRooms `json` reply ([`cache_form`]).
     ///
     /// [`cache_form`]: crate::cache::cache_form
+    /// `read`: DuckDB's verdict; only a read's result is kept.
     fn cached_query(
         &mut self,
         conn: &Connection,
         output: Output<'_>,
         sql: &str,
         plans: Plans,
-    ) -> Result<(QueryOutcome, bool), String> {
+        read: bool,
+    ) -> Result<QueryOutcome, String> {
         let (kind, arrow_header) = (output.kind, output.arrow_header);
         let cache = self.cache.clone();
-        let mut computed: Option<(QueryOutcome, bool)> = None;
+        let mut computed: Option<QueryOutcome> = None;
         let form = crate::cache::cache_form(kind, output.json_reply.is_some());
         let (value, _) = cache.get_or_compute((form, sql.to_string()), || {
-            let (outcome, wrote) =
-                match self.with_retries(|| run_sql_planned(conn, output, sql, plans)) {
-                    Ok(done) => done,
-                    // Our client cancelled: nothing to cache.
-                    Err(message) if is_interruption(&message) => {
-                        computed = Some((QueryOutcome::Cancelled, false));
-                        return Ok((Bytes::new(), false));
-                    }
-                    Err(message) => return Err(message),
-                };
-            let shareable = match (&outcome, wrote) {
-                (QueryOutcome::Arrow(frame), false) => Some(frame.slice(arrow_header.len()..)),
-                (QueryOutcome::Json(rows), false) => Some(Bytes::copy_from_slice(rows.as_bytes())),
-                (QueryOutcome::JsonReply(reply), false) => {
+            let outcome = match self.with_retries(|| run_sql_planned(conn, output, sql, plans)) {
+                Ok(outcome) => outcome,
+                // Our client cancelled: nothing to cache.
+                Err(message) if is_interruption(&message) => {
+                    computed = Some(QueryOutcome::Cancelled);
+                    return Ok((Bytes::new(), false));
+                }
+                Err(message) => return Err(message),
+            };
+            let shareable = match (&outcome, read) {
+                (QueryOutcome::Arrow(frame), true) => Some(frame.slice(arrow_header.len()..)),
+                (QueryOutcome::Json(rows), true) => Some(Bytes::copy_from_slice(rows.as_bytes())),
+                (QueryOutcome::JsonReply(reply), true) => {
                     Some(Bytes::copy_from_slice(reply.escaped_rows().as_bytes()))
                 }
                 _ => None,
             };
-            computed = Some((outcome, wrote));
+            computed = Some(outcome);
             Ok(match shareable {
                 Some(value) => (value, true),
                 None => (Bytes::new(), false),
@@ -521,9 +588,11 @@ impl Worker {
             return Ok(done);
         }
         // Served from the cache.
-        Ok((
-            crate::cache::cached_outcome(kind, arrow_header, output.json_reply, value),
-            false,
+        Ok(crate::cache::cached_outcome(
+            kind,
+            arrow_header,
+            output.json_reply,
+            value,
         ))
     }
 
@@ -571,7 +640,7 @@ pub fn run_sql(
     kind: QueryKind,
     sql: &str,
     arrow_header: &Bytes,
-) -> Result<(QueryOutcome, bool), String> {
+) -> Result<QueryOutcome, String> {
     let output = Output {
         kind,
         arrow_header,
@@ -580,22 +649,22 @@ pub fn run_sql(
     run_sql_planned(conn, output, sql, Plans::Fresh)
 }
 
+/// Runs `sql` on `conn` and shapes its last result.
 fn run_sql_planned(
     conn: &Connection,
     output: Output<'_>,
     sql: &str,
     plans: Plans,
-) -> Result<(QueryOutcome, bool), String> {
+) -> Result<QueryOutcome, String> {
     let kind = output.kind;
     if sql.trim().is_empty() {
         return Err(duckwire_core::ProtocolError::EmptySql.to_string());
     }
-    let class = sql::classify(sql);
-    let wrote = !class.read_only;
-    if kind == QueryKind::Exec || !class.returns_rows {
+    // How to read the result (rows, or `ok`); never what the statement may do.
+    if kind == QueryKind::Exec || !sql::classify(sql).returns_rows {
         let mut statement = conn.prepare(sql).map_err(|e| e.to_string())?;
         statement.execute([]).map_err(|e| e.to_string())?;
-        return Ok((QueryOutcome::NoResultSet, wrote));
+        return Ok(QueryOutcome::NoResultSet);
     }
     let shaped = if plans == Plans::Reuse {
         let mut statement = conn.prepare_cached(sql).map_err(|e| e.to_string())?;
@@ -609,7 +678,32 @@ fn run_sql_planned(
         let mut statement = conn.prepare(sql).map_err(|e| e.to_string())?;
         shape_result(&mut statement, output)
     };
-    shaped.map(|outcome| (outcome, wrote))
+    shaped
+}
+
+/// Runs `run` inside a read-only transaction when `read_only`, so DuckDB itself refuses any
+/// write (a SELECT calling `nextval`, say) before it happens; the transaction ends either way.
+fn in_transaction<T>(
+    conn: &Connection,
+    read_only: bool,
+    run: impl FnOnce() -> Result<T, String>,
+) -> Result<T, String> {
+    if !read_only {
+        return run();
+    }
+    conn.execute_batch("BEGIN TRANSACTION READ ONLY")
+        .map_err(|e| e.to_string())?;
+    let result = run();
+    let end = if result.is_ok() { "COMMIT" } else { "ROLLBACK" };
+    match (conn.execute_batch(end), result) {
+        (Err(e), Ok(_)) => Err(e.to_string()),
+        (_, result) => result,
+    }
+}
+
+/// DuckDB's refusal of a write inside a read-only transaction, the one place its text is read.
+fn refused_as_a_write(message: &str) -> bool {
+    message.contains("transaction is launched in read-only mode")
 }
 
 /// Executes a prepared statement and encodes its rows as Arrow IPC or JSON.
@@ -669,8 +763,10 @@ mod tests {
 
     #[test]
     fn backoff_doubles_from_10ms_caps_at_500ms_with_30_percent_jitter() {
+        let handle = Database::open(":memory:", false).unwrap();
         let mut worker = Worker {
-            base: Arc::new(Mutex::new(Connection::open_in_memory().unwrap())),
+            database: SharedDatabase::new(handle.connect().unwrap(), handle),
+            classifier: None,
             connection: WorkerConnection::default(),
             write_epoch: Arc::default(),
             interrupts: Arc::default(),
