@@ -4,15 +4,6 @@
 use duckwire_tests::*;
 use serde_json::{json, Value};
 
-fn url_encode(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
 #[test]
 fn the_mosaic_socket_answers_in_order_with_bare_results() {
     let server = ServerProcess::start(&[]);

@@ -7,6 +7,12 @@
 //! through the C API (the handle duckdb-rs connections are then made from) and each worker
 //! keeps a raw connection of its own for classifying.
 //!
+//! Preparing binds, and binding is not always free of effects (DuckDB's binder creates the
+//! directory of an `EXPORT DATABASE`, even under `EXPLAIN`). Where only a read may run
+//! ([`Classifier::reads_only_verdict`]), nothing is bound: DuckDB's parser alone decides, by
+//! serializing the text (`json_serialize_sql` serializes exactly one kind of statement, the
+//! SELECT), and the read then runs in a read-only transaction.
+//!
 //! Only one statement of DuckDB's `SELECT` type is a read (DESCRIBE, SHOW, SUMMARIZE, PIVOT,
 //! VALUES, FROM-first and `PRAGMA table_info` are SELECTs to DuckDB). `EXPLAIN` is a read
 //! unless it says `ANALYZE` anywhere outside quotes and comments: `EXPLAIN ANALYZE` runs its
@@ -95,7 +101,12 @@ const VERDICTS_REMEMBERED: usize = 512;
 /// A worker's raw connection for asking DuckDB what a SQL text is.
 pub struct Classifier {
     raw: ffi::duckdb_connection,
+    /// For asking DuckDB's parser alone (`json_serialize_sql`) about a statement its binder
+    /// rejects (see [`Classifier::parser_verdict`]).
+    parser: Connection,
     remembered: HashMap<String, Verdict>,
+    /// The parser's verdicts ([`Classifier::reads_only_verdict`]).
+    parsed: HashMap<String, Verdict>,
     _database: Arc<Database>,
 }
 
@@ -109,11 +120,59 @@ impl Classifier {
         if unsafe { ffi::duckdb_connect(database.raw, &mut raw) } != ffi::DuckDBSuccess {
             return Err("cannot open a DuckDB connection".into());
         }
+        let parser = match database.connect() {
+            Ok(parser) => parser,
+            Err(e) => {
+                // SAFETY: connected just above, disconnected once.
+                unsafe { ffi::duckdb_disconnect(&mut raw) };
+                return Err(e);
+            }
+        };
         Ok(Classifier {
             raw,
+            parser,
             remembered: HashMap::new(),
+            parsed: HashMap::new(),
             _database: database.clone(),
         })
+    }
+
+    /// The verdict where only a read may run: DuckDB's parser alone, nothing bound (see the
+    /// module docs). One SELECT is a read (a read of a table that does not exist fails as a
+    /// read when run; a SELECT that writes is refused by the read-only transaction it runs
+    /// in); anything else is not. `Err` when the parser rejects the text.
+    pub fn reads_only_verdict(&mut self, sql: &str) -> Result<Verdict, String> {
+        if let Some(verdict) = self.parsed.get(sql) {
+            return Ok(verdict.clone());
+        }
+        let verdict = self.parser_verdict(sql)?;
+        if self.parsed.len() >= VERDICTS_REMEMBERED {
+            self.parsed.clear();
+        }
+        self.parsed.insert(sql.to_string(), verdict.clone());
+        Ok(verdict)
+    }
+
+    /// `json_serialize_sql` serializes SELECT statements only, without binding them.
+    fn parser_verdict(&mut self, sql: &str) -> Result<Verdict, String> {
+        let serialized: String = self
+            .parser
+            .prepare_cached("SELECT json_serialize_sql(?::VARCHAR)")
+            .and_then(|mut statement| statement.query_row([sql], |row| row.get(0)))
+            .map_err(|e| e.to_string())?;
+        let parsed: serde_json::Value =
+            serde_json::from_str(&serialized).map_err(|e| e.to_string())?;
+        let statements = parsed["statements"].as_array().map_or(0, Vec::len);
+        match (parsed["error"].as_bool(), statements) {
+            (Some(false), 1) => Ok(Verdict::Read),
+            (Some(false), n) => Ok(Verdict::NotARead(format!("{n} statements"))),
+            // The parser's own error: the text is not SQL it understands.
+            _ if parsed["error_type"] == "parser" => Err(parsed["error_message"]
+                .as_str()
+                .unwrap_or("Parser Error")
+                .to_string()),
+            _ => Ok(Verdict::NotARead("a statement other than SELECT".into())),
+        }
     }
 
     /// DuckDB's verdict on `sql`; `Err` with DuckDB's message when its parser or binder
@@ -301,7 +360,6 @@ mod tests {
             ("set threads = 1", "SET"),
             ("copy (select 1) to '/tmp/duckwire-never.csv'", "COPY"),
             ("attach ':memory:' as m", "ATTACH"),
-            ("export database '/tmp/duckwire-never'", "EXPORT"),
             ("load json", "LOAD"),
             ("checkpoint", "CHECKPOINT"),
             ("select 1; select 2", "2 statements"),
@@ -326,5 +384,51 @@ mod tests {
         let error = c.classify("select * from missing").unwrap_err();
         assert!(error.contains("missing"), "{error}");
         assert!(c.remembered.is_empty());
+    }
+
+    /// Where only reads may run, nothing is bound: binding `EXPORT DATABASE` creates its
+    /// directory (the test `export_binding_acts` shows why this matters).
+    /// The DuckDB behaviour that keeps binding away from reads-only verdicts.
+    #[test]
+    fn export_binding_acts() {
+        let mut c = classifier();
+        let dir = std::env::temp_dir().join(format!("duckwire-bound-{}", std::process::id()));
+        let verdict = c.classify(&format!("export database '{}'", dir.display()));
+        assert_eq!(verdict, Ok(Verdict::NotARead("EXPORT".into())));
+        assert!(dir.exists(), "DuckDB no longer acts when binding EXPORT: simplify");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn reads_only_verdicts_come_from_the_parser_and_bind_nothing() {
+        let mut c = classifier();
+        let dir = std::env::temp_dir().join(format!("duckwire-export-{}", std::process::id()));
+        for sql in [
+            format!("export database '{}'", dir.display()),
+            "insert into missing values (1)".into(),
+            "with a as (select 1) insert into missing select * from a".into(),
+            "explain analyze select * from missing".into(),
+            "explain select 1".into(),
+            "pragma table_info('t')".into(),
+            "call pragma_version()".into(),
+            "select 1; select * from missing".into(),
+        ] {
+            let verdict = c.reads_only_verdict(&sql).unwrap();
+            assert!(!verdict.is_read(), "{sql}");
+        }
+        assert!(!dir.exists(), "binding created {}", dir.display());
+        for sql in [
+            "select * from missing",
+            "select 1",
+            "from t",
+            "describe t",
+            "summarize t",
+            "show tables",
+            "values (1)",
+        ] {
+            assert_eq!(c.reads_only_verdict(sql), Ok(Verdict::Read), "{sql}");
+        }
+        let error = c.reads_only_verdict("selec 1").unwrap_err();
+        assert!(error.contains("syntax error"), "{error}");
     }
 }

@@ -471,13 +471,22 @@ impl Worker {
         }
     }
 
-    /// DuckDB's verdict on `sql` (see [`database`]).
-    fn verdict(&mut self, sql: &str) -> Result<Verdict, String> {
+    /// DuckDB's verdict on `sql` (see [`database`]): where only a read may run, its parser's
+    /// alone (nothing is bound); otherwise the prepared statement's type. A statement DuckDB
+    /// cannot prepare fails here (running it would fail the same way), unless the write
+    /// barrier asked: then it is not known to be a read and runs alone.
+    fn verdict(&mut self, sql: &str, gate: Gate) -> Result<Verdict, String> {
         let classifier = match &mut self.classifier {
             Some(classifier) => classifier,
             empty => empty.insert(Classifier::new(&self.database.handle)?),
         };
-        classifier.classify(sql)
+        match gate {
+            Gate::ReadsOnly => classifier.reads_only_verdict(sql),
+            Gate::ClassifyFirst => Ok(classifier
+                .classify(sql)
+                .unwrap_or_else(|_| Verdict::NotARead("not prepared".into()))),
+            Gate::Any => classifier.classify(sql),
+        }
     }
 
     /// Runs a query as its gate allows; the `bool` says whether it may have written (DuckDB's
@@ -492,7 +501,7 @@ impl Worker {
     ) -> (QueryOutcome, bool) {
         // Nothing runs before DuckDB has said what the text is. Text its parser or binder
         // rejects fails here, as it would when run.
-        let verdict = match self.verdict(sql) {
+        let verdict = match self.verdict(sql, gate) {
             Ok(verdict) => verdict,
             Err(message) => return (QueryOutcome::Failed(message), false),
         };
