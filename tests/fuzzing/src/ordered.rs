@@ -36,8 +36,9 @@ pub enum Op {
         conn: u8,
         what: u8,
     },
-    /// The executor finishes the `nth` running query: `outcome % 4` = result, failure,
-    /// cancelled, no result set.
+    /// The executor reports on the `nth` running query: `outcome % 6` = result, failure,
+    /// cancelled, no result set, DuckDB's verdict "a read" (it keeps running), "not a read"
+    /// (not run: the core hands it back to its write barrier or refuses it).
     Finish {
         nth: u8,
         outcome: u8,
@@ -208,15 +209,23 @@ impl Session {
                 if self.running.is_empty() {
                     return Ok(());
                 }
-                let (handle, sql) = self.running.remove(usize::from(nth) % self.running.len());
+                let nth = usize::from(nth) % self.running.len();
+                if outcome % 6 == 4 {
+                    let handle = self.running[nth].0;
+                    let verdict = duckwire_core::Verdict::Read;
+                    Self::checked(self.server.handle_query_classified(handle, verdict, now))?;
+                    return self.observe();
+                }
+                let (handle, sql) = self.running.remove(nth);
                 let tag = tag_of(&sql).unwrap_or(0);
-                let outcome = match outcome {
+                let outcome = match outcome % 6 {
                     0 if sql.contains("arrow") => {
                         QueryOutcome::Arrow(Bytes::from(format!("[{tag}]")))
                     }
                     0 => QueryOutcome::Json(format!("[{tag}]")),
                     1 => QueryOutcome::Failed("Binder Error".into()),
                     2 => QueryOutcome::Cancelled,
+                    5 => QueryOutcome::NotARead("INSERT".into()),
                     _ => QueryOutcome::NoResultSet,
                 };
                 Self::checked(self.server.handle_query_done(handle, outcome, false, now))?;
