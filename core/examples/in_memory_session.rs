@@ -8,8 +8,8 @@ use std::collections::{BTreeMap, VecDeque};
 
 use bytes::Bytes;
 use duckwire_core::{
-    Config, ConnId, ConnectionInfo, Dialect, Effect, Gate, Frame, HttpRequest, HttpResponse, Millis,
-    QueryHandle, QueryKind, QueryOutcome, Server, Verdict,
+    Config, ConnId, ConnectionInfo, Dialect, Effect, Frame, Gate, HttpRequest, HttpResponse,
+    Millis, QueryHandle, QueryKind, QueryOutcome, Server, Verdict,
 };
 use serde_json::{json, Value};
 

@@ -82,7 +82,7 @@ impl HostPolicy {
                 return true;
             }
         }
-        self.allowed.iter().any(|entry| *entry == name)
+        self.allowed.contains(&name)
     }
 }
 

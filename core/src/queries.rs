@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 
 use bytes::Bytes;
 
-use crate::codec::{encode_arrow_frame_header, Frame, JsonReplyHeader, QueryKind, ServerMessage};
 use crate::auth::Rights;
+use crate::codec::{encode_arrow_frame_header, Frame, JsonReplyHeader, QueryKind, ServerMessage};
 use crate::effect::{Effect, Gate, QueryOutcome, RunQuery, UploadTable, Verdict};
 use crate::flights::{Flight, FlightKey};
 use crate::http::{HttpResponse, Slot};
@@ -451,7 +451,15 @@ impl Server {
             c.in_order.write_running |= held.write;
             c.in_order.unclassified += usize::from(gate == Gate::ClassifyFirst);
         }
-        self.dispatch_query(held.query, conn, held.kind, held.sql, held.persist, gate, now)
+        self.dispatch_query(
+            held.query,
+            conn,
+            held.kind,
+            held.sql,
+            held.persist,
+            gate,
+            now,
+        )
     }
 
     /// DuckDB's verdict on a [`Gate::ClassifyFirst`] query, before it runs. A read lets the

@@ -14,9 +14,7 @@ use crate::channels::Channels;
 use crate::codec::{decode_client_frame, ClientMessage, Frame, ServerMessage};
 use crate::effect::{Effect, QueryOutcome};
 use crate::flights::Flights;
-use crate::http::{
-    Dialect, HttpRequest, HttpResponse, Slot, HOST_NOT_ALLOWED, ORIGIN_NOT_ALLOWED,
-};
+use crate::http::{Dialect, HttpRequest, HttpResponse, Slot, HOST_NOT_ALLOWED, ORIGIN_NOT_ALLOWED};
 use crate::ids::{ConnId, IdGenerator, Millis, QueryHandle, QueryId};
 use crate::limits::Limits;
 use crate::queries::Queries;
@@ -102,7 +100,11 @@ pub struct Config {
 impl Config {
     /// The rights of a client presenting `given` tokens; `None` when none is valid.
     pub fn rights_of<'a>(&self, given: impl IntoIterator<Item = &'a str>) -> Option<Rights> {
-        rights_of(self.auth_token.as_deref(), self.read_token.as_deref(), given)
+        rights_of(
+            self.auth_token.as_deref(),
+            self.read_token.as_deref(),
+            given,
+        )
     }
 }
 
@@ -675,7 +677,11 @@ impl Server {
                 return;
             }
         }
-        if dialect != Dialect::Http && !self.config.hosts.allows(info.host.as_deref(), info.local_ip)
+        if dialect != Dialect::Http
+            && !self
+                .config
+                .hosts
+                .allows(info.host.as_deref(), info.local_ip)
         {
             self.close(conn, close_code::POLICY_VIOLATION, HOST_NOT_ALLOWED, now);
             return;

@@ -61,9 +61,17 @@ fn a_foreign_host_is_refused_on_get_post_and_the_upgrade() {
         assert_eq!(status, 403, "GET with Host {host}");
         let error = body["error"].as_str().unwrap();
         assert!(error.contains("--allowed-hosts"), "{error}");
-        assert_eq!(post_with_host(&server.addr, &host, READ_A_FILE).0, 403, "{host}");
+        assert_eq!(
+            post_with_host(&server.addr, &host, READ_A_FILE).0,
+            403,
+            "{host}"
+        );
         assert_eq!(upgrade_status(&server.addr, &host, "/"), 403, "{host}");
-        assert_eq!(upgrade_status(&server.addr, &host, "/mosaic"), 403, "{host}");
+        assert_eq!(
+            upgrade_status(&server.addr, &host, "/mosaic"),
+            403,
+            "{host}"
+        );
     }
     // Health probes come with whatever Host a load balancer sends, and reveal nothing.
     assert_eq!(
@@ -85,7 +93,11 @@ fn loopback_hosts_are_answered_on_any_port() {
     ] {
         let (status, body) = get_with_host(&server.addr, host, &read);
         assert_eq!((status, body), (200, json!([{"secret": 1}])), "{host}");
-        assert_eq!(post_with_host(&server.addr, host, READ_A_FILE).0, 200, "{host}");
+        assert_eq!(
+            post_with_host(&server.addr, host, READ_A_FILE).0,
+            200,
+            "{host}"
+        );
         assert_eq!(upgrade_status(&server.addr, host, "/"), 101, "{host}");
     }
 }
@@ -94,7 +106,11 @@ fn loopback_hosts_are_answered_on_any_port() {
 fn listed_hosts_are_answered_and_a_star_answers_any() {
     let server = ServerProcess::start(&["--allowed-hosts", "dash.example.com,Other.Example"]);
     let read = format!("/?type=json&sql={}", url_encode(READ_A_FILE));
-    for host in ["dash.example.com", "dash.example.com:443", "other.example:80"] {
+    for host in [
+        "dash.example.com",
+        "dash.example.com:443",
+        "other.example:80",
+    ] {
         assert_eq!(get_with_host(&server.addr, host, &read).0, 200, "{host}");
         assert_eq!(upgrade_status(&server.addr, host, "/mosaic"), 101, "{host}");
     }
@@ -125,9 +141,15 @@ fn the_address_the_client_reached_is_answered() {
 }
 
 fn non_loopback_ipv4() -> Option<String> {
-    let output = std::process::Command::new("hostname").arg("-I").output().ok()?;
+    let output = std::process::Command::new("hostname")
+        .arg("-I")
+        .output()
+        .ok()?;
     String::from_utf8_lossy(&output.stdout)
         .split_whitespace()
-        .find(|a| a.parse::<std::net::Ipv4Addr>().is_ok_and(|ip| !ip.is_loopback()))
+        .find(|a| {
+            a.parse::<std::net::Ipv4Addr>()
+                .is_ok_and(|ip| !ip.is_loopback())
+        })
         .map(str::to_string)
 }

@@ -18,13 +18,17 @@ fn server() -> ServerProcess {
 
 fn count(server: &ServerProcess) -> Value {
     let mut admin = Client::connect(&server.url(&format!("/?token={FULL}")), &[]);
-    let reply = admin.request(json!({"type":"json","sql":"select count(*) as n from t","queryId":"c"}));
+    let reply =
+        admin.request(json!({"type":"json","sql":"select count(*) as n from t","queryId":"c"}));
     serde_json::from_str::<Value>(reply["data"].as_str().unwrap()).unwrap()[0]["n"].clone()
 }
 
 fn refused_for_the_read_token(error: &Value) {
     let text = error.as_str().unwrap_or_default();
-    assert!(text.starts_with("this token may only read (--read-token)"), "{error}");
+    assert!(
+        text.starts_with("this token may only read (--read-token)"),
+        "{error}"
+    );
 }
 
 #[test]
@@ -34,9 +38,15 @@ fn rest_reads_with_the_read_token_and_writes_only_with_the_full_one() {
     let full_bearer = format!("Authorization: Bearer {FULL}\r\n");
     let post = |sql: &str, kind: &str, headers: &str| {
         let (status, _, body) = post_json(&server.addr, &json!({"type":kind,"sql":sql}), headers);
-        (status, serde_json::from_slice::<Value>(&body).unwrap_or(Value::Null))
+        (
+            status,
+            serde_json::from_slice::<Value>(&body).unwrap_or(Value::Null),
+        )
     };
-    assert_eq!(post("select 42 as x", "json", &read_bearer), (200, json!([{"x": 42}])));
+    assert_eq!(
+        post("select 42 as x", "json", &read_bearer),
+        (200, json!([{"x": 42}]))
+    );
     for (sql, kind) in [
         ("insert into t values (1)", "json"),
         ("with a as (select 1) insert into t select * from a", "json"),
@@ -53,10 +63,16 @@ fn rest_reads_with_the_read_token_and_writes_only_with_the_full_one() {
     assert_eq!(status, 403);
     let (status, _, _) = get(&server.addr, &write, &read_bearer);
     assert_eq!(status, 403);
-    let read = format!("/?type=json&sql={}&token={READ}", url_encode("select 1 as one"));
+    let read = format!(
+        "/?type=json&sql={}&token={READ}",
+        url_encode("select 1 as one")
+    );
     assert_eq!(get(&server.addr, &read, "").0, 200);
     assert_eq!(count(&server), 0, "nothing written");
-    assert_eq!(post("insert into t values (1)", "json", &full_bearer).0, 200);
+    assert_eq!(
+        post("insert into t values (1)", "json", &full_bearer).0,
+        200
+    );
     assert_eq!(count(&server), 1, "the full token writes");
     // A wrong token is still unauthorized.
     let (status, _) = post("select 1", "json", "Authorization: Bearer nope\r\n");
@@ -102,11 +118,20 @@ fn the_sqlrooms_protocol_with_the_read_token_reads_subscribes_and_joins_only() {
     assert_eq!(reply["data"], "[{\"x\":7}]");
     for (message, id) in [
         (json!({"type":"exec","sql":"select 1","queryId":"w1"}), "w1"),
-        (json!({"type":"json","sql":"delete from t","queryId":"w2"}), "w2"),
-        (json!({"type":"arrow","sql":"create table u(a int)","queryId":"w3"}), "w3"),
+        (
+            json!({"type":"json","sql":"delete from t","queryId":"w2"}),
+            "w2",
+        ),
+        (
+            json!({"type":"arrow","sql":"create table u(a int)","queryId":"w3"}),
+            "w3",
+        ),
     ] {
         let reply = reader.request(message);
-        assert_eq!((reply["type"].as_str(), reply["queryId"].as_str()), (Some("error"), Some(id)));
+        assert_eq!(
+            (reply["type"].as_str(), reply["queryId"].as_str()),
+            (Some("error"), Some(id))
+        );
         refused_for_the_read_token(&reply["error"]);
     }
     reader.send_binary(upload_frame("up", "u", &arrow_ipc_table(&[1], &["a"])));
@@ -130,7 +155,10 @@ fn the_sqlrooms_protocol_with_the_read_token_reads_subscribes_and_joins_only() {
     writer.request(json!({"type":"subscribe","channel":"c"}));
     writer.send_json(json!({"type":"notify","channel":"c","payload":"hello"}));
     let delivered = reader.recv_json();
-    assert_eq!((delivered["type"].as_str(), delivered["payload"].as_str()), (Some("notify"), Some("hello")));
+    assert_eq!(
+        (delivered["type"].as_str(), delivered["payload"].as_str()),
+        (Some("notify"), Some("hello"))
+    );
 
     // The reader's own CRDT changes are refused and reach no one.
     reader.send_binary(loro_update("k", 2));

@@ -37,6 +37,7 @@ fn disguised_writes_over_a_pages_get_are_refused_before_anything_runs() {
         "/* select */ insert into t values (4)".into(),
         "-- select 1\ninsert into t values (5)".into(),
         "insert into t select length('select from values')".into(),
+        "with a as ((select 1)) insert into t (select * from a)".into(),
         "insert into t values (6) returning a".into(),
         "select 1; insert into t values (7)".into(),
         "select 1; select 2".into(),
@@ -61,7 +62,10 @@ fn disguised_writes_over_a_pages_get_are_refused_before_anything_runs() {
             let (status, body) = page_get(&server, kind, sql);
             assert_eq!(status, 405, "{kind} {sql}: {body}");
             let error = body["error"].as_str().unwrap_or_default();
-            assert!(error.contains("CSRF") && error.contains("DuckDB"), "{sql}: {error}");
+            assert!(
+                error.contains("CSRF") && error.contains("DuckDB"),
+                "{sql}: {error}"
+            );
         }
     }
     // Mosaic's Python client form (`?query=`) goes through the same door.
@@ -74,21 +78,39 @@ fn disguised_writes_over_a_pages_get_are_refused_before_anything_runs() {
     assert_eq!(status, 405);
 
     // Nothing was written: not the table, not the sequence, no file.
-    assert_eq!(post_rows(&server, "select count(*) as n from t"), json!([{"n": 0}]));
-    assert_eq!(post_rows(&server, "select nextval('s') as n"), json!([{"n": 1}]));
-    assert!(post_rows(&server, "select * from duckdb_tables() where table_name = 'u'")
-        .as_array()
-        .unwrap()
-        .is_empty());
+    assert_eq!(
+        post_rows(&server, "select count(*) as n from t"),
+        json!([{"n": 0}])
+    );
+    assert_eq!(
+        post_rows(&server, "select nextval('s') as n"),
+        json!([{"n": 1}])
+    );
+    assert!(post_rows(
+        &server,
+        "select * from duckdb_tables() where table_name = 'u'"
+    )
+    .as_array()
+    .unwrap()
+    .is_empty());
     for path in [&copied, &attached, &exported] {
         assert!(!path.exists(), "{} was written", path.display());
     }
 
     // Reads stay reads, write keywords in their literals, comments or names included.
     for (sql, rows) in [
-        ("select 'insert into t values (1)' as s", json!([{"s": "insert into t values (1)"}])),
-        ("-- delete from t\nselect count(*) as n from t", json!([{"n": 0}])),
-        ("(with a as (select 1 as x) select * from a)", json!([{"x": 1}])),
+        (
+            "select 'insert into t values (1)' as s",
+            json!([{"s": "insert into t values (1)"}]),
+        ),
+        (
+            "-- delete from t\nselect count(*) as n from t",
+            json!([{"n": 0}]),
+        ),
+        (
+            "(with a as (select 1 as x) select * from a)",
+            json!([{"x": 1}]),
+        ),
         ("from t", json!([])),
         ("describe t", Value::Null),
         ("summarize t", Value::Null),
@@ -138,7 +160,9 @@ fn a_persisted_read_after_a_write_through_any_door_answers_fresh_data() {
 
     // The SQLRooms protocol, as an `arrow` query.
     let mut sqlrooms = server.connect();
-    sqlrooms.send_json(json!({"type":"arrow","sql":"explain analyze insert into t values (1)","queryId":"w"}));
+    sqlrooms.send_json(
+        json!({"type":"arrow","sql":"explain analyze insert into t values (1)","queryId":"w"}),
+    );
     let frame = sqlrooms.recv_binary();
     assert_eq!(split_arrow_frame(&frame).0["queryId"], "w");
     assert_eq!(count(), 4, "after the SQLRooms protocol");

@@ -29,9 +29,16 @@ fn answers_come_in_request_order_as_bare_results() {
     h.open_with(1, mosaic());
     let arrow = runs(&h.text(1, json!({"type":"arrow","sql":"select 1"})))[0].clone();
     assert!(arrow.arrow_header.is_empty(), "bare IPC");
-    assert_eq!(arrow.gate, Gate::ClassifyFirst, "DuckDB says whether it is a read");
+    assert_eq!(
+        arrow.gate,
+        Gate::ClassifyFirst,
+        "DuckDB says whether it is a read"
+    );
     let json_effects = h.text(1, json!({"type":"json","sql":"select 2"}));
-    assert!(runs(&json_effects).is_empty(), "held until the first is classified");
+    assert!(
+        runs(&json_effects).is_empty(),
+        "held until the first is classified"
+    );
     let json_query = runs(&h.classified_read(arrow.query))[0].clone();
     assert_eq!(json_query.json_header, None);
     let bad = h.text(1, json!({"type":"subscribe","channel":"c"}));
@@ -132,8 +139,17 @@ fn a_write_the_hint_took_for_a_read_is_handed_back_and_runs_alone() {
     h.classified_read(before.query);
     let sql = "with a as (select 1) insert into t select * from a";
     let disguised = runs(&h.text(1, json!({"type":"exec","sql":"select 0"})));
-    assert_eq!(disguised.len(), 0, "an exec is a write by its type: it waits");
-    let effects = finish(&mut h, before.query, QueryOutcome::Json("[1]".into()), false);
+    assert_eq!(
+        disguised.len(),
+        0,
+        "an exec is a write by its type: it waits"
+    );
+    let effects = finish(
+        &mut h,
+        before.query,
+        QueryOutcome::Json("[1]".into()),
+        false,
+    );
     let exec = runs(&effects)[0].clone();
     assert_eq!(exec.gate, Gate::Any);
     finish(&mut h, exec.query, QueryOutcome::NoResultSet, true);
@@ -142,8 +158,16 @@ fn a_write_the_hint_took_for_a_read_is_handed_back_and_runs_alone() {
     assert_eq!(write.gate, Gate::ClassifyFirst);
     let after = h.text(1, json!({"type":"json","sql":"select count(*) from t"}));
     assert!(runs(&after).is_empty(), "waits for DuckDB's verdict");
-    let effects = finish(&mut h, write.query, QueryOutcome::NotARead("INSERT".into()), false);
-    assert!(sent(&effects).is_empty(), "nothing is answered: it has not run");
+    let effects = finish(
+        &mut h,
+        write.query,
+        QueryOutcome::NotARead("INSERT".into()),
+        false,
+    );
+    assert!(
+        sent(&effects).is_empty(),
+        "nothing is answered: it has not run"
+    );
     let again = runs(&effects);
     assert_eq!(again.len(), 1, "it runs again, alone: {again:?}");
     assert_eq!((again[0].sql.as_str(), again[0].gate), (sql, Gate::Any));
@@ -151,7 +175,10 @@ fn a_write_the_hint_took_for_a_read_is_handed_back_and_runs_alone() {
     assert_eq!(sent(&effects), vec![Frame::Text("{}".into())]);
     assert!(effects.contains(&Effect::InvalidateCache));
     let later = runs(&effects);
-    assert_eq!(later[0].sql, "select count(*) from t", "then the read after it");
+    assert_eq!(
+        later[0].sql, "select count(*) from t",
+        "then the read after it"
+    );
 }
 
 #[test]

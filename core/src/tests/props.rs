@@ -64,7 +64,8 @@ mod the_hint_only_turns_reads_into_writes {
             Just("explain "),
             Just("")
         ];
-        (start, "(?s)[a-zA-Z0-9 ;()'\"*/-]{0,40}").prop_map(|(start, rest)| format!("{start}{rest}"))
+        (start, "(?s)[a-zA-Z0-9 ;()'\"*/-]{0,40}")
+            .prop_map(|(start, rest)| format!("{start}{rest}"))
     }
 
     fn send(h: &mut Harness, door: Door, sql: &str) {

@@ -338,7 +338,12 @@ fn read_only_refuses_exec_writes_and_uploads_by_name() {
     let run = runs(&effects)[0].clone();
     assert_eq!(run.gate, crate::Gate::ReadsOnly);
     h.server
-        .handle_query_done(run.query, QueryOutcome::NotARead("INSERT".into()), false, h.now())
+        .handle_query_done(
+            run.query,
+            QueryOutcome::NotARead("INSERT".into()),
+            false,
+            h.now(),
+        )
         .unwrap();
     let effects = h.drain();
     assert_eq!(only_json(&effects, 1)["error"], refused);

@@ -54,7 +54,8 @@ impl Database {
             }
             if read_only {
                 let (key, value) = (c"access_mode", c"READ_ONLY");
-                if ffi::duckdb_set_config(config, key.as_ptr(), value.as_ptr()) != ffi::DuckDBSuccess
+                if ffi::duckdb_set_config(config, key.as_ptr(), value.as_ptr())
+                    != ffi::DuckDBSuccess
                 {
                     ffi::duckdb_destroy_config(&mut config);
                     return Err("cannot set access_mode=READ_ONLY".into());
@@ -214,8 +215,9 @@ impl Classifier {
         sql: &str,
     ) -> Result<Verdict, String> {
         let mut prepared: ffi::duckdb_prepared_statement = std::ptr::null_mut();
-        let state =
-            unsafe { ffi::duckdb_prepare_extracted_statement(self.raw, extracted, 0, &mut prepared) };
+        let state = unsafe {
+            ffi::duckdb_prepare_extracted_statement(self.raw, extracted, 0, &mut prepared)
+        };
         let result = if state == ffi::DuckDBSuccess {
             let statement_type = unsafe { ffi::duckdb_prepared_statement_type(prepared) };
             Ok(verdict_of(statement_type, sql))
@@ -224,7 +226,9 @@ impl Classifier {
             Err(if error.is_null() {
                 "DuckDB could not prepare the statement".to_string()
             } else {
-                unsafe { CStr::from_ptr(error) }.to_string_lossy().into_owned()
+                unsafe { CStr::from_ptr(error) }
+                    .to_string_lossy()
+                    .into_owned()
             })
         };
         unsafe { ffi::duckdb_destroy_prepare(&mut prepared) };
@@ -317,7 +321,9 @@ mod tests {
     }
 
     fn verdict(classifier: &mut Classifier, sql: &str) -> Verdict {
-        classifier.classify(sql).unwrap_or_else(|e| panic!("{sql}: {e}"))
+        classifier
+            .classify(sql)
+            .unwrap_or_else(|e| panic!("{sql}: {e}"))
     }
 
     #[test]
@@ -345,11 +351,20 @@ mod tests {
     fn writes_and_everything_else_are_not_reads_whatever_they_look_like() {
         let mut c = classifier();
         for (sql, named) in [
-            ("with a as (select 1) insert into t select * from a", "INSERT"),
-            ("WiTh a AS (SELECT 1) INSERT INTO t SELECT * FROM a", "INSERT"),
+            (
+                "with a as (select 1) insert into t select * from a",
+                "INSERT",
+            ),
+            (
+                "WiTh a AS (SELECT 1) INSERT INTO t SELECT * FROM a",
+                "INSERT",
+            ),
             ("/* select */ insert into t values (1)", "INSERT"),
             ("insert into t values (1) returning x", "INSERT"),
-            ("explain analyze insert into t values (2)", "EXPLAIN ANALYZE"),
+            (
+                "explain analyze insert into t values (2)",
+                "EXPLAIN ANALYZE",
+            ),
             ("EXPLAIN ANALYZE select 1", "EXPLAIN ANALYZE"),
             ("update t set x = 2", "UPDATE"),
             ("delete from t", "DELETE"),
@@ -395,7 +410,10 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("duckwire-bound-{}", std::process::id()));
         let verdict = c.classify(&format!("export database '{}'", dir.display()));
         assert_eq!(verdict, Ok(Verdict::NotARead("EXPORT".into())));
-        assert!(dir.exists(), "DuckDB no longer acts when binding EXPORT: simplify");
+        assert!(
+            dir.exists(),
+            "DuckDB no longer acts when binding EXPORT: simplify"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
