@@ -55,7 +55,7 @@ rules = []
 for i, src in enumerate(sorted(files)):
     obj = f"obj/{i}.o"
     objects.append(obj)
-    rules.append(f"{obj}: {os.path.join(work, src)}\n\t@mkdir -p obj\n\t$(CXX) $(CXXFLAGS) -c $< -o $@\n")
+    rules.append(f"{obj}: {os.path.join(work, src)}\n\t@mkdir -p obj\n\t@echo '  CXX {src}'\n\t@$(CXX) $(CXXFLAGS) -c $< -o $@\n")
 with open(os.path.join(work, "Makefile"), "w") as f:
     f.write("CXX ?= g++\n")
     f.write(f"CXXFLAGS = -O3 -fPIC -std=c++17 -w -pthread {flags}\n")

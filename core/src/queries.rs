@@ -125,6 +125,36 @@ impl InOrder {
 pub(crate) struct Queries {
     by_handle: BTreeMap<QueryHandle, InFlight>,
     next_handle: u64,
+    /// Texts DuckDB called a read when the write barrier asked ([`KnownReads`]).
+    known_reads: KnownReads,
+}
+
+/// SQL texts DuckDB classified as reads, so the write barrier need not ask again: what a text
+/// is depends on the text alone (DuckDB's parser says which statement it is). Bounded: texts
+/// up to [`KnownReads::MAX_TEXT`] bytes, [`KnownReads::MAX_TEXTS`] of them, forgotten all at
+/// once when full. A text not remembered is simply asked about again.
+#[derive(Debug, Default)]
+pub(crate) struct KnownReads {
+    texts: std::collections::BTreeSet<String>,
+}
+
+impl KnownReads {
+    const MAX_TEXT: usize = 4096;
+    const MAX_TEXTS: usize = 1024;
+
+    fn learn(&mut self, sql: String) {
+        if sql.len() > Self::MAX_TEXT {
+            return;
+        }
+        if self.texts.len() >= Self::MAX_TEXTS {
+            self.texts.clear();
+        }
+        self.texts.insert(sql);
+    }
+
+    fn contains(&self, sql: &str) -> bool {
+        self.texts.contains(sql)
+    }
 }
 
 impl Queries {
@@ -433,12 +463,15 @@ impl Server {
 
     /// Starts a query of an ordered connection, counted by its write barrier.
     fn dispatch_in_order(&mut self, conn: ConnId, held: HeldQuery, now: Millis) {
+        let known_read = self.queries.known_reads.contains(&held.sql);
         let Some(entry) = self.queries.get_mut(held.query) else {
             return;
         };
         let gate = match (entry.reads_only, held.write) {
             (Some(_), _) => Gate::ReadsOnly,
             (None, true) => Gate::Any,
+            // DuckDB called this very text a read before.
+            (None, false) if known_read => Gate::Any,
             (None, false) => Gate::ClassifyFirst,
         };
         entry.in_order_write = Some(held.write);
@@ -483,8 +516,10 @@ impl Server {
         if !std::mem::take(&mut entry.unclassified) {
             return;
         }
-        entry.barrier_retry = None;
         let conn = entry.conn;
+        if let Some((sql, _)) = entry.barrier_retry.take() {
+            self.queries.known_reads.learn(sql);
+        }
         if let Some(c) = self.conns.get_mut(&conn) {
             c.in_order.unclassified = c.in_order.unclassified.saturating_sub(1);
             self.barrier_moved.insert(conn);

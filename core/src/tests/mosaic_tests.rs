@@ -234,3 +234,23 @@ fn the_token_comes_with_the_upgrade() {
     h.server.handle_closed(crate::ConnId(2), h.now()).unwrap();
     assert!(h.drain().contains(&Effect::Interrupt { query: q }));
 }
+
+/// What a text is depends on the text alone: once DuckDB called it a read, the same text is
+/// not asked about again, and runs beside the queries before it at once.
+#[test]
+fn a_text_duckdb_called_a_read_is_not_asked_about_again() {
+    let mut h = Harness::new(Config::default());
+    h.open_with(1, mosaic());
+    let first = runs(&h.text(1, json!({"type":"json","sql":"select 1"})))[0].clone();
+    assert_eq!(first.gate, Gate::ClassifyFirst);
+    h.classified_read(first.query);
+    let again = runs(&h.text(1, json!({"type":"json","sql":"select 1"})));
+    assert_eq!(again.len(), 1, "starts at once, beside the first");
+    assert_eq!(again[0].gate, Gate::Any);
+    let other = runs(&h.text(1, json!({"type":"json","sql":"select 2"})));
+    assert_eq!(
+        other[0].gate,
+        Gate::ClassifyFirst,
+        "another text is asked about"
+    );
+}
