@@ -132,6 +132,11 @@ struct Args {
     /// memory limit passed to DuckDB, e.g. 4GB or 75%
     #[argh(option)]
     memory_limit: Option<String>,
+    /// lambda syntax, DuckDB's lambda_syntax: enable_single_arrow (default: SQL written for DuckDB 1.x, with
+    /// x -> x + 1 lambdas, keeps working), default (DuckDB 2.0's: only lambda x: x + 1), or
+    /// disable_single_arrow
+    #[argh(option, default = "duckwire_smol::config::DEFAULT_LAMBDA_SYNTAX.to_string()")]
+    lambda_syntax: String,
     /// a SQL file run once at start, before listening (attach databases, create views, load data)
     #[argh(option)]
     init_sql: Option<PathBuf>,
@@ -279,6 +284,7 @@ fn config_from(args: Args) -> Result<ServerConfig, String> {
             .unwrap_or_default(),
         no_external_access: args.no_external_access,
         memory_limit: args.memory_limit,
+        lambda_syntax: args.lambda_syntax.to_ascii_uppercase(),
         init_sql: args.init_sql,
         tls,
         redis_url: args.redis_url,

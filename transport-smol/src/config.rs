@@ -2,6 +2,10 @@
 
 use std::path::PathBuf;
 
+/// Keeps SQL written for DuckDB 1.x working: DuckDB 2.0 refuses single-arrow lambdas
+/// (`x -> x + 1`) by default; with this both they and `lambda x: x + 1` work.
+pub const DEFAULT_LAMBDA_SYNTAX: &str = "ENABLE_SINGLE_ARROW";
+
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     pub host: String,
@@ -32,6 +36,8 @@ pub struct ServerConfig {
     pub no_external_access: bool,
     /// `--memory-limit` (`4GB`, `75%`), passed to DuckDB.
     pub memory_limit: Option<String>,
+    /// `--lambda-syntax`: DuckDB's `lambda_syntax`, set when the database opens.
+    pub lambda_syntax: String,
     /// `--init-sql`: statements run once at start, before listening.
     pub init_sql: Option<PathBuf>,
     /// `--tls-cert` and `--tls-key` (PEM): serve `https://` and `wss://` on the port.
@@ -75,6 +81,7 @@ impl Default for ServerConfig {
             allowed_dirs: Vec::new(),
             no_external_access: false,
             memory_limit: None,
+            lambda_syntax: DEFAULT_LAMBDA_SYNTAX.into(),
             init_sql: None,
             tls: None,
             redis_url: None,

@@ -92,8 +92,13 @@ pub fn open_database(config: &ServerConfig) -> Result<(Arc<Database>, Connection
         path: config.db_path.clone(),
         message,
     };
+    let mut settings = vec![("lambda_syntax", config.lambda_syntax.as_str())];
+    if config.read_only {
+        // Several read-only processes may serve one file.
+        settings.push(("access_mode", "READ_ONLY"));
+    }
     let database = if config.is_in_memory() {
-        Database::open(":memory:", false).map_err(fail)?
+        Database::open(":memory:", &settings).map_err(fail)?
     } else {
         let path = std::path::Path::new(&config.db_path);
         if path.metadata().is_ok_and(|m| m.is_file() && m.len() == 0) {
@@ -103,8 +108,7 @@ pub fn open_database(config: &ServerConfig) -> Result<(Arc<Database>, Connection
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent).map_err(|e| fail(e.to_string()))?;
         }
-        // Read-only: several processes may serve one file.
-        Database::open(&config.db_path, config.read_only).map_err(fail)?
+        Database::open(&config.db_path, &settings).map_err(fail)?
     };
     let conn = database.connect().map_err(fail)?;
     conn.execute_batch(&format!("SET threads = {}", config.threads.max(1)))

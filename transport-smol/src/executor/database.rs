@@ -43,8 +43,9 @@ unsafe impl Send for Database {}
 unsafe impl Sync for Database {}
 
 impl Database {
-    /// Opens `path` (`:memory:` for an in-memory database), read-only if asked.
-    pub fn open(path: &str, read_only: bool) -> Result<Arc<Database>, String> {
+    /// Opens `path` (`:memory:` for an in-memory database) with these DuckDB settings
+    /// (`access_mode`, `lambda_syntax`, …), which DuckDB validates.
+    pub fn open(path: &str, settings: &[(&str, &str)]) -> Result<Arc<Database>, String> {
         let c_path = CString::new(path).map_err(|_| "the path contains a NUL byte".to_string())?;
         let mut config: ffi::duckdb_config = std::ptr::null_mut();
         // SAFETY: out-parameters point at locals; the config is destroyed on every path.
@@ -52,13 +53,16 @@ impl Database {
             if ffi::duckdb_create_config(&mut config) != ffi::DuckDBSuccess {
                 return Err("cannot create a DuckDB configuration".into());
             }
-            if read_only {
-                let (key, value) = (c"access_mode", c"READ_ONLY");
-                if ffi::duckdb_set_config(config, key.as_ptr(), value.as_ptr())
+            for (key, value) in settings {
+                let (Ok(c_key), Ok(c_value)) = (CString::new(*key), CString::new(*value)) else {
+                    ffi::duckdb_destroy_config(&mut config);
+                    return Err(format!("invalid DuckDB setting {key}={value}"));
+                };
+                if ffi::duckdb_set_config(config, c_key.as_ptr(), c_value.as_ptr())
                     != ffi::DuckDBSuccess
                 {
                     ffi::duckdb_destroy_config(&mut config);
-                    return Err("cannot set access_mode=READ_ONLY".into());
+                    return Err(format!("DuckDB refused the setting {key}={value}"));
                 }
             }
             let mut raw: ffi::duckdb_database = std::ptr::null_mut();
@@ -312,7 +316,7 @@ mod tests {
     use super::*;
 
     fn classifier() -> Classifier {
-        let database = Database::open(":memory:", false).unwrap();
+        let database = Database::open(":memory:", &[]).unwrap();
         let setup = database.connect().unwrap();
         setup
             .execute_batch("create table t(x int); create sequence s")

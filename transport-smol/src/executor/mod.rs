@@ -772,7 +772,7 @@ mod tests {
 
     #[test]
     fn backoff_doubles_from_10ms_caps_at_500ms_with_30_percent_jitter() {
-        let handle = Database::open(":memory:", false).unwrap();
+        let handle = Database::open(":memory:", &[]).unwrap();
         let mut worker = Worker {
             database: SharedDatabase::new(handle.connect().unwrap(), handle),
             classifier: None,
