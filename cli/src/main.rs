@@ -135,7 +135,10 @@ struct Args {
     /// lambda syntax, DuckDB's lambda_syntax: enable_single_arrow (default: SQL written for DuckDB 1.x, with
     /// x -> x + 1 lambdas, keeps working), default (DuckDB 2.0's: only lambda x: x + 1), or
     /// disable_single_arrow
-    #[argh(option, default = "duckwire_smol::config::DEFAULT_LAMBDA_SYNTAX.to_string()")]
+    #[argh(
+        option,
+        default = "duckwire_smol::config::DEFAULT_LAMBDA_SYNTAX.to_string()"
+    )]
     lambda_syntax: String,
     /// a SQL file run once at start, before listening (attach databases, create views, load data)
     #[argh(option)]
@@ -305,7 +308,7 @@ fn config_from(args: Args) -> Result<ServerConfig, String> {
 const DUCKDB_BUILD: &str = if cfg!(feature = "bundled") {
     "bundled (compiled from source, linked statically)"
 } else {
-    "prebuilt (the official libduckdb shared library)"
+    "prebuilt (a shared libduckdb, scripts/dev-env.sh)"
 };
 
 fn main() {

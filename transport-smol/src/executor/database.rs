@@ -375,18 +375,19 @@ mod tests {
             ("create table u(x int)", "CREATE"),
             ("drop table t", "DROP"),
             ("call pragma_version()", "CALL"),
-            ("pragma enable_profiling", "PRAGMA"),
+            // DuckDB 2.0 turns this PRAGMA into a SET; either way not a read.
+            ("pragma enable_profiling", ""),
             ("set threads = 1", "SET"),
             ("copy (select 1) to '/tmp/duckwire-never.csv'", "COPY"),
             ("attach ':memory:' as m", "ATTACH"),
             ("load json", "LOAD"),
-            ("checkpoint", "CHECKPOINT"),
+            ("checkpoint", ""),
             ("select 1; select 2", "2 statements"),
             ("select 1; insert into t values (1)", "2 statements"),
         ] {
             match verdict(&mut c, sql) {
                 Verdict::NotARead(what) => {
-                    if named != "CHECKPOINT" {
+                    if !named.is_empty() {
                         assert_eq!(what, named, "{sql}")
                     }
                 }
