@@ -8,30 +8,39 @@
 //! - [`plan_is_reusable`] may only refuse plan reuse to a statement DuckDB calls a read.
 //! - [`classify`]'s `returns_rows` picks how a result is read (rows, or `ok`).
 
+/// Where the quoted literal or identifier, comment or dollar-quoted string starting at `i`
+/// ends; `None` when none starts there.
+fn skip_non_code(bytes: &[u8], i: usize) -> Option<usize> {
+    match bytes[i] {
+        b'\'' | b'"' => Some(skip_quoted(bytes, i, bytes[i])),
+        b'-' if bytes.get(i + 1) == Some(&b'-') => Some(
+            bytes[i..]
+                .iter()
+                .position(|b| *b == b'\n')
+                .map_or(bytes.len(), |p| i + p),
+        ),
+        b'/' if bytes.get(i + 1) == Some(&b'*') => {
+            Some(find(bytes, i + 2, b"*/").map_or(bytes.len(), |p| p + 2))
+        }
+        b'$' => Some(skip_dollar_quoted(bytes, i)),
+        _ => None,
+    }
+}
+
 /// Splits on top-level `;`, skipping quotes, comments and dollar-quoted strings.
 pub fn split_statements(sql: &str) -> Vec<&str> {
     let bytes = sql.as_bytes();
     let mut statements = Vec::new();
     let (mut start, mut i) = (0, 0);
     while i < bytes.len() {
-        match bytes[i] {
-            b'\'' | b'"' => i = skip_quoted(bytes, i, bytes[i]),
-            b'-' if bytes.get(i + 1) == Some(&b'-') => {
-                i = bytes[i..]
-                    .iter()
-                    .position(|b| *b == b'\n')
-                    .map_or(bytes.len(), |p| i + p)
-            }
-            b'/' if bytes.get(i + 1) == Some(&b'*') => {
-                i = find(bytes, i + 2, b"*/").map_or(bytes.len(), |p| p + 2)
-            }
-            b'$' => i = skip_dollar_quoted(bytes, i),
-            b';' => {
-                statements.push(&sql[start..i]);
-                start = i + 1;
-                i += 1;
-            }
-            _ => i += 1,
+        if let Some(end) = skip_non_code(bytes, i) {
+            i = end;
+        } else if bytes[i] == b';' {
+            statements.push(&sql[start..i]);
+            start = i + 1;
+            i += 1;
+        } else {
+            i += 1;
         }
     }
     statements.push(&sql[start..]);
@@ -49,29 +58,19 @@ pub fn has_keyword(sql: &str, keyword: &str) -> bool {
     let is_word = |b: u8| b.is_ascii_alphanumeric() || b == b'_';
     let mut i = 0;
     while i < bytes.len() {
-        match bytes[i] {
-            b'\'' | b'"' => i = skip_quoted(bytes, i, bytes[i]),
-            b'-' if bytes.get(i + 1) == Some(&b'-') => {
-                i = bytes[i..]
-                    .iter()
-                    .position(|b| *b == b'\n')
-                    .map_or(bytes.len(), |p| i + p)
+        if let Some(end) = skip_non_code(bytes, i) {
+            i = end.max(i + 1);
+        } else if is_word(bytes[i]) {
+            let end = bytes[i..]
+                .iter()
+                .position(|b| !is_word(*b))
+                .map_or(bytes.len(), |p| i + p);
+            if sql[i..end].eq_ignore_ascii_case(keyword) {
+                return true;
             }
-            b'/' if bytes.get(i + 1) == Some(&b'*') => {
-                i = find(bytes, i + 2, b"*/").map_or(bytes.len(), |p| p + 2)
-            }
-            b'$' => i = skip_dollar_quoted(bytes, i).max(i + 1),
-            b if is_word(b) => {
-                let end = bytes[i..]
-                    .iter()
-                    .position(|b| !is_word(*b))
-                    .map_or(bytes.len(), |p| i + p);
-                if sql[i..end].eq_ignore_ascii_case(keyword) {
-                    return true;
-                }
-                i = end;
-            }
-            _ => i += 1,
+            i = end;
+        } else {
+            i += 1;
         }
     }
     false

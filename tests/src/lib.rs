@@ -371,6 +371,17 @@ pub fn post_json(
     )
 }
 
+/// The rows of a Mosaic REST `json` query, asserting it answered 200.
+pub fn post_rows(server: &ServerProcess, sql: &str) -> Value {
+    let (status, _, body) = post_json(
+        &server.addr,
+        &serde_json::json!({"type":"json","sql":sql}),
+        "",
+    );
+    assert_eq!(status, 200, "{sql}: {}", String::from_utf8_lossy(&body));
+    serde_json::from_slice(&body).unwrap()
+}
+
 /// `text` as a query-string value.
 pub fn url_encode(text: &str) -> String {
     percent_encoding::utf8_percent_encode(text, percent_encoding::NON_ALPHANUMERIC).to_string()

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use duckwire_tests::*;
-use serde_json::{json, Value};
+use serde_json::json;
 
 /// The Python of the venv holding `duckdb==version`.
 fn python_with_duckdb(version: &str, env: &str) -> Option<PathBuf> {
@@ -42,12 +42,6 @@ fn python(python: &PathBuf, script: &str) -> String {
     String::from_utf8_lossy(&output.stdout).trim().to_string()
 }
 
-fn rows(server: &ServerProcess, sql: &str) -> Value {
-    let (status, _, body) = post_json(&server.addr, &json!({"type":"json","sql":sql}), "");
-    assert_eq!(status, 200, "{sql}: {}", String::from_utf8_lossy(&body));
-    serde_json::from_slice(&body).unwrap()
-}
-
 #[test]
 fn a_file_written_by_duckdb_2_0_is_served() {
     let Some(py20) = python_with_duckdb("2.0.1", "DUCKWIRE_PY_DUCKDB_2_0") else {
@@ -63,10 +57,10 @@ fn a_file_written_by_duckdb_2_0_is_served() {
     );
     let server = ServerProcess::start(&["--db-path", db.to_str().unwrap()]);
     assert_eq!(
-        rows(&server, "from t"),
+        post_rows(&server, "from t"),
         json!([{"a": 1, "s": "made by 2.0"}])
     );
-    let version = rows(&server, "select version() as v");
+    let version = post_rows(&server, "select version() as v");
     assert!(
         version[0]["v"].as_str().unwrap().starts_with("v2.0"),
         "{version}"
@@ -88,8 +82,8 @@ fn a_file_written_by_duckdb_1_5_stays_readable_by_1_5_after_duckwire_wrote_to_it
         &format!("import duckdb; c = duckdb.connect({path:?}); c.execute('create table t as select 1 as a'); c.close()"),
     );
     let server = ServerProcess::start(&["--db-path", path, "--sync"]);
-    rows(&server, "insert into t values (2)");
-    rows(&server, "create table u as select 3 as b");
+    post_rows(&server, "insert into t values (2)");
+    post_rows(&server, "create table u as select 3 as b");
     let mut client = server.connect();
     join_room(&mut client, "r"); // meta storage and a room live in the file too
     client.send_binary(loro_update("k", 1));
@@ -119,11 +113,14 @@ fn a_file_written_by_duckdb_1_5_stays_readable_by_1_5_after_duckwire_wrote_to_it
 fn single_arrow_lambdas_follow_lambda_syntax() {
     let server = ServerProcess::start(&[]);
     let sql = "select list_transform([1, 2], x -> x + 1) as old, list_transform([1, 2], lambda x: x * 2) as new";
-    assert_eq!(rows(&server, sql), json!([{"old": [2, 3], "new": [2, 4]}]));
+    assert_eq!(
+        post_rows(&server, sql),
+        json!([{"old": [2, 3], "new": [2, 4]}])
+    );
 
     let strict = ServerProcess::start(&["--lambda-syntax", "default"]);
     let new_only = "select list_transform([1, 2], lambda x: x * 2) as new";
-    assert_eq!(rows(&strict, new_only), json!([{"new": [2, 4]}]));
+    assert_eq!(post_rows(&strict, new_only), json!([{"new": [2, 4]}]));
     let (status, _, body) = post_json(&strict.addr, &json!({"type":"json","sql":sql}), "");
     assert_eq!(status, 500, "{}", String::from_utf8_lossy(&body));
     assert!(String::from_utf8_lossy(&body).contains("lambda_syntax"));

@@ -13,12 +13,6 @@ fn page_get(server: &ServerProcess, kind: &str, sql: &str) -> (u16, Value) {
     (status, body)
 }
 
-fn post_rows(server: &ServerProcess, sql: &str) -> Value {
-    let (status, _, body) = post_json(&server.addr, &json!({"type":"json","sql":sql}), "");
-    assert_eq!(status, 200, "{sql}: {}", String::from_utf8_lossy(&body));
-    serde_json::from_slice(&body).unwrap()
-}
-
 #[test]
 fn disguised_writes_over_a_pages_get_are_refused_before_anything_runs() {
     let dir = temp_dir("disguised-writes");

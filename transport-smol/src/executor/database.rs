@@ -151,11 +151,7 @@ impl Classifier {
             return Ok(verdict.clone());
         }
         let verdict = self.parser_verdict(sql)?;
-        if self.parsed.len() >= VERDICTS_REMEMBERED {
-            self.parsed.clear();
-        }
-        self.parsed.insert(sql.to_string(), verdict.clone());
-        Ok(verdict)
+        Ok(remember(&mut self.parsed, sql, verdict))
     }
 
     /// `json_serialize_sql` serializes SELECT statements only, without binding them.
@@ -187,11 +183,7 @@ impl Classifier {
             return Ok(verdict.clone());
         }
         let verdict = self.ask_duckdb(sql)?;
-        if self.remembered.len() >= VERDICTS_REMEMBERED {
-            self.remembered.clear();
-        }
-        self.remembered.insert(sql.to_string(), verdict.clone());
-        Ok(verdict)
+        Ok(remember(&mut self.remembered, sql, verdict))
     }
 
     fn ask_duckdb(&self, sql: &str) -> Result<Verdict, String> {
@@ -238,6 +230,15 @@ impl Classifier {
         unsafe { ffi::duckdb_destroy_prepare(&mut prepared) };
         result
     }
+}
+
+/// Keeps `verdict` for `sql` (forgetting all at once when full) and hands it back.
+fn remember(verdicts: &mut HashMap<String, Verdict>, sql: &str, verdict: Verdict) -> Verdict {
+    if verdicts.len() >= VERDICTS_REMEMBERED {
+        verdicts.clear();
+    }
+    verdicts.insert(sql.to_string(), verdict.clone());
+    verdict
 }
 
 impl Drop for Classifier {
