@@ -10,7 +10,7 @@
 #      DuckDB version, which carries DuckDB's own release build of libduckdb.so (none exists
 #      for 2.0 yet; the day one does, it is taken and nothing is compiled);
 #   3. scripts/build-libduckdb.sh, which compiles it once per machine from the official
-#      source the `duckdb` crate carries (about 45 minutes on 2 cores).
+#      source the `duckdb` crate carries (about 20 minutes on 2 cores).
 # No `set -e` here: this file is sourced, and must not change the caller's shell options.
 
 DUCKWIRE_CACHE="${DUCKWIRE_CACHE:-$HOME/.cache/duckwire}"

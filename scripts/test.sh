@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The one test command (README, CI): builds against the prebuilt DuckDB and runs every test
+# The one test command (README, CI): builds against the shared libduckdb (scripts/dev-env.sh) and runs every test
 # in the release profile (one profile for tests and runs, so nothing compiles twice).
 set -euo pipefail
 cd "$(dirname "$0")/.."

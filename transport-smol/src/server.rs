@@ -139,7 +139,7 @@ fn load_extensions(conn: &Connection, extensions: &[String]) {
     }
 }
 
-/// The version of the DuckDB library this binary runs (`v1.5.6`), asked of DuckDB itself.
+/// The version of the DuckDB library this binary runs (`v2.0.0`), asked of DuckDB itself.
 pub fn duckdb_library_version() -> String {
     Connection::open_in_memory()
         .and_then(|conn| conn.query_row("SELECT version()", [], |row| row.get(0)))
