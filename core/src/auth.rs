@@ -43,7 +43,9 @@ pub fn rights_of<'a>(
 
 /// Which `Host` names the server answers (PROTOCOL §4, DNS rebinding): a page on a domain
 /// that re-resolves to 127.0.0.1 is same-origin with the server and sends no `Origin` on a
-/// GET, but its requests still carry its own name in `Host`.
+/// GET, but its requests still carry its own name in `Host`. Addresses are
+/// `core::net::IpAddr`, plain values of Rust's `core` library (no sockets, no name
+/// resolution): the transport hands in the address a connection reached; the core compares.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct HostPolicy {
     /// `--allowed-hosts` entries (host names, without port), lowercased; `*` allows any.
@@ -64,7 +66,7 @@ impl HostPolicy {
     /// `host` is the request's `Host` header (`None`: an HTTP/1.0 client that sent none, which
     /// no browser does); `local_ip` the address the connection reached the server at. Allowed:
     /// loopback names and addresses, that address, listed names; any port.
-    pub fn allows(&self, host: Option<&str>, local_ip: Option<std::net::IpAddr>) -> bool {
+    pub fn allows(&self, host: Option<&str>, local_ip: Option<core::net::IpAddr>) -> bool {
         let Some(host) = host else {
             return true;
         };
@@ -76,7 +78,7 @@ impl HostPolicy {
             return true;
         }
         let bare = name.trim_start_matches('[').trim_end_matches(']');
-        if let Ok(ip) = bare.parse::<std::net::IpAddr>() {
+        if let Ok(ip) = bare.parse::<core::net::IpAddr>() {
             let local_ip = local_ip.map(|local| local.to_canonical());
             if ip.is_loopback() || Some(ip.to_canonical()) == local_ip {
                 return true;
@@ -180,7 +182,7 @@ mod tests {
     #[test]
     fn loopback_hosts_the_local_address_and_listed_names_are_answered() {
         let policy = HostPolicy::default();
-        let local: std::net::IpAddr = "192.168.1.5".parse().unwrap();
+        let local: core::net::IpAddr = "192.168.1.5".parse().unwrap();
         for host in [
             "localhost",
             "localhost:4000",

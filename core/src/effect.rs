@@ -151,13 +151,10 @@ pub struct UploadTable {
 }
 
 impl QueryOutcome {
-    /// Stopped by an interrupt: reported as `Cancelled`, or as DuckDB's "INTERRUPT" error.
+    /// Stopped by an interrupt. The executor decides that where it sees DuckDB's error and
+    /// reports `Cancelled`; no error text is read here.
     pub(crate) fn is_interruption(&self) -> bool {
-        match self {
-            QueryOutcome::Cancelled => true,
-            QueryOutcome::Failed(message) => message.contains("INTERRUPT"),
-            _ => false,
-        }
+        matches!(self, QueryOutcome::Cancelled)
     }
 }
 
@@ -176,6 +173,6 @@ pub enum QueryOutcome {
     Failed(String),
     /// Not run: the gate allowed reads only and DuckDB classifies it as this.
     NotARead(String),
-    /// Interrupted.
+    /// Interrupted (by a cancel, a timeout or a closed connection).
     Cancelled,
 }

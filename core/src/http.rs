@@ -46,7 +46,7 @@ pub struct HttpRequest {
     /// The `Host` header.
     pub host: Option<String>,
     /// The address the connection reached the server at (the socket's local address).
-    pub local_ip: Option<std::net::IpAddr>,
+    pub local_ip: Option<core::net::IpAddr>,
     /// Query-string parameters, percent-decoded, in order.
     pub params: Vec<(String, String)>,
     pub body: Bytes,

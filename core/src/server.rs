@@ -152,7 +152,7 @@ pub struct ConnectionInfo {
     /// The upgrade's `Host` header.
     pub host: Option<String>,
     /// The address the connection reached the server at (the socket's local address).
-    pub local_ip: Option<std::net::IpAddr>,
+    pub local_ip: Option<core::net::IpAddr>,
 }
 
 #[derive(Debug)]

@@ -3,6 +3,7 @@
 
 pub mod connection;
 pub mod database;
+pub mod failure;
 pub mod ipc;
 pub mod json;
 mod result_buffer;
@@ -26,6 +27,7 @@ use crate::cache::ResultCache;
 use crate::metrics::Metrics;
 use connection::{WorkerConnection, WriteEpoch};
 use database::{Classifier, Database};
+use failure::FailureKind;
 
 /// The database the workers run on: the connection every worker's own is cloned from, and the
 /// C API handle that clones (and classifiers) connect through. Fields drop in order: the
@@ -340,21 +342,6 @@ fn next_job(queue: &async_channel::Receiver<Job>) -> Result<Job, async_channel::
     queue.recv_blocking()
 }
 
-/// DuckDB's message for a statement stopped by `duckdb_interrupt`.
-fn is_interruption(message: &str) -> bool {
-    message.contains("INTERRUPT")
-}
-
-fn is_conflict(message: &str) -> bool {
-    [
-        "Transaction conflict",
-        "Conflict on",
-        "write-write conflict",
-    ]
-    .iter()
-    .any(|needle| message.contains(needle))
-}
-
 impl Worker {
     /// A new connection, for jobs that write (uploads).
     fn fresh_connection(&self) -> Result<Connection, String> {
@@ -462,7 +449,10 @@ impl Worker {
         let mut attempt = 0;
         loop {
             match run() {
-                Err(message) if is_conflict(&message) && attempt < MAX_CONFLICT_RETRIES => {
+                Err(message)
+                    if FailureKind::of(&message) == FailureKind::Conflict
+                        && attempt < MAX_CONFLICT_RETRIES =>
+                {
                     std::thread::sleep(self.backoff(attempt));
                     attempt += 1;
                 }
@@ -542,13 +532,16 @@ impl Worker {
             self.write_epoch.advance();
         }
         self.connection.give_back(conn, epoch, read);
-        match result {
-            Ok(outcome) => (outcome, !read),
-            Err(message) if is_interruption(&message) => (QueryOutcome::Cancelled, false),
-            Err(message) if gate == Gate::ReadsOnly && refused_as_a_write(&message) => {
+        let message = match result {
+            Ok(outcome) => return (outcome, !read),
+            Err(message) => message,
+        };
+        match FailureKind::of(&message) {
+            FailureKind::Interrupted => (QueryOutcome::Cancelled, false),
+            FailureKind::WriteInReadOnlyTransaction if gate == Gate::ReadsOnly => {
                 (QueryOutcome::NotARead(WRITES_IN_A_READ.into()), false)
             }
-            Err(message) => (QueryOutcome::Failed(message), !read),
+            _ => (QueryOutcome::Failed(message), !read),
         }
     }
 
@@ -573,7 +566,7 @@ impl Worker {
             let outcome = match self.with_retries(|| run_sql_planned(conn, output, sql, plans)) {
                 Ok(outcome) => outcome,
                 // Our client cancelled: nothing to cache.
-                Err(message) if is_interruption(&message) => {
+                Err(message) if FailureKind::of(&message) == FailureKind::Interrupted => {
                     computed = Some(QueryOutcome::Cancelled);
                     return Ok((Bytes::new(), false));
                 }
@@ -710,11 +703,6 @@ fn in_transaction<T>(
     }
 }
 
-/// DuckDB's refusal of a write inside a read-only transaction, the one place its text is read.
-fn refused_as_a_write(message: &str) -> bool {
-    message.contains("transaction is launched in read-only mode")
-}
-
 /// Executes a prepared statement and encodes its rows as Arrow IPC or JSON.
 fn shape_result(
     statement: &mut duckdb::Statement<'_>,
@@ -759,16 +747,6 @@ fn shape_result(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn conflicts_are_recognised_by_duckdb_message() {
-        assert!(is_conflict(
-            "TransactionContext Error: Transaction conflict: cannot update"
-        ));
-        assert!(is_conflict("Conflict on tuple deletion!"));
-        assert!(is_conflict("write-write conflict on key"));
-        assert!(!is_conflict("Parser Error: syntax error"));
-    }
 
     #[test]
     fn backoff_doubles_from_10ms_caps_at_500ms_with_30_percent_jitter() {
