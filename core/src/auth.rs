@@ -55,11 +55,7 @@ pub struct HostPolicy {
 impl HostPolicy {
     pub fn from_list(list: &str) -> Self {
         HostPolicy {
-            allowed: list
-                .split(',')
-                .map(|s| s.trim().trim_end_matches('.').to_ascii_lowercase())
-                .filter(|s| !s.is_empty())
-                .collect(),
+            allowed: list_entries(list, '.'),
         }
     }
 
@@ -108,11 +104,7 @@ pub struct OriginPolicy {
 impl OriginPolicy {
     pub fn from_list(list: &str) -> Self {
         OriginPolicy {
-            allowed: list
-                .split(',')
-                .map(|s| s.trim().trim_end_matches('/').to_ascii_lowercase())
-                .filter(|s| !s.is_empty())
-                .collect(),
+            allowed: list_entries(list, '/'),
         }
     }
 
@@ -131,6 +123,15 @@ impl OriginPolicy {
             .iter()
             .any(|entry| *entry == origin || Some(entry.as_str()) == host)
     }
+}
+
+/// The entries of a comma-separated flag value, trimmed, without a trailing `trailing`,
+/// lowercased, empty ones dropped.
+fn list_entries(list: &str, trailing: char) -> Vec<String> {
+    list.split(',')
+        .map(|s| s.trim().trim_end_matches(trailing).to_ascii_lowercase())
+        .filter(|s| !s.is_empty())
+        .collect()
 }
 
 /// The host of `scheme://host[:port]`, keeping IPv6 brackets.
