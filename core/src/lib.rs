@@ -2,15 +2,19 @@
 #![forbid(unsafe_code)]
 
 pub mod auth;
+mod barrier;
 mod budget;
 mod channels;
 pub mod codec;
+mod config;
+mod conn;
 pub mod effect;
 mod error;
 mod flights;
 mod http;
 mod ids;
 pub mod limits;
+mod liveness;
 mod mosaic;
 mod queries;
 mod rooms;

@@ -6,8 +6,9 @@ use std::collections::BTreeMap;
 use bytes::Bytes;
 
 use crate::auth::Rights;
+use crate::barrier::KnownReads;
 use crate::codec::{encode_arrow_frame_header, Frame, JsonReplyHeader, QueryKind, ServerMessage};
-use crate::effect::{Effect, Gate, QueryOutcome, RunQuery, UploadTable, Verdict};
+use crate::effect::{Effect, Gate, QueryOutcome, RunQuery, UploadTable};
 use crate::flights::{Flight, FlightKey};
 use crate::http::{HttpResponse, Slot};
 use crate::ids::{ConnId, Millis, QueryHandle, QueryId};
@@ -84,77 +85,13 @@ fn refused_sql(classified_as: &str) -> String {
     format!("SQL that DuckDB classifies as {classified_as}")
 }
 
-/// A query of an ordered connection admitted (its answer slot taken) but not started yet.
-///
-/// Mosaic's own servers run a socket's messages one at a time, so a client may send a write
-/// and the reads that depend on it back to back. duckwire runs an ordered connection's reads
-/// concurrently, but a statement that may write runs alone: after every query received
-/// before it has finished, and before any query received after it starts.
-#[derive(Debug)]
-pub(crate) struct HeldQuery {
-    pub(crate) query: QueryHandle,
-    kind: QueryKind,
-    sql: String,
-    persist: bool,
-    write: bool,
-}
-
-/// An ordered connection's queries, as the write barrier sees them.
-#[derive(Debug, Default)]
-pub(crate) struct InOrder {
-    /// Admitted, waiting for the barrier, in request order.
-    pub(crate) held: std::collections::VecDeque<HeldQuery>,
-    /// Dispatched and not finished.
-    pub(crate) running: usize,
-    /// One of the running ones may write.
-    pub(crate) write_running: bool,
-    /// Running ones whose verdict DuckDB has not given yet ([`Gate::ClassifyFirst`]): one
-    /// of them may still turn out to be a write that must run before later queries.
-    pub(crate) unclassified: usize,
-}
-
-impl InOrder {
-    /// Whether a query received now (or the oldest held one) must wait.
-    fn must_wait(&self, write: bool) -> bool {
-        self.write_running || self.unclassified > 0 || (write && self.running > 0)
-    }
-}
-
 /// Every query in flight, across connections, by handle.
 #[derive(Debug, Default)]
 pub(crate) struct Queries {
     by_handle: BTreeMap<QueryHandle, InFlight>,
     next_handle: u64,
     /// Texts DuckDB called a read when the write barrier asked ([`KnownReads`]).
-    known_reads: KnownReads,
-}
-
-/// SQL texts DuckDB classified as reads, so the write barrier need not ask again: what a text
-/// is depends on the text alone (DuckDB's parser says which statement it is). Bounded: texts
-/// up to [`KnownReads::MAX_TEXT`] bytes, [`KnownReads::MAX_TEXTS`] of them, forgotten all at
-/// once when full. A text not remembered is simply asked about again.
-#[derive(Debug, Default)]
-pub(crate) struct KnownReads {
-    texts: std::collections::BTreeSet<String>,
-}
-
-impl KnownReads {
-    const MAX_TEXT: usize = 4096;
-    const MAX_TEXTS: usize = 1024;
-
-    fn learn(&mut self, sql: String) {
-        if sql.len() > Self::MAX_TEXT {
-            return;
-        }
-        if self.texts.len() >= Self::MAX_TEXTS {
-            self.texts.clear();
-        }
-        self.texts.insert(sql);
-    }
-
-    fn contains(&self, sql: &str) -> bool {
-        self.texts.contains(sql)
-    }
+    pub(crate) known_reads: KnownReads,
 }
 
 impl Queries {
@@ -169,11 +106,11 @@ impl Queries {
         self.by_handle.remove(&handle)
     }
 
-    fn work_of(&self, handle: QueryHandle) -> Option<Work> {
+    pub(crate) fn work_of(&self, handle: QueryHandle) -> Option<Work> {
         self.by_handle.get(&handle).map(|entry| entry.work)
     }
 
-    fn get_mut(&mut self, handle: QueryHandle) -> Option<&mut InFlight> {
+    pub(crate) fn get_mut(&mut self, handle: QueryHandle) -> Option<&mut InFlight> {
         self.by_handle.get_mut(&handle)
     }
 }
@@ -181,7 +118,7 @@ impl Queries {
 impl Server {
     /// Validates and registers a query or upload; `Err` carries the error and the id to
     /// reply with.
-    fn admit(
+    pub(crate) fn admit(
         &mut self,
         conn: ConnId,
         query_id: Option<QueryId>,
@@ -227,7 +164,7 @@ impl Server {
     }
 
     /// Fault-injection builds: the configured SQL makes the handler panic.
-    fn maybe_inject_panic(&self, _sql: &str) {
+    pub(crate) fn maybe_inject_panic(&self, _sql: &str) {
         #[cfg(feature = "fault-injection")]
         if self.config.panic_on_sql.as_deref() == Some(_sql) {
             panic!("fault injection: panic_on_sql matched");
@@ -297,7 +234,7 @@ impl Server {
     /// Runs an admitted query, or, for a persisted read identical to one running, makes it
     /// wait for that one's result (see [`crate::flights`]).
     #[allow(clippy::too_many_arguments)]
-    fn dispatch_query(
+    pub(crate) fn dispatch_query(
         &mut self,
         query: QueryHandle,
         conn: ConnId,
@@ -411,177 +348,6 @@ impl Server {
         self.push(Effect::InvalidateCache);
     }
 
-    /// A query of an ordered connection: bare results, answered in its `slot`'s turn. `door`
-    /// is the restriction the request itself carries (an unproven GET, a read token).
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn start_query_answered_in_order(
-        &mut self,
-        conn: ConnId,
-        kind: QueryKind,
-        sql: String,
-        query_id: QueryId,
-        persist: bool,
-        slot: Slot,
-        door: Option<ReadsOnly>,
-        now: Millis,
-    ) -> Result<(), ProtocolError> {
-        self.maybe_inject_panic(&sql);
-        if sql.trim().is_empty() {
-            return Err(ProtocolError::EmptySql);
-        }
-        let reads_only = self.reads_only_for(conn, door);
-        if let (Some(restriction), QueryKind::Exec) = (reads_only, kind) {
-            return Err(restriction.refusal(refused_message(kind.as_str())));
-        }
-        let (query, _) = self
-            .admit(conn, Some(query_id), Work::Query(kind), Some(slot))
-            .map_err(|(error, _)| error)?;
-        if let Some(entry) = self.queries.get_mut(query) {
-            entry.reads_only = reads_only;
-        }
-        // A query that may only read cannot write, whatever it is. Otherwise the keyword hint
-        // may only make a query a write (it runs alone at once); one it calls a read is still
-        // asked of DuckDB before later queries may start (`Gate::ClassifyFirst`).
-        let write = reads_only.is_none() && crate::sql::hint_may_write(kind, &sql);
-        let held = HeldQuery {
-            query,
-            kind,
-            sql,
-            persist,
-            write,
-        };
-        let Some(c) = self.conns.get_mut(&conn) else {
-            return Ok(());
-        };
-        if !c.in_order.held.is_empty() || c.in_order.must_wait(write) {
-            c.in_order.held.push_back(held);
-            return Ok(());
-        }
-        self.dispatch_in_order(conn, held, now);
-        Ok(())
-    }
-
-    /// Starts a query of an ordered connection, counted by its write barrier.
-    fn dispatch_in_order(&mut self, conn: ConnId, held: HeldQuery, now: Millis) {
-        let known_read = self.queries.known_reads.contains(&held.sql);
-        let Some(entry) = self.queries.get_mut(held.query) else {
-            return;
-        };
-        let gate = match (entry.reads_only, held.write) {
-            (Some(_), _) => Gate::ReadsOnly,
-            (None, true) => Gate::Any,
-            // DuckDB called this very text a read before.
-            (None, false) if known_read => Gate::Any,
-            (None, false) => Gate::ClassifyFirst,
-        };
-        entry.in_order_write = Some(held.write);
-        if gate == Gate::ClassifyFirst {
-            entry.unclassified = true;
-            entry.barrier_retry = Some((held.sql.clone(), held.persist));
-        }
-        if let Some(c) = self.conns.get_mut(&conn) {
-            c.in_order.running += 1;
-            c.in_order.write_running |= held.write;
-            c.in_order.unclassified += usize::from(gate == Gate::ClassifyFirst);
-        }
-        self.dispatch_query(
-            held.query,
-            conn,
-            held.kind,
-            held.sql,
-            held.persist,
-            gate,
-            now,
-        )
-    }
-
-    /// DuckDB's verdict on a [`Gate::ClassifyFirst`] query, before it runs. A read lets the
-    /// connection's later queries start (and those waiting for its result: same SQL, same
-    /// verdict); anything else comes back as [`QueryOutcome::NotARead`].
-    pub(crate) fn query_classified(&mut self, handle: QueryHandle, verdict: Verdict, now: Millis) {
-        if !verdict.is_read() {
-            return;
-        }
-        let waiters = self.flights.waiters_of(handle).to_vec();
-        for query in std::iter::once(handle).chain(waiters) {
-            self.mark_classified(query);
-        }
-        self.start_held_queries(now);
-    }
-
-    fn mark_classified(&mut self, handle: QueryHandle) {
-        let Some(entry) = self.queries.get_mut(handle) else {
-            return;
-        };
-        if !std::mem::take(&mut entry.unclassified) {
-            return;
-        }
-        let conn = entry.conn;
-        if let Some((sql, _)) = entry.barrier_retry.take() {
-            self.queries.known_reads.learn(sql);
-        }
-        if let Some(c) = self.conns.get_mut(&conn) {
-            c.in_order.unclassified = c.in_order.unclassified.saturating_sub(1);
-            self.barrier_moved.insert(conn);
-        }
-    }
-
-    /// A [`Gate::ClassifyFirst`] query DuckDB says is not a read: not run, it goes back to the
-    /// front of its connection's queue as a write, to run alone once the queries before it
-    /// finish. `false` if it was not such a query.
-    fn hand_back_to_barrier(&mut self, handle: QueryHandle) -> bool {
-        let Some(entry) = self.queries.get_mut(handle) else {
-            return false;
-        };
-        let (Work::Query(kind), Some((sql, persist))) = (entry.work, entry.barrier_retry.take())
-        else {
-            return false;
-        };
-        let was_unclassified = std::mem::take(&mut entry.unclassified);
-        entry.in_order_write = None;
-        let conn = entry.conn;
-        let Some(c) = self.conns.get_mut(&conn) else {
-            return true;
-        };
-        c.in_order.running = c.in_order.running.saturating_sub(1);
-        if was_unclassified {
-            c.in_order.unclassified = c.in_order.unclassified.saturating_sub(1);
-        }
-        c.in_order.held.push_front(HeldQuery {
-            query: handle,
-            kind,
-            sql,
-            persist,
-            write: true,
-        });
-        self.barrier_moved.insert(conn);
-        true
-    }
-
-    /// The oldest held query of `conn`, taken off its queue if the write barrier lets it start.
-    fn next_startable(&mut self, conn: ConnId) -> Option<HeldQuery> {
-        let in_order = &mut self.conns.get_mut(&conn)?.in_order;
-        let next = in_order.held.front()?;
-        if in_order.must_wait(next.write) {
-            return None;
-        }
-        in_order.held.pop_front()
-    }
-
-    /// Starts the held queries of the connections whose running queries finished, as far as
-    /// the write barrier allows.
-    pub(crate) fn start_held_queries(&mut self, now: Millis) {
-        while let Some(conn) = self.barrier_moved.pop_first() {
-            while let Some(held) = self.next_startable(conn) {
-                let query = held.query;
-                if self.queries.work_of(query).is_none() {
-                    continue;
-                }
-                self.dispatch_in_order(conn, held, now);
-            }
-        }
-    }
-
     pub(crate) fn start_upload(
         &mut self,
         conn: ConnId,
@@ -648,7 +414,7 @@ impl Server {
 
     /// Removes a finished query from both tables; `None` if it is unknown or its connection
     /// is gone (then nothing is sent).
-    fn finish(&mut self, handle: QueryHandle) -> Option<InFlight> {
+    pub(crate) fn finish(&mut self, handle: QueryHandle) -> Option<InFlight> {
         let entry = self.queries.remove(handle)?;
         if let Some(c) = self.conns.get_mut(&entry.conn) {
             c.inflight.remove(&entry.query_id);

@@ -8,15 +8,17 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use bytes::Bytes;
 
-use crate::auth::{rights_of, HostPolicy, OriginPolicy, Rights};
+use crate::auth::Rights;
 use crate::budget::Budget;
 use crate::channels::Channels;
 use crate::codec::{decode_client_frame, ClientMessage, Frame, ServerMessage};
+pub use crate::config::{Config, DEFAULT_HTTP_IDLE_TIMEOUT_MS};
+pub(crate) use crate::conn::Conn;
+pub use crate::conn::ConnectionInfo;
 use crate::effect::{Effect, QueryOutcome};
 use crate::flights::Flights;
-use crate::http::{Dialect, HttpRequest, HttpResponse, Slot, HOST_NOT_ALLOWED, ORIGIN_NOT_ALLOWED};
+use crate::http::{Dialect, HttpRequest, HOST_NOT_ALLOWED, ORIGIN_NOT_ALLOWED};
 use crate::ids::{ConnId, IdGenerator, Millis, QueryHandle, QueryId};
-use crate::limits::Limits;
 use crate::queries::Queries;
 use crate::rooms::{Rooms, StoredRoom};
 use crate::timers::{TimerKey, Timers};
@@ -38,161 +40,6 @@ pub mod close_code {
 
 /// Wrong tokens a connection may send before it is closed with 1008.
 pub const MAX_AUTH_STRIKES: u8 = 3;
-
-/// How long a kept-alive HTTP connection may sit idle (nginx's default is 75 s; browsers
-/// reopen connections cheaply, and an idle socket costs a file descriptor).
-pub const DEFAULT_HTTP_IDLE_TIMEOUT_MS: u64 = 30_000;
-
-/// Everything the core needs to know about the deployment.
-#[derive(Debug, Clone)]
-pub struct Config {
-    pub limits: Limits,
-    /// `--auth-token`; `None` means every connection is authenticated.
-    pub auth_token: Option<String>,
-    /// `--read-token`: a second token whose holders may only read (PROTOCOL §4a). Only
-    /// meaningful beside `auth_token`.
-    pub read_token: Option<String>,
-    /// `--sync`: CRDT rooms are available.
-    pub sync_enabled: bool,
-    /// Clients may seed empty rooms with `crdt-snapshot`.
-    pub allow_client_snapshots: bool,
-    /// Quiet time after a room change before it is saved.
-    pub save_debounce_ms: u64,
-    /// Acknowledge CRDT updates and client snapshots only once the room's durable log holds
-    /// them (`AppendRoomUpdate`), so SIGKILL loses nothing acknowledged. Off for
-    /// `:memory:` databases, where nothing survives a restart anyway.
-    pub durable_room_log: bool,
-    /// Longest a changed room stays unsaved under continuous updates.
-    pub max_save_latency_ms: u64,
-    /// How long an idle, saved room with no members stays in memory.
-    pub room_idle_evict_ms: u64,
-    /// Browser origins allowed besides loopback ones (`--allowed-origins`).
-    pub origins: OriginPolicy,
-    /// `Host` names answered besides loopback ones and the connection's local address
-    /// (`--allowed-hosts`).
-    pub hosts: HostPolicy,
-    /// With a token configured, a connection still unauthenticated this long after opening
-    /// is closed (1008). `None` disables the deadline.
-    pub auth_timeout_ms: Option<u64>,
-    /// A kept-alive HTTP connection with nothing in flight is closed after this long.
-    /// `None` keeps idle connections open.
-    pub http_idle_timeout_ms: Option<u64>,
-    /// A query running longer is interrupted and answered `query timeout (N ms) exceeded`.
-    /// `None`: no limit.
-    pub query_timeout_ms: Option<u64>,
-    /// `--read-only`: `exec`, uploads and statements that are not reads are refused.
-    pub read_only: bool,
-    /// Ping every WebSocket peer this often (`Effect::Ping`). `None`: never.
-    pub ping_interval_ms: Option<u64>,
-    /// Close (1001) a WebSocket peer not heard from — no frame, no pong — for this long,
-    /// unless the server itself stopped reading it (inbound budget). `None`: never.
-    pub idle_timeout_ms: Option<u64>,
-    /// Cluster mode (`--redis-url`): this replica's id, unique among the replicas (random,
-    /// from the caller). Channels are shared through a broker (PROTOCOL §5a). `None`: one
-    /// process, no broker effects.
-    pub replica_id: Option<String>,
-    /// Fault-injection builds only: a handler panics when a query's SQL is exactly this
-    /// text, so the driver's poisoning path can be tested end to end.
-    #[cfg(feature = "fault-injection")]
-    pub panic_on_sql: Option<String>,
-}
-
-impl Config {
-    /// The rights of a client presenting `given` tokens; `None` when none is valid.
-    pub fn rights_of<'a>(&self, given: impl IntoIterator<Item = &'a str>) -> Option<Rights> {
-        rights_of(
-            self.auth_token.as_deref(),
-            self.read_token.as_deref(),
-            given,
-        )
-    }
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            limits: Limits::default(),
-            auth_token: None,
-            read_token: None,
-            sync_enabled: false,
-            allow_client_snapshots: false,
-            save_debounce_ms: 500,
-            durable_room_log: false,
-            max_save_latency_ms: 5_000,
-            room_idle_evict_ms: 30_000,
-            origins: OriginPolicy::default(),
-            hosts: HostPolicy::default(),
-            auth_timeout_ms: Some(30_000),
-            http_idle_timeout_ms: Some(DEFAULT_HTTP_IDLE_TIMEOUT_MS),
-            query_timeout_ms: None,
-            read_only: false,
-            ping_interval_ms: Some(30_000),
-            idle_timeout_ms: Some(90_000),
-            replica_id: None,
-            #[cfg(feature = "fault-injection")]
-            panic_on_sql: None,
-        }
-    }
-}
-
-/// What the transport learned when the connection opened (the WebSocket upgrade request,
-/// or nothing yet for an HTTP connection: its requests carry their own credentials).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ConnectionInfo {
-    /// Which protocol the connection speaks.
-    pub dialect: Dialect,
-    /// Peer address, for the driver's logs only: authentication never depends on it.
-    pub peer: String,
-    /// Token from `Authorization: Bearer …`.
-    pub bearer_token: Option<String>,
-    /// Token from the `token=` query parameter of the upgrade URL.
-    pub url_token: Option<String>,
-    /// The `Origin` header, when the client is a browser.
-    pub origin: Option<String>,
-    /// The upgrade's `Host` header.
-    pub host: Option<String>,
-    /// The address the connection reached the server at (the socket's local address).
-    pub local_ip: Option<core::net::IpAddr>,
-}
-
-#[derive(Debug)]
-pub(crate) struct Conn {
-    /// What the connection may do; `None` until it authenticates.
-    pub(crate) rights: Option<Rights>,
-    pub(crate) auth_strikes: u8,
-    /// False once the core has emitted `Close`: nothing more is sent or acted on.
-    pub(crate) open: bool,
-    pub(crate) inflight: BTreeMap<QueryId, QueryHandle>,
-    /// The room joined (or being joined).
-    pub(crate) room: Option<String>,
-    /// Bytes handed to the writer and not yet reported written.
-    pub(crate) outbound_bytes: usize,
-    pub(crate) dialect: Dialect,
-    /// Ordered dialects: answers by request slot, `None` while the request is running;
-    /// they leave from the front, in request order.
-    pub(crate) answers: BTreeMap<Slot, Option<HttpResponse>>,
-    pub(crate) next_slot: Slot,
-    /// Inbound bytes held by this connection's unfinished work (see `budget`).
-    pub(crate) inbound_bytes: usize,
-    /// When the peer was last heard from (a frame or a pong).
-    pub(crate) last_heard: Millis,
-    /// Ordered dialects: the write barrier (see `queries::HeldQuery`).
-    pub(crate) in_order: crate::queries::InOrder,
-}
-
-impl Conn {
-    pub(crate) fn authenticated(&self) -> bool {
-        self.rights.is_some()
-    }
-
-    /// Ordered dialects: the slot the next request's answer takes, held until it is filled.
-    pub(crate) fn reserve_answer_slot(&mut self) -> Slot {
-        let slot = self.next_slot;
-        self.next_slot += 1;
-        self.answers.insert(slot, None);
-        slot
-    }
-}
 
 /// The protocol state machine of one server. See the crate docs for the input/effect model.
 pub struct Server {
@@ -711,71 +558,6 @@ impl Server {
                 self.timers
                     .set(TimerKey::PeerSilent(conn), now.plus(silence));
             }
-        }
-    }
-
-    fn timer(&mut self, key: TimerKey, now: Millis) {
-        match key {
-            TimerKey::AuthDeadline(conn) => self.auth_deadline(conn, now),
-            TimerKey::RoomDebounce(room_id) | TimerKey::RoomMaxLatency(room_id) => {
-                self.room_save_due(&room_id, now)
-            }
-            TimerKey::RoomEvict(room_id) => self.room_evict_due(&room_id),
-            TimerKey::HttpIdle(conn) => self.http_idle_due(conn, now),
-            TimerKey::Ping(conn) => self.ping_due(conn, now),
-            TimerKey::PeerSilent(conn) => self.silence_due(conn, now),
-            TimerKey::QueryTimeout(query) => self.query_timed_out(query, now),
-        }
-    }
-
-    /// Time to ping `conn` again.
-    fn ping_due(&mut self, conn: ConnId, now: Millis) {
-        let (Some(every), true) = (
-            self.config.ping_interval_ms,
-            self.conns.get(&conn).is_some_and(|c| c.open),
-        ) else {
-            return;
-        };
-        self.push(Effect::Ping { conn });
-        self.timers.set(TimerKey::Ping(conn), now.plus(every));
-    }
-
-    /// The silence deadline of `conn` came: close it if nothing was heard since, unless we
-    /// are the ones not reading it.
-    fn silence_due(&mut self, conn: ConnId, now: Millis) {
-        let Some(silence) = self.config.idle_timeout_ms else {
-            return;
-        };
-        let Some(c) = self.conns.get(&conn).filter(|c| c.open) else {
-            return;
-        };
-        let heard = if self.is_reading_paused(conn) {
-            now
-        } else {
-            c.last_heard
-        };
-        let deadline = heard.plus(silence);
-        if deadline <= now {
-            let reason = format!("idle timeout: nothing heard for {silence} ms");
-            self.close(conn, close_code::GOING_AWAY, &reason, now);
-        } else {
-            self.timers.set(TimerKey::PeerSilent(conn), deadline);
-        }
-    }
-
-    /// The authentication deadline of `conn` passed.
-    fn auth_deadline(&mut self, conn: ConnId, now: Millis) {
-        if self
-            .conns
-            .get(&conn)
-            .is_some_and(|c| c.open && !c.authenticated())
-        {
-            self.close(
-                conn,
-                close_code::POLICY_VIOLATION,
-                "authentication timeout",
-                now,
-            );
         }
     }
 
