@@ -4,12 +4,14 @@ mod broker;
 pub mod cache;
 pub mod compress;
 pub mod config;
+mod connection;
 mod driver;
 pub mod executor;
 mod http;
 pub mod meta;
 pub mod metrics;
 mod server;
+mod startup;
 mod tls;
 mod ws;
 
@@ -28,4 +30,5 @@ fn spawn<T: Send + 'static>(
 }
 /// The DuckDB crate this driver is built on (for embedders and the benchmark's floor).
 pub use duckdb;
-pub use server::{duckdb_library_version, open_database, run, StartError};
+pub use server::{run, StartError};
+pub use startup::{duckdb_library_version, open_database};

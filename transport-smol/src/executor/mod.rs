@@ -4,6 +4,7 @@
 pub mod connection;
 pub mod database;
 pub mod failure;
+mod interrupts;
 pub mod ipc;
 pub mod json;
 mod result_buffer;
@@ -11,14 +12,13 @@ mod result_buffer;
 pub use duckwire_core::sql;
 pub mod upload;
 
-use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use duckdb::arrow::record_batch::RecordBatch;
-use duckdb::{Connection, InterruptHandle};
+use duckdb::Connection;
 use duckwire_core::{
     Gate, JsonReplyHeader, JsonReplyWriter, QueryHandle, QueryKind, QueryOutcome, Verdict,
 };
@@ -28,6 +28,7 @@ use crate::metrics::Metrics;
 use connection::{WorkerConnection, WriteEpoch};
 use database::{Classifier, Database};
 use failure::FailureKind;
+use interrupts::Interrupts;
 
 /// The database the workers run on: the connection every worker's own is cloned from, and the
 /// C API handle that clones (and classifiers) connect through. Fields drop in order: the
@@ -52,9 +53,6 @@ const WRITES_IN_A_READ: &str = "a statement that writes the database";
 
 /// What a client sees when its job hit a bug (a panic) in the executor.
 const INTERNAL_ERROR: &str = "internal error while running the query";
-
-/// How often a cancelled query that is still running is interrupted again.
-const REINTERRUPT_EVERY: Duration = Duration::from_millis(20);
 
 /// Conflict retries (PROTOCOL §3): up to 5, 10 ms doubling, capped at 500 ms, ±30 % jitter.
 const MAX_CONFLICT_RETRIES: u32 = 5;
@@ -96,113 +94,6 @@ pub enum Completion {
 }
 
 pub type CompletionSink = Arc<dyn Fn(Completion) + Send + Sync>;
-
-/// Interrupt bookkeeping: queued handles can be cancelled before they start, running ones
-/// through their connection's interrupt handle.
-#[derive(Default)]
-struct Interrupts {
-    state: Mutex<InterruptState>,
-    /// Wakes the re-interrupt thread when a running query is cancelled (or at shutdown);
-    /// it sleeps on it otherwise, so an idle server uses no CPU.
-    cancelled_while_running: std::sync::Condvar,
-}
-
-#[derive(Default)]
-struct InterruptState {
-    queued: HashSet<QueryHandle>,
-    cancelled_before_start: HashSet<QueryHandle>,
-    running: HashMap<QueryHandle, Arc<InterruptHandle>>,
-    /// Cancelled while running. DuckDB clears a connection's interrupt flag when a statement
-    /// begins, so an interrupt that lands between two statements (or just before the first)
-    /// would be lost; these are interrupted again until they finish.
-    cancel_requested: HashSet<QueryHandle>,
-    shutting_down: bool,
-    stopped: bool,
-}
-
-impl Interrupts {
-    fn lock(&self) -> std::sync::MutexGuard<'_, InterruptState> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn queued(&self, handle: QueryHandle) {
-        self.lock().queued.insert(handle);
-    }
-
-    fn interrupt(&self, handle: QueryHandle) {
-        let mut state = self.lock();
-        if let Some(running) = state.running.get(&handle) {
-            running.interrupt();
-            state.cancel_requested.insert(handle);
-            self.cancelled_while_running.notify_one();
-        } else if state.queued.contains(&handle) {
-            state.cancelled_before_start.insert(handle);
-        }
-    }
-
-    /// Registers a starting query; `false` if it was cancelled while queued.
-    fn start(&self, handle: QueryHandle, interrupt: Arc<InterruptHandle>) -> bool {
-        let mut state = self.lock();
-        state.queued.remove(&handle);
-        if state.cancelled_before_start.remove(&handle) || state.shutting_down {
-            return false;
-        }
-        state.running.insert(handle, interrupt);
-        true
-    }
-
-    fn finish(&self, handle: QueryHandle) {
-        let mut state = self.lock();
-        state.running.remove(&handle);
-        state.cancel_requested.remove(&handle);
-    }
-
-    /// Re-interrupts cancelled queries (and, at shutdown, all) until they finish; sleeps
-    /// while no cancelled query is running.
-    fn reinterrupt_until_stopped(&self) {
-        let mut state = self.lock();
-        loop {
-            if state.stopped {
-                return;
-            }
-            let pending = state
-                .running
-                .keys()
-                .any(|handle| state.shutting_down || state.cancel_requested.contains(handle));
-            if !pending {
-                state = self
-                    .cancelled_while_running
-                    .wait(state)
-                    .unwrap_or_else(|e| e.into_inner());
-                continue;
-            }
-            for (handle, running) in &state.running {
-                if state.shutting_down || state.cancel_requested.contains(handle) {
-                    running.interrupt();
-                }
-            }
-            state = self
-                .cancelled_while_running
-                .wait_timeout(state, REINTERRUPT_EVERY)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
-        }
-    }
-
-    fn stop(&self) {
-        self.lock().stopped = true;
-        self.cancelled_while_running.notify_all();
-    }
-
-    fn interrupt_all(&self) {
-        let mut state = self.lock();
-        state.shutting_down = true;
-        for running in state.running.values() {
-            running.interrupt();
-        }
-        self.cancelled_while_running.notify_all();
-    }
-}
 
 pub struct Executor {
     jobs: async_channel::Sender<Job>,

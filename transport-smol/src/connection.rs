@@ -1,0 +1,472 @@
+//! One TCP connection on the server's port: TLS, the request-head deadline, the HTTP/1.1
+//! keep-alive loop (each request to the core, its answer rendered back), or the WebSocket
+//! upgrade after the `Host` and `Origin` checks.
+
+use crate::server::Shared;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+
+use async_tungstenite::tungstenite::handshake::server::{
+    create_response, write_response as write_handshake,
+};
+use async_tungstenite::tungstenite::http::{self, HeaderValue};
+use bytes::Bytes;
+use duckwire_core::{
+    close_code, ConnId, ConnectionInfo, Dialect, HttpRequest, HttpResponse, HOST_NOT_ALLOWED,
+    ORIGIN_NOT_ALLOWED,
+};
+use serde_json::json;
+use smol::io::AsyncWriteExt;
+use smol::net::TcpStream;
+
+use crate::tls::Stream;
+
+use crate::compress::{Encoding, COMPRESS_ABOVE};
+use crate::driver::{ConnectionWriter, DriverInput, Outbound, ReadGate, SentCounter};
+use crate::http::{read_body, read_head, write_response, HeadError, RequestHead, Response};
+
+/// Waits until `deadline`, or forever without one.
+async fn until(deadline: Option<std::time::Instant>) {
+    match deadline {
+        Some(at) => {
+            smol::Timer::at(at).await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+pub(crate) async fn handle_connection(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+    // The address the client reached us at: a `Host` naming it is answered (PROTOCOL §4).
+    let local_ip = tcp.local_addr().ok().map(|addr| addr.ip());
+    let mut buffer = Vec::with_capacity(1024);
+    // A new connection must finish its TLS handshake and send its first request head in
+    // time (later heads on a kept-alive connection are bounded by the core's HTTP idle
+    // timeout).
+    let deadline = shared
+        .config
+        .http_head_timeout
+        .map(|timeout| std::time::Instant::now() + timeout);
+    let mut stream = match &shared.tls {
+        None => Stream::Plain(tcp),
+        Some(acceptor) => {
+            let handshake = async { Some(acceptor.accept(tcp).await) };
+            match smol::future::or(handshake, async {
+                until(deadline).await;
+                None
+            })
+            .await
+            {
+                Some(Ok(tls)) => Stream::Tls(Box::new(tls)),
+                Some(Err(e)) => {
+                    // A plain-HTTP client on a TLS port, a wrong certificate, a scanner.
+                    tracing::debug!(%peer, "TLS handshake failed: {e}");
+                    return;
+                }
+                None => {
+                    tracing::debug!(%peer, "TLS handshake timed out");
+                    return;
+                }
+            }
+        }
+    };
+    let head = smol::future::or(read_head(&mut stream, &mut buffer), async {
+        until(deadline).await;
+        Err(HeadError::TimedOut)
+    })
+    .await;
+    let head = match head {
+        Ok(head) => head,
+        Err(HeadError::TimedOut) => {
+            let answer = Response::text(408, "request head timeout");
+            let _ = write_response(&mut stream, &answer, false).await;
+            return;
+        }
+        Err(HeadError::Malformed) => {
+            let _ = write_response(&mut stream, &Response::text(400, "bad request"), false).await;
+            return;
+        }
+        Err(HeadError::Io) => return,
+    };
+    let client = Client { peer, local_ip };
+    if head.is_websocket_upgrade() {
+        upgrade(stream, buffer, client, head, shared).await;
+        return;
+    }
+    serve_http(stream, buffer, client, head, shared).await;
+}
+
+/// Who is on the other end of a connection, and where it reached us.
+#[derive(Clone, Copy)]
+struct Client {
+    peer: SocketAddr,
+    local_ip: Option<std::net::IpAddr>,
+}
+
+/// An HTTP connection: each request goes to the core, its answer comes back through the
+/// connection's queue; kept alive until the client says `Connection: close`, the core closes
+/// it (idle timeout, shutdown) or the peer goes away. Requests are taken one after another,
+/// so pipelined requests are answered in order.
+async fn serve_http(
+    mut stream: Stream,
+    mut buffer: Vec<u8>,
+    client: Client,
+    first: RequestHead,
+    shared: Arc<Shared>,
+) {
+    let peer = client.peer;
+    let conn = ConnId(shared.next_conn.fetch_add(1, Relaxed));
+    let (queue_tx, answers) = async_channel::unbounded::<Outbound>();
+    let (close_tx, closes) = async_channel::bounded::<(u16, String)>(1);
+    let gate = Arc::new(ReadGate::default());
+    let writer = ConnectionWriter {
+        queue: queue_tx,
+        close: close_tx,
+        gate: gate.clone(),
+        sent: SentCounter::new(conn, &shared.sent_reports),
+    };
+    let sent_counter = writer.sent.clone();
+    let info = ConnectionInfo {
+        dialect: Dialect::Http,
+        peer: peer.to_string(),
+        ..ConnectionInfo::default()
+    };
+    if shared
+        .driver
+        .send(DriverInput::Open { conn, info, writer })
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let mut head = first;
+    let mut upgrade_to_websocket = None;
+    loop {
+        let keep_alive = head.keep_alive();
+        let body = match read_body(
+            &mut stream,
+            &head,
+            &mut buffer,
+            shared.config.core.limits.max_frame_bytes,
+        )
+        .await
+        {
+            Ok(body) => body,
+            Err(refusal) => {
+                // The framing is lost: answer and close.
+                let _ = write_response(&mut stream, &refusal, false).await;
+                break;
+            }
+        };
+        let request = HttpRequest {
+            method: head.method.clone(),
+            path: head.path.clone(),
+            bearer_token: head.bearer_token(),
+            url_token: head.query_param("token"),
+            origin: head.header("origin").map(str::to_string),
+            host: head.header("host").map(str::to_string),
+            local_ip: client.local_ip,
+            params: head.query_params(),
+            body,
+        };
+        if shared
+            .driver
+            .send(DriverInput::Http { conn, request })
+            .await
+            .is_err()
+        {
+            break;
+        }
+        let answer = smol::future::or(async { answers.recv().await.ok() }, async {
+            closes
+                .recv()
+                .await
+                .ok()
+                .map(|(code, reason)| Outbound::Close(code, reason))
+        })
+        .await;
+        let (response, sent) = match answer {
+            Some(Outbound::Response(response)) => {
+                let sent = response.len();
+                let rendered = render(response, &head, &shared);
+                (
+                    compressed(rendered, &head, &peer, &shared).await,
+                    Some(sent),
+                )
+            }
+            Some(Outbound::Close(code, reason)) => (closed_by_core(code, &reason), None),
+            Some(Outbound::Frame(_) | Outbound::Ping) | None => break,
+        };
+        let keep_alive = keep_alive && sent.is_some();
+        if write_response(&mut stream, &response, keep_alive)
+            .await
+            .is_err()
+        {
+            break;
+        }
+        if let Some(bytes) = sent {
+            sent_counter.sent(bytes);
+        }
+        if !keep_alive {
+            break;
+        }
+        // The next request, unless the core closes the connection first (idle timeout,
+        // shutdown): while it waits, only the core's idle timer bounds the wait.
+        let next = smol::future::or(
+            async {
+                gate.wait_open().await;
+                Some(read_head(&mut stream, &mut buffer).await)
+            },
+            async {
+                let _ = closes.recv().await;
+                None
+            },
+        )
+        .await;
+        match next {
+            Some(Ok(next)) if next.is_websocket_upgrade() => {
+                upgrade_to_websocket = Some(next);
+                break;
+            }
+            Some(Ok(next)) => head = next,
+            Some(Err(HeadError::Malformed)) => {
+                let refusal = Response::text(400, "bad request");
+                let _ = write_response(&mut stream, &refusal, false).await;
+                break;
+            }
+            Some(Err(HeadError::Io | HeadError::TimedOut)) | None => break,
+        }
+    }
+    let _ = shared.driver.send(DriverInput::Closed { conn }).await;
+    if let Some(head) = upgrade_to_websocket {
+        upgrade(stream, buffer, client, head, shared).await;
+    }
+}
+
+/// Compresses a large answer when `--http-compression` applies to this peer and the request
+/// accepts an encoding we speak. Compression runs on the blocking pool, off the I/O thread.
+async fn compressed(
+    mut response: Response,
+    head: &RequestHead,
+    peer: &SocketAddr,
+    shared: &Shared,
+) -> Response {
+    if response.body.len() <= COMPRESS_ABOVE || !shared.config.http_compression.applies_to(peer) {
+        return response;
+    }
+    let Some(encoding) = head.header("accept-encoding").and_then(Encoding::negotiate) else {
+        return response;
+    };
+    let body = response.body.clone();
+    match smol::unblock(move || encoding.compress(&body)).await {
+        Ok(smaller) => {
+            response.body = Bytes::from(smaller);
+            response
+                .headers
+                .push(("Content-Encoding".into(), encoding.header_value().into()));
+            response
+                .headers
+                .push(("Vary".into(), "Accept-Encoding".into()));
+            response
+        }
+        Err(e) => {
+            tracing::warn!("compressing an answer failed (sent as is): {e}");
+            response
+        }
+    }
+}
+
+enum HandshakeRefusal {
+    /// No or another `Sec-WebSocket-Version` than 13: `426`.
+    Version,
+    Invalid(String),
+}
+
+/// The `101 Switching Protocols` answer for an upgrade request, from tungstenite.
+fn handshake_response(head: &RequestHead) -> Result<http::Response<()>, HandshakeRefusal> {
+    use async_tungstenite::tungstenite::error::{Error, ProtocolError};
+    let target = match &head.query {
+        Some(query) => format!("{}?{query}", head.path),
+        None => head.path.clone(),
+    };
+    let mut request = http::Request::builder()
+        .method(head.method.as_str())
+        .uri(target)
+        .version(if head.version_minor == 0 {
+            http::Version::HTTP_10
+        } else {
+            http::Version::HTTP_11
+        });
+    for (name, value) in &head.headers {
+        request = request.header(name.as_str(), value.as_str());
+    }
+    let request = request
+        .body(())
+        .map_err(|e| HandshakeRefusal::Invalid(e.to_string()))?;
+    create_response(&request).map_err(|e| match e {
+        Error::Protocol(ProtocolError::MissingSecWebSocketVersionHeader) => {
+            HandshakeRefusal::Version
+        }
+        other => HandshakeRefusal::Invalid(other.to_string()),
+    })
+}
+
+/// What a request waiting for its answer gets when the core closes the connection.
+fn closed_by_core(code: u16, reason: &str) -> Response {
+    let status = match code {
+        close_code::MESSAGE_TOO_BIG => 413,
+        close_code::POLICY_VIOLATION => 429,
+        _ => 503,
+    };
+    Response::error(status, reason)
+}
+
+/// The HTTP form of the core's answer: Mosaic's bodies for queries, and the small routes.
+fn render(answer: HttpResponse, head: &RequestHead, shared: &Shared) -> Response {
+    let cors = answer.allows_cors();
+    let mut response = match answer {
+        HttpResponse::Arrow(ipc) => Response {
+            status: 200,
+            content_type: "application/vnd.apache.arrow.stream",
+            body: ipc,
+            headers: Vec::new(),
+        },
+        HttpResponse::Json(rows) => Response {
+            status: 200,
+            content_type: "application/json",
+            body: Bytes::from(rows),
+            headers: Vec::new(),
+        },
+        HttpResponse::Done => Response::json(200, &json!({})),
+        HttpResponse::Health => Response::text(200, "ok"),
+        HttpResponse::Ready if shared.ready.load(Relaxed) => Response::text(200, "ok"),
+        HttpResponse::Ready => Response::text(503, "not ready"),
+        HttpResponse::Version => Response::json(
+            200,
+            &json!({"name": "duckwire", "version": env!("CARGO_PKG_VERSION"), "duckdb": shared.duckdb_version}),
+        ),
+        HttpResponse::Metrics => Response {
+            content_type: crate::metrics::CONTENT_TYPE,
+            ..Response::text(200, &shared.metrics.render())
+        },
+        HttpResponse::Preflight => Response::text(204, ""),
+        HttpResponse::Error { status, message } => Response::error(status, &message),
+    };
+    if cors {
+        response.headers.extend(cors_headers(head));
+    }
+    response
+}
+
+/// `None` when the request carries no `Origin` or an allowed one; else the 403 answer.
+fn origin_refusal(head: &RequestHead, shared: &Shared) -> Option<Response> {
+    let origin = head.header("origin")?;
+    (!shared.config.core.origins.allows(origin)).then(|| Response::error(403, ORIGIN_NOT_ALLOWED))
+}
+
+fn cors_headers(head: &RequestHead) -> Vec<(String, String)> {
+    match head.header("origin") {
+        Some(origin) => vec![
+            ("Access-Control-Allow-Origin".into(), origin.to_string()),
+            ("Vary".into(), "Origin".into()),
+            (
+                "Access-Control-Allow-Headers".into(),
+                "authorization, content-type".into(),
+            ),
+            (
+                "Access-Control-Allow-Methods".into(),
+                "GET, POST, OPTIONS".into(),
+            ),
+        ],
+        None => Vec::new(),
+    }
+}
+
+async fn upgrade(
+    mut stream: Stream,
+    rest: Vec<u8>,
+    client: Client,
+    head: RequestHead,
+    shared: Arc<Shared>,
+) {
+    let peer = client.peer;
+    if !shared
+        .config
+        .core
+        .hosts
+        .allows(head.header("host"), client.local_ip)
+    {
+        tracing::warn!(%peer, host = head.header("host"), "WebSocket upgrade refused: host not allowed");
+        let _ = write_response(&mut stream, &Response::error(403, HOST_NOT_ALLOWED), false).await;
+        return;
+    }
+    if let Some(refusal) = origin_refusal(&head, &shared) {
+        tracing::warn!(%peer, origin = head.header("origin"), "WebSocket upgrade refused: origin not allowed");
+        let _ = write_response(&mut stream, &refusal, false).await;
+        return;
+    }
+    // tungstenite's own handshake: it checks the method, HTTP/1.1, the Connection and
+    // Upgrade headers, Sec-WebSocket-Version 13 and the key, and derives the accept key.
+    let mut response = match handshake_response(&head) {
+        Ok(response) => response,
+        Err(HandshakeRefusal::Version) => {
+            // RFC 6455 §4.2.2: say which version we speak.
+            let mut refusal = Response::text(426, "unsupported Sec-WebSocket-Version (13 needed)");
+            refusal
+                .headers
+                .push(("Sec-WebSocket-Version".into(), "13".into()));
+            let _ = write_response(&mut stream, &refusal, false).await;
+            return;
+        }
+        Err(HandshakeRefusal::Invalid(reason)) => {
+            let refusal = Response::text(400, &format!("invalid WebSocket upgrade: {reason}"));
+            let _ = write_response(&mut stream, &refusal, false).await;
+            return;
+        }
+    };
+    // Clients that offer subprotocols fail unless one is selected; take their first.
+    if let Some(protocol) = head
+        .header("sec-websocket-protocol")
+        .and_then(|p| p.split(',').next())
+        .and_then(|p| HeaderValue::from_str(p.trim()).ok())
+    {
+        response
+            .headers_mut()
+            .insert("Sec-WebSocket-Protocol", protocol);
+    }
+    let mut bytes = Vec::with_capacity(256);
+    if write_handshake(&mut bytes, &response).is_err()
+        || stream.write_all(&bytes).await.is_err()
+        || stream.flush().await.is_err()
+    {
+        return;
+    }
+    let conn = ConnId(shared.next_conn.fetch_add(1, Relaxed));
+    // Every path speaks the SQLRooms protocol except `/mosaic`: Mosaic's socketConnector.
+    let dialect = if head.path == "/mosaic" {
+        Dialect::MosaicSocket
+    } else {
+        Dialect::SqlRooms
+    };
+    let info = ConnectionInfo {
+        dialect,
+        peer: peer.to_string(),
+        bearer_token: head.bearer_token(),
+        url_token: head.query_param("token"),
+        origin: head.header("origin").map(str::to_string),
+        host: head.header("host").map(str::to_string),
+        local_ip: client.local_ip,
+    };
+    tracing::debug!(%peer, conn = conn.0, path = head.path, "WebSocket connection opened");
+    crate::ws::serve(
+        stream,
+        rest,
+        conn,
+        info,
+        shared.config.core.limits.clone(),
+        shared.driver.clone(),
+        &shared.sent_reports,
+    )
+    .await;
+    tracing::debug!(%peer, conn = conn.0, "WebSocket connection closed");
+}
