@@ -10,9 +10,11 @@ pub mod executor;
 mod http;
 pub mod meta;
 pub mod metrics;
+mod room_follower;
 mod server;
 mod startup;
 mod tls;
+mod writer;
 mod ws;
 
 pub use config::ServerConfig;
