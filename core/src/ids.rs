@@ -64,6 +64,11 @@ pub(crate) struct IdGenerator {
 }
 
 impl IdGenerator {
+    /// The id a reply carries: the client's, or one generated for it.
+    pub(crate) fn id_or_new(&mut self, id: Option<QueryId>) -> QueryId {
+        id.unwrap_or_else(|| QueryId::Str(self.next_uuid_v4()))
+    }
+
     pub(crate) fn new(seed: [u8; 16]) -> Self {
         let lo = u64::from_le_bytes(seed[..8].try_into().expect("8 bytes"));
         let hi = u64::from_le_bytes(seed[8..].try_into().expect("8 bytes"));

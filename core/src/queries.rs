@@ -128,10 +128,7 @@ impl Server {
         if self.shutting_down {
             return Err((ProtocolError::ShuttingDown, query_id));
         }
-        let query_id = match query_id {
-            Some(id) => id,
-            None => QueryId::Str(self.ids.next_uuid_v4()),
-        };
+        let query_id = self.ids.id_or_new(query_id);
         let limit = self.config.limits.max_inflight_per_conn;
         let Some(c) = self.conns.get(&conn) else {
             return Err((ProtocolError::Unauthorized, Some(query_id)));
@@ -182,13 +179,13 @@ impl Server {
     ) {
         self.maybe_inject_panic(&sql);
         if sql.trim().is_empty() {
-            let id = query_id.unwrap_or_else(|| QueryId::Str(self.ids.next_uuid_v4()));
+            let id = self.ids.id_or_new(query_id);
             self.send_error(conn, ProtocolError::EmptySql, Some(id), now);
             return;
         }
         let reads_only = self.reads_only_for(conn, None);
         if let (Some(restriction), QueryKind::Exec) = (reads_only, kind) {
-            let id = query_id.unwrap_or_else(|| QueryId::Str(self.ids.next_uuid_v4()));
+            let id = self.ids.id_or_new(query_id);
             let error = restriction.refusal(refused_message(kind.as_str()));
             return self.send_error(conn, error, Some(id), now);
         }
@@ -357,7 +354,7 @@ impl Server {
         now: Millis,
     ) {
         if let Some(error) = self.write_refusal(conn, "uploadArrow") {
-            let id = query_id.unwrap_or_else(|| QueryId::Str(self.ids.next_uuid_v4()));
+            let id = self.ids.id_or_new(query_id);
             return self.send_error(conn, error, Some(id), now);
         }
         match self.admit(conn, query_id, Work::Upload, None) {

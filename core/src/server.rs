@@ -641,20 +641,16 @@ impl Server {
     }
 
     fn dispatch(&mut self, conn: ConnId, message: ClientMessage, now: Millis) {
+        // `exec` and uploads are refused where they start, with every other restriction
+        // (`queries::reads_only_for`); notifies and CRDT changes, which carry no id, here.
         let read_token = self.conns.get(&conn).and_then(|c| c.rights) == Some(Rights::ReadOnly);
-        if read_token && message.writes_by_type() {
+        let starts_work = matches!(
+            message,
+            ClientMessage::Query { .. } | ClientMessage::UploadArrow { .. }
+        );
+        if read_token && message.writes_by_type() && !starts_work {
             let refused = crate::queries::refused_message(message.type_name());
-            let error = ProtocolError::ReadTokenWrite(refused);
-            let query_id = match &message {
-                ClientMessage::Query { .. } | ClientMessage::UploadArrow { .. } => Some(
-                    message
-                        .query_id()
-                        .cloned()
-                        .unwrap_or_else(|| QueryId::Str(self.ids.next_uuid_v4())),
-                ),
-                _ => message.query_id().cloned(),
-            };
-            return self.send_error(conn, error, query_id, now);
+            return self.send_error(conn, ProtocolError::ReadTokenWrite(refused), None, now);
         }
         match message {
             ClientMessage::Auth { .. } => unreachable!("handled before dispatch"),
