@@ -43,31 +43,21 @@ mod tests {
 
     #[test]
     fn duckdb_messages_are_told_apart() {
-        assert_eq!(
-            FailureKind::of("TransactionContext Error: Transaction conflict: cannot update"),
-            FailureKind::Conflict
-        );
-        assert_eq!(
-            FailureKind::of("Conflict on tuple deletion!"),
-            FailureKind::Conflict
-        );
-        assert_eq!(
-            FailureKind::of("write-write conflict on key"),
-            FailureKind::Conflict
-        );
-        assert_eq!(
-            FailureKind::of("INTERRUPT Error: Interrupted!"),
-            FailureKind::Interrupted
-        );
-        assert_eq!(
-            FailureKind::of(
-                "TransactionContext Error: Cannot write to database \"x\" - transaction is launched in read-only mode"
+        for (message, kind) in [
+            (
+                "TransactionContext Error: Transaction conflict: cannot update",
+                FailureKind::Conflict,
             ),
-            FailureKind::WriteInReadOnlyTransaction
-        );
-        assert_eq!(
-            FailureKind::of("Parser Error: syntax error"),
-            FailureKind::Other
-        );
+            ("Conflict on tuple deletion!", FailureKind::Conflict),
+            ("write-write conflict on key", FailureKind::Conflict),
+            ("INTERRUPT Error: Interrupted!", FailureKind::Interrupted),
+            (
+                "TransactionContext Error: Cannot write to database \"x\" - transaction is launched in read-only mode",
+                FailureKind::WriteInReadOnlyTransaction,
+            ),
+            ("Parser Error: syntax error", FailureKind::Other),
+        ] {
+            assert_eq!(FailureKind::of(message), kind, "{message}");
+        }
     }
 }
