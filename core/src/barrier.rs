@@ -20,31 +20,77 @@ use crate::ProtocolError;
 /// before it has finished, and before any query received after it starts.
 #[derive(Debug)]
 pub(crate) struct HeldQuery {
-    pub(crate) query: QueryHandle,
+    query: QueryHandle,
     kind: QueryKind,
     sql: String,
     persist: bool,
     write: bool,
 }
 
-/// An ordered connection's queries, as the write barrier sees them.
+/// An ordered connection's queries, as the write barrier sees them (each connection keeps
+/// one; only this module's methods change it).
 #[derive(Debug, Default)]
 pub(crate) struct InOrder {
     /// Admitted, waiting for the barrier, in request order.
-    pub(crate) held: std::collections::VecDeque<HeldQuery>,
+    held: std::collections::VecDeque<HeldQuery>,
     /// Dispatched and not finished.
-    pub(crate) running: usize,
+    running: usize,
     /// One of the running ones may write.
-    pub(crate) write_running: bool,
+    write_running: bool,
     /// Running ones whose verdict DuckDB has not given yet ([`Gate::ClassifyFirst`]): one
     /// of them may still turn out to be a write that must run before later queries.
-    pub(crate) unclassified: usize,
+    unclassified: usize,
 }
 
 impl InOrder {
     /// Whether a query received now (or the oldest held one) must wait.
     fn must_wait(&self, write: bool) -> bool {
         self.write_running || self.unclassified > 0 || (write && self.running > 0)
+    }
+
+    /// A query received now, held back if it must wait; it comes back when it may start.
+    fn admit(&mut self, held: HeldQuery) -> Option<HeldQuery> {
+        if !self.held.is_empty() || self.must_wait(held.write) {
+            self.held.push_back(held);
+            return None;
+        }
+        Some(held)
+    }
+
+    fn started(&mut self, write: bool, gate: Gate) {
+        self.running += 1;
+        self.write_running |= write;
+        self.unclassified += usize::from(gate == Gate::ClassifyFirst);
+    }
+
+    fn classified(&mut self) {
+        self.unclassified = self.unclassified.saturating_sub(1);
+    }
+
+    /// A running query finished: `write` as it was started, `unclassified` if DuckDB had
+    /// not given its verdict yet.
+    pub(crate) fn finished(&mut self, write: bool, unclassified: bool) {
+        self.running = self.running.saturating_sub(1);
+        if write {
+            self.write_running = false;
+        }
+        if unclassified {
+            self.classified();
+        }
+    }
+
+    /// The oldest held query, taken off the queue if the barrier lets it start.
+    fn next_startable(&mut self) -> Option<HeldQuery> {
+        let next = self.held.front()?;
+        if self.must_wait(next.write) {
+            return None;
+        }
+        self.held.pop_front()
+    }
+
+    /// The held queries, forgotten (the connection is gone).
+    pub(crate) fn drain_held(&mut self) -> impl Iterator<Item = QueryHandle> + '_ {
+        self.held.drain(..).map(|held| held.query)
     }
 }
 
@@ -119,11 +165,9 @@ impl Server {
         let Some(c) = self.conns.get_mut(&conn) else {
             return Ok(());
         };
-        if !c.in_order.held.is_empty() || c.in_order.must_wait(write) {
-            c.in_order.held.push_back(held);
-            return Ok(());
+        if let Some(held) = c.in_order().admit(held) {
+            self.dispatch_in_order(conn, held, now);
         }
-        self.dispatch_in_order(conn, held, now);
         Ok(())
     }
 
@@ -146,9 +190,7 @@ impl Server {
             entry.barrier_retry = Some((held.sql.clone(), held.persist));
         }
         if let Some(c) = self.conns.get_mut(&conn) {
-            c.in_order.running += 1;
-            c.in_order.write_running |= held.write;
-            c.in_order.unclassified += usize::from(gate == Gate::ClassifyFirst);
+            c.in_order().started(held.write, gate);
         }
         self.dispatch_query(
             held.query,
@@ -187,7 +229,7 @@ impl Server {
             self.queries.known_reads.learn(sql);
         }
         if let Some(c) = self.conns.get_mut(&conn) {
-            c.in_order.unclassified = c.in_order.unclassified.saturating_sub(1);
+            c.in_order().classified();
             self.barrier_moved.insert(conn);
         }
     }
@@ -209,11 +251,10 @@ impl Server {
         let Some(c) = self.conns.get_mut(&conn) else {
             return true;
         };
-        c.in_order.running = c.in_order.running.saturating_sub(1);
-        if was_unclassified {
-            c.in_order.unclassified = c.in_order.unclassified.saturating_sub(1);
-        }
-        c.in_order.held.push_front(HeldQuery {
+        let in_order = c.in_order();
+        in_order.finished(false, was_unclassified);
+        // Back to the front of the queue, as a write.
+        in_order.held.push_front(HeldQuery {
             query: handle,
             kind,
             sql,
@@ -226,12 +267,7 @@ impl Server {
 
     /// The oldest held query of `conn`, taken off its queue if the write barrier lets it start.
     fn next_startable(&mut self, conn: ConnId) -> Option<HeldQuery> {
-        let in_order = &mut self.conns.get_mut(&conn)?.in_order;
-        let next = in_order.held.front()?;
-        if in_order.must_wait(next.write) {
-            return None;
-        }
-        in_order.held.pop_front()
+        self.conns.get_mut(&conn)?.in_order().next_startable()
     }
 
     /// Starts the held queries of the connections whose running queries finished, as far as

@@ -8,116 +8,127 @@
 //! A frame already read when the pause takes effect is still accepted, so a connection can
 //! hold at most its budget plus one frame.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::effect::Effect;
 use crate::ids::ConnId;
-use crate::server::Server;
+use crate::limits::Limits;
 
+/// The budget's state, behind the methods below. It counts bytes; whether a connection is
+/// still open is its caller's knowledge, passed in where it matters.
 #[derive(Debug, Default)]
 pub(crate) struct Budget {
+    per_conn_cap: Option<usize>,
+    total_cap: Option<usize>,
+    /// Bytes held by unfinished work, per connection (only non-zero entries).
+    held: BTreeMap<ConnId, usize>,
     /// Bytes held by unfinished work, over all connections.
-    pub(crate) total: usize,
-    /// Size of the input being handled; the work it starts (if any) takes it.
-    pub(crate) arriving: usize,
-    /// Connections whose holdings changed since the gates were last decided.
+    total: usize,
+    /// Size of the frame or request body being handled (it becomes held if its work starts).
+    arriving: usize,
+    /// Connections whose count changed since the read gates were last applied.
     changed: BTreeSet<ConnId>,
+    /// Connections told `PauseReading` and not resumed yet.
     paused: BTreeSet<ConnId>,
     total_was_over: bool,
 }
 
-impl Server {
-    /// The bytes of the input being handled, for the work it starts to hold.
-    pub(crate) fn take_arriving_bytes(&mut self, conn: ConnId) -> usize {
-        let bytes = std::mem::take(&mut self.budget.arriving);
-        if let Some(c) = self.conns.get_mut(&conn) {
-            c.inbound_bytes += bytes;
-            self.budget.total += bytes;
-            self.budget.changed.insert(conn);
+impl Budget {
+    pub(crate) fn new(limits: &Limits) -> Budget {
+        Budget {
+            per_conn_cap: limits.max_inbound_bytes_per_conn,
+            total_cap: limits.max_inbound_bytes,
+            ..Budget::default()
         }
+    }
+
+    /// A frame or request body of `bytes` is being handled.
+    pub(crate) fn arriving(&mut self, bytes: usize) {
+        self.arriving = bytes;
+    }
+
+    /// The arriving bytes become held by work `conn` started; how many.
+    pub(crate) fn hold_arriving(&mut self, conn: ConnId) -> usize {
+        let bytes = std::mem::take(&mut self.arriving);
+        *self.held.entry(conn).or_default() += bytes;
+        self.total += bytes;
+        self.changed.insert(conn);
         bytes
     }
 
-    /// Work of `conn` holding `bytes` finished (or its connection went away).
-    pub(crate) fn release_inbound(&mut self, conn: ConnId, bytes: usize) {
+    /// Work of `conn` holding `bytes` finished (or was dropped).
+    pub(crate) fn release(&mut self, conn: ConnId, bytes: usize) {
         if bytes == 0 {
             return;
         }
-        self.budget.total = self.budget.total.saturating_sub(bytes);
-        if let Some(c) = self.conns.get_mut(&conn) {
-            c.inbound_bytes = c.inbound_bytes.saturating_sub(bytes);
-            self.budget.changed.insert(conn);
+        self.total = self.total.saturating_sub(bytes);
+        if let Some(held) = self.held.get_mut(&conn) {
+            *held = held.saturating_sub(bytes);
+            if *held == 0 {
+                self.held.remove(&conn);
+            }
+            self.changed.insert(conn);
         }
     }
 
     fn total_over(&self) -> bool {
-        self.config
-            .limits
-            .max_inbound_bytes
-            .is_some_and(|cap| self.budget.total >= cap)
+        self.total_cap.is_some_and(|cap| self.total >= cap)
     }
 
     fn should_pause(&self, conn: ConnId, total_over: bool) -> bool {
-        let Some(c) = self.conns.get(&conn) else {
-            return false;
-        };
-        let conn_over = self
-            .config
-            .limits
-            .max_inbound_bytes_per_conn
-            .is_some_and(|cap| c.inbound_bytes >= cap);
-        c.open && (conn_over || (total_over && c.inbound_bytes > 0))
+        let held = self.held_by(conn);
+        let conn_over = self.per_conn_cap.is_some_and(|cap| held >= cap);
+        conn_over || (total_over && held > 0)
     }
 
-    /// After every input: pause or resume the connections whose standing changed.
-    pub(crate) fn apply_read_gates(&mut self) {
-        self.budget.arriving = 0;
+    /// After every input: pauses reading where a budget is spent and resumes it where it is
+    /// not any more (`is_open` tells which connections may still be read).
+    pub(crate) fn apply_read_gates(
+        &mut self,
+        is_open: impl Fn(ConnId) -> bool,
+        effects: &mut impl Extend<Effect>,
+    ) {
+        self.arriving = 0;
         let total_over = self.total_over();
-        let mut candidates = std::mem::take(&mut self.budget.changed);
-        if total_over != self.budget.total_was_over {
-            // The total crossed its cap: every connection holding bytes may change.
-            self.budget.total_was_over = total_over;
-            candidates.extend(
-                self.conns
-                    .iter()
-                    .filter(|(_, c)| c.inbound_bytes > 0)
-                    .map(|(id, _)| *id),
-            );
-            candidates.extend(self.budget.paused.iter().copied());
+        let mut candidates = std::mem::take(&mut self.changed);
+        if total_over != self.total_was_over {
+            self.total_was_over = total_over;
+            candidates.extend(self.held.keys().copied());
+            candidates.extend(self.paused.iter().copied());
         }
         for conn in candidates {
-            let pause = self.should_pause(conn, total_over);
-            let paused = self.budget.paused.contains(&conn);
+            let open = is_open(conn);
+            let pause = open && self.should_pause(conn, total_over);
+            let paused = self.paused.contains(&conn);
             if pause && !paused {
-                self.budget.paused.insert(conn);
-                self.push(Effect::PauseReading { conn });
+                self.paused.insert(conn);
+                effects.extend([Effect::PauseReading { conn }]);
             } else if !pause && paused {
-                self.budget.paused.remove(&conn);
-                if self.conns.get(&conn).is_some_and(|c| c.open) {
-                    self.push(Effect::ResumeReading { conn });
+                self.paused.remove(&conn);
+                if open {
+                    effects.extend([Effect::ResumeReading { conn }]);
                 }
             }
         }
     }
 
-    /// A connection is gone: nothing is paused for it any more.
-    pub(crate) fn forget_read_gate(&mut self, conn: ConnId) {
-        self.budget.paused.remove(&conn);
-        self.budget.changed.remove(&conn);
+    /// The connection is gone. Its work still running keeps its bytes in the total until it
+    /// finishes (`release`).
+    pub(crate) fn forget(&mut self, conn: ConnId) {
+        self.paused.remove(&conn);
+        self.changed.remove(&conn);
+        self.held.remove(&conn);
     }
 
-    /// Bytes held by unfinished work of `conn` (for metrics and tests).
-    pub fn inbound_bytes(&self, conn: ConnId) -> usize {
-        self.conns.get(&conn).map_or(0, |c| c.inbound_bytes)
+    pub(crate) fn held_by(&self, conn: ConnId) -> usize {
+        self.held.get(&conn).copied().unwrap_or(0)
     }
 
-    /// Bytes held by unfinished work of every connection.
-    pub fn inbound_bytes_total(&self) -> usize {
-        self.budget.total
+    pub(crate) fn total(&self) -> usize {
+        self.total
     }
 
-    /// Whether the driver was told to stop reading `conn`.
-    pub fn is_reading_paused(&self, conn: ConnId) -> bool {
-        self.budget.paused.contains(&conn)
+    pub(crate) fn is_paused(&self, conn: ConnId) -> bool {
+        self.paused.contains(&conn)
     }
 }

@@ -1,8 +1,9 @@
 //! One connection as the core keeps it, and what the transport tells about it when it opens.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::auth::Rights;
+use crate::barrier::InOrder;
 use crate::http::{Dialect, HttpResponse, Slot};
 use crate::ids::{Millis, QueryHandle, QueryId};
 
@@ -26,41 +27,188 @@ pub struct ConnectionInfo {
     pub local_ip: Option<core::net::IpAddr>,
 }
 
+/// One connection's own state, behind the methods below: nothing outside this module reads
+/// or writes its fields.
 #[derive(Debug)]
 pub(crate) struct Conn {
-    /// What the connection may do; `None` until it authenticates.
-    pub(crate) rights: Option<Rights>,
-    pub(crate) auth_strikes: u8,
-    /// False once the core has emitted `Close`: nothing more is sent or acted on.
-    pub(crate) open: bool,
-    pub(crate) inflight: BTreeMap<QueryId, QueryHandle>,
-    /// The room joined (or being joined).
+    /// `None` until authenticated (or when auth is off, from the start).
+    rights: Option<Rights>,
+    auth_strikes: u8,
+    /// False once closing: nothing more is sent.
+    open: bool,
+    /// Queries and uploads in flight, by the id their replies carry.
+    inflight: BTreeMap<QueryId, QueryHandle>,
+    /// The CRDT room this connection joined.
+    room: Option<String>,
+    /// Bytes queued on the writer and not yet reported sent.
+    outbound_bytes: usize,
+    dialect: Dialect,
+    /// Ordered connections: answers by slot, sent in slot order once filled.
+    answers: BTreeMap<Slot, Option<HttpResponse>>,
+    next_slot: Slot,
+    /// Last time anything (a frame, a pong) arrived.
+    last_heard: Millis,
+    /// Ordered connections: the write barrier's view of their queries.
+    in_order: InOrder,
+}
+
+/// What a connection held when it was released.
+pub(crate) struct Released {
+    pub(crate) inflight: Vec<QueryHandle>,
+    /// Admitted but held back by the write barrier: never handed to the executor.
+    pub(crate) held: BTreeSet<QueryHandle>,
     pub(crate) room: Option<String>,
-    /// Bytes handed to the writer and not yet reported written.
-    pub(crate) outbound_bytes: usize,
-    pub(crate) dialect: Dialect,
-    /// Ordered dialects: answers by request slot, `None` while the request is running;
-    /// they leave from the front, in request order.
-    pub(crate) answers: BTreeMap<Slot, Option<HttpResponse>>,
-    pub(crate) next_slot: Slot,
-    /// Inbound bytes held by this connection's unfinished work (see `budget`).
-    pub(crate) inbound_bytes: usize,
-    /// When the peer was last heard from (a frame or a pong).
-    pub(crate) last_heard: Millis,
-    /// Ordered dialects: the write barrier (see `queries::HeldQuery`).
-    pub(crate) in_order: crate::barrier::InOrder,
 }
 
 impl Conn {
+    pub(crate) fn new(dialect: Dialect, rights: Option<Rights>, now: Millis) -> Conn {
+        Conn {
+            rights,
+            auth_strikes: 0,
+            open: true,
+            inflight: BTreeMap::new(),
+            room: None,
+            outbound_bytes: 0,
+            dialect,
+            answers: BTreeMap::new(),
+            next_slot: 0,
+            last_heard: now,
+            in_order: InOrder::default(),
+        }
+    }
+
+    pub(crate) fn is_open(&self) -> bool {
+        self.open
+    }
+
+    pub(crate) fn dialect(&self) -> Dialect {
+        self.dialect
+    }
+
+    pub(crate) fn rights(&self) -> Option<Rights> {
+        self.rights
+    }
+
     pub(crate) fn authenticated(&self) -> bool {
         self.rights.is_some()
     }
 
-    /// Ordered dialects: the slot the next request's answer takes, held until it is filled.
+    /// Grants `rights` (a second `auth` may change them); whether it was authenticated before.
+    pub(crate) fn grant(&mut self, rights: Rights) -> bool {
+        self.rights.replace(rights).is_some()
+    }
+
+    /// Counts a wrong token; the strikes so far.
+    pub(crate) fn strike(&mut self) -> u8 {
+        self.auth_strikes = self.auth_strikes.saturating_add(1);
+        self.auth_strikes
+    }
+
+    pub(crate) fn heard(&mut self, now: Millis) {
+        self.last_heard = now;
+    }
+
+    pub(crate) fn last_heard(&self) -> Millis {
+        self.last_heard
+    }
+
+    // ----- queries in flight ----------------------------------------------------------------
+
+    pub(crate) fn inflight_count(&self) -> usize {
+        self.inflight.len()
+    }
+
+    pub(crate) fn is_running(&self, query_id: &QueryId) -> bool {
+        self.inflight.contains_key(query_id)
+    }
+
+    pub(crate) fn query_handle(&self, query_id: &QueryId) -> Option<QueryHandle> {
+        self.inflight.get(query_id).copied()
+    }
+
+    pub(crate) fn track(&mut self, query_id: QueryId, handle: QueryHandle) {
+        self.inflight.insert(query_id, handle);
+    }
+
+    pub(crate) fn untrack(&mut self, query_id: &QueryId) {
+        self.inflight.remove(query_id);
+    }
+
+    // ----- room -----------------------------------------------------------------------------
+
+    pub(crate) fn room(&self) -> Option<&str> {
+        self.room.as_deref()
+    }
+
+    /// Joins `room` (or leaves with `None`); the room it was in.
+    pub(crate) fn set_room(&mut self, room: Option<String>) -> Option<String> {
+        std::mem::replace(&mut self.room, room)
+    }
+
+    // ----- outbound accounting (PROTOCOL §7) ------------------------------------------------
+
+    /// Counts `bytes` about to be queued; `false` (nothing counted) when the total would pass
+    /// `limit`.
+    pub(crate) fn queue_outbound(&mut self, bytes: usize, limit: Option<usize>) -> bool {
+        let queued = self.outbound_bytes.saturating_add(bytes);
+        if limit.is_some_and(|limit| queued > limit) {
+            return false;
+        }
+        self.outbound_bytes = queued;
+        true
+    }
+
+    pub(crate) fn sent(&mut self, bytes: usize) {
+        self.outbound_bytes = self.outbound_bytes.saturating_sub(bytes);
+    }
+
+    // ----- ordered answers ------------------------------------------------------------------
+
     pub(crate) fn reserve_answer_slot(&mut self) -> Slot {
         let slot = self.next_slot;
         self.next_slot += 1;
         self.answers.insert(slot, None);
         slot
+    }
+
+    pub(crate) fn fill_answer(&mut self, slot: Slot, response: HttpResponse) {
+        if let Some(entry) = self.answers.get_mut(&slot) {
+            *entry = Some(response);
+        }
+    }
+
+    /// The oldest answer, if it is filled: its turn has come.
+    pub(crate) fn next_answer(&mut self) -> Option<HttpResponse> {
+        let mut first = self.answers.first_entry()?;
+        let response = first.get_mut().take()?;
+        first.remove();
+        Some(response)
+    }
+
+    /// Open, nothing asked that is unanswered, nothing running.
+    pub(crate) fn is_idle(&self) -> bool {
+        self.open && self.answers.is_empty() && self.inflight.is_empty()
+    }
+
+    pub(crate) fn in_order(&mut self) -> &mut InOrder {
+        &mut self.in_order
+    }
+
+    // ----- the end --------------------------------------------------------------------------
+
+    /// Stops sending; `false` if it was closing already.
+    pub(crate) fn mark_closing(&mut self) -> bool {
+        std::mem::replace(&mut self.open, false)
+    }
+
+    /// Closes it and hands over what it held (empty the second time).
+    pub(crate) fn release(&mut self) -> Released {
+        self.open = false;
+        self.answers.clear();
+        Released {
+            inflight: std::mem::take(&mut self.inflight).into_values().collect(),
+            held: self.in_order.drain_held().collect(),
+            room: self.room.take(),
+        }
     }
 }

@@ -9,6 +9,7 @@
 
 use bytes::Bytes;
 
+use crate::conn::Conn;
 use crate::auth::Rights;
 use crate::codec::{decode_client_frame, ClientMessage, Frame, QueryKind};
 use crate::effect::{Effect, QueryOutcome};
@@ -166,11 +167,11 @@ impl Server {
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
         };
-        if !c.open || c.dialect != Dialect::Http {
+        if !c.is_open() || c.dialect() != Dialect::Http {
             return;
         }
         let slot = c.reserve_answer_slot();
-        self.budget.arriving = request.body.len();
+        self.budget.arriving(request.body.len());
         self.timers.cancel(&TimerKey::HttpIdle(conn));
         if let Some(response) = self.route(conn, slot, request, now) {
             self.answer(conn, slot, response, now);
@@ -311,21 +312,15 @@ impl Server {
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
         };
-        if let Some(entry) = c.answers.get_mut(&slot) {
-            *entry = Some(response);
-        }
+        c.fill_answer(slot, response);
         loop {
             let Some(c) = self.conns.get_mut(&conn) else {
                 return;
             };
-            let Some(mut first) = c.answers.first_entry() else {
+            let Some(response) = c.next_answer() else {
                 break;
             };
-            let Some(response) = first.get_mut().take() else {
-                break;
-            };
-            first.remove();
-            if c.dialect == Dialect::MosaicSocket {
+            if c.dialect() == Dialect::MosaicSocket {
                 self.send_frame(conn, response.into_mosaic_frame(), now);
                 continue;
             }
@@ -337,7 +332,7 @@ impl Server {
         if self
             .conns
             .get(&conn)
-            .is_some_and(|c| c.dialect == Dialect::Http)
+            .is_some_and(|c| c.dialect() == Dialect::Http)
         {
             self.arm_http_idle(conn, now);
         }
@@ -361,8 +356,6 @@ impl Server {
 
     /// Open, nothing asked that is unanswered, nothing running.
     fn is_http_idle(&self, conn: ConnId) -> bool {
-        self.conns
-            .get(&conn)
-            .is_some_and(|c| c.open && c.answers.is_empty() && c.inflight.is_empty())
+        self.conns.get(&conn).is_some_and(Conn::is_idle)
     }
 }

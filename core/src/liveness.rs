@@ -1,6 +1,7 @@
 //! The core's own timers: what happens when one is due (pings and silent peers, the
 //! authentication deadline, room saves and eviction, HTTP idleness, query timeouts).
 
+use crate::conn::Conn;
 use crate::effect::Effect;
 use crate::ids::{ConnId, Millis};
 use crate::server::{close_code, Server};
@@ -25,7 +26,7 @@ impl Server {
     fn ping_due(&mut self, conn: ConnId, now: Millis) {
         let (Some(every), true) = (
             self.config.ping_interval_ms,
-            self.conns.get(&conn).is_some_and(|c| c.open),
+            self.conns.get(&conn).is_some_and(Conn::is_open),
         ) else {
             return;
         };
@@ -39,13 +40,13 @@ impl Server {
         let Some(silence) = self.config.idle_timeout_ms else {
             return;
         };
-        let Some(c) = self.conns.get(&conn).filter(|c| c.open) else {
+        let Some(c) = self.conns.get(&conn).filter(|c| c.is_open()) else {
             return;
         };
         let heard = if self.is_reading_paused(conn) {
             now
         } else {
-            c.last_heard
+            c.last_heard()
         };
         let deadline = heard.plus(silence);
         if deadline <= now {
@@ -61,7 +62,7 @@ impl Server {
         if self
             .conns
             .get(&conn)
-            .is_some_and(|c| c.open && !c.authenticated())
+            .is_some_and(|c| c.is_open() && !c.authenticated())
         {
             self.close(
                 conn,

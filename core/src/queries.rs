@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use bytes::Bytes;
 
+use crate::conn::Conn;
 use crate::auth::Rights;
 use crate::barrier::KnownReads;
 use crate::codec::{encode_arrow_frame_header, Frame, JsonReplyHeader, QueryKind, ServerMessage};
@@ -133,13 +134,13 @@ impl Server {
         let Some(c) = self.conns.get(&conn) else {
             return Err((ProtocolError::Unauthorized, Some(query_id)));
         };
-        if c.inflight.contains_key(&query_id) {
+        if c.is_running(&query_id) {
             return Err((ProtocolError::DuplicateQueryId, Some(query_id)));
         }
-        if let Err(e) = check_cap("max_inflight_per_conn", limit, c.inflight.len() + 1) {
+        if let Err(e) = check_cap("max_inflight_per_conn", limit, c.inflight_count() + 1) {
             return Err((e, Some(query_id)));
         }
-        let inbound = self.take_arriving_bytes(conn);
+        let inbound = self.budget.hold_arriving(conn);
         let handle = self.queries.insert(InFlight {
             conn,
             query_id: query_id.clone(),
@@ -155,7 +156,7 @@ impl Server {
             barrier_retry: None,
         });
         if let Some(c) = self.conns.get_mut(&conn) {
-            c.inflight.insert(query_id.clone(), handle);
+            c.track(query_id.clone(), handle);
         }
         Ok((handle, query_id))
     }
@@ -214,7 +215,7 @@ impl Server {
         if self.config.read_only {
             return Some(ReadsOnly::Server);
         }
-        let rights = self.conns.get(&conn).and_then(|c| c.rights);
+        let rights = self.conns.get(&conn).and_then(Conn::rights);
         if rights == Some(Rights::ReadOnly) {
             return Some(ReadsOnly::ReadToken);
         }
@@ -373,7 +374,7 @@ impl Server {
         let handle = self
             .conns
             .get(&conn)
-            .and_then(|c| c.inflight.get(&query_id).copied());
+            .and_then(|c| c.query_handle(&query_id));
         if let Some(waiter) = handle.filter(|h| self.flights.is_waiting(*h)) {
             // Waiting for an identical query: nothing runs, so it ends now.
             self.flights.leave(waiter);
@@ -414,19 +415,13 @@ impl Server {
     pub(crate) fn finish(&mut self, handle: QueryHandle) -> Option<InFlight> {
         let entry = self.queries.remove(handle)?;
         if let Some(c) = self.conns.get_mut(&entry.conn) {
-            c.inflight.remove(&entry.query_id);
+            c.untrack(&entry.query_id);
             if let Some(write) = entry.in_order_write {
-                c.in_order.running = c.in_order.running.saturating_sub(1);
-                if write {
-                    c.in_order.write_running = false;
-                }
-                if entry.unclassified {
-                    c.in_order.unclassified = c.in_order.unclassified.saturating_sub(1);
-                }
+                c.in_order().finished(write, entry.unclassified);
                 self.barrier_moved.insert(entry.conn);
             }
         }
-        self.release_inbound(entry.conn, entry.inbound);
+        self.budget.release(entry.conn, entry.inbound);
         self.timers.cancel(&TimerKey::QueryTimeout(handle));
         Some(entry)
     }

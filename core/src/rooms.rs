@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use bytes::Bytes;
 use loro::{ExportMode, LoroDoc};
 
+use crate::conn::Conn;
 use crate::codec::{Frame, ServerMessage};
 use crate::effect::Effect;
 use crate::ids::{ConnId, Millis};
@@ -156,12 +157,12 @@ impl Server {
             self.send_error(conn, ProtocolError::SyncDisabled, None, now);
             return;
         }
-        let previous = self.conns.get(&conn).and_then(|c| c.room.clone());
+        let previous = self.conns.get(&conn).and_then(|c| c.room().map(str::to_string));
         if let Some(previous) = previous.filter(|p| *p != room_id) {
             self.leave_room(conn, &previous, now);
         }
         if let Some(c) = self.conns.get_mut(&conn) {
-            c.room = Some(room_id.clone());
+            c.set_room(Some(room_id.clone()));
         }
         if !self.rooms.rooms.contains_key(&room_id) {
             let doc = self.new_doc();
@@ -255,7 +256,7 @@ impl Server {
             let room = self.rooms.rooms.remove(room_id).expect("present");
             for conn in room.joining {
                 if let Some(c) = self.conns.get_mut(&conn) {
-                    c.room = None;
+                    c.set_room(None);
                 }
                 let error = ProtocolError::RoomLoadFailed(message.clone());
                 self.send_error(conn, error, None, now);
@@ -294,7 +295,7 @@ impl Server {
         let room_id = self
             .conns
             .get(&conn)
-            .and_then(|c| c.room.clone())
+            .and_then(|c| c.room().map(str::to_string))
             .ok_or(ProtocolError::NotJoined)?;
         match self.rooms.rooms.get(&room_id) {
             Some(room) if room.loaded => Ok(room_id),
@@ -355,7 +356,7 @@ impl Server {
         if !self.rooms.rooms.contains_key(room_id) {
             return;
         }
-        let held = self.take_arriving_bytes(conn);
+        let held = self.budget.hold_arriving(conn);
         let room = self.rooms.rooms.get_mut(room_id).expect("checked above");
         room.log_seq += 1;
         let seq = room.log_seq;
@@ -380,7 +381,7 @@ impl Server {
         let split = room.pending_acks.partition_point(|(s, _, _, _)| *s <= seq);
         let settled: Vec<_> = room.pending_acks.drain(..split).collect();
         for (_, conn, ack, held) in settled {
-            self.release_inbound(conn, held);
+            self.budget.release(conn, held);
             match &result {
                 Ok(()) => self.send(conn, ack, now),
                 Err(e) => {
@@ -403,7 +404,7 @@ impl Server {
         if !self.config.allow_client_snapshots {
             return self.send_error(conn, ProtocolError::ClientSnapshotsDisabled, None, now);
         }
-        match self.conns.get(&conn).and_then(|c| c.room.as_deref()) {
+        match self.conns.get(&conn).and_then(Conn::room) {
             None => return self.send_error(conn, ProtocolError::NotJoined, None, now),
             Some(joined) if joined != room_id => {
                 return self.send_error(conn, ProtocolError::WrongRoom, None, now)
@@ -633,7 +634,7 @@ impl Server {
             // Appends still in flight (their senders left the room): their bytes are no
             // longer held by anything.
             for (_, conn, _, held) in room.pending_acks {
-                self.release_inbound(conn, held);
+                self.budget.release(conn, held);
             }
             self.push(Effect::RoomUnloaded {
                 room_id: room_id.to_string(),

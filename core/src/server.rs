@@ -13,7 +13,7 @@ use crate::budget::Budget;
 use crate::channels::Channels;
 use crate::codec::{decode_client_frame, ClientMessage, Frame, ServerMessage};
 pub use crate::config::{Config, DEFAULT_HTTP_IDLE_TIMEOUT_MS};
-pub(crate) use crate::conn::Conn;
+pub(crate) use crate::conn::{Conn, Released};
 pub use crate::conn::ConnectionInfo;
 use crate::effect::{Effect, QueryOutcome};
 use crate::flights::Flights;
@@ -66,7 +66,6 @@ impl Server {
     /// `seed` is the only entropy the core uses (generated query ids, Loro peer ids).
     pub fn new(config: Config, seed: [u8; 16]) -> Self {
         Server {
-            config,
             conns: BTreeMap::new(),
             queries: Queries::default(),
             channels: Channels::default(),
@@ -75,12 +74,13 @@ impl Server {
             timers: Timers::default(),
             flights: Flights::default(),
             barrier_moved: BTreeSet::new(),
-            budget: Budget::default(),
+            budget: Budget::new(&config.limits),
             effects: VecDeque::new(),
             poisoned: false,
             shutting_down: false,
             #[cfg(test)]
             panic_on_next_input: false,
+            config,
         }
     }
 
@@ -96,12 +96,12 @@ impl Server {
 
     /// Open connections (closing ones excluded).
     pub fn connection_count(&self) -> usize {
-        self.conns.values().filter(|c| c.open).count()
+        self.conns.values().filter(|c| c.is_open()).count()
     }
 
     /// Queries and uploads in flight for `conn`.
     pub fn inflight_count(&self, conn: ConnId) -> usize {
-        self.conns.get(&conn).map_or(0, |c| c.inflight.len())
+        self.conns.get(&conn).map_or(0, Conn::inflight_count)
     }
 
     /// Whether `conn` is authenticated (false for unknown connections).
@@ -125,7 +125,9 @@ impl Server {
             panic!("test-injected panic inside a handler");
         }
         let result = handler(self);
-        self.apply_read_gates();
+        let conns = &self.conns;
+        let is_open = |conn| conns.get(&conn).is_some_and(Conn::is_open);
+        self.budget.apply_read_gates(is_open, &mut self.effects);
         self.poisoned = false;
         Ok(result)
     }
@@ -265,7 +267,7 @@ impl Server {
     pub fn handle_pong(&mut self, conn: ConnId, now: Millis) -> Result<(), ServerError> {
         self.guarded(|server| {
             if let Some(c) = server.conns.get_mut(&conn) {
-                c.last_heard = now;
+                c.heard(now);
             }
         })
     }
@@ -326,7 +328,7 @@ impl Server {
     pub fn handle_sent(&mut self, conn: ConnId, bytes: usize) -> Result<(), ServerError> {
         self.guarded(|server| {
             if let Some(c) = server.conns.get_mut(&conn) {
-                c.outbound_bytes = c.outbound_bytes.saturating_sub(bytes);
+                c.sent(bytes);
             }
         })
     }
@@ -335,7 +337,7 @@ impl Server {
     pub fn handle_closed(&mut self, conn: ConnId, now: Millis) -> Result<(), ServerError> {
         self.guarded(|server| {
             server.release_connection(conn, now);
-            server.forget_read_gate(conn);
+            server.budget.forget(conn);
             server.conns.remove(&conn);
         })
     }
@@ -348,7 +350,7 @@ impl Server {
             let open: Vec<ConnId> = server
                 .conns
                 .iter()
-                .filter(|(_, c)| c.open)
+                .filter(|(_, c)| c.is_open())
                 .map(|(id, _)| *id)
                 .collect();
             for conn in open {
@@ -356,6 +358,21 @@ impl Server {
             }
             server.persist_all_dirty_rooms();
         })
+    }
+
+    /// Bytes `conn` sent whose work is not finished (PROTOCOL §7).
+    pub fn inbound_bytes(&self, conn: ConnId) -> usize {
+        self.budget.held_by(conn)
+    }
+
+    /// Bytes all connections sent whose work is not finished.
+    pub fn inbound_bytes_total(&self) -> usize {
+        self.budget.total()
+    }
+
+    /// Whether the core told the driver to stop reading `conn`.
+    pub fn is_reading_paused(&self, conn: ConnId) -> bool {
+        self.budget.is_paused(conn)
     }
 
     // ----- shared helpers ------------------------------------------------------------------
@@ -379,26 +396,20 @@ impl Server {
     /// when they would pass `max_outbound_bytes_per_conn`, or it is not open.
     pub(crate) fn account_outbound(&mut self, conn: ConnId, bytes: usize, now: Millis) -> bool {
         let limit = self.config.limits.max_outbound_bytes_per_conn;
-        let Some(c) = self.conns.get_mut(&conn) else {
+        let Some(c) = self.conns.get_mut(&conn).filter(|c| c.is_open()) else {
             return false;
         };
-        if !c.open {
-            return false;
+        if c.queue_outbound(bytes, limit) {
+            return true;
         }
-        let queued = c.outbound_bytes.saturating_add(bytes);
         if let Some(limit) = limit {
-            if queued > limit {
-                let reason = ProtocolError::CapExceeded {
-                    cap: "max_outbound_bytes_per_conn",
-                    limit,
-                }
-                .to_string();
-                self.close(conn, close_code::POLICY_VIOLATION, &reason, now);
-                return false;
-            }
+            let reason = ProtocolError::CapExceeded {
+                cap: "max_outbound_bytes_per_conn",
+                limit,
+            };
+            self.close(conn, close_code::POLICY_VIOLATION, &reason.to_string(), now);
         }
-        c.outbound_bytes = queued;
-        true
+        false
     }
 
     pub(crate) fn send_error(
@@ -418,13 +429,9 @@ impl Server {
     /// Closes a connection from our side: interrupts its queries, leaves its room and
     /// channels, and sends nothing more to it.
     pub(crate) fn close(&mut self, conn: ConnId, code: u16, reason: &str, now: Millis) {
-        let Some(c) = self.conns.get_mut(&conn) else {
-            return;
-        };
-        if !c.open {
+        if !self.conns.get_mut(&conn).is_some_and(Conn::mark_closing) {
             return;
         }
-        c.open = false;
         self.push(Effect::Close {
             conn,
             code,
@@ -438,16 +445,15 @@ impl Server {
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
         };
-        c.open = false;
         let awaited_auth = !c.authenticated() && self.config.auth_token.is_some();
-        let inflight = std::mem::take(&mut c.inflight);
-        let room = c.room.take();
-        c.answers.clear();
-        // Held back by the write barrier: never handed to the executor.
-        let held: BTreeSet<QueryHandle> = c.in_order.held.drain(..).map(|h| h.query).collect();
-        for handle in inflight.into_values() {
+        let Released {
+            inflight,
+            held,
+            room,
+        } = c.release();
+        for handle in inflight {
             if let Some(entry) = self.queries.remove(handle) {
-                self.release_inbound(conn, entry.inbound);
+                self.budget.release(conn, entry.inbound);
             }
             if held.contains(&handle) {
                 continue;
@@ -484,7 +490,7 @@ impl Server {
         let open_now = self
             .conns
             .values()
-            .filter(|c| c.open && c.dialect == dialect)
+            .filter(|c| c.is_open() && c.dialect() == dialect)
             .count();
         let rights = if dialect == Dialect::Http {
             // Every HTTP request brings its own credentials.
@@ -495,23 +501,7 @@ impl Server {
                 .rights_of(given.into_iter().flatten().map(String::as_str))
         };
         let authenticated = rights.is_some();
-        self.conns.insert(
-            conn,
-            Conn {
-                rights,
-                auth_strikes: 0,
-                open: true,
-                inflight: BTreeMap::new(),
-                room: None,
-                outbound_bytes: 0,
-                dialect,
-                answers: BTreeMap::new(),
-                next_slot: 0,
-                inbound_bytes: 0,
-                last_heard: now,
-                in_order: Default::default(),
-            },
-        );
+        self.conns.insert(conn, Conn::new(dialect, rights, now));
         if self.shutting_down {
             self.close(conn, close_code::GOING_AWAY, "server shutting down", now);
             return;
@@ -562,15 +552,15 @@ impl Server {
     }
 
     fn frame(&mut self, conn: ConnId, frame: Frame, now: Millis) {
-        self.budget.arriving = frame.len();
+        self.budget.arriving(frame.len());
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
         };
-        c.last_heard = now;
-        if !c.open {
+        c.heard(now);
+        if !c.is_open() {
             return;
         }
-        let (dialect, authenticated) = (c.dialect, c.authenticated());
+        let (dialect, authenticated) = (c.dialect(), c.authenticated());
         if dialect == Dialect::Http {
             return;
         }
@@ -620,15 +610,14 @@ impl Server {
         };
         if let Some(rights) = rights {
             // A second `auth` may change the rights (a read token, then the full one).
-            let was_authenticated = c.rights.replace(rights).is_some();
+            let was_authenticated = c.grant(rights);
             if !was_authenticated && self.config.auth_token.is_some() {
                 self.timers.cancel(&TimerKey::AuthDeadline(conn));
             }
             self.send(conn, ServerMessage::AuthAck, now);
             return;
         }
-        c.auth_strikes = c.auth_strikes.saturating_add(1);
-        let strikes = c.auth_strikes;
+        let strikes = c.strike();
         self.send_error(conn, ProtocolError::Unauthorized, None, now);
         if strikes >= MAX_AUTH_STRIKES {
             self.close(
@@ -643,7 +632,7 @@ impl Server {
     fn dispatch(&mut self, conn: ConnId, message: ClientMessage, now: Millis) {
         // `exec` and uploads are refused where they start, with every other restriction
         // (`queries::reads_only_for`); notifies and CRDT changes, which carry no id, here.
-        let read_token = self.conns.get(&conn).and_then(|c| c.rights) == Some(Rights::ReadOnly);
+        let read_token = self.conns.get(&conn).and_then(Conn::rights) == Some(Rights::ReadOnly);
         let starts_work = matches!(
             message,
             ClientMessage::Query { .. } | ClientMessage::UploadArrow { .. }

@@ -1,4 +1,4 @@
-//! Writes the fuzz seed corpora (`fuzz/seeds/{decode,state_machine,crdt}`) from the client
+//! Writes the fuzz seed corpora (`fuzz/seeds/{decode,state_machine,crdt,ordered,upload}`) from the client
 //! traffic recorded in `fuzz/traffic` (see `scripts/js-compat/record.mjs`):
 //!
 //! cargo run -p duckwire-tests --example fuzz_seeds
@@ -366,6 +366,11 @@ fn main() -> std::io::Result<()> {
         "mosaic-and-http".into(),
         fuzzing::encode(&ordered),
     )?;
+
+    // upload: real Arrow IPC streams of the column types clients upload.
+    for (i, stream) in fuzzing::upload::seed_streams().into_iter().enumerate() {
+        write("upload", format!("stream-{i}"), stream)?;
+    }
     println!("seeds written under {}", seeds.display());
     Ok(())
 }

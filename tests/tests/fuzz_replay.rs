@@ -63,3 +63,44 @@ fn crdt_corpus_replays_cleanly() {
 fn ordered_corpus_replays_cleanly() {
     replay("ordered", duckwire_fuzzing::ordered::run);
 }
+
+#[test]
+fn upload_corpus_replays_cleanly() {
+    replay("upload", fuzzing::upload::run);
+}
+
+/// Corruptions of real upload streams as a new user's bad client would send them (bit
+/// flips, truncations, overwritten lengths): each is decoded or refused, never a panic.
+#[test]
+fn corrupted_uploads_are_refused_not_panicked_on() {
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    for valid in fuzzing::upload::seed_streams() {
+        assert_eq!(fuzzing::upload::run(&valid), Ok(()));
+        for round in 0..3_000 {
+            let mut stream = valid.clone();
+            match round % 3 {
+                0 => {
+                    for _ in 0..1 + next() % 4 {
+                        let bit = next() as usize % (stream.len() * 8);
+                        stream[bit / 8] ^= 1 << (bit % 8);
+                    }
+                }
+                1 => stream.truncate(next() as usize % stream.len()),
+                _ => {
+                    let at = next() as usize % (stream.len() - 4);
+                    let value = [0u32, 1, 0x7fff_ffff, u32::MAX, next() as u32][round % 5];
+                    stream[at..at + 4].copy_from_slice(&value.to_le_bytes());
+                }
+            }
+            if let Err(violation) = fuzzing::upload::run(&stream) {
+                panic!("round {round}: {violation}");
+            }
+        }
+    }
+}

@@ -10,6 +10,7 @@ pub mod crdt;
 pub mod oracle;
 pub mod ordered;
 pub mod session;
+pub mod upload;
 
 use arbitrary::Unstructured;
 use bytes::Bytes;
