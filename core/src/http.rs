@@ -9,9 +9,9 @@
 
 use bytes::Bytes;
 
-use crate::conn::Conn;
 use crate::auth::Rights;
 use crate::codec::{decode_client_frame, ClientMessage, Frame, QueryKind};
+use crate::conn::Conn;
 use crate::effect::{Effect, QueryOutcome};
 use crate::ids::{ConnId, Millis, QueryId};
 use crate::queries::ReadsOnly;

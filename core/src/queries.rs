@@ -5,10 +5,10 @@ use std::collections::BTreeMap;
 
 use bytes::Bytes;
 
-use crate::conn::Conn;
 use crate::auth::Rights;
 use crate::barrier::KnownReads;
 use crate::codec::{encode_arrow_frame_header, Frame, JsonReplyHeader, QueryKind, ServerMessage};
+use crate::conn::Conn;
 use crate::effect::{Effect, Gate, QueryOutcome, RunQuery, UploadTable};
 use crate::flights::{Flight, FlightKey};
 use crate::http::{HttpResponse, Slot};

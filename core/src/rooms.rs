@@ -7,8 +7,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use bytes::Bytes;
 use loro::{ExportMode, LoroDoc};
 
-use crate::conn::Conn;
 use crate::codec::{Frame, ServerMessage};
+use crate::conn::Conn;
 use crate::effect::Effect;
 use crate::ids::{ConnId, Millis};
 use crate::server::Server;
@@ -157,7 +157,10 @@ impl Server {
             self.send_error(conn, ProtocolError::SyncDisabled, None, now);
             return;
         }
-        let previous = self.conns.get(&conn).and_then(|c| c.room().map(str::to_string));
+        let previous = self
+            .conns
+            .get(&conn)
+            .and_then(|c| c.room().map(str::to_string));
         if let Some(previous) = previous.filter(|p| *p != room_id) {
             self.leave_room(conn, &previous, now);
         }

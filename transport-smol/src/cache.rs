@@ -34,9 +34,14 @@ struct Lru {
     bytes: usize,
 }
 
+/// The lock guards the memory tier only: the driver thread takes it for every memory lookup,
+/// so no file is read, written or deleted while it is held (disk writes happen on the worker
+/// that computed the value; stale files are deleted by the janitor thread).
 pub struct ResultCache {
     budget: Option<usize>,
     disk: Option<PathBuf>,
+    /// Deletes the files of past write epochs, off every thread that serves queries.
+    janitor: Option<Mutex<std::sync::mpsc::Sender<Sweep>>>,
     lru: Mutex<Lru>,
     metrics: Arc<Metrics>,
     epoch: Arc<WriteEpoch>,
@@ -51,13 +56,16 @@ impl ResultCache {
         metrics: Arc<Metrics>,
         epoch: Arc<WriteEpoch>,
     ) -> std::io::Result<Self> {
+        let mut janitor = None;
         if let Some(dir) = &disk {
             std::fs::create_dir_all(dir)?;
-            clear_dir(dir);
+            clear_dir(dir, u64::MAX);
+            janitor = Some(Mutex::new(spawn_janitor(dir.clone())?));
         }
         Ok(ResultCache {
             budget,
             disk,
+            janitor,
             lru: Mutex::new(Lru::default()),
             metrics,
             epoch,
@@ -69,6 +77,8 @@ impl ResultCache {
     }
 
     /// Drops every cached result (a write went through the server).
+    /// Runs on the driver thread: the disk tier's files of the past epochs are left to the
+    /// janitor (no lookup finds them: their names carry their epoch).
     pub fn invalidate(&self) {
         let mut lru = self.lru.lock().unwrap_or_else(|e| e.into_inner());
         self.epoch.advance();
@@ -76,9 +86,24 @@ impl ResultCache {
         lru.order.clear();
         lru.bytes = 0;
         self.metrics.cache_bytes.set(0);
-        if let Some(dir) = &self.disk {
-            clear_dir(dir);
+        drop(lru);
+        self.sweep(Sweep::Before(self.epoch.current()));
+    }
+
+    fn sweep(&self, sweep: Sweep) {
+        if let Some(janitor) = &self.janitor {
+            let janitor = janitor.lock().unwrap_or_else(|e| e.into_inner());
+            // The janitor only stops when the cache is dropped.
+            let _ = janitor.send(sweep);
         }
+    }
+
+    /// Waits until the janitor has deleted what it was asked to (tests).
+    #[cfg(test)]
+    fn janitor_done(&self) {
+        let (done, wait) = std::sync::mpsc::channel();
+        self.sweep(Sweep::Report(done));
+        let _ = wait.recv();
     }
 
     /// Returns the cached value for `key` (`true`), or computes it (`false`) and keeps it
@@ -151,14 +176,16 @@ impl ResultCache {
         None
     }
 
+    /// Runs on the worker that computed `value`. The file is written before the memory
+    /// tier's lock is taken; if a write came meanwhile, its name's epoch is past and the
+    /// janitor deletes it.
     fn insert(&self, key: CacheKey, value: CachedValue, generation: u64) {
-        let mut lru = self.lru.lock().unwrap_or_else(|e| e.into_inner());
         if self.epoch.current() != generation {
             return;
         }
         if let Some(path) = self.disk_path(&key, generation) {
             // Best effort: a failed disk write only means a later miss. Written aside and
-            // renamed, so a reader (another worker, without this lock) never sees half a file.
+            // renamed, so a reader (another worker) never sees half a file.
             let partial = path.with_extension("partial");
             if std::fs::write(&partial, &value).is_err()
                 || std::fs::rename(&partial, &path).is_err()
@@ -169,6 +196,10 @@ impl ResultCache {
         let Some(budget) = self.budget else {
             return;
         };
+        let mut lru = self.lru.lock().unwrap_or_else(|e| e.into_inner());
+        if self.epoch.current() != generation {
+            return;
+        }
         if value.len() > budget {
             return;
         }
@@ -201,7 +232,8 @@ impl ResultCache {
         hasher.update(key.0.as_bytes());
         hasher.update([0]);
         hasher.update(key.1.as_bytes());
-        Some(dir.join(format!("{}.bin", hex::encode(hasher.finalize()))))
+        let name = format!("{epoch}-{}.bin", hex::encode(hasher.finalize()));
+        Some(dir.join(name))
     }
 
     #[cfg(test)]
@@ -248,16 +280,49 @@ pub fn cached_outcome(
     }
 }
 
-fn clear_dir(dir: &std::path::Path) {
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for entry in entries.flatten() {
-            if entry
-                .path()
-                .extension()
-                .is_some_and(|e| e == "bin" || e == "partial")
-            {
-                let _ = std::fs::remove_file(entry.path());
+/// What the janitor is asked to do.
+enum Sweep {
+    /// Delete the files of every write epoch before this one.
+    Before(u64),
+    /// Say when everything asked before is done.
+    #[cfg(test)]
+    Report(std::sync::mpsc::Sender<()>),
+}
+
+fn spawn_janitor(dir: PathBuf) -> std::io::Result<std::sync::mpsc::Sender<Sweep>> {
+    let (sender, sweeps) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("duckwire-cache-janitor".into())
+        .spawn(move || {
+            while let Ok(sweep) = sweeps.recv() {
+                match sweep {
+                    Sweep::Before(epoch) => clear_dir(&dir, epoch),
+                    #[cfg(test)]
+                    Sweep::Report(done) => {
+                        let _ = done.send(());
+                    }
+                }
             }
+        })?;
+    Ok(sender)
+}
+
+/// Deletes the cache files (and half-written ones) of write epochs before `epoch`.
+fn clear_dir(dir: &std::path::Path, epoch: u64) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let is_ours = path
+            .extension()
+            .is_some_and(|e| e == "bin" || e == "partial");
+        let epoch_of = path
+            .file_stem()
+            .and_then(|stem| stem.to_str()?.split_once('-')?.0.parse::<u64>().ok());
+        // Files without an epoch in their name come from an older release: stale too.
+        if is_ours && epoch_of.is_none_or(|written_in| written_in < epoch) {
+            let _ = std::fs::remove_file(path);
         }
     }
 }
@@ -375,6 +440,36 @@ mod tests {
             .unwrap();
         assert!(hit);
         assert_eq!(&value_a[..], b"aaaa");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn invalidation_leaves_the_disk_to_the_janitor_which_deletes_past_epochs_only() {
+        let dir =
+            std::env::temp_dir().join(format!("duckwire-janitor-test-{}", std::process::id()));
+        let cache = ResultCache::new(
+            Some(1 << 20),
+            Some(dir.clone()),
+            Arc::default(),
+            Arc::default(),
+        )
+        .unwrap();
+        let files = || std::fs::read_dir(&dir).unwrap().count();
+        cache
+            .get_or_compute(("json", "a".into()), || value("a"))
+            .unwrap();
+        assert_eq!(files(), 1);
+        cache.invalidate();
+        cache
+            .get_or_compute(("json", "b".into()), || value("b"))
+            .unwrap();
+        cache.janitor_done();
+        assert_eq!(files(), 1, "the past epoch's file went, the new one stayed");
+        let (value_b, hit) = cache
+            .get_or_compute(("json", "b".into()), || value("miss"))
+            .unwrap();
+        assert!(hit);
+        assert_eq!(&value_b[..], b"b");
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -219,7 +219,11 @@ impl Layout {
     fn of(schema: ipc::Schema) -> Result<Layout, String> {
         let arrow_schema = ipc::convert::try_fb_to_schema(schema).map_err(invalid)?;
         let mut layout = Layout {
-            columns: arrow_schema.fields().iter().map(|f| f.data_type().clone()).collect(),
+            columns: arrow_schema
+                .fields()
+                .iter()
+                .map(|f| f.data_type().clone())
+                .collect(),
             dictionaries: Default::default(),
         };
         if let Some(fields) = schema.fields() {
