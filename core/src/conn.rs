@@ -185,6 +185,11 @@ impl Conn {
         Some(response)
     }
 
+    /// A request was received and its answer not sent yet.
+    pub(crate) fn has_unanswered(&self) -> bool {
+        !self.answers.is_empty()
+    }
+
     /// Open, nothing asked that is unanswered, nothing running.
     pub(crate) fn is_idle(&self) -> bool {
         self.open && self.answers.is_empty() && self.inflight.is_empty()

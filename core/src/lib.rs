@@ -11,6 +11,7 @@ mod conn;
 pub mod effect;
 mod error;
 mod flights;
+mod framing;
 mod http;
 mod ids;
 pub mod limits;
@@ -29,6 +30,7 @@ pub use codec::{
 };
 pub use effect::{Effect, Gate, QueryOutcome, RunQuery, UploadTable, Verdict};
 pub use error::{ProtocolError, ServerError};
+pub use framing::Malformed;
 pub use http::{Dialect, HttpRequest, HttpResponse, HOST_NOT_ALLOWED, ORIGIN_NOT_ALLOWED};
 pub use ids::{ConnId, Millis, QueryHandle, QueryId};
 pub use limits::Limits;

@@ -72,6 +72,15 @@ impl Limits {
     }
 }
 
+impl Limits {
+    /// Whether a WebSocket message or HTTP body of `len` bytes may be taken: the one rule of
+    /// the frame cap, which the core applies to frames and transports to bodies before they
+    /// read them.
+    pub fn check_frame(&self, len: usize) -> Result<(), crate::ProtocolError> {
+        check_cap("max_frame_bytes", self.max_frame_bytes, len)
+    }
+}
+
 /// Checks `value` against an optional cap; the error names the cap.
 pub(crate) fn check_cap(
     cap: &'static str,

@@ -17,7 +17,7 @@ pub use crate::conn::ConnectionInfo;
 pub(crate) use crate::conn::{Conn, Released};
 use crate::effect::{Effect, QueryOutcome};
 use crate::flights::Flights;
-use crate::http::{Dialect, HttpRequest, HOST_NOT_ALLOWED, ORIGIN_NOT_ALLOWED};
+use crate::http::{Dialect, HttpRequest, HttpResponse, HOST_NOT_ALLOWED, ORIGIN_NOT_ALLOWED};
 use crate::ids::{ConnId, IdGenerator, Millis, QueryHandle, QueryId};
 use crate::queries::Queries;
 use crate::rooms::{Rooms, StoredRoom};
@@ -263,6 +263,17 @@ impl Server {
         })
     }
 
+    /// The transport could not frame what `conn` sent (see [`Malformed`](crate::Malformed)):
+    /// the core answers (an HTTP refusal, or a WebSocket close) and closes the connection.
+    pub fn handle_malformed(
+        &mut self,
+        conn: ConnId,
+        malformed: crate::Malformed,
+        now: Millis,
+    ) -> Result<(), ServerError> {
+        self.guarded(|server| server.malformed(conn, malformed, now))
+    }
+
     /// The WebSocket peer answered a ping (any pong counts as being heard from).
     pub fn handle_pong(&mut self, conn: ConnId, now: Millis) -> Result<(), ServerError> {
         self.guarded(|server| {
@@ -428,9 +439,23 @@ impl Server {
 
     /// Closes a connection from our side: interrupts its queries, leaves its room and
     /// channels, and sends nothing more to it.
+    /// An HTTP request still waiting for its answer gets `reason`, with the status that says
+    /// why (the reply was too large for the outbound cap: 429; anything else: 503).
     pub(crate) fn close(&mut self, conn: ConnId, code: u16, reason: &str, now: Millis) {
-        if !self.conns.get_mut(&conn).is_some_and(Conn::mark_closing) {
+        let Some(c) = self.conns.get_mut(&conn) else {
             return;
+        };
+        let request_waits = c.dialect() == Dialect::Http && c.has_unanswered();
+        if !c.mark_closing() {
+            return;
+        }
+        if request_waits {
+            let status = match code {
+                close_code::POLICY_VIOLATION => 429,
+                _ => 503,
+            };
+            let response = HttpResponse::error(status, reason);
+            self.push(Effect::Respond { conn, response });
         }
         self.push(Effect::Close {
             conn,
@@ -564,16 +589,9 @@ impl Server {
         if dialect == Dialect::Http {
             return;
         }
-        if let Some(limit) = self.config.limits.max_frame_bytes {
-            if frame.len() > limit {
-                let reason = ProtocolError::CapExceeded {
-                    cap: "max_frame_bytes",
-                    limit,
-                }
-                .to_string();
-                self.close(conn, close_code::MESSAGE_TOO_BIG, &reason, now);
-                return;
-            }
+        if let Err(too_big) = self.config.limits.check_frame(frame.len()) {
+            self.close(conn, close_code::MESSAGE_TOO_BIG, &too_big.to_string(), now);
+            return;
         }
         if dialect == Dialect::MosaicSocket {
             return self.mosaic_frame(conn, frame, authenticated, now);

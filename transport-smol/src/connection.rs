@@ -13,7 +13,7 @@ use async_tungstenite::tungstenite::handshake::server::{
 use async_tungstenite::tungstenite::http::{self, HeaderValue};
 use bytes::Bytes;
 use duckwire_core::{
-    close_code, ConnId, ConnectionInfo, Dialect, HttpRequest, HttpResponse, HOST_NOT_ALLOWED,
+    ConnId, ConnectionInfo, Dialect, HttpRequest, HttpResponse, HOST_NOT_ALLOWED,
     ORIGIN_NOT_ALLOWED,
 };
 use serde_json::json;
@@ -25,6 +25,7 @@ use crate::tls::Stream;
 use crate::compress::{Encoding, COMPRESS_ABOVE};
 use crate::driver::{ConnectionWriter, DriverInput, Outbound, ReadGate, SentCounter};
 use crate::http::{read_body, read_head, write_response, HeadError, RequestHead, Response};
+use duckwire_core::Malformed;
 
 /// Waits until `deadline`, or forever without one.
 async fn until(deadline: Option<std::time::Instant>) {
@@ -75,25 +76,22 @@ pub(crate) async fn handle_connection(tcp: TcpStream, peer: SocketAddr, shared: 
         Err(HeadError::TimedOut)
     })
     .await;
+    let client = Client { peer, local_ip };
     let head = match head {
         Ok(head) => head,
-        Err(HeadError::TimedOut) => {
-            let answer = Response::text(408, "request head timeout");
-            let _ = write_response(&mut stream, &answer, false).await;
-            return;
-        }
-        Err(HeadError::Malformed) => {
-            let _ = write_response(&mut stream, &Response::text(400, "bad request"), false).await;
-            return;
-        }
-        Err(HeadError::Io) => return,
+        // The core answers what could not be framed (408, 400), as it answers requests.
+        Err(error) => match error.malformed() {
+            Some(malformed) => {
+                return serve_http(stream, buffer, client, Err(malformed), shared).await
+            }
+            None => return,
+        },
     };
-    let client = Client { peer, local_ip };
     if head.is_websocket_upgrade() {
         upgrade(stream, buffer, client, head, shared).await;
         return;
     }
-    serve_http(stream, buffer, client, head, shared).await;
+    serve_http(stream, buffer, client, Ok(head), shared).await;
 }
 
 /// Who is on the other end of a connection, and where it reached us.
@@ -106,16 +104,125 @@ struct Client {
 /// An HTTP connection: each request goes to the core, its answer comes back through the
 /// connection's queue; kept alive until the client says `Connection: close`, the core closes
 /// it (idle timeout, shutdown) or the peer goes away. Requests are taken one after another,
-/// so pipelined requests are answered in order.
+/// so pipelined requests are answered in order. A request that cannot be framed is reported
+/// to the core ([`Malformed`]), which answers it and closes the connection.
 async fn serve_http(
     mut stream: Stream,
     mut buffer: Vec<u8>,
     client: Client,
-    first: RequestHead,
+    first: Result<RequestHead, Malformed>,
     shared: Arc<Shared>,
 ) {
-    let peer = client.peer;
     let conn = ConnId(shared.next_conn.fetch_add(1, Relaxed));
+    let Some(queue) = open_http_connection(conn, &client, &shared).await else {
+        return;
+    };
+    let mut next = first;
+    loop {
+        let (input, head) = match next {
+            Ok(head) => {
+                let limits = &shared.config.core.limits;
+                match read_body(&mut stream, &head, &mut buffer, limits).await {
+                    Ok(body) => {
+                        let request = http_request(&head, &client, body);
+                        (DriverInput::Http { conn, request }, Some(head))
+                    }
+                    Err(malformed) => (DriverInput::Malformed { conn, malformed }, None),
+                }
+            }
+            Err(malformed) => (DriverInput::Malformed { conn, malformed }, None),
+        };
+        // After a malformed request the framing is lost: its answer is the last.
+        let keep_alive = head.as_ref().is_some_and(RequestHead::keep_alive);
+        if shared.driver.send(input).await.is_err() {
+            break;
+        }
+        let Some(response) = queue.answer().await else {
+            break; // closed by the core with nothing to answer
+        };
+        let sent = response.len();
+        let response = match &head {
+            Some(head) => {
+                let rendered = render(response, head, &shared);
+                compressed(rendered, head, &client.peer, &shared).await
+            }
+            None => render_bare(response, &shared),
+        };
+        if write_response(&mut stream, &response, keep_alive)
+            .await
+            .is_err()
+        {
+            break;
+        }
+        queue.sent.sent(sent);
+        if !keep_alive {
+            break;
+        }
+        // The next request, unless the core closes the connection first (idle timeout,
+        // shutdown): while it waits, only the core's idle timer bounds the wait.
+        next = match queue.next_head(&mut stream, &mut buffer).await {
+            Some(Ok(head)) if head.is_websocket_upgrade() => {
+                let _ = shared.driver.send(DriverInput::Closed { conn }).await;
+                return upgrade(stream, buffer, client, head, shared).await;
+            }
+            Some(Ok(head)) => Ok(head),
+            Some(Err(error)) => match error.malformed() {
+                Some(malformed) => Err(malformed),
+                None => break,
+            },
+            None => break,
+        };
+    }
+    let _ = shared.driver.send(DriverInput::Closed { conn }).await;
+}
+
+/// What an HTTP connection task holds of its connection in the core.
+struct HttpQueue {
+    answers: async_channel::Receiver<Outbound>,
+    closes: async_channel::Receiver<(u16, String)>,
+    gate: Arc<ReadGate>,
+    sent: Arc<SentCounter>,
+}
+
+impl HttpQueue {
+    /// The core's answer to the request just sent, or `None` when it closed the connection
+    /// instead (a request still waiting is answered before the close).
+    async fn answer(&self) -> Option<HttpResponse> {
+        let answer = smol::future::or(async { self.answers.recv().await.ok() }, async {
+            let _ = self.closes.recv().await;
+            // The answer, if any, was queued before the close.
+            self.answers.try_recv().ok()
+        })
+        .await;
+        match answer {
+            Some(Outbound::Response(response)) => Some(response),
+            _ => None,
+        }
+    }
+
+    /// The next request head, once the core lets this connection be read; `None` if the
+    /// core closes it first.
+    async fn next_head(
+        &self,
+        stream: &mut Stream,
+        buffer: &mut Vec<u8>,
+    ) -> Option<Result<RequestHead, HeadError>> {
+        smol::future::or(
+            async {
+                self.gate.wait_open().await;
+                Some(read_head(stream, buffer).await)
+            },
+            async {
+                let _ = self.closes.recv().await;
+                None
+            },
+        )
+        .await
+    }
+}
+
+/// Opens `conn` in the core as an HTTP connection.
+async fn open_http_connection(conn: ConnId, client: &Client, shared: &Shared) -> Option<HttpQueue> {
     let (queue_tx, answers) = async_channel::unbounded::<Outbound>();
     let (close_tx, closes) = async_channel::bounded::<(u16, String)>(1);
     let gate = Arc::new(ReadGate::default());
@@ -125,121 +232,37 @@ async fn serve_http(
         gate: gate.clone(),
         sent: SentCounter::new(conn, &shared.sent_reports),
     };
-    let sent_counter = writer.sent.clone();
+    let sent = writer.sent.clone();
     let info = ConnectionInfo {
         dialect: Dialect::Http,
-        peer: peer.to_string(),
+        peer: client.peer.to_string(),
         ..ConnectionInfo::default()
     };
-    if shared
+    shared
         .driver
         .send(DriverInput::Open { conn, info, writer })
         .await
-        .is_err()
-    {
-        return;
-    }
-    let mut head = first;
-    let mut upgrade_to_websocket = None;
-    loop {
-        let keep_alive = head.keep_alive();
-        let body = match read_body(
-            &mut stream,
-            &head,
-            &mut buffer,
-            shared.config.core.limits.max_frame_bytes,
-        )
-        .await
-        {
-            Ok(body) => body,
-            Err(refusal) => {
-                // The framing is lost: answer and close.
-                let _ = write_response(&mut stream, &refusal, false).await;
-                break;
-            }
-        };
-        let request = HttpRequest {
-            method: head.method.clone(),
-            path: head.path.clone(),
-            bearer_token: head.bearer_token(),
-            url_token: head.query_param("token"),
-            origin: head.header("origin").map(str::to_string),
-            host: head.header("host").map(str::to_string),
-            local_ip: client.local_ip,
-            params: head.query_params(),
-            body,
-        };
-        if shared
-            .driver
-            .send(DriverInput::Http { conn, request })
-            .await
-            .is_err()
-        {
-            break;
-        }
-        let answer = smol::future::or(async { answers.recv().await.ok() }, async {
-            closes
-                .recv()
-                .await
-                .ok()
-                .map(|(code, reason)| Outbound::Close(code, reason))
-        })
-        .await;
-        let (response, sent) = match answer {
-            Some(Outbound::Response(response)) => {
-                let sent = response.len();
-                let rendered = render(response, &head, &shared);
-                (
-                    compressed(rendered, &head, &peer, &shared).await,
-                    Some(sent),
-                )
-            }
-            Some(Outbound::Close(code, reason)) => (closed_by_core(code, &reason), None),
-            Some(Outbound::Frame(_) | Outbound::Ping) | None => break,
-        };
-        let keep_alive = keep_alive && sent.is_some();
-        if write_response(&mut stream, &response, keep_alive)
-            .await
-            .is_err()
-        {
-            break;
-        }
-        if let Some(bytes) = sent {
-            sent_counter.sent(bytes);
-        }
-        if !keep_alive {
-            break;
-        }
-        // The next request, unless the core closes the connection first (idle timeout,
-        // shutdown): while it waits, only the core's idle timer bounds the wait.
-        let next = smol::future::or(
-            async {
-                gate.wait_open().await;
-                Some(read_head(&mut stream, &mut buffer).await)
-            },
-            async {
-                let _ = closes.recv().await;
-                None
-            },
-        )
-        .await;
-        match next {
-            Some(Ok(next)) if next.is_websocket_upgrade() => {
-                upgrade_to_websocket = Some(next);
-                break;
-            }
-            Some(Ok(next)) => head = next,
-            Some(Err(HeadError::Malformed)) => {
-                let refusal = Response::text(400, "bad request");
-                let _ = write_response(&mut stream, &refusal, false).await;
-                break;
-            }
-            Some(Err(HeadError::Io | HeadError::TimedOut)) | None => break,
-        }
-    }
-    let _ = shared.driver.send(DriverInput::Closed { conn }).await;
-    if let Some(head) = upgrade_to_websocket {
-        upgrade(stream, buffer, client, head, shared).await;
+        .ok()?;
+    Some(HttpQueue {
+        answers,
+        closes,
+        gate,
+        sent,
+    })
+}
+
+/// The facts of one request the core decides on.
+fn http_request(head: &RequestHead, client: &Client, body: Bytes) -> HttpRequest {
+    HttpRequest {
+        method: head.method.clone(),
+        path: head.path.clone(),
+        bearer_token: head.bearer_token(),
+        url_token: head.query_param("token"),
+        origin: head.header("origin").map(str::to_string),
+        host: head.header("host").map(str::to_string),
+        local_ip: client.local_ip,
+        params: head.query_params(),
+        body,
     }
 }
 
@@ -311,14 +334,16 @@ fn handshake_response(head: &RequestHead) -> Result<http::Response<()>, Handshak
     })
 }
 
-/// What a request waiting for its answer gets when the core closes the connection.
-fn closed_by_core(code: u16, reason: &str) -> Response {
-    let status = match code {
-        close_code::MESSAGE_TOO_BIG => 413,
-        close_code::POLICY_VIOLATION => 429,
-        _ => 503,
+/// The core's answer to a request whose head could not be read (no CORS, no compression).
+fn render_bare(answer: HttpResponse, shared: &Shared) -> Response {
+    let empty = RequestHead {
+        method: String::new(),
+        path: String::new(),
+        query: None,
+        version_minor: 1,
+        headers: Vec::new(),
     };
-    Response::error(status, reason)
+    render(answer, &empty, shared)
 }
 
 /// The HTTP form of the core's answer: Mosaic's bodies for queries, and the small routes.

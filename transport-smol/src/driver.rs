@@ -39,6 +39,11 @@ pub enum DriverInput {
     Pong {
         conn: ConnId,
     },
+    /// What the connection sent could not be framed: the core answers and closes it.
+    Malformed {
+        conn: ConnId,
+        malformed: duckwire_core::Malformed,
+    },
     Closed {
         conn: ConnId,
     },
@@ -322,6 +327,9 @@ impl Driver {
                 self.call_core(|server| server.handle_http_request(conn, request, now))
             }
             DriverInput::Pong { conn } => self.call_core(|server| server.handle_pong(conn, now)),
+            DriverInput::Malformed { conn, malformed } => {
+                self.call_core(|server| server.handle_malformed(conn, malformed, now))
+            }
             DriverInput::Closed { conn } => {
                 if state.writers.remove(&conn).is_some() {
                     self.metrics.connections_open.dec();

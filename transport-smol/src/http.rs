@@ -4,6 +4,7 @@
 
 use crate::tls::Stream;
 use bytes::Bytes;
+use duckwire_core::{Limits, Malformed};
 use smol::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Longest request head accepted.
@@ -77,12 +78,24 @@ pub fn percent_decode(text: &str) -> String {
 
 #[derive(Debug)]
 pub enum HeadError {
-    /// Not HTTP, or too large: answer 400 and close.
+    /// Not HTTP, or too large (the core answers [`Malformed::BadHead`]).
     Malformed,
     /// The peer went away (or never sent a byte of a next request).
     Io,
-    /// The head did not arrive within `--http-head-timeout-ms`: answer 408 and close.
+    /// The head did not arrive within `--http-head-timeout-ms` (the core answers
+    /// [`Malformed::HeadTimedOut`]).
     TimedOut,
+}
+
+impl HeadError {
+    /// What the core is told, or `None` when nobody is left to answer.
+    pub fn malformed(self) -> Option<Malformed> {
+        match self {
+            HeadError::Malformed => Some(Malformed::BadHead),
+            HeadError::TimedOut => Some(Malformed::HeadTimedOut),
+            HeadError::Io => None,
+        }
+    }
 }
 
 impl RequestHead {
@@ -245,40 +258,30 @@ pub async fn read_body(
     stream: &mut Stream,
     head: &RequestHead,
     buffer: &mut Vec<u8>,
-    max: Option<usize>,
-) -> Result<Bytes, Response> {
+    limits: &Limits,
+) -> Result<Bytes, Malformed> {
     let length: usize = match head.header("content-length") {
-        None if head.method == "POST" => {
-            return Err(Response::error(411, "Content-Length required"))
-        }
+        None if head.method == "POST" => return Err(Malformed::LengthRequired),
         None => 0,
         Some(value) => value
             .trim()
             .parse()
-            .map_err(|_| Response::error(400, "invalid Content-Length"))?,
+            .map_err(|_| Malformed::BadContentLength)?,
     };
     if head.header("transfer-encoding").is_some() {
-        return Err(Response::error(
-            411,
-            "chunked bodies are not supported; send Content-Length",
-        ));
+        return Err(Malformed::ChunkedBody);
     }
-    if let Some(max) = max {
-        if length > max {
-            return Err(Response::error(
-                413,
-                &format!("max_frame_bytes exceeded (limit {max})"),
-            ));
-        }
-    }
+    limits
+        .check_frame(length)
+        .map_err(|_| Malformed::BodyTooLarge)?;
     let mut chunk = [0u8; 16 * 1024];
     while buffer.len() < length {
         let n = stream
             .read(&mut chunk)
             .await
-            .map_err(|_| Response::error(400, "request body ended early"))?;
+            .map_err(|_| Malformed::BodyEndedEarly)?;
         if n == 0 {
-            return Err(Response::error(400, "request body ended early"));
+            return Err(Malformed::BodyEndedEarly);
         }
         buffer.extend_from_slice(&chunk[..n]);
     }

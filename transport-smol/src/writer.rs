@@ -14,7 +14,6 @@ pub enum Outbound {
     Response(HttpResponse),
     /// A WebSocket ping (the core keeps the schedule).
     Ping,
-    Close(u16, String),
 }
 
 /// Bytes a reader may have handed to the driver that the core has not seen yet. Past it the

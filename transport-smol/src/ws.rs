@@ -8,7 +8,7 @@ use async_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig
 use async_tungstenite::tungstenite::{Error as WsError, Message};
 use async_tungstenite::WebSocketStream;
 use bytes::Bytes;
-use duckwire_core::{close_code, ConnId, ConnectionInfo, Frame, Limits, ProtocolError};
+use duckwire_core::{ConnId, ConnectionInfo, Frame, Limits, Malformed};
 use futures_util::{SinkExt, StreamExt};
 use smol::net::TcpStream;
 
@@ -171,7 +171,6 @@ pub async fn serve(
                         }
                         sent.sent(bytes);
                     }
-                    Outbound::Close(code, reason) => return Some((code, reason)),
                     // HTTP answers go to HTTP connections only.
                     Outbound::Response(_) => {}
                     Outbound::Ping => {
@@ -223,13 +222,14 @@ pub async fn serve(
                 }
                 Ok(_) => continue,
                 Err(WsError::Capacity(_)) => {
-                    let limit = limits.max_frame_bytes.unwrap_or(usize::MAX);
-                    let reason = ProtocolError::CapExceeded {
-                        cap: "max_frame_bytes",
-                        limit,
-                    }
-                    .to_string();
-                    let _ = writer.try_send(Outbound::Close(close_code::MESSAGE_TOO_BIG, reason));
+                    // The core closes it (1009 and the cap's message). Nothing more is read;
+                    // the socket stays until that close went out and the peer had its grace
+                    // (`close_grace` below ends this task), bounded here in case it never does.
+                    let malformed = Malformed::FrameTooLarge;
+                    let _ = driver
+                        .send(DriverInput::Malformed { conn, malformed })
+                        .await;
+                    smol::Timer::after(2 * CLOSE_GRACE).await;
                     break;
                 }
                 Err(_) => break,

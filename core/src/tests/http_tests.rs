@@ -254,3 +254,69 @@ proptest! {
         }
     }
 }
+
+/// What a transport could not frame is answered by the core, the same for every transport:
+/// an HTTP refusal and a close, or a WebSocket close with 1009.
+#[test]
+fn malformed_requests_and_frames_are_answered_by_the_core() {
+    let mut config = Config::default();
+    config.limits.max_frame_bytes = Some(1000);
+    let mut h = Harness::new(config);
+    h.open_with(1, http_info());
+    let cases = [
+        (
+            crate::Malformed::BodyTooLarge,
+            413,
+            "max_frame_bytes exceeded (limit 1000)",
+        ),
+        (
+            crate::Malformed::LengthRequired,
+            411,
+            "Content-Length required",
+        ),
+        (crate::Malformed::HeadTimedOut, 408, "request head timeout"),
+    ];
+    for (conn, (malformed, status, message)) in (1..).zip(cases) {
+        if conn > 1 {
+            h.open_with(conn, http_info());
+        }
+        h.server
+            .handle_malformed(ConnId(conn), malformed, h.now())
+            .unwrap();
+        let effects = h.drain();
+        assert_eq!(
+            responses(&effects),
+            vec![HttpResponse::Error {
+                status,
+                message: message.into()
+            }]
+        );
+        assert_eq!(
+            closes(&effects).len(),
+            1,
+            "{malformed:?} closes the connection"
+        );
+    }
+    h.open(9);
+    h.server
+        .handle_malformed(ConnId(9), crate::Malformed::FrameTooLarge, h.now())
+        .unwrap();
+    assert_eq!(closes(&h.drain()), vec![(9, 1009)]);
+}
+
+/// A request still waiting when the core closes its connection gets the reason as its answer.
+#[test]
+fn a_request_waiting_when_the_server_shuts_down_is_answered_503() {
+    let mut h = Harness::new(Config::default());
+    h.open_with(1, http_info());
+    request(&mut h, 1, post(json!({"type":"json","sql":"select 1"})));
+    h.server.handle_shutdown(h.now()).unwrap();
+    let effects = h.drain();
+    assert_eq!(
+        responses(&effects),
+        vec![HttpResponse::Error {
+            status: 503,
+            message: "server shutting down".into()
+        }]
+    );
+}

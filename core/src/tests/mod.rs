@@ -3,6 +3,7 @@ mod harness;
 mod budget_tests;
 mod cluster_tests;
 mod codec_tests;
+mod docs_tests;
 mod flights_tests;
 mod http_tests;
 mod mosaic_tests;

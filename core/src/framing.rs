@@ -1,0 +1,79 @@
+//! Bytes a transport could not frame: an HTTP head or body it cannot read as one request, a
+//! WebSocket message over the frame cap. The transport only reports what it saw
+//! ([`Malformed`]); what the client is told (the HTTP status and text, the close code) is
+//! decided here, so every transport refuses the same way.
+
+use crate::http::HttpResponse;
+use crate::ids::{ConnId, Millis};
+use crate::limits::Limits;
+use crate::server::{close_code, Server};
+use crate::{Dialect, ProtocolError};
+
+/// What was wrong with the bytes. After any of these the stream's framing is lost: the
+/// connection gets its answer and is closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Malformed {
+    /// No complete request head within the transport's head timeout.
+    HeadTimedOut,
+    /// Not an HTTP/1.x request head (or one too large to read).
+    BadHead,
+    /// A `POST` without `Content-Length`.
+    LengthRequired,
+    /// `Transfer-Encoding` (chunked bodies are not read).
+    ChunkedBody,
+    /// A `Content-Length` that is not a number.
+    BadContentLength,
+    /// A body declared larger than `max_frame_bytes` (checked with
+    /// [`Limits::check_frame`] before it is read).
+    BodyTooLarge,
+    /// The peer stopped sending before the declared body was complete.
+    BodyEndedEarly,
+    /// A WebSocket message larger than `max_frame_bytes` (the WebSocket library refused to
+    /// buffer it).
+    FrameTooLarge,
+}
+
+impl Malformed {
+    /// The HTTP status and text of the refusal.
+    fn http_refusal(self, limits: &Limits) -> (u16, String) {
+        match self {
+            Malformed::HeadTimedOut => (408, "request head timeout".into()),
+            Malformed::BadHead => (400, "bad request".into()),
+            Malformed::LengthRequired => (411, "Content-Length required".into()),
+            Malformed::ChunkedBody => (
+                411,
+                "chunked bodies are not supported; send Content-Length".into(),
+            ),
+            Malformed::BadContentLength => (400, "invalid Content-Length".into()),
+            Malformed::BodyEndedEarly => (400, "request body ended early".into()),
+            Malformed::BodyTooLarge | Malformed::FrameTooLarge => {
+                (413, frame_too_large(limits).to_string())
+            }
+        }
+    }
+}
+
+/// The error of a frame or body over `max_frame_bytes`.
+fn frame_too_large(limits: &Limits) -> ProtocolError {
+    ProtocolError::CapExceeded {
+        cap: "max_frame_bytes",
+        limit: limits.max_frame_bytes.unwrap_or(usize::MAX),
+    }
+}
+
+impl Server {
+    pub(crate) fn malformed(&mut self, conn: ConnId, malformed: Malformed, now: Millis) {
+        let Some(c) = self.conns.get_mut(&conn).filter(|c| c.is_open()) else {
+            return;
+        };
+        if c.dialect() == Dialect::Http {
+            let (status, message) = malformed.http_refusal(&self.config.limits);
+            let slot = c.reserve_answer_slot();
+            self.answer(conn, slot, HttpResponse::error(status, &message), now);
+            self.close(conn, close_code::GOING_AWAY, &message, now);
+            return;
+        }
+        let reason = frame_too_large(&self.config.limits).to_string();
+        self.close(conn, close_code::MESSAGE_TOO_BIG, &reason, now);
+    }
+}
