@@ -59,7 +59,10 @@ fn two_requests_are_answered_on_one_kept_alive_connection() {
 fn pipelined_requests_are_answered_in_request_order() {
     let server = ServerProcess::start(&[]);
     let mut http = HttpConnection::open(&server.addr);
-    // A slower query first: its answer must still come first.
+    // Seven requests in one write: each is framed out of the bytes left after the one
+    // before (bodies by their Content-Length) and answered, in order. (The transport reads a
+    // request only after answering the one before, so this checks framing, not concurrent
+    // answers: those are the core's ordered slots, `http_tests` in duckwire-core.)
     let slow = json!({"type":"json","sql":"select count(*) as n from range(30000000)"});
     let mut pipelined = HttpConnection::post_request(&slow, "");
     for n in 0..5 {

@@ -78,7 +78,7 @@ pub fn seed_streams() -> Vec<Vec<u8>> {
     ])
     .expect("a valid batch");
     vec![
-        stream(&[mixed.clone()]),
+        stream(std::slice::from_ref(&mixed)),
         stream(&[mixed.slice(0, 2), mixed.slice(2, 2)]),
         stream(&[mixed.slice(0, 0)]),
     ]
