@@ -10,18 +10,21 @@ use duckwire_smol::ServerConfig;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+// A flag left out takes its value from `ServerConfig::default()` (and the core's
+// `Config::default()` and `Limits::default()`): defaults are written there once; the
+// "(default …)" texts below are checked against them by a test.
 /// A DuckDB server speaking the SQLRooms WebSocket protocol (drop-in for sqlrooms-server).
 #[derive(FromArgs, Debug)]
 struct Args {
     /// path to the DuckDB database file (default: :memory:)
-    #[argh(option, default = "String::from(\":memory:\")")]
-    db_path: String,
+    #[argh(option)]
+    db_path: Option<String>,
     /// port to listen on (default: 4000)
-    #[argh(option, default = "4000")]
-    port: u16,
+    #[argh(option)]
+    port: Option<u16>,
     /// host to bind (default: 127.0.0.1)
-    #[argh(option, default = "String::from(\"127.0.0.1\")")]
-    host: String,
+    #[argh(option)]
+    host: Option<String>,
     /// comma-separated extensions to install and load: name or name@repository
     #[argh(option)]
     extensions: Option<String>,
@@ -33,23 +36,23 @@ struct Args {
     #[argh(option)]
     read_token: Option<String>,
     /// close connections not authenticated within this many ms (default 30000; 0/none disables)
-    #[argh(option, from_str_fn(parse_cap), default = "Some(30_000)")]
-    auth_timeout_ms: Option<usize>,
+    #[argh(option, from_str_fn(parse_cap))]
+    auth_timeout_ms: Option<Option<usize>>,
     /// enable CRDT sync rooms
     #[argh(switch)]
     sync: bool,
     /// schema (or ATTACH alias with --meta-db) for meta tables (default: __sqlrooms)
-    #[argh(option, default = "String::from(\"__sqlrooms\")")]
-    meta_namespace: String,
+    #[argh(option)]
+    meta_namespace: Option<String>,
     /// a DuckDB file to attach for meta tables
     #[argh(option)]
     meta_db: Option<PathBuf>,
     /// quiet time before a changed room is saved, in ms (default: 500)
-    #[argh(option, default = "500")]
-    save_debounce_ms: u64,
+    #[argh(option)]
+    save_debounce_ms: Option<u64>,
     /// unload a room (its document leaves memory) this many ms after its last member left and it was saved (default: 30000)
-    #[argh(option, default = "30_000")]
-    room_idle_evict_ms: u64,
+    #[argh(option)]
+    room_idle_evict_ms: Option<u64>,
     /// let clients seed empty rooms with crdt-snapshot (always on for :memory:)
     #[argh(switch)]
     allow_client_snapshots: bool,
@@ -61,8 +64,8 @@ struct Args {
     #[argh(option)]
     allowed_hosts: Option<String>,
     /// result cache budget in bytes; 0 or none disables it (default: 268435456)
-    #[argh(option, from_str_fn(parse_cap), default = "Some(256 * 1024 * 1024)")]
-    cache_bytes: Option<usize>,
+    #[argh(option, from_str_fn(parse_cap))]
+    cache_bytes: Option<Option<usize>>,
     /// directory for the on-disk result cache tier
     #[argh(option)]
     cache_dir: Option<PathBuf>,
@@ -103,20 +106,20 @@ struct Args {
     #[argh(option, from_str_fn(parse_cap))]
     max_inbound_bytes: Option<Option<usize>>,
     /// close a kept-alive HTTP connection idle this many ms (default 30000; 0/none: never)
-    #[argh(option, from_str_fn(parse_cap), default = "Some(30_000)")]
-    http_idle_timeout_ms: Option<usize>,
+    #[argh(option, from_str_fn(parse_cap))]
+    http_idle_timeout_ms: Option<Option<usize>>,
     /// ping WebSocket peers every this many ms (default 30000; 0/none: never)
-    #[argh(option, from_str_fn(parse_cap), default = "Some(30_000)")]
-    ping_interval_ms: Option<usize>,
+    #[argh(option, from_str_fn(parse_cap))]
+    ping_interval_ms: Option<Option<usize>>,
     /// close (1001) a WebSocket peer silent — no frame, no pong — this long (default 90000; 0/none: never)
-    #[argh(option, from_str_fn(parse_cap), default = "Some(90_000)")]
-    idle_timeout_ms: Option<usize>,
+    #[argh(option, from_str_fn(parse_cap))]
+    idle_timeout_ms: Option<Option<usize>>,
     /// answer 408 to a new connection whose request head takes longer (default 10000; 0/none: never)
-    #[argh(option, from_str_fn(parse_cap), default = "Some(10_000)")]
-    http_head_timeout_ms: Option<usize>,
+    #[argh(option, from_str_fn(parse_cap))]
+    http_head_timeout_ms: Option<Option<usize>>,
     /// compress large HTTP answers (gzip, br, zstd as the client accepts): auto (only for non-loopback peers), on, off (default: auto)
-    #[argh(option, default = "duckwire_smol::compress::Compression::Auto")]
-    http_compression: duckwire_smol::compress::Compression,
+    #[argh(option)]
+    http_compression: Option<duckwire_smol::compress::Compression>,
     /// open the database read-only: exec, uploads and writes are refused (rooms need --meta-db)
     #[argh(switch)]
     read_only: bool,
@@ -135,11 +138,8 @@ struct Args {
     /// lambda syntax, DuckDB's lambda_syntax: enable_single_arrow (default: SQL written for DuckDB 1.x, with
     /// x -> x + 1 lambdas, keeps working), default (DuckDB 2.0's: only lambda x: x + 1), or
     /// disable_single_arrow
-    #[argh(
-        option,
-        default = "duckwire_smol::config::DEFAULT_LAMBDA_SYNTAX.to_string()"
-    )]
-    lambda_syntax: String,
+    #[argh(option)]
+    lambda_syntax: Option<String>,
     /// a SQL file run once at start, before listening (attach databases, create views, load data)
     #[argh(option)]
     init_sql: Option<PathBuf>,
@@ -153,8 +153,8 @@ struct Args {
     #[argh(option)]
     redis_url: Option<String>,
     /// namespace of the Redis channels and streams (default: duckwire)
-    #[argh(option, default = "String::from(\"duckwire\")")]
-    redis_prefix: String,
+    #[argh(option)]
+    redis_prefix: Option<String>,
     /// PEM CA certificate to trust for a rediss:// Redis (default: the system's roots)
     #[argh(option)]
     redis_ca: Option<PathBuf>,
@@ -193,9 +193,92 @@ fn tls_files(cert: Option<PathBuf>, key: Option<PathBuf>) -> Result<Option<TlsFi
 
 fn config_from(args: Args) -> Result<ServerConfig, String> {
     let tls = tls_files(args.tls_cert.clone(), args.tls_key.clone())?;
-    let defaults = Limits::default();
+    let base = ServerConfig::default();
+    let core = &base.core;
+    let limits = limits_from(&args, &core.limits);
+    let auth_token = args
+        .auth_token
+        .or_else(|| std::env::var("DUCKWIRE_AUTH_TOKEN").ok())
+        .filter(|t| !t.is_empty());
+    let read_token = args
+        .read_token
+        .or_else(|| std::env::var("DUCKWIRE_READ_TOKEN").ok())
+        .filter(|t| !t.is_empty());
+    let host = args.host.unwrap_or_else(|| base.host.clone());
+    let mut hosts = args
+        .allowed_hosts
+        .as_deref()
+        .map(HostPolicy::from_list)
+        .unwrap_or_default();
+    // A server bound to a name answers that name.
+    if host.parse::<std::net::IpAddr>().is_err() {
+        hosts.allowed.push(host.to_ascii_lowercase());
+    }
+    let db_path = args.db_path.unwrap_or_else(|| base.db_path.clone());
+    let in_memory = db_path == ":memory:";
+    let millis = |flag: Option<Option<usize>>, default: Option<u64>| {
+        flag.map_or(default, |ms| ms.map(|ms| ms as u64))
+    };
+    let core = duckwire_core::Config {
+        limits,
+        auth_token,
+        read_token,
+        hosts,
+        sync_enabled: args.sync,
+        allow_client_snapshots: args.allow_client_snapshots || in_memory,
+        save_debounce_ms: args.save_debounce_ms.unwrap_or(core.save_debounce_ms),
+        room_idle_evict_ms: args.room_idle_evict_ms.unwrap_or(core.room_idle_evict_ms),
+        auth_timeout_ms: millis(args.auth_timeout_ms, core.auth_timeout_ms),
+        http_idle_timeout_ms: millis(args.http_idle_timeout_ms, core.http_idle_timeout_ms),
+        ping_interval_ms: millis(args.ping_interval_ms, core.ping_interval_ms),
+        query_timeout_ms: args.query_timeout_ms.filter(|ms| *ms > 0),
+        idle_timeout_ms: millis(args.idle_timeout_ms, core.idle_timeout_ms),
+        origins: args
+            .allowed_origins
+            .as_deref()
+            .map(OriginPolicy::from_list)
+            .unwrap_or_default(),
+        ..duckwire_core::Config::default()
+    };
+    let head_timeout = base.http_head_timeout.map(|t| t.as_millis() as u64);
+    let config = ServerConfig {
+        port: args.port.unwrap_or(base.port),
+        extensions: comma_list(args.extensions.as_deref()),
+        core,
+        meta_namespace: args.meta_namespace.unwrap_or(base.meta_namespace),
+        meta_db: args.meta_db,
+        cache_bytes: args.cache_bytes.unwrap_or(base.cache_bytes),
+        cache_dir: args.cache_dir,
+        http_compression: args.http_compression.unwrap_or(base.http_compression),
+        read_only: args.read_only,
+        allowed_dirs: comma_list(args.allowed_dirs.as_deref())
+            .into_iter()
+            .map(PathBuf::from)
+            .collect(),
+        no_external_access: args.no_external_access,
+        memory_limit: args.memory_limit,
+        lambda_syntax: args
+            .lambda_syntax
+            .map_or(base.lambda_syntax, |syntax| syntax.to_ascii_uppercase()),
+        init_sql: args.init_sql,
+        tls,
+        redis_url: args.redis_url,
+        redis_prefix: args.redis_prefix.unwrap_or(base.redis_prefix),
+        redis_ca: args.redis_ca,
+        http_head_timeout: millis(args.http_head_timeout_ms, head_timeout)
+            .map(std::time::Duration::from_millis),
+        threads: args.threads.map_or(base.threads, |threads| threads.max(1)),
+        host,
+        db_path,
+        ..base
+    };
+    Ok(config)
+}
+
+/// The caps: each flag given, or its default.
+fn limits_from(args: &Args, defaults: &Limits) -> Limits {
     let pick = |flag: Option<Option<usize>>, default: Option<usize>| flag.unwrap_or(default);
-    let limits = Limits {
+    Limits {
         max_frame_bytes: pick(args.max_frame_bytes, defaults.max_frame_bytes),
         max_header_bytes: pick(args.max_header_bytes, defaults.max_header_bytes),
         max_query_id_len: pick(args.max_query_id_len, defaults.max_query_id_len),
@@ -216,92 +299,19 @@ fn config_from(args: Args) -> Result<ServerConfig, String> {
             defaults.max_inbound_bytes_per_conn,
         ),
         max_inbound_bytes: pick(args.max_inbound_bytes, defaults.max_inbound_bytes),
-    };
-    let auth_token = args
-        .auth_token
-        .or_else(|| std::env::var("DUCKWIRE_AUTH_TOKEN").ok())
-        .filter(|t| !t.is_empty());
-    let read_token = args
-        .read_token
-        .or_else(|| std::env::var("DUCKWIRE_READ_TOKEN").ok())
-        .filter(|t| !t.is_empty());
-    let mut hosts = args
-        .allowed_hosts
-        .as_deref()
-        .map(HostPolicy::from_list)
-        .unwrap_or_default();
-    // A server bound to a name answers that name.
-    if args.host.parse::<std::net::IpAddr>().is_err() {
-        hosts.allowed.push(args.host.to_ascii_lowercase());
     }
-    let in_memory = args.db_path == ":memory:";
-    let mut config = ServerConfig {
-        host: args.host,
-        port: args.port,
-        db_path: args.db_path,
-        extensions: args
-            .extensions
-            .map(|e| {
-                e.split(',')
-                    .map(|s| s.trim().to_string())
-                    .filter(|s| !s.is_empty())
-                    .collect()
-            })
-            .unwrap_or_default(),
-        core: duckwire_core::Config {
-            limits,
-            auth_token,
-            read_token,
-            hosts,
-            sync_enabled: args.sync,
-            allow_client_snapshots: args.allow_client_snapshots || in_memory,
-            save_debounce_ms: args.save_debounce_ms,
-            room_idle_evict_ms: args.room_idle_evict_ms,
-            auth_timeout_ms: args.auth_timeout_ms.map(|ms| ms as u64),
-            http_idle_timeout_ms: args.http_idle_timeout_ms.map(|ms| ms as u64),
-            ping_interval_ms: args.ping_interval_ms.map(|ms| ms as u64),
-            query_timeout_ms: args.query_timeout_ms.filter(|ms| *ms > 0),
-            idle_timeout_ms: args.idle_timeout_ms.map(|ms| ms as u64),
-            origins: args
-                .allowed_origins
-                .as_deref()
-                .map(OriginPolicy::from_list)
-                .unwrap_or_default(),
-            ..duckwire_core::Config::default()
-        },
-        meta_namespace: args.meta_namespace,
-        meta_db: args.meta_db,
-        cache_bytes: args.cache_bytes,
-        cache_dir: args.cache_dir,
-        http_compression: args.http_compression,
-        read_only: args.read_only,
-        allowed_dirs: args
-            .allowed_dirs
-            .map(|dirs| {
-                dirs.split(',')
-                    .map(str::trim)
-                    .filter(|d| !d.is_empty())
-                    .map(PathBuf::from)
-                    .collect()
-            })
-            .unwrap_or_default(),
-        no_external_access: args.no_external_access,
-        memory_limit: args.memory_limit,
-        lambda_syntax: args.lambda_syntax.to_ascii_uppercase(),
-        init_sql: args.init_sql,
-        tls,
-        redis_url: args.redis_url,
-        redis_prefix: args.redis_prefix,
-        redis_ca: args.redis_ca,
-        http_head_timeout: args
-            .http_head_timeout_ms
-            .map(|ms| std::time::Duration::from_millis(ms as u64)),
-        ..ServerConfig::default()
-    };
-    if let Some(threads) = args.threads {
-        config.threads = threads.max(1);
-    }
-    Ok(config)
+}
+
+/// `a, b,,c` → `["a", "b", "c"]`.
+fn comma_list(list: Option<&str>) -> Vec<String> {
+    list.map(|list| {
+        list.split(',')
+            .map(str::trim)
+            .filter(|item| !item.is_empty())
+            .map(str::to_string)
+            .collect()
+    })
+    .unwrap_or_default()
 }
 
 /// How DuckDB got into this binary.
@@ -465,5 +475,151 @@ mod tests {
             Limits::default().max_header_bytes
         );
         assert_eq!(config.extensions, vec!["httpfs", "h3@community"]);
+    }
+
+    /// The CLI holds no default of its own: no flags give exactly `ServerConfig::default()`
+    /// (with what `:memory:` implies).
+    #[test]
+    fn no_flags_give_the_library_defaults() {
+        let config = config_from(Args::from_args(&["duckwire"], &[]).unwrap()).unwrap();
+        let mut expected = ServerConfig::default();
+        expected.core.allow_client_snapshots = true; // :memory:
+        assert_eq!(format!("{config:?}"), format!("{expected:?}"));
+    }
+
+    /// `--help` states the defaults it takes from the library, and they are the real ones.
+    #[test]
+    fn help_states_the_real_defaults() {
+        let help = match Args::from_args(&["duckwire"], &["--help"]) {
+            Err(exit) => exit.output,
+            Ok(_) => panic!("--help exits"),
+        };
+        let base = ServerConfig::default();
+        let (core, limits) = (&base.core, &base.core.limits);
+        let ms = |value: Option<u64>| value.map_or("none".to_string(), |ms| ms.to_string());
+        let cap = |value: Option<usize>| value.map_or("none".to_string(), |n| n.to_string());
+        let head_timeout = base.http_head_timeout.map(|t| t.as_millis() as u64);
+        let stated = [
+            ("--db-path", format!("default: {}", base.db_path)),
+            ("--port", format!("default: {}", base.port)),
+            ("--host", format!("default: {}", base.host)),
+            (
+                "--auth-timeout-ms",
+                format!("default {}", ms(core.auth_timeout_ms)),
+            ),
+            (
+                "--meta-namespace",
+                format!("default: {}", base.meta_namespace),
+            ),
+            (
+                "--save-debounce-ms",
+                format!("default: {}", core.save_debounce_ms),
+            ),
+            (
+                "--room-idle-evict-ms",
+                format!("default: {}", core.room_idle_evict_ms),
+            ),
+            (
+                "--cache-bytes",
+                format!("default: {}", cap(base.cache_bytes)),
+            ),
+            (
+                "--max-frame-bytes",
+                format!("default {}", cap(limits.max_frame_bytes)),
+            ),
+            (
+                "--max-header-bytes",
+                format!("default {}", cap(limits.max_header_bytes)),
+            ),
+            (
+                "--max-query-id-len",
+                format!("default {}", cap(limits.max_query_id_len)),
+            ),
+            (
+                "--max-channel-len",
+                format!("default {}", cap(limits.max_channel_len)),
+            ),
+            (
+                "--max-room-id-len",
+                format!("default {}", cap(limits.max_room_id_len)),
+            ),
+            (
+                "--max-inflight-per-conn",
+                format!("default {}", cap(limits.max_inflight_per_conn)),
+            ),
+            (
+                "--max-subscriptions-per-conn",
+                format!("default {}", cap(limits.max_subscriptions_per_conn)),
+            ),
+            (
+                "--max-connections",
+                format!("default {}", cap(limits.max_connections)),
+            ),
+            (
+                "--max-outbound-bytes-per-conn",
+                format!("default {}", cap(limits.max_outbound_bytes_per_conn)),
+            ),
+            (
+                "--max-inbound-bytes-per-conn",
+                format!("default {}", cap(limits.max_inbound_bytes_per_conn)),
+            ),
+            (
+                "--max-inbound-bytes ",
+                format!("default {}", cap(limits.max_inbound_bytes)),
+            ),
+            (
+                "--http-idle-timeout-ms",
+                format!("default {}", ms(core.http_idle_timeout_ms)),
+            ),
+            (
+                "--ping-interval-ms",
+                format!("default {}", ms(core.ping_interval_ms)),
+            ),
+            (
+                "--idle-timeout-ms",
+                format!("default {}", ms(core.idle_timeout_ms)),
+            ),
+            (
+                "--http-head-timeout-ms",
+                format!("default {}", ms(head_timeout)),
+            ),
+            ("--redis-prefix", format!("default: {}", base.redis_prefix)),
+        ];
+        // argh lists each flag at the start of a line and wraps its text onto indented
+        // lines below it.
+        let options = &help[help.find("Options:").expect("an options list")..];
+        let mut texts: Vec<(String, String)> = Vec::new();
+        for line in options.lines().skip(1) {
+            let trimmed = line.trim_start();
+            match texts.last_mut() {
+                Some((_, text)) if !trimmed.starts_with("--") => {
+                    text.push(' ');
+                    text.push_str(trimmed);
+                }
+                _ => {
+                    let (flag, text) = trimmed.split_once(' ').unwrap_or((trimmed, ""));
+                    texts.push((flag.to_string(), text.trim().to_string()));
+                }
+            }
+        }
+        let text_of = |flag: &str| {
+            texts
+                .iter()
+                .find(|(name, _)| name == flag)
+                .map(|(_, text)| text.clone())
+                .unwrap_or_else(|| panic!("{flag} is in --help"))
+        };
+        for (flag, default) in stated {
+            let text = text_of(flag.trim());
+            assert!(
+                text.contains(&default),
+                "{flag}: {text:?} does not say {default:?}"
+            );
+        }
+        let flat = text_of("--lambda-syntax");
+        assert!(flat.contains(&format!(
+            "lambda_syntax: {} (default",
+            base.lambda_syntax.to_ascii_lowercase()
+        )));
     }
 }

@@ -61,7 +61,50 @@ pub struct Config {
     pub panic_on_sql: Option<String>,
 }
 
+/// A client refused for where it comes from, before anything it asks is looked at (HTTP
+/// `403`, WebSocket close 1008; the message is the same on every door).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The `Host` names neither loopback, nor the address reached, nor a listed name.
+    HostNotAllowed,
+    /// The `Origin` is not allowed by the origin policy.
+    OriginNotAllowed,
+}
+
+impl Refusal {
+    pub fn message(self) -> &'static str {
+        match self {
+            Refusal::HostNotAllowed => crate::http::HOST_NOT_ALLOWED,
+            Refusal::OriginNotAllowed => crate::http::ORIGIN_NOT_ALLOWED,
+        }
+    }
+}
+
 impl Config {
+    /// Where a client comes from, against the `Host` and `Origin` policies (PROTOCOL §4): the
+    /// one check every door makes (WebSocket upgrades in the transport and again when the
+    /// core opens them, every HTTP request). `host: None` is not checked (no header, or a
+    /// health probe); `local_ip` is the address the client reached.
+    pub fn check_where_from(
+        &self,
+        host: Option<&str>,
+        local_ip: Option<core::net::IpAddr>,
+        origin: Option<&str>,
+    ) -> Result<(), Refusal> {
+        if !self.hosts.allows(host, local_ip) {
+            return Err(Refusal::HostNotAllowed);
+        }
+        if origin.is_some_and(|origin| !self.origins.allows(origin)) {
+            return Err(Refusal::OriginNotAllowed);
+        }
+        Ok(())
+    }
+
+    /// The rights of a client presenting a bearer token and/or a `token=` URL parameter.
+    pub fn rights_of_credentials(&self, bearer: Option<&str>, url: Option<&str>) -> Option<Rights> {
+        self.rights_of([bearer, url].into_iter().flatten())
+    }
+
     /// The rights of a client presenting `given` tokens; `None` when none is valid.
     pub fn rights_of<'a>(&self, given: impl IntoIterator<Item = &'a str>) -> Option<Rights> {
         rights_of(

@@ -191,18 +191,10 @@ impl Server {
             (request.method.as_str(), request.path.as_str()),
             ("GET", "/healthz" | "/readyz")
         );
-        if !probe
-            && !self
-                .config
-                .hosts
-                .allows(request.host.as_deref(), request.local_ip)
-        {
-            return Some(HttpResponse::error(403, HOST_NOT_ALLOWED));
-        }
-        if let Some(origin) = &request.origin {
-            if !self.config.origins.allows(origin) {
-                return Some(HttpResponse::error(403, ORIGIN_NOT_ALLOWED));
-            }
+        let host = request.host.as_deref().filter(|_| !probe);
+        let origin = request.origin.as_deref();
+        if let Err(refusal) = self.config.check_where_from(host, request.local_ip, origin) {
+            return Some(HttpResponse::error(403, refusal.message()));
         }
         let url_query = match (request.method.as_str(), request.path.as_str()) {
             ("GET", "/healthz") => return Some(HttpResponse::Health),
@@ -215,11 +207,11 @@ impl Server {
             },
             _ => return Some(HttpResponse::error(404, "not found")),
         };
-        let given = [&request.bearer_token, &request.url_token];
-        let Some(rights) = self
-            .config
-            .rights_of(given.into_iter().flatten().map(String::as_str))
-        else {
+        let (bearer, url) = (
+            request.bearer_token.as_deref(),
+            request.url_token.as_deref(),
+        );
+        let Some(rights) = self.config.rights_of_credentials(bearer, url) else {
             return Some(HttpResponse::refusal(ProtocolError::Unauthorized));
         };
         let credential = (rights == Rights::ReadOnly).then_some(ReadsOnly::ReadToken);

@@ -28,6 +28,7 @@ pub use codec::{
     decode_client_frame, encode_arrow_frame_header, escape_string_content, ClientMessage,
     DecodeError, Frame, JsonReply, JsonReplyHeader, JsonReplyWriter, QueryKind, ServerMessage,
 };
+pub use config::Refusal;
 pub use effect::{Effect, Gate, QueryOutcome, RunQuery, UploadTable, Verdict};
 pub use error::{ProtocolError, ServerError};
 pub use framing::Malformed;

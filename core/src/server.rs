@@ -17,7 +17,7 @@ pub use crate::conn::ConnectionInfo;
 pub(crate) use crate::conn::{Conn, Released};
 use crate::effect::{Effect, QueryOutcome};
 use crate::flights::Flights;
-use crate::http::{Dialect, HttpRequest, HttpResponse, HOST_NOT_ALLOWED, ORIGIN_NOT_ALLOWED};
+use crate::http::{Dialect, HttpRequest, HttpResponse};
 use crate::ids::{ConnId, IdGenerator, Millis, QueryHandle, QueryId};
 use crate::queries::Queries;
 use crate::rooms::{Rooms, StoredRoom};
@@ -521,9 +521,8 @@ impl Server {
             // Every HTTP request brings its own credentials.
             Some(Rights::Full)
         } else {
-            let given = [&info.bearer_token, &info.url_token];
-            self.config
-                .rights_of(given.into_iter().flatten().map(String::as_str))
+            let (bearer, url) = (info.bearer_token.as_deref(), info.url_token.as_deref());
+            self.config.rights_of_credentials(bearer, url)
         };
         let authenticated = rights.is_some();
         self.conns.insert(conn, Conn::new(dialect, rights, now));
@@ -533,20 +532,13 @@ impl Server {
         }
         // A transport should refuse these before upgrading (HTTP 403); the core refuses them
         // too, so no transport can let a foreign web page in by forgetting to.
-        if let Some(origin) = &info.origin {
-            if !self.config.origins.allows(origin) {
-                self.close(conn, close_code::POLICY_VIOLATION, ORIGIN_NOT_ALLOWED, now);
+        // (An HTTP connection's requests are each checked: `http.rs` `route`.)
+        if dialect != Dialect::Http {
+            let (host, origin) = (info.host.as_deref(), info.origin.as_deref());
+            if let Err(refusal) = self.config.check_where_from(host, info.local_ip, origin) {
+                self.close(conn, close_code::POLICY_VIOLATION, refusal.message(), now);
                 return;
             }
-        }
-        if dialect != Dialect::Http
-            && !self
-                .config
-                .hosts
-                .allows(info.host.as_deref(), info.local_ip)
-        {
-            self.close(conn, close_code::POLICY_VIOLATION, HOST_NOT_ALLOWED, now);
-            return;
         }
         if let Some(limit) = self.config.limits.max_connections {
             if open_now >= limit {

@@ -12,10 +12,7 @@ use async_tungstenite::tungstenite::handshake::server::{
 };
 use async_tungstenite::tungstenite::http::{self, HeaderValue};
 use bytes::Bytes;
-use duckwire_core::{
-    ConnId, ConnectionInfo, Dialect, HttpRequest, HttpResponse, HOST_NOT_ALLOWED,
-    ORIGIN_NOT_ALLOWED,
-};
+use duckwire_core::{ConnId, ConnectionInfo, Dialect, HttpRequest, HttpResponse};
 use serde_json::json;
 use smol::io::AsyncWriteExt;
 use smol::net::TcpStream;
@@ -383,12 +380,6 @@ fn render(answer: HttpResponse, head: &RequestHead, shared: &Shared) -> Response
     response
 }
 
-/// `None` when the request carries no `Origin` or an allowed one; else the 403 answer.
-fn origin_refusal(head: &RequestHead, shared: &Shared) -> Option<Response> {
-    let origin = head.header("origin")?;
-    (!shared.config.core.origins.allows(origin)).then(|| Response::error(403, ORIGIN_NOT_ALLOWED))
-}
-
 fn cors_headers(head: &RequestHead) -> Vec<(String, String)> {
     match head.header("origin") {
         Some(origin) => vec![
@@ -415,18 +406,16 @@ async fn upgrade(
     shared: Arc<Shared>,
 ) {
     let peer = client.peer;
-    if !shared
+    // The core's own check, answered as HTTP before the upgrade (the core checks again when
+    // it opens the connection).
+    let (host, origin) = (head.header("host"), head.header("origin"));
+    if let Err(refusal) = shared
         .config
         .core
-        .hosts
-        .allows(head.header("host"), client.local_ip)
+        .check_where_from(host, client.local_ip, origin)
     {
-        tracing::warn!(%peer, host = head.header("host"), "WebSocket upgrade refused: host not allowed");
-        let _ = write_response(&mut stream, &Response::error(403, HOST_NOT_ALLOWED), false).await;
-        return;
-    }
-    if let Some(refusal) = origin_refusal(&head, &shared) {
-        tracing::warn!(%peer, origin = head.header("origin"), "WebSocket upgrade refused: origin not allowed");
+        tracing::warn!(%peer, host, origin, "WebSocket upgrade refused: {}", refusal.message());
+        let refusal = Response::error(403, refusal.message());
         let _ = write_response(&mut stream, &refusal, false).await;
         return;
     }
