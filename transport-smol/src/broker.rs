@@ -564,42 +564,15 @@ impl BrokerTask {
                     seq,
                     update,
                 }) => {
-                    let batch = self.gather_appends(PendingAppend {
+                    let first = PendingAppend {
                         room_id,
                         seq,
                         update,
-                    });
-                    let entries = batch
-                        .iter()
-                        .map(|append| (append.room_id.as_str(), append.update.as_ref()));
-                    let appended = self.append_entries(&mut publisher, entries).await;
-                    self.metrics.shared_log_round_trips.inc();
-                    self.metrics.shared_log_appends.inc_by(batch.len() as u64);
-                    let failure = appended.as_ref().err().map(|e| format!("Redis: {e}"));
-                    for PendingAppend { room_id, seq, .. } in batch {
-                        let result = failure.clone().map_or(Ok(()), Err);
-                        self.appended(room_id, seq, result);
-                    }
-                    appended?;
+                    };
+                    self.append_batch(&mut publisher, first).await?;
                 }
                 Event::Control(Control::Load { room_id, local }) => {
-                    let local = match local {
-                        Ok(local) => local,
-                        Err(e) => {
-                            self.loaded(room_id, Err(e));
-                            continue;
-                        }
-                    };
-                    match self.with_shared_log(&mut publisher, &room_id, local).await {
-                        Ok((stored, last)) => {
-                            self.loaded(room_id.clone(), Ok(stored));
-                            self.follow(room_id, last);
-                        }
-                        Err(e) => {
-                            self.loaded(room_id, Err(format!("Redis: {e}")));
-                            return Err(e);
-                        }
-                    }
+                    self.load_room(&mut publisher, room_id, local).await?;
                 }
                 Event::Control(Control::Unfollow { room_id }) => self.unfollow(&room_id),
                 Event::Control(Control::Republish { room_id, state }) => {
@@ -622,46 +595,106 @@ impl BrokerTask {
                     }
                 }
                 Event::Publish(channel, message) => {
-                    // Publications waiting together go in one round trip, in order, as
-                    // appends do.
-                    let mut pipeline = redis::pipe();
-                    let mut published = 0;
-                    let mut next = Some((channel, message));
-                    while let Some((channel, message)) = next.take() {
-                        pipeline
-                            .cmd("PUBLISH")
-                            .arg(self.channel_key(&channel))
-                            .arg(message.as_ref())
-                            .ignore();
-                        published += 1;
-                        if published < PIPELINE_LIMIT {
-                            next = self.publications.try_recv().ok();
-                        }
-                    }
-                    let sent = pipeline.query_async::<()>(&mut publisher).await;
-                    self.metrics.publish_round_trips.inc();
-                    self.metrics.publications.inc_by(published as u64);
-                    sent?;
+                    self.publish_batch(&mut publisher, channel, message).await?;
                 }
                 Event::Delivered(message) => {
-                    let Some(channel) = message
-                        .get_channel_name()
-                        .strip_prefix(&self.prefix)
-                        .map(str::to_string)
-                    else {
-                        continue;
-                    };
-                    let message = message.get_payload_bytes().to_vec();
-                    if self
-                        .driver
-                        .send(DriverInput::RemoteNotify { channel, message })
-                        .await
-                        .is_err()
-                    {
-                        return Ok(());
+                    if !self.deliver(message).await {
+                        return Ok(()); // the driver is gone
                     }
                 }
             }
         }
+    }
+
+    /// One append, with those waiting behind it, in one round trip; their senders learn the
+    /// result.
+    async fn append_batch(
+        &mut self,
+        publisher: &mut redis::aio::MultiplexedConnection,
+        first: PendingAppend,
+    ) -> redis::RedisResult<()> {
+        let batch = self.gather_appends(first);
+        let entries = batch
+            .iter()
+            .map(|append| (append.room_id.as_str(), append.update.as_ref()));
+        let appended = self.append_entries(publisher, entries).await;
+        self.metrics.shared_log_round_trips.inc();
+        self.metrics.shared_log_appends.inc_by(batch.len() as u64);
+        let failure = appended.as_ref().err().map(|e| format!("Redis: {e}"));
+        for PendingAppend { room_id, seq, .. } in batch {
+            let result = failure.clone().map_or(Ok(()), Err);
+            self.appended(room_id, seq, result);
+        }
+        appended
+    }
+
+    /// A room's local part with its shared log added, to the driver; the room is followed.
+    async fn load_room(
+        &mut self,
+        publisher: &mut redis::aio::MultiplexedConnection,
+        room_id: String,
+        local: Result<duckwire_core::StoredRoom, String>,
+    ) -> redis::RedisResult<()> {
+        let local = match local {
+            Ok(local) => local,
+            Err(e) => {
+                self.loaded(room_id, Err(e));
+                return Ok(());
+            }
+        };
+        match self.with_shared_log(publisher, &room_id, local).await {
+            Ok((stored, last)) => {
+                self.loaded(room_id.clone(), Ok(stored));
+                self.follow(room_id, last);
+                Ok(())
+            }
+            Err(e) => {
+                self.loaded(room_id, Err(format!("Redis: {e}")));
+                Err(e)
+            }
+        }
+    }
+
+    /// Publications waiting together go in one round trip, in order, as appends do.
+    async fn publish_batch(
+        &mut self,
+        publisher: &mut redis::aio::MultiplexedConnection,
+        channel: String,
+        message: Bytes,
+    ) -> redis::RedisResult<()> {
+        let mut pipeline = redis::pipe();
+        let mut published = 0;
+        let mut next = Some((channel, message));
+        while let Some((channel, message)) = next.take() {
+            pipeline
+                .cmd("PUBLISH")
+                .arg(self.channel_key(&channel))
+                .arg(message.as_ref())
+                .ignore();
+            published += 1;
+            if published < PIPELINE_LIMIT {
+                next = self.publications.try_recv().ok();
+            }
+        }
+        let sent = pipeline.query_async::<()>(publisher).await;
+        self.metrics.publish_round_trips.inc();
+        self.metrics.publications.inc_by(published as u64);
+        sent
+    }
+
+    /// A message Redis delivered, to the driver; `false` when the driver is gone.
+    async fn deliver(&self, message: redis::Msg) -> bool {
+        let Some(channel) = message
+            .get_channel_name()
+            .strip_prefix(&self.prefix)
+            .map(str::to_string)
+        else {
+            return true; // not one of ours
+        };
+        let message = message.get_payload_bytes().to_vec();
+        self.driver
+            .send(DriverInput::RemoteNotify { channel, message })
+            .await
+            .is_ok()
     }
 }

@@ -10,7 +10,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use duckwire_core::{
     close_code, ConnId, ConnectionInfo, Effect, Frame, HttpRequest, Millis, QueryHandle,
-    QueryOutcome, RunQuery, Server, ServerError,
+    QueryOutcome, RunQuery, Server, ServerError, UploadTable,
 };
 
 use crate::broker::Control;
@@ -288,24 +288,7 @@ impl Driver {
         state: &mut State,
     ) -> Result<(), ServerError> {
         if state.poisoned {
-            // Only the salvage saves and shutdown matter now.
-            match input {
-                DriverInput::Meta(MetaDone::Persisted {
-                    room_id, result, ..
-                }) => {
-                    state.salvage_saves = state.salvage_saves.saturating_sub(1);
-                    if let Err(e) = result {
-                        tracing::error!(room_id, "room not saved after poisoning: {e}");
-                    }
-                }
-                DriverInput::Shutdown { done } => state.shutdown_waiter = Some(done),
-                DriverInput::Open { writer, .. } => {
-                    let _ = writer
-                        .close
-                        .try_send((close_code::INTERNAL_ERROR, "internal server error".into()));
-                }
-                _ => {}
-            }
+            self.handle_while_poisoned(input, state);
             return Ok(());
         }
         match input {
@@ -347,6 +330,42 @@ impl Driver {
             DriverInput::Executor(Completion::Upload { handle, result }) => {
                 self.call_core(|server| server.handle_upload_done(handle, result, now))
             }
+            DriverInput::Shutdown { done } => {
+                state.shutdown_waiter = Some(done);
+                self.call_core(|server| server.handle_shutdown(now))
+            }
+            input => self.from_storage_or_broker(input, now),
+        }
+    }
+
+    /// After the core was poisoned: only the salvage saves and shutdown matter.
+    fn handle_while_poisoned(&mut self, input: DriverInput, state: &mut State) {
+        match input {
+            DriverInput::Meta(MetaDone::Persisted {
+                room_id, result, ..
+            }) => {
+                state.salvage_saves = state.salvage_saves.saturating_sub(1);
+                if let Err(e) = result {
+                    tracing::error!(room_id, "room not saved after poisoning: {e}");
+                }
+            }
+            DriverInput::Shutdown { done } => state.shutdown_waiter = Some(done),
+            DriverInput::Open { writer, .. } => {
+                let _ = writer
+                    .close
+                    .try_send((close_code::INTERNAL_ERROR, "internal server error".into()));
+            }
+            _ => {}
+        }
+    }
+
+    /// What meta storage and the cluster broker report.
+    fn from_storage_or_broker(
+        &mut self,
+        input: DriverInput,
+        now: Millis,
+    ) -> Result<(), ServerError> {
+        match input {
             DriverInput::Meta(MetaDone::Loaded { room_id, result }) => match &self.broker {
                 // Cluster mode: the room's shared log comes on top of the local part.
                 Some(broker) => {
@@ -395,10 +414,8 @@ impl Driver {
                 }
                 Ok(())
             }),
-            DriverInput::Shutdown { done } => {
-                state.shutdown_waiter = Some(done);
-                self.call_core(|server| server.handle_shutdown(now))
-            }
+            // Every other input is handled by `Driver::handle`.
+            _ => Ok(()),
         }
     }
 
@@ -454,131 +471,127 @@ impl Driver {
         let mut hits = Vec::new();
         while let Some(effect) = self.server.poll_effect() {
             match effect {
-                Effect::Send { conn, frame } => {
-                    if let Some(writer) = writers.get(&conn) {
-                        let _ = writer.queue.try_send(Outbound::Frame(frame));
-                    }
-                }
-                Effect::Respond { conn, response } => {
-                    if let Some(writer) = writers.get(&conn) {
-                        let _ = writer.queue.try_send(Outbound::Response(response));
-                    }
-                }
-                Effect::Close { conn, code, reason } => {
-                    if let Some(writer) = writers.get(&conn) {
-                        let _ = writer.close.try_send((code, reason));
-                    }
-                }
-                Effect::RunQuery(run) => {
-                    if let Some(outcome) = self.cache_hit(&run) {
-                        hits.push((run.query, outcome));
-                        continue;
-                    }
-                    tracing::debug!(
-                        conn = run.conn.0,
-                        query_id = %run.query_id,
-                        kind = run.kind.as_str(),
-                        "query submitted"
-                    );
-                    self.executor.submit(Job::Query {
-                        handle: run.query,
-                        kind: run.kind,
-                        sql: run.sql,
-                        persist: run.persist,
-                        arrow_header: run.arrow_header,
-                        json_header: run.json_header,
-                        gate: run.gate,
-                    })
-                }
+                Effect::RunQuery(run) => hits.extend(self.run_query(run)),
                 Effect::Interrupt { query } => self.executor.interrupt(query),
-                Effect::UploadTable(upload) => {
-                    tracing::debug!(
-                        conn = upload.conn.0,
-                        query_id = %upload.query_id,
-                        table = upload.table_name,
-                        bytes = upload.payload.len(),
-                        "upload submitted"
-                    );
-                    self.executor.submit(Job::Upload {
-                        handle: upload.query,
-                        table_name: upload.table_name,
-                        payload: upload.payload,
-                    })
+                Effect::UploadTable(upload) => self.upload(upload),
+                Effect::InvalidateCache => self.cache.invalidate(),
+                effect @ (Effect::Send { .. }
+                | Effect::Respond { .. }
+                | Effect::Close { .. }
+                | Effect::Ping { .. }
+                | Effect::PauseReading { .. }
+                | Effect::ResumeReading { .. }) => to_connection(writers, effect),
+                effect => self.to_storage_or_broker(effect),
+            }
+        }
+        self.publish_core_gauges();
+        hits
+    }
+
+    /// A query to the worker pool, or its answer at once from the in-memory cache.
+    fn run_query(&mut self, run: RunQuery) -> Option<(QueryHandle, QueryOutcome)> {
+        if let Some(outcome) = self.cache_hit(&run) {
+            return Some((run.query, outcome));
+        }
+        tracing::debug!(
+            conn = run.conn.0,
+            query_id = %run.query_id,
+            kind = run.kind.as_str(),
+            "query submitted"
+        );
+        self.executor.submit(Job::Query {
+            handle: run.query,
+            kind: run.kind,
+            sql: run.sql,
+            persist: run.persist,
+            arrow_header: run.arrow_header,
+            json_header: run.json_header,
+            gate: run.gate,
+        });
+        None
+    }
+
+    fn upload(&mut self, upload: UploadTable) {
+        tracing::debug!(
+            conn = upload.conn.0,
+            query_id = %upload.query_id,
+            table = upload.table_name,
+            bytes = upload.payload.len(),
+            "upload submitted"
+        );
+        self.executor.submit(Job::Upload {
+            handle: upload.query,
+            table_name: upload.table_name,
+            payload: upload.payload,
+        })
+    }
+
+    /// Rooms' storage (meta storage, or the shared log in cluster mode) and the broker.
+    fn to_storage_or_broker(&mut self, effect: Effect) {
+        match effect {
+            Effect::LoadSnapshot { room_id } => self.meta.submit(MetaJob::Load { room_id }),
+            Effect::PersistSnapshot {
+                room_id,
+                snapshot,
+                version,
+                log_seq,
+                covers,
+            } => {
+                // Cluster mode: also beside the room's shared log, by whichever replica
+                // holds the room's save lease (the local copy is this replica's own).
+                if let (Some(broker), Some(covers)) = (&self.broker, covers) {
+                    broker.control(Control::SaveSnapshot {
+                        room_id: room_id.clone(),
+                        state: Bytes::from(snapshot.clone()),
+                        covers,
+                    });
                 }
-                Effect::LoadSnapshot { room_id } => self.meta.submit(MetaJob::Load { room_id }),
-                Effect::PersistSnapshot {
+                self.meta.submit(MetaJob::Persist {
                     room_id,
                     snapshot,
                     version,
                     log_seq,
-                    covers,
-                } => {
-                    // Cluster mode: also beside the room's shared log, by whichever replica
-                    // holds the room's save lease (the local copy is this replica's own).
-                    if let (Some(broker), Some(covers)) = (&self.broker, covers) {
-                        broker.control(Control::SaveSnapshot {
-                            room_id: room_id.clone(),
-                            state: Bytes::from(snapshot.clone()),
-                            covers,
-                        });
-                    }
-                    self.meta.submit(MetaJob::Persist {
-                        room_id,
-                        snapshot,
-                        version,
-                        log_seq,
-                    })
-                }
-                Effect::AppendRoomUpdate {
+                })
+            }
+            Effect::AppendRoomUpdate {
+                room_id,
+                seq,
+                update,
+            } => match &self.broker {
+                // Cluster mode: the room's shared log is the durable one.
+                Some(broker) => broker.control(Control::Append {
                     room_id,
                     seq,
                     update,
-                } => match &self.broker {
-                    // Cluster mode: the room's shared log is the durable one.
-                    Some(broker) => broker.control(Control::Append {
-                        room_id,
-                        seq,
-                        update,
-                    }),
-                    None => self.meta.submit(MetaJob::Append {
-                        room_id,
-                        seq,
-                        update,
-                    }),
-                },
-                Effect::RoomUnloaded { room_id } => self.to_broker(Control::Unfollow { room_id }),
-                Effect::RepublishRoom { room_id, state } => {
-                    self.to_broker(Control::Republish { room_id, state })
-                }
-                Effect::Ping { conn } => {
-                    if let Some(writer) = writers.get(&conn) {
-                        let _ = writer.queue.try_send(Outbound::Ping);
-                    }
-                }
-                Effect::PauseReading { conn } => {
-                    if let Some(writer) = writers.get(&conn) {
-                        writer.gate.pause();
-                    }
-                }
-                Effect::ResumeReading { conn } => {
-                    if let Some(writer) = writers.get(&conn) {
-                        writer.gate.resume();
-                    }
-                }
-                Effect::InvalidateCache => self.cache.invalidate(),
-                Effect::BrokerSubscribe { channel, token } => {
-                    self.to_broker(Control::Subscribe { channel, token })
-                }
-                Effect::BrokerUnsubscribe { channel } => {
-                    self.to_broker(Control::Unsubscribe { channel })
-                }
-                Effect::PublishNotify { channel, message } => {
-                    if let Some(broker) = &self.broker {
-                        broker.publish(channel, message);
-                    }
+                }),
+                None => self.meta.submit(MetaJob::Append {
+                    room_id,
+                    seq,
+                    update,
+                }),
+            },
+            Effect::RoomUnloaded { room_id } => self.to_broker(Control::Unfollow { room_id }),
+            Effect::RepublishRoom { room_id, state } => {
+                self.to_broker(Control::Republish { room_id, state })
+            }
+            Effect::BrokerSubscribe { channel, token } => {
+                self.to_broker(Control::Subscribe { channel, token })
+            }
+            Effect::BrokerUnsubscribe { channel } => {
+                self.to_broker(Control::Unsubscribe { channel })
+            }
+            Effect::PublishNotify { channel, message } => {
+                if let Some(broker) = &self.broker {
+                    broker.publish(channel, message);
                 }
             }
+            // Every other effect is carried out by `carry_out_effects_once`.
+            _ => {}
         }
+    }
+
+    /// The core's counters, as metrics.
+    fn publish_core_gauges(&self) {
         self.metrics.crdt_rooms.set(self.server.room_count() as u64);
         Metrics::set_counter(
             &self.metrics.crdt_updates,
@@ -588,6 +601,39 @@ impl Driver {
         self.metrics
             .inbound_bytes
             .set(self.server.inbound_bytes_total() as u64);
-        hits
+    }
+}
+
+/// Effects for one connection's task: what to write, when to close, whether to read.
+fn to_connection(writers: &HashMap<ConnId, ConnectionWriter>, effect: Effect) {
+    let conn = match &effect {
+        Effect::Send { conn, .. }
+        | Effect::Respond { conn, .. }
+        | Effect::Close { conn, .. }
+        | Effect::Ping { conn }
+        | Effect::PauseReading { conn }
+        | Effect::ResumeReading { conn } => *conn,
+        _ => return,
+    };
+    // A connection whose task is gone has nothing left to write to.
+    let Some(writer) = writers.get(&conn) else {
+        return;
+    };
+    match effect {
+        Effect::Send { frame, .. } => {
+            let _ = writer.queue.try_send(Outbound::Frame(frame));
+        }
+        Effect::Respond { response, .. } => {
+            let _ = writer.queue.try_send(Outbound::Response(response));
+        }
+        Effect::Close { code, reason, .. } => {
+            let _ = writer.close.try_send((code, reason));
+        }
+        Effect::Ping { .. } => {
+            let _ = writer.queue.try_send(Outbound::Ping);
+        }
+        Effect::PauseReading { .. } => writer.gate.pause(),
+        Effect::ResumeReading { .. } => writer.gate.resume(),
+        _ => {}
     }
 }

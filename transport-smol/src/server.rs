@@ -97,78 +97,92 @@ pub fn run(
         }
         None => None,
     };
-    let (database, base) = open_database(&config)?;
-    if let Some(limit) = &config.memory_limit {
-        base.execute_batch(&format!(
-            "SET memory_limit = '{}'",
-            limit.replace('\'', "''")
-        ))
-        .map_err(|e| StartError::MemoryLimit {
-            value: limit.clone(),
-            message: e.to_string(),
-        })?;
-    }
-    load_extensions(&base, &config.extensions);
-    let ns = if config.read_only && config.meta_db.is_none() {
-        // Nothing can be created in a read-only database; meta storage needs --meta-db.
-        meta::quoted_namespace(&config.meta_namespace)
-    } else {
-        meta::init(&base, &config.meta_namespace, config.meta_db.as_deref())
-            .map_err(StartError::Meta)?
-    };
-    if let Some(file) = &config.init_sql {
-        run_init_sql(&base, file)?;
-    }
-    lock_down_file_access(&base, &config)?;
-    let duckdb_version: String = base
-        .query_row("SELECT version()", [], |row| row.get(0))
-        .unwrap_or_else(|_| "unknown".into());
-    let meta_conn = base
-        .try_clone()
-        .map_err(|e| StartError::Meta(e.to_string()))?;
-    let base = SharedDatabase::new(base, database);
-
-    let metrics = Arc::new(Metrics::default());
-    // One "a write happened" epoch for the result cache and the workers' plans.
-    let write_epoch = Arc::new(WriteEpoch::default());
-    let cache = Arc::new(
-        ResultCache::new(
-            config.cache_bytes,
-            config.cache_dir.clone(),
-            metrics.clone(),
-            write_epoch.clone(),
-        )
-        .map_err(StartError::Cache)?,
-    );
+    let prepared = prepare_database(&config)?;
     let (driver_tx, driver_rx) = async_channel::unbounded::<DriverInput>();
-    let completions = {
-        let driver_tx = driver_tx.clone();
-        Arc::new(move |done: Completion| {
-            let _ = driver_tx.try_send(DriverInput::Executor(done));
-        })
-    };
-    let executor = Arc::new(Executor::start(
-        base.clone(),
-        config.threads,
-        cache.clone(),
-        metrics.clone(),
-        completions,
-        write_epoch,
-    ));
-    let meta_worker = {
-        let driver_tx = driver_tx.clone();
-        MetaWorker::start(
-            meta_conn,
-            ns,
-            executor.write_epoch(),
-            Arc::new(move |done| {
-                let _ = driver_tx.try_send(DriverInput::Meta(done));
-            }),
-        )
-    };
+    let workers = start_workers(&config, &prepared.base, prepared.meta, &driver_tx)?;
     let (fatal_tx, fatal_rx) = async_channel::bounded::<()>(1);
+    let (core_config, broker) = cluster_and_core_config(&config, &driver_tx, &workers.metrics)?;
     let mut seed = [0u8; 16];
     let _ = getrandom::fill(&mut seed);
+    let sent_reports = Arc::new(SentReports::default());
+    let driver = Driver {
+        server: Server::new(core_config, seed),
+        inputs: driver_rx,
+        executor: workers.executor.clone(),
+        meta: workers.meta,
+        cache: workers.cache,
+        broker,
+        metrics: workers.metrics.clone(),
+        sent_reports: sent_reports.clone(),
+        fatal: fatal_tx,
+        started: Instant::now(),
+    };
+    let shared = Arc::new(Shared {
+        config: config.clone(),
+        driver: driver_tx.clone(),
+        metrics: workers.metrics,
+        ready: AtomicBool::new(false),
+        duckdb_version: prepared.duckdb_version,
+        next_conn: AtomicU64::new(1),
+        tls,
+        sent_reports,
+    });
+    let stop = Stop {
+        shutdown,
+        fatal: fatal_rx,
+    };
+    let (mut meta_worker, poisoned) =
+        smol::block_on(crate::EXECUTOR.run(serve(driver, shared, on_listening, stop)))?;
+    // The driver stopped: no more work arrives. Stop queries, finish saves, checkpoint.
+    workers.executor.shutdown();
+    meta_worker.stop();
+    let base = prepared.base.base.lock().unwrap_or_else(|e| e.into_inner());
+    if !config.is_in_memory() {
+        if let Err(e) = base.execute_batch("FORCE CHECKPOINT") {
+            tracing::warn!("checkpoint at shutdown failed: {e}");
+        }
+    }
+    tracing::info!("stopped");
+    if poisoned {
+        return Err(StartError::CorePoisoned);
+    }
+    Ok(())
+}
+
+/// The database opened and made ready: memory limit, extensions, meta storage, the init
+/// SQL, file access locked down.
+struct Prepared {
+    base: Arc<SharedDatabase>,
+    meta: (duckdb::Connection, String),
+    duckdb_version: String,
+}
+
+/// What ends serving: a shutdown signal, or the driver reporting a poisoned core.
+struct Stop {
+    shutdown: async_channel::Receiver<()>,
+    fatal: async_channel::Receiver<()>,
+}
+
+impl Stop {
+    /// `true` when the core was poisoned.
+    async fn wait(&self) -> bool {
+        smol::future::or(
+            async {
+                let _ = self.shutdown.recv().await;
+                false
+            },
+            async { self.fatal.recv().await.is_ok() },
+        )
+        .await
+    }
+}
+
+/// The core's configuration for this deployment, and the cluster broker when there is one.
+fn cluster_and_core_config(
+    config: &ServerConfig,
+    driver_tx: &async_channel::Sender<DriverInput>,
+    metrics: &Arc<Metrics>,
+) -> Result<(duckwire_core::Config, Option<crate::broker::Broker>), StartError> {
     let mut core_config = config.core.clone();
     core_config.read_only = config.read_only;
     let broker = match &config.redis_url {
@@ -199,117 +213,168 @@ pub fn run(
     // since that append is also how the other replicas get the change.
     core_config.durable_room_log =
         !config.is_in_memory() || config.meta_db.is_some() || broker.is_some();
-    let sent_reports = Arc::new(SentReports::default());
-    let driver = Driver {
-        server: Server::new(core_config, seed),
-        inputs: driver_rx,
-        executor: executor.clone(),
-        meta: meta_worker,
-        cache,
-        broker,
-        metrics: metrics.clone(),
-        sent_reports: sent_reports.clone(),
-        fatal: fatal_tx,
-        started: Instant::now(),
-    };
-    let shared = Arc::new(Shared {
-        config: config.clone(),
-        driver: driver_tx.clone(),
-        metrics,
-        ready: AtomicBool::new(false),
-        duckdb_version,
-        next_conn: AtomicU64::new(1),
-        tls,
-        sent_reports,
-    });
-
-    let addr = listen_address(&config.host, config.port);
-    let meta_worker = smol::block_on(crate::EXECUTOR.run(async {
-        let listener = TcpListener::bind(&addr)
-            .await
-            .map_err(|source| StartError::Listen {
-                addr: addr.clone(),
-                source,
-            })?;
-        let local = listener.local_addr().map_err(|source| StartError::Listen {
-            addr: addr.clone(),
-            source,
-        })?;
-        let driver_task = crate::spawn(driver.run());
-        shared.ready.store(true, Relaxed);
-        on_listening(local);
-
-        // Its own task: as part of the future `run` drives, it would be polled (one failed
-        // accept4 and an epoll re-arm) each time any task on the executor woke.
-        let accept_shared = shared.clone();
-        let accept_task = crate::spawn(async move {
-            let shared = accept_shared;
-            loop {
-                match listener.accept().await {
-                    Ok((stream, peer)) => {
-                        // Replies are whole frames written at once: send them without
-                        // waiting for the peer's ack of the previous one (Nagle).
-                        let _ = stream.set_nodelay(true);
-                        let shared = shared.clone();
-                        crate::spawn(handle_connection(stream, peer, shared)).detach();
-                    }
-                    Err(e) => {
-                        // Typically out of file descriptors: back off instead of spinning.
-                        tracing::warn!("accept failed: {e}");
-                        smol::Timer::after(ACCEPT_BACKOFF).await;
-                    }
-                }
-            }
-        });
-        // `true` when the core was poisoned.
-        let stop = async {
-            smol::future::or(
-                async {
-                    let _ = shutdown.recv().await;
-                    false
-                },
-                async { fatal_rx.recv().await.is_ok() },
-            )
-            .await
-        };
-        let poisoned = stop.await;
-        // Cancelling the task drops the listener: no new connections.
-        let _ = accept_task.cancel().await;
-
-        tracing::info!("shutting down: closing connections and saving rooms");
-        shared.ready.store(false, Relaxed);
-        let (done_tx, done_rx) = async_channel::bounded(1);
-        let _ = driver_tx
-            .send(DriverInput::Shutdown { done: done_tx })
-            .await;
-        let saved = smol::future::or(async { done_rx.recv().await.is_ok() }, async {
-            smol::Timer::after(SHUTDOWN_GRACE).await;
-            false
-        })
-        .await;
-        if !saved {
-            tracing::error!("shutdown: some CRDT rooms were not saved in time");
-        }
-        driver_tx.close();
-        Ok::<_, StartError>((driver_task.await, poisoned))
-    }))?;
-    let (mut meta_worker, poisoned) = meta_worker;
-    // The driver stopped: no more work arrives. Stop queries, finish saves, checkpoint.
-    executor.shutdown();
-    meta_worker.stop();
-    let base = base.base.lock().unwrap_or_else(|e| e.into_inner());
-    if !config.is_in_memory() {
-        if let Err(e) = base.execute_batch("FORCE CHECKPOINT") {
-            tracing::warn!("checkpoint at shutdown failed: {e}");
-        }
-    }
-    tracing::info!("stopped");
-    if poisoned {
-        return Err(StartError::CorePoisoned);
-    }
-    Ok(())
+    Ok((core_config, broker))
 }
 
+/// Listens, runs the driver and the accept loop until `stop`, then shuts down gracefully:
+/// no new connections, every connection closed, every changed room saved (within
+/// `SHUTDOWN_GRACE`). Returns the meta worker (the driver gives it back) and whether the
+/// core was poisoned.
+async fn serve(
+    driver: Driver,
+    shared: Arc<Shared>,
+    on_listening: impl FnOnce(SocketAddr),
+    stop: Stop,
+) -> Result<(MetaWorker, bool), StartError> {
+    let addr = listen_address(&shared.config.host, shared.config.port);
+    let listen_error = |source| StartError::Listen {
+        addr: addr.clone(),
+        source,
+    };
+    let listener = TcpListener::bind(&addr).await.map_err(listen_error)?;
+    let local = listener.local_addr().map_err(listen_error)?;
+    let driver_task = crate::spawn(driver.run());
+    shared.ready.store(true, Relaxed);
+    on_listening(local);
+    // Its own task: as part of the future `run` drives, it would be polled (one failed
+    // accept4 and an epoll re-arm) each time any task on the executor woke.
+    let accept_task = crate::spawn(accept_loop(listener, shared.clone()));
+    let poisoned = stop.wait().await;
+    // Cancelling the task drops the listener: no new connections.
+    let _ = accept_task.cancel().await;
+
+    tracing::info!("shutting down: closing connections and saving rooms");
+    shared.ready.store(false, Relaxed);
+    let (done_tx, done_rx) = async_channel::bounded(1);
+    let _ = shared
+        .driver
+        .send(DriverInput::Shutdown { done: done_tx })
+        .await;
+    let saved = smol::future::or(async { done_rx.recv().await.is_ok() }, async {
+        smol::Timer::after(SHUTDOWN_GRACE).await;
+        false
+    })
+    .await;
+    if !saved {
+        tracing::error!("shutdown: some CRDT rooms were not saved in time");
+    }
+    shared.driver.close();
+    Ok((driver_task.await, poisoned))
+}
+
+async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                // Replies are whole frames written at once: send them without waiting for
+                // the peer's ack of the previous one (Nagle).
+                let _ = stream.set_nodelay(true);
+                crate::spawn(handle_connection(stream, peer, shared.clone())).detach();
+            }
+            Err(e) => {
+                // Typically out of file descriptors: back off instead of spinning.
+                tracing::warn!("accept failed: {e}");
+                smol::Timer::after(ACCEPT_BACKOFF).await;
+            }
+        }
+    }
+}
+
+fn prepare_database(config: &ServerConfig) -> Result<Prepared, StartError> {
+    let (database, base) = open_database(config)?;
+    if let Some(limit) = &config.memory_limit {
+        base.execute_batch(&format!(
+            "SET memory_limit = '{}'",
+            limit.replace('\'', "''")
+        ))
+        .map_err(|e| StartError::MemoryLimit {
+            value: limit.clone(),
+            message: e.to_string(),
+        })?;
+    }
+    load_extensions(&base, &config.extensions);
+    let ns = if config.read_only && config.meta_db.is_none() {
+        // Nothing can be created in a read-only database; meta storage needs --meta-db.
+        meta::quoted_namespace(&config.meta_namespace)
+    } else {
+        meta::init(&base, &config.meta_namespace, config.meta_db.as_deref())
+            .map_err(StartError::Meta)?
+    };
+    if let Some(file) = &config.init_sql {
+        run_init_sql(&base, file)?;
+    }
+    lock_down_file_access(&base, config)?;
+    let duckdb_version: String = base
+        .query_row("SELECT version()", [], |row| row.get(0))
+        .unwrap_or_else(|_| "unknown".into());
+    let meta_conn = base
+        .try_clone()
+        .map_err(|e| StartError::Meta(e.to_string()))?;
+    Ok(Prepared {
+        base: SharedDatabase::new(base, database),
+        meta: (meta_conn, ns),
+        duckdb_version,
+    })
+}
+
+/// What runs beside the driver: the DuckDB worker pool, meta storage, the result cache.
+struct Workers {
+    executor: Arc<Executor>,
+    meta: MetaWorker,
+    cache: Arc<ResultCache>,
+    metrics: Arc<Metrics>,
+}
+
+fn start_workers(
+    config: &ServerConfig,
+    base: &Arc<SharedDatabase>,
+    (meta_conn, ns): (duckdb::Connection, String),
+    driver_tx: &async_channel::Sender<DriverInput>,
+) -> Result<Workers, StartError> {
+    let metrics = Arc::new(Metrics::default());
+    // One "a write happened" epoch for the result cache and the workers' plans.
+    let write_epoch = Arc::new(WriteEpoch::default());
+    let cache = Arc::new(
+        ResultCache::new(
+            config.cache_bytes,
+            config.cache_dir.clone(),
+            metrics.clone(),
+            write_epoch.clone(),
+        )
+        .map_err(StartError::Cache)?,
+    );
+    let completions = {
+        let driver_tx = driver_tx.clone();
+        Arc::new(move |done: Completion| {
+            let _ = driver_tx.try_send(DriverInput::Executor(done));
+        })
+    };
+    let executor = Arc::new(Executor::start(
+        base.clone(),
+        config.threads,
+        cache.clone(),
+        metrics.clone(),
+        completions,
+        write_epoch,
+    ));
+    let meta = {
+        let driver_tx = driver_tx.clone();
+        MetaWorker::start(
+            meta_conn,
+            ns,
+            executor.write_epoch(),
+            Arc::new(move |done| {
+                let _ = driver_tx.try_send(DriverInput::Meta(done));
+            }),
+        )
+    };
+    Ok(Workers {
+        executor,
+        meta,
+        cache,
+        metrics,
+    })
+}
 #[cfg(test)]
 mod tests {
     use super::*;

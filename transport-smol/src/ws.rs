@@ -111,6 +111,9 @@ const READ_BUFFER_BYTES: usize = 16 * 1024;
 /// How long a peer has to answer our close frame before its socket is dropped.
 const CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
+type Sink = async_tungstenite::WebSocketSender<Stream>;
+type Source = async_tungstenite::WebSocketReceiver<Stream>;
+
 pub async fn serve(
     stream: Stream,
     already_read: Vec<u8>,
@@ -128,7 +131,7 @@ pub async fn serve(
     let socket =
         WebSocketStream::from_partially_read(stream, already_read, Role::Server, Some(config))
             .await;
-    let (mut sink, mut source) = socket.split();
+    let (sink, source) = socket.split();
     let (writer, queue) = async_channel::unbounded::<Outbound>();
     let (close_requests_tx, close_requests) = async_channel::bounded::<(u16, String)>(1);
     let gate = Arc::new(ReadGate::default());
@@ -139,111 +142,18 @@ pub async fn serve(
         sent: SentCounter::new(conn, sent_reports),
     };
     let sent = connection_writer.sent.clone();
-    if driver
-        .send(DriverInput::Open {
-            conn,
-            info,
-            writer: connection_writer,
-        })
-        .await
-        .is_err()
-    {
+    let open = DriverInput::Open {
+        conn,
+        info,
+        writer: connection_writer,
+    };
+    if driver.send(open).await.is_err() {
         return;
     }
-
     // Told when we have sent a close frame: from then on the peer gets CLOSE_GRACE to answer.
     let (closing, closed_by_us) = async_channel::bounded::<()>(1);
-    let writer_task = crate::spawn(async move {
-        let write_queue = async {
-            while let Ok(outbound) = queue.recv().await {
-                match outbound {
-                    Outbound::Frame(frame) => {
-                        let bytes = frame.len();
-                        // Fed without a flush each; the library still writes out whenever
-                        // its buffer fills, so the fragments never pile up in memory.
-                        for message in fragments(frame) {
-                            if sink.feed(message).await.is_err() {
-                                return None;
-                            }
-                        }
-                        if sink.flush().await.is_err() {
-                            return None;
-                        }
-                        sent.sent(bytes);
-                    }
-                    // HTTP answers go to HTTP connections only.
-                    Outbound::Response(_) => {}
-                    Outbound::Ping => {
-                        if sink.send(Message::Ping(Bytes::new())).await.is_err() {
-                            return None;
-                        }
-                    }
-                }
-            }
-            None
-        };
-        // A close the core decided on overtakes the queue, even while a write is stuck on
-        // a peer that stopped reading. A frame cut short stays whole: tungstenite keeps it
-        // in its write buffer and flushes it before the close frame.
-        let requested = async { close_requests.recv().await.ok() };
-        if let Some((code, reason)) = smol::future::or(write_queue, requested).await {
-            let frame = CloseFrame {
-                code: CloseCode::from(code),
-                reason: reason.into(),
-            };
-            let _ = closing.try_send(());
-            let sent = async {
-                let _ = sink.close(Some(frame)).await;
-            };
-            let give_up = async {
-                smol::Timer::after(CLOSE_GRACE).await;
-            };
-            smol::future::or(sent, give_up).await;
-        }
-    });
-
-    let reading = async {
-        loop {
-            // Over its inbound budget the connection is not read: TCP backpressure. A peer
-            // that hangs up meanwhile is noticed without reading, so its queries stop.
-            if !wait_open_or_hangup(&gate, &hangup_probe).await {
-                break;
-            }
-            let Some(message) = source.next().await else {
-                break;
-            };
-            let frame = match message {
-                Ok(Message::Text(text)) => Frame::Text(text.as_str().to_owned()),
-                Ok(Message::Binary(data)) => Frame::Binary(data),
-                Ok(Message::Close(_)) => break,
-                Ok(Message::Pong(_)) => {
-                    let _ = driver.send(DriverInput::Pong { conn }).await;
-                    continue;
-                }
-                Ok(_) => continue,
-                Err(WsError::Capacity(_)) => {
-                    // The core closes it (1009 and the cap's message). Nothing more is read;
-                    // the socket stays until that close went out and the peer had its grace
-                    // (`close_grace` below ends this task), bounded here in case it never does.
-                    let malformed = Malformed::FrameTooLarge;
-                    let _ = driver
-                        .send(DriverInput::Malformed { conn, malformed })
-                        .await;
-                    smol::Timer::after(2 * CLOSE_GRACE).await;
-                    break;
-                }
-                Err(_) => break,
-            };
-            gate.handed_over(frame.len());
-            if driver
-                .send(DriverInput::Frame { conn, frame })
-                .await
-                .is_err()
-            {
-                break;
-            }
-        }
-    };
+    let writer_task = crate::spawn(write(sink, queue, close_requests, closing, sent));
+    let reading = read(source, conn, &gate, &hangup_probe, &driver);
     // A peer that never answers our close frame does not keep its socket.
     let close_grace = async {
         if closed_by_us.recv().await.is_ok() {
@@ -256,6 +166,113 @@ pub async fn serve(
     drop(writer);
     let _ = driver.send(DriverInput::Closed { conn }).await;
     writer_task.await;
+}
+
+/// The writer task: the connection's queue to the socket, until the core closes it (or the
+/// socket fails).
+async fn write(
+    mut sink: Sink,
+    queue: async_channel::Receiver<Outbound>,
+    close_requests: async_channel::Receiver<(u16, String)>,
+    closing: async_channel::Sender<()>,
+    sent: Arc<SentCounter>,
+) {
+    let write_queue = async {
+        while let Ok(outbound) = queue.recv().await {
+            if write_one(&mut sink, outbound, &sent).await.is_err() {
+                return None;
+            }
+        }
+        None
+    };
+    // A close the core decided on overtakes the queue, even while a write is stuck on a peer
+    // that stopped reading. A frame cut short stays whole: tungstenite keeps it in its write
+    // buffer and flushes it before the close frame.
+    let requested = async { close_requests.recv().await.ok() };
+    let Some((code, reason)) = smol::future::or(write_queue, requested).await else {
+        return;
+    };
+    let frame = CloseFrame {
+        code: CloseCode::from(code),
+        reason: reason.into(),
+    };
+    let _ = closing.try_send(());
+    let sent = async {
+        let _ = sink.close(Some(frame)).await;
+    };
+    let give_up = async {
+        smol::Timer::after(CLOSE_GRACE).await;
+    };
+    smol::future::or(sent, give_up).await;
+}
+
+async fn write_one(sink: &mut Sink, outbound: Outbound, sent: &SentCounter) -> Result<(), WsError> {
+    match outbound {
+        Outbound::Frame(frame) => {
+            let bytes = frame.len();
+            // Fed without a flush each; the library still writes out whenever its buffer
+            // fills, so the fragments never pile up in memory.
+            for message in fragments(frame) {
+                sink.feed(message).await?;
+            }
+            sink.flush().await?;
+            sent.sent(bytes);
+        }
+        // HTTP answers go to HTTP connections only.
+        Outbound::Response(_) => {}
+        Outbound::Ping => sink.send(Message::Ping(Bytes::new())).await?,
+    }
+    Ok(())
+}
+
+/// The reader: messages to the driver, while the core lets the connection be read.
+async fn read(
+    mut source: Source,
+    conn: ConnId,
+    gate: &ReadGate,
+    hangup_probe: &TcpStream,
+    driver: &async_channel::Sender<DriverInput>,
+) {
+    loop {
+        // Over its inbound budget the connection is not read: TCP backpressure. A peer that
+        // hangs up meanwhile is noticed without reading, so its queries stop.
+        if !wait_open_or_hangup(gate, hangup_probe).await {
+            break;
+        }
+        let Some(message) = source.next().await else {
+            break;
+        };
+        let frame = match message {
+            Ok(Message::Text(text)) => Frame::Text(text.as_str().to_owned()),
+            Ok(Message::Binary(data)) => Frame::Binary(data),
+            Ok(Message::Close(_)) => break,
+            Ok(Message::Pong(_)) => {
+                let _ = driver.send(DriverInput::Pong { conn }).await;
+                continue;
+            }
+            Ok(_) => continue,
+            Err(WsError::Capacity(_)) => {
+                // The core closes it (1009 and the cap's message). Nothing more is read; the
+                // socket stays until that close went out and the peer had its grace (the
+                // caller's `close_grace` ends this), bounded here in case it never does.
+                let malformed = Malformed::FrameTooLarge;
+                let _ = driver
+                    .send(DriverInput::Malformed { conn, malformed })
+                    .await;
+                smol::Timer::after(2 * CLOSE_GRACE).await;
+                break;
+            }
+            Err(_) => break,
+        };
+        gate.handed_over(frame.len());
+        if driver
+            .send(DriverInput::Frame { conn, frame })
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
 }
 
 #[cfg(test)]
