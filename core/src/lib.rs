@@ -16,6 +16,7 @@ mod http;
 mod ids;
 pub mod limits;
 mod liveness;
+mod messages;
 mod mosaic;
 mod queries;
 mod rooms;

@@ -117,6 +117,8 @@ struct State {
     sent_to_report: Vec<ConnId>,
 }
 
+mod effects;
+
 impl Driver {
     pub async fn run(mut self) -> MetaWorker {
         let mut state = State::default();
@@ -334,7 +336,7 @@ impl Driver {
                 state.shutdown_waiter = Some(done);
                 self.call_core(|server| server.handle_shutdown(now))
             }
-            input => self.from_storage_or_broker(input, now),
+            input => self.handle_storage_or_broker(input, now),
         }
     }
 
@@ -360,7 +362,7 @@ impl Driver {
     }
 
     /// What meta storage and the cluster broker report.
-    fn from_storage_or_broker(
+    fn handle_storage_or_broker(
         &mut self,
         input: DriverInput,
         now: Millis,
@@ -417,223 +419,5 @@ impl Driver {
             // Every other input is handled by `Driver::handle`.
             _ => Ok(()),
         }
-    }
-
-    /// Carries out the core's effects, and answers persisted reads the in-memory cache holds
-    /// right here (their answers are more effects), so a cache hit never waits for a worker.
-    fn carry_out_effects(&mut self, state: &mut State, now: Millis) {
-        loop {
-            let hits = self.carry_out_effects_once(&mut state.writers);
-            if hits.is_empty() {
-                return;
-            }
-            for (handle, outcome) in hits {
-                let answered =
-                    self.call_core(|server| server.handle_query_done(handle, outcome, false, now));
-                if let Err(ServerError::Poisoned) = answered {
-                    self.poisoned(state);
-                    return;
-                }
-            }
-        }
-    }
-
-    /// A cluster-mode request to Redis; the core asks for none without `--redis-url`.
-    fn to_broker(&self, request: Control) {
-        if let Some(broker) = &self.broker {
-            broker.control(request);
-        }
-    }
-
-    /// A persisted read answered from the in-memory cache, or `None` (run it).
-    fn cache_hit(&self, run: &RunQuery) -> Option<QueryOutcome> {
-        if !run.persist || !self.cache.is_enabled() {
-            return None;
-        }
-        let started = Instant::now();
-        let form = crate::cache::cache_form(run.kind, run.json_header.is_some());
-        let value = self.cache.memory_hit(&(form, run.sql.clone()))?;
-        let outcome = crate::cache::cached_outcome(
-            run.kind,
-            &run.arrow_header,
-            run.json_header.as_ref(),
-            value,
-        );
-        self.metrics
-            .record_query(run.kind.as_str(), "ok", started.elapsed().as_secs_f64());
-        Some(outcome)
-    }
-
-    fn carry_out_effects_once(
-        &mut self,
-        writers: &mut HashMap<ConnId, ConnectionWriter>,
-    ) -> Vec<(QueryHandle, QueryOutcome)> {
-        let mut hits = Vec::new();
-        while let Some(effect) = self.server.poll_effect() {
-            match effect {
-                Effect::RunQuery(run) => hits.extend(self.run_query(run)),
-                Effect::Interrupt { query } => self.executor.interrupt(query),
-                Effect::UploadTable(upload) => self.upload(upload),
-                Effect::InvalidateCache => self.cache.invalidate(),
-                effect @ (Effect::Send { .. }
-                | Effect::Respond { .. }
-                | Effect::Close { .. }
-                | Effect::Ping { .. }
-                | Effect::PauseReading { .. }
-                | Effect::ResumeReading { .. }) => to_connection(writers, effect),
-                effect => self.to_storage_or_broker(effect),
-            }
-        }
-        self.publish_core_gauges();
-        hits
-    }
-
-    /// A query to the worker pool, or its answer at once from the in-memory cache.
-    fn run_query(&mut self, run: RunQuery) -> Option<(QueryHandle, QueryOutcome)> {
-        if let Some(outcome) = self.cache_hit(&run) {
-            return Some((run.query, outcome));
-        }
-        tracing::debug!(
-            conn = run.conn.0,
-            query_id = %run.query_id,
-            kind = run.kind.as_str(),
-            "query submitted"
-        );
-        self.executor.submit(Job::Query {
-            handle: run.query,
-            kind: run.kind,
-            sql: run.sql,
-            persist: run.persist,
-            arrow_header: run.arrow_header,
-            json_header: run.json_header,
-            gate: run.gate,
-        });
-        None
-    }
-
-    fn upload(&mut self, upload: UploadTable) {
-        tracing::debug!(
-            conn = upload.conn.0,
-            query_id = %upload.query_id,
-            table = upload.table_name,
-            bytes = upload.payload.len(),
-            "upload submitted"
-        );
-        self.executor.submit(Job::Upload {
-            handle: upload.query,
-            table_name: upload.table_name,
-            payload: upload.payload,
-        })
-    }
-
-    /// Rooms' storage (meta storage, or the shared log in cluster mode) and the broker.
-    fn to_storage_or_broker(&mut self, effect: Effect) {
-        match effect {
-            Effect::LoadSnapshot { room_id } => self.meta.submit(MetaJob::Load { room_id }),
-            Effect::PersistSnapshot {
-                room_id,
-                snapshot,
-                version,
-                log_seq,
-                covers,
-            } => {
-                // Cluster mode: also beside the room's shared log, by whichever replica
-                // holds the room's save lease (the local copy is this replica's own).
-                if let (Some(broker), Some(covers)) = (&self.broker, covers) {
-                    broker.control(Control::SaveSnapshot {
-                        room_id: room_id.clone(),
-                        state: Bytes::from(snapshot.clone()),
-                        covers,
-                    });
-                }
-                self.meta.submit(MetaJob::Persist {
-                    room_id,
-                    snapshot,
-                    version,
-                    log_seq,
-                })
-            }
-            Effect::AppendRoomUpdate {
-                room_id,
-                seq,
-                update,
-            } => match &self.broker {
-                // Cluster mode: the room's shared log is the durable one.
-                Some(broker) => broker.control(Control::Append {
-                    room_id,
-                    seq,
-                    update,
-                }),
-                None => self.meta.submit(MetaJob::Append {
-                    room_id,
-                    seq,
-                    update,
-                }),
-            },
-            Effect::RoomUnloaded { room_id } => self.to_broker(Control::Unfollow { room_id }),
-            Effect::RepublishRoom { room_id, state } => {
-                self.to_broker(Control::Republish { room_id, state })
-            }
-            Effect::BrokerSubscribe { channel, token } => {
-                self.to_broker(Control::Subscribe { channel, token })
-            }
-            Effect::BrokerUnsubscribe { channel } => {
-                self.to_broker(Control::Unsubscribe { channel })
-            }
-            Effect::PublishNotify { channel, message } => {
-                if let Some(broker) = &self.broker {
-                    broker.publish(channel, message);
-                }
-            }
-            // Every other effect is carried out by `carry_out_effects_once`.
-            _ => {}
-        }
-    }
-
-    /// The core's counters, as metrics.
-    fn publish_core_gauges(&self) {
-        self.metrics.crdt_rooms.set(self.server.room_count() as u64);
-        Metrics::set_counter(
-            &self.metrics.crdt_updates,
-            self.server.crdt_updates_accepted(),
-        );
-        Metrics::set_counter(&self.metrics.queries_shared, self.server.queries_shared());
-        self.metrics
-            .inbound_bytes
-            .set(self.server.inbound_bytes_total() as u64);
-    }
-}
-
-/// Effects for one connection's task: what to write, when to close, whether to read.
-fn to_connection(writers: &HashMap<ConnId, ConnectionWriter>, effect: Effect) {
-    let conn = match &effect {
-        Effect::Send { conn, .. }
-        | Effect::Respond { conn, .. }
-        | Effect::Close { conn, .. }
-        | Effect::Ping { conn }
-        | Effect::PauseReading { conn }
-        | Effect::ResumeReading { conn } => *conn,
-        _ => return,
-    };
-    // A connection whose task is gone has nothing left to write to.
-    let Some(writer) = writers.get(&conn) else {
-        return;
-    };
-    match effect {
-        Effect::Send { frame, .. } => {
-            let _ = writer.queue.try_send(Outbound::Frame(frame));
-        }
-        Effect::Respond { response, .. } => {
-            let _ = writer.queue.try_send(Outbound::Response(response));
-        }
-        Effect::Close { code, reason, .. } => {
-            let _ = writer.close.try_send((code, reason));
-        }
-        Effect::Ping { .. } => {
-            let _ = writer.queue.try_send(Outbound::Ping);
-        }
-        Effect::PauseReading { .. } => writer.gate.pause(),
-        Effect::ResumeReading { .. } => writer.gate.resume(),
-        _ => {}
     }
 }
