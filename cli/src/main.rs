@@ -270,7 +270,6 @@ fn config_from(args: Args) -> Result<ServerConfig, String> {
         threads: args.threads.map_or(base.threads, |threads| threads.max(1)),
         host,
         db_path,
-        ..base
     };
     Ok(config)
 }
