@@ -3,9 +3,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::auth::Rights;
-use crate::barrier::InOrder;
 use crate::http::{Dialect, HttpResponse, Slot};
 use crate::ids::{Millis, QueryHandle, QueryId};
+use crate::queries::InOrder;
 
 /// What the transport learned when the connection opened (the WebSocket upgrade request,
 /// or nothing yet for an HTTP connection: its requests carry their own credentials).

@@ -2,7 +2,6 @@
 #![forbid(unsafe_code)]
 
 pub mod auth;
-mod barrier;
 mod budget;
 mod channels;
 pub mod codec;
@@ -10,7 +9,6 @@ mod config;
 mod conn;
 pub mod effect;
 mod error;
-mod flights;
 mod framing;
 mod http;
 mod ids;

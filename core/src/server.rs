@@ -4,7 +4,7 @@
 //! Single owner: a `Server` is `Send` but not meant to be shared; the driver owns it and
 //! feeds it inputs one at a time (see the crate docs).
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 
 use bytes::Bytes;
 
@@ -16,9 +16,9 @@ pub use crate::config::{Config, DEFAULT_HTTP_IDLE_TIMEOUT_MS};
 pub use crate::conn::ConnectionInfo;
 pub(crate) use crate::conn::{Conn, Released};
 use crate::effect::{Effect, QueryOutcome};
-use crate::flights::Flights;
 use crate::http::{Dialect, HttpRequest, HttpResponse};
 use crate::ids::{ConnId, IdGenerator, Millis, QueryHandle, QueryId};
+use crate::queries::flights::Flights;
 use crate::queries::Queries;
 use crate::rooms::{Rooms, StoredRoom};
 use crate::timers::{TimerKey, Timers};
@@ -42,6 +42,10 @@ pub mod close_code {
 pub const MAX_AUTH_STRIKES: u8 = 3;
 
 /// The protocol state machine of one server. See the crate docs for the input/effect model.
+///
+/// Its fields are the parts of the state, each a type of the module that decides about it
+/// (the README's "Where state lives"): handlers in those modules reach a part through its
+/// methods, never through another part's fields.
 pub struct Server {
     pub(crate) config: Config,
     pub(crate) conns: BTreeMap<ConnId, Conn>,
@@ -51,8 +55,6 @@ pub struct Server {
     pub(crate) ids: IdGenerator,
     pub(crate) timers: Timers,
     pub(crate) flights: Flights,
-    /// Ordered connections where a query finished: their held queries may start.
-    pub(crate) barrier_moved: BTreeSet<ConnId>,
     pub(crate) budget: Budget,
     effects: VecDeque<Effect>,
     /// Set while a handler runs; stays set if it panicked.
@@ -73,7 +75,6 @@ impl Server {
             ids: IdGenerator::new(seed),
             timers: Timers::default(),
             flights: Flights::default(),
-            barrier_moved: BTreeSet::new(),
             budget: Budget::new(&config.limits),
             effects: VecDeque::new(),
             poisoned: false,
@@ -476,22 +477,7 @@ impl Server {
             held,
             room,
         } = c.release();
-        for handle in inflight {
-            if let Some(entry) = self.queries.remove(handle) {
-                self.budget.release(conn, entry.inbound);
-            }
-            if held.contains(&handle) {
-                continue;
-            }
-            if self.flights.leave(handle) {
-                continue; // a waiter: nothing runs
-            }
-            if let Some(flight) = self.flights.land(handle) {
-                // Its waiters belong to other connections: they run on their own now.
-                self.release_waiters(flight);
-            }
-            self.push(Effect::Interrupt { query: handle });
-        }
+        self.abandon_queries(conn, inflight, &held);
         self.forget_channels_of(conn);
         if let Some(room) = room {
             self.leave_room(conn, &room, now);

@@ -6,17 +6,21 @@ use std::collections::BTreeMap;
 use bytes::Bytes;
 
 use crate::auth::Rights;
-use crate::barrier::KnownReads;
+mod barrier;
+pub(crate) mod flights;
+
 use crate::codec::{encode_arrow_frame_header, Frame, JsonReplyHeader, QueryKind, ServerMessage};
 use crate::conn::Conn;
 use crate::effect::{Effect, Gate, QueryOutcome, RunQuery, UploadTable};
-use crate::flights::{Flight, FlightKey};
 use crate::http::{HttpResponse, Slot};
 use crate::ids::{ConnId, Millis, QueryHandle, QueryId};
 use crate::limits::check_cap;
 use crate::server::Server;
 use crate::timers::TimerKey;
 use crate::ProtocolError;
+pub(crate) use barrier::InOrder;
+use barrier::KnownReads;
+use flights::{Flight, FlightKey};
 
 mod outcomes;
 mod uploads;
@@ -30,28 +34,28 @@ pub(crate) enum Work {
 
 #[derive(Debug)]
 pub(crate) struct InFlight {
-    pub(crate) conn: ConnId,
-    pub(crate) query_id: QueryId,
-    pub(crate) work: Work,
+    conn: ConnId,
+    query_id: QueryId,
+    work: Work,
     /// The client cancelled it; a failure is then reported as "Query was cancelled".
-    pub(crate) cancelled: bool,
+    cancelled: bool,
     /// On an ordered connection (HTTP), the answer slot it fills.
-    pub(crate) slot: Option<Slot>,
+    slot: Option<Slot>,
     /// Inbound bytes it holds until it finishes (the frame or body that started it).
-    pub(crate) inbound: usize,
+    inbound: usize,
     /// It ran past `query_timeout_ms` and was interrupted for that.
-    pub(crate) timed_out: bool,
+    timed_out: bool,
     /// Ordered dialects, once dispatched: whether it may write (see [`HeldQuery`]).
-    pub(crate) in_order_write: Option<bool>,
+    in_order_write: Option<bool>,
     /// Why it may only read, if it may only read.
-    pub(crate) reads_only: Option<ReadsOnly>,
+    reads_only: Option<ReadsOnly>,
     /// What the executor was (or will be) asked to let run.
-    pub(crate) gate: Gate,
+    gate: Gate,
     /// Dispatched with [`Gate::ClassifyFirst`] and DuckDB's verdict not in yet: the write
     /// barrier holds its connection's later queries until it is.
-    pub(crate) unclassified: bool,
+    unclassified: bool,
     /// [`Gate::ClassifyFirst`]: what to run again, alone, if DuckDB says it is not a read.
-    pub(crate) barrier_retry: Option<(String, bool)>,
+    barrier_retry: Option<(String, bool)>,
 }
 
 /// Why a query may only read. DuckDB decides whether it is a read (see [`Gate::ReadsOnly`]);
@@ -95,7 +99,10 @@ pub(crate) struct Queries {
     by_handle: BTreeMap<QueryHandle, InFlight>,
     next_handle: u64,
     /// Texts DuckDB called a read when the write barrier asked ([`KnownReads`]).
-    pub(crate) known_reads: KnownReads,
+    known_reads: KnownReads,
+    /// Ordered connections where a query finished or was classified: their held queries may
+    /// start.
+    barrier_moved: std::collections::BTreeSet<ConnId>,
 }
 
 impl Queries {
@@ -106,15 +113,15 @@ impl Queries {
         handle
     }
 
-    pub(crate) fn remove(&mut self, handle: QueryHandle) -> Option<InFlight> {
+    fn remove(&mut self, handle: QueryHandle) -> Option<InFlight> {
         self.by_handle.remove(&handle)
     }
 
-    pub(crate) fn work_of(&self, handle: QueryHandle) -> Option<Work> {
+    fn work_of(&self, handle: QueryHandle) -> Option<Work> {
         self.by_handle.get(&handle).map(|entry| entry.work)
     }
 
-    pub(crate) fn get_mut(&mut self, handle: QueryHandle) -> Option<&mut InFlight> {
+    fn get_mut(&mut self, handle: QueryHandle) -> Option<&mut InFlight> {
         self.by_handle.get_mut(&handle)
     }
 }
@@ -233,7 +240,7 @@ impl Server {
     }
 
     /// Runs an admitted query, or, for a persisted read identical to one running, makes it
-    /// wait for that one's result (see [`crate::flights`]).
+    /// wait for that one's result (see [`flights`]).
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn dispatch_query(
         &mut self,
@@ -349,6 +356,33 @@ impl Server {
         self.push(Effect::InvalidateCache);
     }
 
+    /// The connection's queries, as it goes: their bytes leave the budget, a waiter leaves
+    /// its flight, a leader's waiters run on their own, and whatever runs is interrupted
+    /// (`held` ones, stopped by the write barrier, never ran).
+    pub(crate) fn abandon_queries(
+        &mut self,
+        conn: ConnId,
+        inflight: Vec<QueryHandle>,
+        held: &std::collections::BTreeSet<QueryHandle>,
+    ) {
+        for handle in inflight {
+            if let Some(entry) = self.queries.remove(handle) {
+                self.budget.release(conn, entry.inbound);
+            }
+            if held.contains(&handle) {
+                continue;
+            }
+            if self.flights.leave(handle) {
+                continue; // a waiter: nothing runs
+            }
+            if let Some(flight) = self.flights.land(handle) {
+                // Its waiters belong to other connections: they run on their own now.
+                self.release_waiters(flight);
+            }
+            self.push(Effect::Interrupt { query: handle });
+        }
+    }
+
     pub(crate) fn cancel_query(&mut self, conn: ConnId, query_id: QueryId, now: Millis) {
         let handle = self
             .conns
@@ -397,7 +431,7 @@ impl Server {
             c.untrack(&entry.query_id);
             if let Some(write) = entry.in_order_write {
                 c.in_order().finished(write, entry.unclassified);
-                self.barrier_moved.insert(entry.conn);
+                self.queries.barrier_moved.insert(entry.conn);
             }
         }
         self.budget.release(entry.conn, entry.inbound);

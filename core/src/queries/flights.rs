@@ -17,17 +17,17 @@ use crate::ids::QueryHandle;
 /// results for ordered dialects, SQLRooms frames otherwise).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) struct FlightKey {
-    pub(crate) kind: QueryKind,
-    pub(crate) sql: String,
-    pub(crate) bare: bool,
+    pub(super) kind: QueryKind,
+    pub(super) sql: String,
+    pub(super) bare: bool,
 }
 
 #[derive(Debug)]
 pub(crate) struct Flight {
-    pub(crate) key: FlightKey,
+    pub(super) key: FlightKey,
     /// Bytes of the leader's Arrow frame header, cut before re-heading the IPC stream.
-    pub(crate) leader_arrow_header_len: usize,
-    pub(crate) waiters: Vec<QueryHandle>,
+    pub(super) leader_arrow_header_len: usize,
+    pub(super) waiters: Vec<QueryHandle>,
 }
 
 #[derive(Debug, Default)]
@@ -36,16 +36,16 @@ pub(crate) struct Flights {
     by_leader: BTreeMap<QueryHandle, Flight>,
     leader_of: BTreeMap<QueryHandle, QueryHandle>,
     /// Waiters answered from a leader's result since the server started.
-    pub(crate) shared: u64,
+    pub(super) shared: u64,
 }
 
 impl Flights {
     /// The leader a new identical request may wait for.
-    pub(crate) fn joinable(&self, key: &FlightKey) -> Option<QueryHandle> {
+    pub(super) fn joinable(&self, key: &FlightKey) -> Option<QueryHandle> {
         self.joinable.get(key).copied()
     }
 
-    pub(crate) fn lead(&mut self, leader: QueryHandle, key: FlightKey, arrow_header_len: usize) {
+    pub(super) fn lead(&mut self, leader: QueryHandle, key: FlightKey, arrow_header_len: usize) {
         self.joinable.insert(key.clone(), leader);
         self.by_leader.insert(
             leader,
@@ -57,7 +57,7 @@ impl Flights {
         );
     }
 
-    pub(crate) fn wait(&mut self, leader: QueryHandle, waiter: QueryHandle) {
+    pub(super) fn wait(&mut self, leader: QueryHandle, waiter: QueryHandle) {
         if let Some(flight) = self.by_leader.get_mut(&leader) {
             flight.waiters.push(waiter);
             self.leader_of.insert(waiter, leader);
@@ -65,12 +65,12 @@ impl Flights {
     }
 
     /// A write was acknowledged: no running flight may be joined any more.
-    pub(crate) fn seal_all(&mut self) {
+    pub(super) fn seal_all(&mut self) {
         self.joinable.clear();
     }
 
     /// The leader finished or went away: its flight, with the waiters to settle.
-    pub(crate) fn land(&mut self, leader: QueryHandle) -> Option<Flight> {
+    pub(super) fn land(&mut self, leader: QueryHandle) -> Option<Flight> {
         let flight = self.by_leader.remove(&leader)?;
         if self.joinable.get(&flight.key) == Some(&leader) {
             self.joinable.remove(&flight.key);
@@ -83,7 +83,7 @@ impl Flights {
 
     /// Takes a waiter out of its flight (cancelled, or its connection went away); `false` if
     /// it was not waiting.
-    pub(crate) fn leave(&mut self, waiter: QueryHandle) -> bool {
+    pub(super) fn leave(&mut self, waiter: QueryHandle) -> bool {
         let Some(leader) = self.leader_of.remove(&waiter) else {
             return false;
         };
@@ -94,13 +94,13 @@ impl Flights {
     }
 
     /// The requests waiting for `leader`'s result.
-    pub(crate) fn waiters_of(&self, leader: QueryHandle) -> &[QueryHandle] {
+    pub(super) fn waiters_of(&self, leader: QueryHandle) -> &[QueryHandle] {
         self.by_leader
             .get(&leader)
             .map_or(&[], |flight| flight.waiters.as_slice())
     }
 
-    pub(crate) fn is_waiting(&self, handle: QueryHandle) -> bool {
+    pub(super) fn is_waiting(&self, handle: QueryHandle) -> bool {
         self.leader_of.contains_key(&handle)
     }
 

@@ -230,7 +230,7 @@ impl Server {
         }
         if let Some(c) = self.conns.get_mut(&conn) {
             c.in_order().classified();
-            self.barrier_moved.insert(conn);
+            self.queries.barrier_moved.insert(conn);
         }
     }
 
@@ -261,7 +261,7 @@ impl Server {
             persist,
             write: true,
         });
-        self.barrier_moved.insert(conn);
+        self.queries.barrier_moved.insert(conn);
         true
     }
 
@@ -273,7 +273,7 @@ impl Server {
     /// Starts the held queries of the connections whose running queries finished, as far as
     /// the write barrier allows.
     pub(crate) fn start_held_queries(&mut self, now: Millis) {
-        while let Some(conn) = self.barrier_moved.pop_first() {
+        while let Some(conn) = self.queries.barrier_moved.pop_first() {
             while let Some(held) = self.next_startable(conn) {
                 let query = held.query;
                 if self.queries.work_of(query).is_none() {
