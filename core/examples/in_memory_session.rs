@@ -87,7 +87,11 @@ impl Session {
                 Effect::Interrupt { query } => self.executor.interrupted.push(query),
                 Effect::UploadTable(upload) => self
                     .server
-                    .handle_upload_done(upload.query, Ok(()), self.now)
+                    .handle_upload_done(
+                        upload.query,
+                        duckwire_core::UploadOutcome::Written,
+                        self.now,
+                    )
                     .unwrap(),
                 Effect::LoadSnapshot { room_id } => {
                     let stored = self.executor.stored_rooms.get(&room_id).cloned();

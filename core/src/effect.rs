@@ -158,6 +158,18 @@ impl QueryOutcome {
     }
 }
 
+/// How an upload ended, as the executor reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UploadOutcome {
+    /// The table was replaced with the stream's rows.
+    Written,
+    /// Not written (the stream could not be decoded, or DuckDB refused it); the message goes
+    /// to the client.
+    Failed(String),
+    /// Interrupted (a cancel, or its connection closed) before it was written.
+    Cancelled,
+}
+
 /// How a query ended, as the executor reports it.
 #[derive(Debug, Clone, PartialEq)]
 pub enum QueryOutcome {

@@ -28,7 +28,7 @@ pub use codec::{
     DecodeError, Frame, JsonReply, JsonReplyHeader, JsonReplyWriter, QueryKind, ServerMessage,
 };
 pub use config::Refusal;
-pub use effect::{Effect, Gate, QueryOutcome, RunQuery, UploadTable, Verdict};
+pub use effect::{Effect, Gate, QueryOutcome, RunQuery, UploadOutcome, UploadTable, Verdict};
 pub use error::{ProtocolError, ServerError};
 pub use framing::Malformed;
 pub use http::{Dialect, HttpRequest, HttpResponse, HOST_NOT_ALLOWED, ORIGIN_NOT_ALLOWED};

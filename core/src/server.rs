@@ -195,7 +195,7 @@ impl Server {
     pub fn handle_upload_done(
         &mut self,
         query: QueryHandle,
-        result: Result<(), String>,
+        result: crate::UploadOutcome,
         now: Millis,
     ) -> Result<(), ServerError> {
         self.guarded(|server| server.upload_done(query, result, now))

@@ -14,12 +14,12 @@ impl Server {
     ) {
         if self.queries.work_of(handle) == Some(Work::Upload) {
             // An executor that reports an upload as a query still gets the upload reply.
-            let result = match outcome {
-                QueryOutcome::Failed(message) => Err(message),
-                QueryOutcome::Cancelled => Err(ProtocolError::Cancelled.to_string()),
-                _ => Ok(()),
+            let outcome = match outcome {
+                QueryOutcome::Failed(message) => crate::UploadOutcome::Failed(message),
+                QueryOutcome::Cancelled => crate::UploadOutcome::Cancelled,
+                _ => crate::UploadOutcome::Written,
             };
-            return self.upload_done(handle, result, now);
+            return self.upload_done(handle, outcome, now);
         }
         if matches!(outcome, QueryOutcome::NotARead(_)) && self.hand_back_to_barrier(handle) {
             // Nothing ran; those waiting for its result run on their own.

@@ -3,6 +3,7 @@
 //! `queries`: it reads a query's entry.)
 
 use super::*;
+use crate::effect::UploadOutcome;
 
 impl Server {
     pub(crate) fn start_upload(
@@ -29,12 +30,7 @@ impl Server {
         }
     }
 
-    pub(crate) fn upload_done(
-        &mut self,
-        handle: QueryHandle,
-        result: Result<(), String>,
-        now: Millis,
-    ) {
+    pub(crate) fn upload_done(&mut self, handle: QueryHandle, outcome: UploadOutcome, now: Millis) {
         // An upload that ran (even partly) may have replaced a table.
         self.invalidate_cache();
         let Some(InFlight {
@@ -46,15 +42,19 @@ impl Server {
         else {
             return;
         };
-        match result {
-            Ok(()) => self.send(conn, ServerMessage::UploadAck { query_id }, now),
-            Err(_) if cancelled => {
+        match outcome {
+            UploadOutcome::Written => self.send(conn, ServerMessage::UploadAck { query_id }, now),
+            UploadOutcome::Cancelled => {
                 self.send_error(conn, ProtocolError::Cancelled, Some(query_id), now)
             }
-            Err(message) => self.send(
+            // A failure after the client cancelled is its cancel.
+            UploadOutcome::Failed(_) if cancelled => {
+                self.send_error(conn, ProtocolError::Cancelled, Some(query_id), now)
+            }
+            UploadOutcome::Failed(error) => self.send(
                 conn,
                 ServerMessage::Error {
-                    error: message,
+                    error,
                     query_id: Some(query_id),
                 },
                 now,

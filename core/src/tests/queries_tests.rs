@@ -233,7 +233,7 @@ fn uploads_are_acked_and_invalidate_the_cache() {
     assert_eq!(upload.table_name, "t");
     assert_eq!(&upload.payload[..], b"IPC");
     h.server
-        .handle_upload_done(upload.query, Ok(()), h.now())
+        .handle_upload_done(upload.query, crate::UploadOutcome::Written, h.now())
         .unwrap();
     let effects = h.drain();
     assert!(effects.contains(&Effect::InvalidateCache));

@@ -605,10 +605,10 @@ impl<'t> Session<'t> {
                 step.finishing = Some(handle);
                 let tracked = &self.queries[&handle];
                 if tracked.upload {
-                    let result = if outcome % 2 == 0 {
-                        Ok(())
-                    } else {
-                        Err("upload failed".into())
+                    let result = match outcome % 3 {
+                        0 => duckwire_core::UploadOutcome::Written,
+                        1 => duckwire_core::UploadOutcome::Failed("upload failed".into()),
+                        _ => duckwire_core::UploadOutcome::Cancelled,
                     };
                     Self::checked(self.server.handle_upload_done(handle, result, self.now()))?;
                 } else {
@@ -1193,7 +1193,11 @@ impl<'t> Session<'t> {
                 ..Step::default()
             };
             if self.queries[&handle].upload {
-                Self::checked(self.server.handle_upload_done(handle, Ok(()), self.now()))?;
+                Self::checked(self.server.handle_upload_done(
+                    handle,
+                    duckwire_core::UploadOutcome::Written,
+                    self.now(),
+                ))?;
             } else {
                 Self::checked(self.server.handle_query_done(
                     handle,

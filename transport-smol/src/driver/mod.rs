@@ -329,8 +329,8 @@ impl Driver {
                 outcome,
                 wrote,
             }) => self.call_core(|server| server.handle_query_done(handle, outcome, wrote, now)),
-            DriverInput::Executor(Completion::Upload { handle, result }) => {
-                self.call_core(|server| server.handle_upload_done(handle, result, now))
+            DriverInput::Executor(Completion::Upload { handle, outcome }) => {
+                self.call_core(|server| server.handle_upload_done(handle, outcome, now))
             }
             DriverInput::Shutdown { done } => {
                 state.shutdown_waiter = Some(done);

@@ -23,7 +23,8 @@ use bytes::Bytes;
 use duckdb::arrow::record_batch::RecordBatch;
 use duckdb::Connection;
 use duckwire_core::{
-    Gate, JsonReplyHeader, JsonReplyWriter, QueryHandle, QueryKind, QueryOutcome, Verdict,
+    Gate, JsonReplyHeader, JsonReplyWriter, QueryHandle, QueryKind, QueryOutcome, UploadOutcome,
+    Verdict,
 };
 
 use crate::cache::ResultCache;
@@ -92,7 +93,7 @@ pub enum Completion {
     },
     Upload {
         handle: QueryHandle,
-        result: Result<(), String>,
+        outcome: UploadOutcome,
     },
 }
 
@@ -277,7 +278,7 @@ impl Worker {
         (self.completions)(if is_upload {
             Completion::Upload {
                 handle,
-                result: Err(INTERNAL_ERROR.into()),
+                outcome: UploadOutcome::Failed(INTERNAL_ERROR.into()),
             }
         } else {
             Completion::Query {
@@ -318,13 +319,14 @@ impl Worker {
                 table_name,
                 payload,
             } => {
-                let result = self.upload(handle, &table_name, payload);
-                let outcome = match &result {
-                    Ok(()) => QueryOutcome::NoResultSet,
-                    Err(e) => QueryOutcome::Failed(e.clone()),
+                let outcome = self.upload(handle, &table_name, payload);
+                let recorded = match &outcome {
+                    UploadOutcome::Written => QueryOutcome::NoResultSet,
+                    UploadOutcome::Failed(e) => QueryOutcome::Failed(e.clone()),
+                    UploadOutcome::Cancelled => QueryOutcome::Cancelled,
                 };
-                self.record("upload", &outcome, started);
-                (self.completions)(Completion::Upload { handle, result });
+                self.record("upload", &recorded, started);
+                (self.completions)(Completion::Upload { handle, outcome });
             }
         }
     }
@@ -492,20 +494,24 @@ impl Worker {
         ))
     }
 
-    fn upload(
-        &mut self,
-        handle: QueryHandle,
-        table_name: &str,
-        payload: Bytes,
-    ) -> Result<(), String> {
-        let conn = self.fresh_connection()?;
+    fn upload(&mut self, handle: QueryHandle, table_name: &str, payload: Bytes) -> UploadOutcome {
+        let conn = match self.fresh_connection() {
+            Ok(conn) => conn,
+            Err(error) => return UploadOutcome::Failed(error),
+        };
         if !self.interrupts.start(handle, conn.interrupt_handle()) {
-            return Err(duckwire_core::ProtocolError::Cancelled.to_string());
+            return UploadOutcome::Cancelled;
         }
         let result = self.with_retries(|| upload::upload(&conn, table_name, payload.clone()));
         self.interrupts.finish(handle);
         self.write_epoch.advance();
-        result
+        match result {
+            Ok(()) => UploadOutcome::Written,
+            Err(error) if FailureKind::of(&error) == FailureKind::Interrupted => {
+                UploadOutcome::Cancelled
+            }
+            Err(error) => UploadOutcome::Failed(error),
+        }
     }
 }
 
