@@ -31,6 +31,10 @@ pub enum Malformed {
     /// A WebSocket message larger than `max_frame_bytes` (the WebSocket library refused to
     /// buffer it).
     FrameTooLarge,
+    /// A WebSocket upgrade asking for a protocol version other than 13.
+    UnsupportedWebSocketVersion,
+    /// A WebSocket upgrade the handshake refuses (a missing key, a wrong method…).
+    BadUpgrade,
 }
 
 impl Malformed {
@@ -46,6 +50,11 @@ impl Malformed {
             ),
             Malformed::BadContentLength => (400, "invalid Content-Length".into()),
             Malformed::BodyEndedEarly => (400, "request body ended early".into()),
+            // RFC 6455 §4.2.2: the transport names the version it speaks in a header.
+            Malformed::UnsupportedWebSocketVersion => {
+                (426, "unsupported Sec-WebSocket-Version (13 needed)".into())
+            }
+            Malformed::BadUpgrade => (400, "invalid WebSocket upgrade".into()),
             Malformed::BodyTooLarge | Malformed::FrameTooLarge => {
                 (413, frame_too_large(limits).to_string())
             }

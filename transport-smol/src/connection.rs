@@ -374,6 +374,12 @@ fn render(answer: HttpResponse, head: &RequestHead, shared: &Shared) -> Response
         HttpResponse::Preflight => Response::text(204, ""),
         HttpResponse::Error { status, message } => Response::error(status, &message),
     };
+    if response.status == 426 {
+        // RFC 6455 §4.2.2: say which version we speak.
+        response
+            .headers
+            .push(("Sec-WebSocket-Version".into(), "13".into()));
+    }
     if cors {
         response.headers.extend(cors_headers(head));
     }
@@ -406,8 +412,8 @@ async fn upgrade(
     shared: Arc<Shared>,
 ) {
     let peer = client.peer;
-    // The core's own check, answered as HTTP before the upgrade (the core checks again when
-    // it opens the connection).
+    // Where the client comes from is the core's check. A refused upgrade is served as the
+    // HTTP request it also is: the core's `route` makes the same check and answers 403.
     let (host, origin) = (head.header("host"), head.header("origin"));
     if let Err(refusal) = shared
         .config
@@ -415,27 +421,22 @@ async fn upgrade(
         .check_where_from(host, client.local_ip, origin)
     {
         tracing::warn!(%peer, host, origin, "WebSocket upgrade refused: {}", refusal.message());
-        let refusal = Response::error(403, refusal.message());
-        let _ = write_response(&mut stream, &refusal, false).await;
-        return;
+        return Box::pin(serve_http(stream, rest, client, Ok(head), shared)).await;
     }
     // tungstenite's own handshake: it checks the method, HTTP/1.1, the Connection and
-    // Upgrade headers, Sec-WebSocket-Version 13 and the key, and derives the accept key.
+    // Upgrade headers, Sec-WebSocket-Version 13 and the key, and derives the accept key. The
+    // core answers a refused one.
     let mut response = match handshake_response(&head) {
         Ok(response) => response,
-        Err(HandshakeRefusal::Version) => {
-            // RFC 6455 §4.2.2: say which version we speak.
-            let mut refusal = Response::text(426, "unsupported Sec-WebSocket-Version (13 needed)");
-            refusal
-                .headers
-                .push(("Sec-WebSocket-Version".into(), "13".into()));
-            let _ = write_response(&mut stream, &refusal, false).await;
-            return;
-        }
-        Err(HandshakeRefusal::Invalid(reason)) => {
-            let refusal = Response::text(400, &format!("invalid WebSocket upgrade: {reason}"));
-            let _ = write_response(&mut stream, &refusal, false).await;
-            return;
+        Err(refusal) => {
+            let malformed = match refusal {
+                HandshakeRefusal::Version => Malformed::UnsupportedWebSocketVersion,
+                HandshakeRefusal::Invalid(reason) => {
+                    tracing::debug!(%peer, "invalid WebSocket upgrade: {reason}");
+                    Malformed::BadUpgrade
+                }
+            };
+            return Box::pin(serve_http(stream, rest, client, Err(malformed), shared)).await;
         }
     };
     // Clients that offer subprotocols fail unless one is selected; take their first.
