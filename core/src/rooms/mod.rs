@@ -75,6 +75,15 @@ impl Room {
         }
     }
 
+    /// Every member but `conn` (who sent what they are about to receive).
+    fn members_except(&self, conn: ConnId) -> Vec<ConnId> {
+        self.members
+            .iter()
+            .copied()
+            .filter(|c| *c != conn)
+            .collect()
+    }
+
     fn needs_save(&self) -> bool {
         self.version > self.saved_version.max(self.persisting.unwrap_or(0))
     }
@@ -327,12 +336,7 @@ impl Server {
         }
         let changed = room.doc.oplog_vv() != before;
         self.rooms.updates_accepted += 1;
-        let others: Vec<ConnId> = room
-            .members
-            .iter()
-            .copied()
-            .filter(|c| *c != conn)
-            .collect();
+        let others = room.members_except(conn);
         if changed {
             self.mark_changed(&room_id, now);
         }
@@ -449,12 +453,7 @@ impl Server {
             let error = ProtocolError::InvalidSnapshot(e.to_string());
             return self.send_error(conn, error, None, now);
         }
-        let others: Vec<ConnId> = room
-            .members
-            .iter()
-            .copied()
-            .filter(|c| *c != conn)
-            .collect();
+        let others = room.members_except(conn);
         self.mark_changed(room_id, now);
         let data = Bytes::from(data);
         let frame = Frame::Binary(data.clone());

@@ -98,13 +98,9 @@ impl Driver {
     }
 
     fn upload(&mut self, upload: UploadTable) {
-        tracing::debug!(
-            conn = upload.conn.0,
-            query_id = %upload.query_id,
-            table = upload.table_name,
-            bytes = upload.payload.len(),
-            "upload submitted"
-        );
+        let (conn, bytes) = (upload.conn.0, upload.payload.len());
+        let table = &upload.table_name;
+        tracing::debug!(conn, query_id = %upload.query_id, table, bytes, "upload submitted");
         self.executor.submit(Job::Upload {
             handle: upload.query,
             table_name: upload.table_name,
