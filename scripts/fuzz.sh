@@ -1,13 +1,18 @@
 #!/usr/bin/env bash
 # Fuzzes the core: each target for SECONDS (default 60), seeded from fuzz/seeds, growing
 # fuzz/corpus/<target>. Prints libFuzzer's final stats line per target.
-#   scripts/fuzz.sh 1800 state_machine crdt decode
+#   scripts/fuzz.sh 1800 state_machine crdt decode upload
 set -uo pipefail
-cd "$(dirname "$0")/../fuzz"
+cd "$(dirname "$0")/.."
+# The `upload` target links the driver's upload decoder, hence libduckdb (never called); the
+# fuzz crate keeps its own target dir (nightly, sanitizer flags).
+. scripts/dev-env.sh >/dev/null
+unset CARGO_TARGET_DIR
+cd fuzz
 seconds=${1:-60}
 shift || true
 targets=("$@")
-[ ${#targets[@]} -eq 0 ] && targets=(decode state_machine crdt ordered)
+[ ${#targets[@]} -eq 0 ] && targets=(decode state_machine crdt ordered upload)
 status=0
 # New inputs go to corpus/<target>, or under $DUCKWIRE_FUZZ_OUT (CI: a scratch dir, so a
 # smoke run leaves the committed corpus alone).
