@@ -15,6 +15,8 @@ pub(crate) enum TimerKey {
     RoomMaxLatency(String),
     /// Drop an idle, saved room from memory.
     RoomEvict(String),
+    /// Import the changes a room accepted (due at once: it runs after the replies went out).
+    RoomImport(String),
     /// Close a connection that has not authenticated by now.
     AuthDeadline(ConnId),
     /// Close a kept-alive HTTP connection that has been idle this long.

@@ -37,6 +37,7 @@ pub struct Metrics {
     pub cache_bytes: UGauge,
     pub crdt_rooms: UGauge,
     pub crdt_updates: Counter,
+    pub crdt_refused_on_import: Counter,
     pub queries_shared: Counter,
     pub inbound_bytes: UGauge,
     pub bytes_in: Counter,
@@ -70,6 +71,7 @@ impl Default for Metrics {
             cache_bytes: UGauge::default(),
             crdt_rooms: UGauge::default(),
             crdt_updates: Counter::default(),
+            crdt_refused_on_import: Counter::default(),
             queries_shared: Counter::default(),
             inbound_bytes: UGauge::default(),
             bytes_in: Counter::default(),
@@ -126,6 +128,11 @@ impl Default for Metrics {
             "duckwire_crdt_updates",
             "CRDT updates received",
             metrics.crdt_updates.clone(),
+        );
+        registry.register(
+            "duckwire_crdt_changes_refused_on_import",
+            "CRDT changes acknowledged after a check on their own that their room refused on import (crafted bytes; see rooms/doc.rs)",
+            metrics.crdt_refused_on_import.clone(),
         );
         registry.register(
             "duckwire_queries_shared",

@@ -15,12 +15,11 @@ impl Server {
         if !room.loaded {
             return false;
         }
-        let before = room.doc.oplog_vv();
-        if room.doc.import(&update).is_err() {
-            return false;
-        }
-        if room.doc.oplog_vv() == before {
-            return true; // already here (its import is idempotent): nothing to relay
+        match room.doc.import_now(&update) {
+            Err(_) => return false,
+            // Already here (its import is idempotent): nothing to relay.
+            Ok(false) => return true,
+            Ok(true) => {}
         }
         let members: Vec<ConnId> = room.members.iter().copied().collect();
         self.mark_changed(room_id, now);
@@ -45,7 +44,7 @@ impl Server {
         let rooms: Vec<(String, Vec<u8>)> = self
             .rooms
             .rooms
-            .iter()
+            .iter_mut()
             .filter(|(_, room)| room.loaded)
             .map(|(id, room)| (id.clone(), room.snapshot()))
             .collect();

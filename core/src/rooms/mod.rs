@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use bytes::Bytes;
-use loro::{ExportMode, LoroDoc};
+use loro::LoroDoc;
 
 use crate::codec::{Frame, ServerMessage};
 use crate::conn::Conn;
@@ -16,10 +16,13 @@ use crate::timers::TimerKey;
 use crate::ProtocolError;
 
 mod cluster;
+mod doc;
 mod saving;
 
+use doc::RoomDoc;
+
 pub(crate) struct Room {
-    doc: LoroDoc,
+    doc: RoomDoc,
     /// False until the stored snapshot (if any) is imported.
     loaded: bool,
     /// Connections waiting for the load to finish.
@@ -59,7 +62,7 @@ pub struct StoredRoom {
 impl Room {
     fn new(doc: LoroDoc) -> Self {
         Room {
-            doc,
+            doc: RoomDoc::new(doc),
             loaded: false,
             joining: Vec::new(),
             queued_snapshots: Vec::new(),
@@ -92,10 +95,8 @@ impl Room {
         self.members.is_empty() && self.joining.is_empty()
     }
 
-    fn snapshot(&self) -> Vec<u8> {
-        // Exporting a snapshot of a document we hold cannot fail short of a Loro bug;
-        // an empty snapshot would still be importable by clients.
-        self.doc.export(ExportMode::Snapshot).unwrap_or_default()
+    fn snapshot(&mut self) -> Vec<u8> {
+        self.doc.snapshot()
     }
 }
 
@@ -133,20 +134,32 @@ impl Server {
     }
 
     /// Snapshots of every loaded room with changes not known to be saved. For a driver
-    /// salvaging rooms after the machine was poisoned (it only reads).
-    pub fn unsaved_room_snapshots(&self) -> Vec<(String, Vec<u8>)> {
+    /// salvaging rooms after the machine was poisoned (it imports their waiting changes and
+    /// reads them).
+    pub fn unsaved_room_snapshots(&mut self) -> Vec<(String, Vec<u8>)> {
         self.rooms
             .rooms
-            .iter()
+            .iter_mut()
             .filter(|(_, room)| room.loaded && room.version > room.saved_version)
             .map(|(id, room)| (id.clone(), room.snapshot()))
             .collect()
     }
 
-    /// A snapshot of a loaded room's current state (for observers and tests).
-    pub fn room_snapshot(&self, room_id: &str) -> Option<Vec<u8>> {
-        let room = self.rooms.rooms.get(room_id)?;
+    /// A snapshot of a loaded room's current state (for observers and tests): every change
+    /// the room accepted, the ones waiting for their import imported first.
+    pub fn room_snapshot(&mut self, room_id: &str) -> Option<Vec<u8>> {
+        let room = self.rooms.rooms.get_mut(room_id)?;
         room.loaded.then(|| room.snapshot())
+    }
+
+    /// Changes that passed the check on acceptance and that their room's document refused
+    /// when importing them (see `rooms/doc.rs`), over the loaded rooms.
+    pub fn crdt_changes_refused_on_import(&self) -> u64 {
+        self.rooms
+            .rooms
+            .values()
+            .map(|room| room.doc.refused_on_import())
+            .sum()
     }
 
     /// The loaded room a connection's CRDT updates go to, if any. The one hook the fuzzing
@@ -253,12 +266,12 @@ impl Server {
         let imported = result.and_then(|stored| {
             if let Some(bytes) = &stored.snapshot {
                 room.doc
-                    .import(bytes)
+                    .import_now(bytes)
                     .map_err(|e| format!("stored snapshot is corrupt: {e}"))?;
             }
             for (i, update) in stored.updates.iter().enumerate() {
                 room.doc
-                    .import(update)
+                    .import_now(update)
                     .map_err(|e| format!("logged update {} is corrupt: {e}", i + 1))?;
             }
             room.log_seq = stored.last_seq;
@@ -329,17 +342,18 @@ impl Server {
             .rooms
             .get_mut(&room_id)
             .expect("joined_room checked");
-        let before = room.doc.oplog_vv();
-        if let Err(e) = room.doc.import(&update) {
-            let error = ProtocolError::InvalidUpdate(e.to_string());
+        // Checked now, imported with the other changes accepted meanwhile (`doc.rs`).
+        if let Err(e) = RoomDoc::check(&update) {
+            let error = ProtocolError::InvalidUpdate(e);
             return self.send_error(conn, error, None, now);
         }
-        let changed = room.doc.oplog_vv() != before;
+        if room.doc.accept(update.clone()) {
+            self.timers.set(TimerKey::RoomImport(room_id.clone()), now);
+        }
         self.rooms.updates_accepted += 1;
         let others = room.members_except(conn);
-        if changed {
-            self.mark_changed(&room_id, now);
-        }
+        // Counted as a change even if it turns out to hold nothing new: a save too many.
+        self.mark_changed(&room_id, now);
         let frame = Frame::Binary(update.clone());
         for other in others {
             self.send_frame(other, frame.clone(), now);
@@ -433,10 +447,10 @@ impl Server {
 
     /// Seeds an empty room from a client's snapshot and relays it to the other members.
     fn apply_client_snapshot(&mut self, conn: ConnId, room_id: &str, data: Vec<u8>, now: Millis) {
-        let Some(room) = self.rooms.rooms.get(room_id) else {
+        let Some(room) = self.rooms.rooms.get_mut(room_id) else {
             return;
         };
-        if !room.doc.oplog_vv().is_empty() {
+        if !room.doc.is_empty() {
             return self.send_error(conn, ProtocolError::RoomNotEmpty, None, now);
         }
         // Validate on a scratch document so a rejected snapshot cannot touch the room, then
@@ -449,8 +463,8 @@ impl Server {
             return self.send_error(conn, error, None, now);
         }
         let room = self.rooms.rooms.get_mut(room_id).expect("checked above");
-        if let Err(e) = room.doc.import(&data) {
-            let error = ProtocolError::InvalidSnapshot(e.to_string());
+        if let Err(e) = room.doc.import_now(&data) {
+            let error = ProtocolError::InvalidSnapshot(e);
             return self.send_error(conn, error, None, now);
         }
         let others = room.members_except(conn);

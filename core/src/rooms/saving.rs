@@ -116,6 +116,14 @@ impl Server {
         }
     }
 
+    /// The changes `room_id` accepted since its last import go into its document (see
+    /// `doc.rs`): after the driver sent their relays and acknowledgements.
+    pub(crate) fn room_import_due(&mut self, room_id: &str) {
+        if let Some(room) = self.rooms.rooms.get_mut(room_id) {
+            room.doc.import_pending();
+        }
+    }
+
     /// The idle-eviction timer of `room_id` fired.
     pub(crate) fn room_evict_due(&mut self, room_id: &str) {
         let evictable = self.rooms.rooms.get(room_id).is_some_and(|room| {

@@ -327,6 +327,9 @@ fn a_snapshot_sent_while_the_room_loads_is_applied_after_the_load() {
 fn changes_are_saved_after_the_debounce() {
     let mut h = joined(&[1]);
     h.binary(1, loro_update(1, "k", 1));
+    // The change's import, due at once (the driver runs it after sending the replies).
+    assert_eq!(h.server.poll_timeout(), Some(h.now()));
+    h.server.handle_timeout(h.now()).unwrap();
     assert_eq!(h.server.poll_timeout(), Some(Millis(h.now + 500)));
     // An early call does nothing.
     h.server.handle_timeout(h.now()).unwrap();
@@ -365,6 +368,7 @@ fn continuous_updates_are_saved_within_the_max_latency() {
 fn the_last_member_leaving_saves_and_an_idle_saved_room_is_evicted() {
     let mut h = joined(&[1, 2]);
     h.binary(1, loro_update(1, "k", 1));
+    h.server.handle_timeout(h.now()).unwrap(); // its import
     h.server.handle_closed(ConnId(1), h.now()).unwrap();
     assert!(persist_effect(&h.drain()).is_none(), "a member remains");
     h.server.handle_closed(ConnId(2), h.now()).unwrap();
@@ -435,4 +439,50 @@ fn unsaved_rooms_can_be_salvaged_after_poisoning() {
         snapshot_value(&unsaved[0].1),
         snapshot_value(&loro_update(1, "k", 1))
     );
+}
+
+/// A change is checked, relayed and acknowledged before its room imports it (Loro's import
+/// costs time in proportion to the peers a room has seen); whatever reads the room reads it.
+#[test]
+fn an_accepted_change_is_acknowledged_before_it_is_imported_and_read_with_the_room() {
+    let mut h = joined(&[1, 2]);
+    let update = loro_update(7, "k", 42);
+    let effects = h.binary(1, update.clone());
+    assert_eq!(
+        sent_binary(&effects, 2),
+        vec![bytes::Bytes::from(update.clone())]
+    );
+    assert_eq!(sent_json(&effects, 1)[0]["type"], "crdt-update-ack");
+    assert_eq!(
+        h.server.poll_timeout(),
+        Some(h.now()),
+        "its import is due at once"
+    );
+    // Read before the import: the room already holds it.
+    let before_import = h.server.room_snapshot("r").expect("loaded");
+    assert_eq!(snapshot_value(&before_import), snapshot_value(&update));
+    h.server.handle_timeout(h.now()).unwrap();
+    let after_import = h.server.room_snapshot("r").expect("loaded");
+    assert_eq!(snapshot_value(&after_import), snapshot_value(&update));
+    // A joiner before the import would have got it too: join a third member now.
+    h.open(3);
+    h.text(3, json!({"type":"crdt-join","roomId":"r"}));
+    assert_eq!(h.server.crdt_changes_refused_on_import(), 0);
+}
+
+/// Bytes Loro cannot decode are refused at once, never relayed nor queued for import.
+#[test]
+fn an_undecodable_change_is_refused_before_it_is_relayed() {
+    let mut h = joined(&[1, 2]);
+    let mut update = loro_update(7, "k", 42);
+    let last = update.len() - 1;
+    update[last] ^= 0xff;
+    update.truncate(update.len() / 2);
+    let effects = h.binary(1, update);
+    assert!(sent_binary(&effects, 2).is_empty(), "not relayed");
+    assert!(sent_json(&effects, 1)[0]["error"]
+        .as_str()
+        .unwrap()
+        .starts_with("invalid CRDT update"));
+    assert_ne!(h.server.poll_timeout(), Some(h.now()), "nothing to import");
 }

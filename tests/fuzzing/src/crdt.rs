@@ -416,7 +416,7 @@ impl Room {
         self.check_room()
     }
 
-    fn check_room(&self) -> Result<(), String> {
+    fn check_room(&mut self) -> Result<(), String> {
         let Some(snapshot) = self.server.room_snapshot(ROOM) else {
             return Err("the room vanished while it had members".into());
         };

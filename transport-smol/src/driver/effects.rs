@@ -180,6 +180,10 @@ impl Driver {
             self.server.crdt_updates_accepted(),
         );
         Metrics::set_counter(&self.metrics.queries_shared, self.server.queries_shared());
+        Metrics::set_counter(
+            &self.metrics.crdt_refused_on_import,
+            self.server.crdt_changes_refused_on_import(),
+        );
         self.metrics
             .inbound_bytes
             .set(self.server.inbound_bytes_total() as u64);

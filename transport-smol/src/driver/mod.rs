@@ -171,7 +171,13 @@ impl Driver {
                 self.fold_sent_bytes(&mut state);
             }
             let result = match input {
-                None => self.call_core(|server| server.handle_timeout(now)),
+                None => {
+                    // Timers due at once (a room's import of the changes it just accepted)
+                    // run after the connection tasks sent the replies those inputs queued.
+                    smol::future::yield_now().await;
+                    let now = self.now();
+                    self.call_core(|server| server.handle_timeout(now))
+                }
                 Some(Err(_)) => break,
                 Some(Ok(input)) => self.handle(input, now, &mut state),
             };
