@@ -1,0 +1,197 @@
+//! The long-room benchmark (BENCHMARKS.md, `scripts/bench/rooms.sh`): what a room costs as
+//! its history grows, over the SQLRooms WebSocket protocol, against any server that speaks
+//! it (duckwire, sqlrooms-server).
+//!
+//!   duckwire-rooms-bench page-loads --url ws://H:P/ --peers N [--pid PID] [--csv out.csv]
+//!   duckwire-rooms-bench fan-out --url ws://H:P/ --members M [--edits E]
+//!
+//! `page-loads`: N page loads in a row, as `@sqlrooms/crdt` does them: a new connection joins
+//! the room, imports its snapshot into a new Loro peer, makes one small map edit, sends it,
+//! waits for its `crdt-update-ack`, leaves. Per page load: the time from `crdt-join` to the
+//! snapshot, the time from the edit to its ack, the snapshot's size; printed as medians over
+//! windows of 300 page loads, and (with `--pid`) the server's resident memory.
+//! `fan-out`: M members joined to one room; one edits, the time until every other member
+//! received the change.
+
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use serde_json::{json, Value};
+use tungstenite::stream::MaybeTlsStream;
+use tungstenite::{Message, WebSocket};
+
+type Socket = WebSocket<MaybeTlsStream<TcpStream>>;
+
+fn connect(url: &str) -> Socket {
+    let (socket, _) = tungstenite::connect(url).expect("the server accepts a WebSocket");
+    if let MaybeTlsStream::Plain(tcp) = socket.get_ref() {
+        let _ = tcp.set_nodelay(true);
+    }
+    socket
+}
+
+fn next_text(socket: &mut Socket) -> Value {
+    loop {
+        if let Message::Text(text) = socket.read().expect("the server answers") {
+            return serde_json::from_str(&text).expect("JSON");
+        }
+    }
+}
+
+/// Joins `room`; the snapshot the server sent.
+fn join(socket: &mut Socket, room: &str) -> Vec<u8> {
+    let join = json!({"type":"crdt-join","roomId":room});
+    socket.send(Message::Text(join.to_string().into())).unwrap();
+    loop {
+        let message = next_text(socket);
+        match message["type"].as_str() {
+            Some("crdt-snapshot") => {
+                let data = message["data"].as_str().expect("snapshot data");
+                return base64::engine::general_purpose::STANDARD
+                    .decode(data)
+                    .expect("base64");
+            }
+            Some("crdt-joined") => continue,
+            _ => panic!("unexpected reply to crdt-join: {message}"),
+        }
+    }
+}
+
+fn resident_kib(pid: Option<u32>) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", pid?)).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+fn median(samples: &mut [Duration]) -> Duration {
+    samples.sort();
+    samples[samples.len() / 2]
+}
+
+fn page_loads(url: &str, peers: usize, pid: Option<u32>, csv: Option<&str>) {
+    let room = format!("long-room-{}", std::process::id());
+    let window = 300.min(peers);
+    let (mut acks, mut joins) = (Vec::new(), Vec::new());
+    let mut rows = vec!["page_load,join_us,ack_us,snapshot_bytes".to_string()];
+    let rss_before = resident_kib(pid);
+    println!("| past peers | join (median) | edit → ack (median) | snapshot | server RSS |");
+    println!("|---|---|---|---|---|");
+    for load in 1..=peers {
+        let mut socket = connect(url);
+        let joined = Instant::now();
+        let snapshot = join(&mut socket, &room);
+        let join_time = joined.elapsed();
+        let doc = loro::LoroDoc::new();
+        doc.set_peer_id(1_000_000 + load as u64).unwrap();
+        doc.import(&snapshot).expect("a snapshot Loro imports");
+        let version = doc.oplog_vv();
+        doc.get_map("settings").insert("k", load as i64).unwrap();
+        doc.commit();
+        let update = doc.export(loro::ExportMode::updates(&version)).unwrap();
+        let sent = Instant::now();
+        socket.send(Message::Binary(update.into())).unwrap();
+        loop {
+            let reply = next_text(&mut socket);
+            match reply["type"].as_str() {
+                Some("crdt-update-ack") => break,
+                Some("error") => panic!("edit refused: {reply}"),
+                _ => continue,
+            }
+        }
+        let ack_time = sent.elapsed();
+        let _ = socket.close(None);
+        acks.push(ack_time);
+        joins.push(join_time);
+        rows.push(format!(
+            "{load},{},{},{}",
+            join_time.as_micros(),
+            ack_time.as_micros(),
+            snapshot.len()
+        ));
+        if load % window == 0 || load == peers {
+            let rss = match (resident_kib(pid), rss_before) {
+                (Some(now), Some(before)) => {
+                    format!("{} MiB (+{} KiB)", now / 1024, now.saturating_sub(before))
+                }
+                _ => "-".into(),
+            };
+            let checkpoint = [
+                300, 1_000, 2_100, 3_000, 5_100, 10_200, 20_100, 30_000, 50_100,
+            ];
+            if checkpoint.contains(&load) || load == peers {
+                println!(
+                    "| {load} | {:.2} ms | {:.2} ms | {} KB | {rss} |",
+                    median(&mut joins).as_secs_f64() * 1e3,
+                    median(&mut acks).as_secs_f64() * 1e3,
+                    snapshot.len() / 1024
+                );
+            }
+            acks.clear();
+            joins.clear();
+        }
+    }
+    if let Some(path) = csv {
+        std::fs::write(path, rows.join("\n") + "\n").expect("the CSV is written");
+    }
+}
+
+fn fan_out(url: &str, members: usize, edits: usize) {
+    let room = format!("fan-out-{}-{members}", std::process::id());
+    let mut sockets: Vec<Socket> = (0..members).map(|_| connect(url)).collect();
+    for socket in &mut sockets {
+        join(socket, &room);
+    }
+    let doc = loro::LoroDoc::new();
+    let mut samples = Vec::new();
+    for edit in 0..edits {
+        let version = doc.oplog_vv();
+        doc.get_map("m").insert("k", edit as i64).unwrap();
+        doc.commit();
+        let update = doc.export(loro::ExportMode::updates(&version)).unwrap();
+        let sent = Instant::now();
+        sockets[0].send(Message::Binary(update.into())).unwrap();
+        for other in &mut sockets[1..] {
+            while !matches!(other.read().expect("a relay"), Message::Binary(_)) {}
+        }
+        samples.push(sent.elapsed());
+        loop {
+            if next_text(&mut sockets[0])["type"] == "crdt-update-ack" {
+                break;
+            }
+        }
+    }
+    let mut sorted = samples.clone();
+    sorted.sort();
+    println!(
+        "| fan-out to {} | {:.2} ms | {:.2} ms |",
+        members - 1,
+        median(&mut samples).as_secs_f64() * 1e3,
+        sorted[sorted.len() * 99 / 100].as_secs_f64() * 1e3
+    );
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let option = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    let url = option("--url").expect("--url ws://HOST:PORT/");
+    match args.get(1).map(String::as_str) {
+        Some("page-loads") => page_loads(
+            &url,
+            option("--peers").map_or(3_000, |n| n.parse().expect("a number")),
+            option("--pid").map(|p| p.parse().expect("a pid")),
+            option("--csv").as_deref(),
+        ),
+        Some("fan-out") => fan_out(
+            &url,
+            option("--members").map_or(100, |n| n.parse().expect("a number")),
+            option("--edits").map_or(50, |n| n.parse().expect("a number")),
+        ),
+        _ => panic!("usage: duckwire-rooms-bench page-loads|fan-out --url ws://H:P/ …"),
+    }
+}
