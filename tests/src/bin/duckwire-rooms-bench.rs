@@ -3,6 +3,7 @@
 //! it (duckwire, sqlrooms-server).
 //!
 //!   duckwire-rooms-bench page-loads --url ws://H:P/ --peers N [--pid PID] [--csv out.csv]
+//!                        [--keep-member]
 //!   duckwire-rooms-bench fan-out --url ws://H:P/ --members M [--edits E]
 //!
 //! `page-loads`: N page loads in a row, as `@sqlrooms/crdt` does them: a new connection joins
@@ -69,8 +70,15 @@ fn median(samples: &mut [Duration]) -> Duration {
     samples[samples.len() / 2]
 }
 
-fn page_loads(url: &str, peers: usize, pid: Option<u32>, csv: Option<&str>) {
+fn page_loads(url: &str, peers: usize, pid: Option<u32>, csv: Option<&str>, keep_member: bool) {
     let room = format!("long-room-{}", std::process::id());
+    // With `--keep-member`, one member stays joined throughout (it never reads: its relays
+    // wait in its socket), so the room never empties between page loads.
+    let _member = keep_member.then(|| {
+        let mut socket = connect(url);
+        join(&mut socket, &room);
+        socket
+    });
     let window = 300.min(peers);
     let (mut acks, mut joins) = (Vec::new(), Vec::new());
     let mut rows = vec!["page_load,join_us,ack_us,snapshot_bytes".to_string()];
@@ -186,6 +194,7 @@ fn main() {
             option("--peers").map_or(3_000, |n| n.parse().expect("a number")),
             option("--pid").map(|p| p.parse().expect("a pid")),
             option("--csv").as_deref(),
+            args.iter().any(|a| a == "--keep-member"),
         ),
         Some("fan-out") => fan_out(
             &url,
