@@ -13,14 +13,7 @@ peers="${1:-10200}"
 out="${2:-${TMPDIR:-/tmp}/duckwire-rooms}"
 mkdir -p "$out"
 bench="$CARGO_TARGET_DIR/release/duckwire-rooms-bench"
-venv="$HOME/.cache/duckwire/pyref"
-if [ ! -x "$venv/bin/sqlrooms-server" ]; then
-  if command -v apt-get >/dev/null && ! ldconfig -p | grep -q libuv.so.1; then
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q libuv1 >/dev/null
-  fi
-  python3 -m venv "$venv"
-  "$venv/bin/pip" install -q sqlrooms-server
-fi
+venv="$(scripts/bench/pyref.sh)"
 wait_port() { for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.2; done; return 1; }
 
 run() { # label port command...

@@ -12,14 +12,7 @@ root="$(cd "$(dirname "$0")/../.." && pwd)"
 cd "$root"
 . scripts/dev-env.sh
 cargo build --release --workspace $DUCKWIRE_CARGO_FEATURES
-venv="$HOME/.cache/duckwire/pyref"
-if [ ! -x "$venv/bin/sqlrooms-server" ]; then
-  if command -v apt-get >/dev/null && ! ldconfig -p | grep -q libuv.so.1; then
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q libuv1 >/dev/null
-  fi
-  python3 -m venv "$venv"
-  "$venv/bin/pip" install -q sqlrooms-server
-fi
+venv="$(scripts/bench/pyref.sh)"
 mosaic="$(scripts/bench/mosaic-server.sh)"
 data="$root/tests/data"
 inner="$root/scripts/bench/inner.sh"
