@@ -31,6 +31,9 @@ pub(crate) struct Channels {
     /// the request and whether the broker confirmed it.
     broker: BTreeMap<String, BrokerSubscription>,
     next_token: u64,
+    /// Cluster mode: publications the broker has not taken yet, by token, with their sender
+    /// and the inbound bytes they hold.
+    publishing: BTreeMap<u64, (ConnId, usize)>,
 }
 
 #[derive(Debug)]
@@ -222,9 +225,15 @@ impl Server {
                 payload: payload.clone(),
             };
             let message = serde_json::to_vec(&message).expect("a JSON value serializes");
+            // Held until the broker took it: a slow broker pauses this sender (PROTOCOL §7).
+            let held = self.budget.hold_arriving(conn);
+            self.channels.next_token += 1;
+            let token = self.channels.next_token;
+            self.channels.publishing.insert(token, (conn, held));
             self.push(Effect::PublishNotify {
                 channel: channel.clone(),
                 message: Bytes::from(message),
+                token,
             });
         }
         let notify = ServerMessage::Notify {
@@ -254,6 +263,14 @@ impl Server {
             .broker
             .get(channel)
             .is_some_and(|s| s.waiting.contains(&conn))
+    }
+
+    /// The broker took (or, being down, dropped) the publication `token`: its bytes leave
+    /// the sender's budget.
+    pub(crate) fn notify_published(&mut self, token: u64) {
+        if let Some((conn, held)) = self.channels.publishing.remove(&token) {
+            self.budget.release(conn, held);
+        }
     }
 
     pub(crate) fn broker_subscribed(&mut self, channel: &str, token: u64, now: Millis) {

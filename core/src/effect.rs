@@ -73,8 +73,15 @@ pub enum Effect {
     /// Cluster mode: no local subscriber is left; stop receiving `channel`.
     BrokerUnsubscribe { channel: String },
     /// Cluster mode: publish `message` (a notify with its origin, PROTOCOL §5a) on the
-    /// broker's channel `channel`, once. Lost if the broker is down.
-    PublishNotify { channel: String, message: Bytes },
+    /// broker's channel `channel`, once; report with `handle_notify_published(token)` once
+    /// the broker took it (or dropped it: lost while the broker is down, to be counted).
+    /// Until then its bytes stay in the sender's inbound budget, so a slow broker pauses the
+    /// sender (`PauseReading`) instead of its notifies being dropped.
+    PublishNotify {
+        channel: String,
+        message: Bytes,
+        token: u64,
+    },
     /// The room left memory (idle and saved). Cluster mode: stop following its shared log.
     RoomUnloaded { room_id: String },
     /// Cluster mode, after `handle_broker_reconnected`: append the room's whole state to its

@@ -284,6 +284,12 @@ impl Server {
         })
     }
 
+    /// Cluster mode: the broker took the publication of `Effect::PublishNotify` with this
+    /// token (or dropped it while down): the sender's budget gets its bytes back.
+    pub fn handle_notify_published(&mut self, token: u64) -> Result<(), ServerError> {
+        self.guarded(|server| server.notify_published(token))
+    }
+
     /// The broker confirmed the subscription asked for with `Effect::BrokerSubscribe`
     /// (`token` is that effect's). Also when the broker is unreachable: local subscribers
     /// must not wait for it (cross-replica notifies are lost while it is down).

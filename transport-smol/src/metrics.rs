@@ -52,6 +52,7 @@ pub struct Metrics {
     pub shared_log_round_trips: Counter,
     /// Cluster mode: notifies published to Redis, and the round trips that carried them.
     pub publications: Counter,
+    pub notifies_dropped: Counter,
     pub publish_round_trips: Counter,
 }
 
@@ -81,6 +82,7 @@ impl Default for Metrics {
             shared_log_appends: Counter::default(),
             shared_log_round_trips: Counter::default(),
             publications: Counter::default(),
+            notifies_dropped: Counter::default(),
             publish_round_trips: Counter::default(),
             registry: Registry::default(),
         };
@@ -178,6 +180,11 @@ impl Default for Metrics {
             "duckwire_publications",
             "Cluster mode: notifies published to Redis by this replica",
             metrics.publications.clone(),
+        );
+        registry.register(
+            "duckwire_notifies_dropped",
+            "Cross-replica notifies lost because Redis was down (local subscribers got them)",
+            metrics.notifies_dropped.clone(),
         );
         registry.register(
             "duckwire_publish_round_trips",

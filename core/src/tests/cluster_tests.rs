@@ -29,7 +29,9 @@ fn publications(effects: &[Effect]) -> Vec<(String, Bytes)> {
     effects
         .iter()
         .filter_map(|e| match e {
-            Effect::PublishNotify { channel, message } => Some((channel.clone(), message.clone())),
+            Effect::PublishNotify {
+                channel, message, ..
+            } => Some((channel.clone(), message.clone())),
             _ => None,
         })
         .collect()
@@ -242,4 +244,40 @@ fn a_room_snapshot_covers_the_shared_log_delivered_before_it() {
         })
         .collect();
     assert_eq!(covers, vec![Some("9-0".to_string())]);
+}
+
+/// A publication holds its notify's bytes in the sender's inbound budget until the broker
+/// took it: a slow broker pauses the sender (PROTOCOL §7) instead of its notifies piling up.
+#[test]
+fn unpublished_notifies_hold_their_sender_s_budget_until_the_broker_took_them() {
+    let mut config = Config {
+        replica_id: Some("a".into()),
+        ..Config::default()
+    };
+    config.limits.max_inbound_bytes_per_conn = Some(500);
+    let mut h = Harness::new(config);
+    h.open(1);
+    let mut tokens = Vec::new();
+    let mut paused = false;
+    for n in 0..20 {
+        let effects = h.text(1, json!({"type":"notify","channel":"c","payload":{"n": n}}));
+        tokens.extend(effects.iter().filter_map(|e| match e {
+            Effect::PublishNotify { token, .. } => Some(*token),
+            _ => None,
+        }));
+        paused |= effects.contains(&Effect::PauseReading {
+            conn: crate::ConnId(1),
+        });
+    }
+    assert_eq!(tokens.len(), 20, "every notify is published");
+    assert!(paused, "the sender is not read while its publications wait");
+    assert!(h.server.inbound_bytes(crate::ConnId(1)) >= 500);
+    for token in tokens {
+        h.server.handle_notify_published(token).unwrap();
+    }
+    assert_eq!(h.server.inbound_bytes(crate::ConnId(1)), 0);
+    assert!(h.drain().contains(&Effect::ResumeReading {
+        conn: crate::ConnId(1)
+    }));
+    assert!(!h.server.is_reading_paused(crate::ConnId(1)));
 }

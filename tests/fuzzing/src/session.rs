@@ -421,6 +421,8 @@ pub struct Session<'t> {
     largest_frame: usize,
     /// Cluster mode: broker subscriptions asked for, by channel, with every token used.
     broker: BTreeMap<String, Vec<u64>>,
+    /// Publications the broker has not taken yet (taken at the next broker confirmation).
+    publishing: Vec<u64>,
     cluster: bool,
     /// Peer ids for other replicas' changes (distinct from the clients' fresh peers).
     next_remote_peer: u64,
@@ -487,6 +489,7 @@ impl<'t> Session<'t> {
             paused: BTreeSet::new(),
             largest_frame: 0,
             broker: BTreeMap::new(),
+            publishing: Vec::new(),
             cluster,
             next_remote_peer: 1 << 40,
             rejoining: BTreeSet::new(),
@@ -651,6 +654,10 @@ impl<'t> Session<'t> {
                     self.server
                         .handle_broker_subscribed(&channel, token, self.now()),
                 )?;
+                // Redis took every publication waiting so far.
+                for token in std::mem::take(&mut self.publishing) {
+                    Self::checked(self.server.handle_notify_published(token))?;
+                }
             }
             Op::RemoteNotify { channel, kind } => {
                 let channel = format!("c{channel}");
@@ -986,7 +993,8 @@ impl<'t> Session<'t> {
                     );
                 }
                 Effect::RepublishRoom { .. } => {}
-                Effect::PublishNotify { .. } => {
+                Effect::PublishNotify { token, .. } => {
+                    self.publishing.push(*token);
                     ensure!(
                         step.acting_authenticated && step.acting.is_some(),
                         "(g) a publication without an authenticated notify"

@@ -9,8 +9,11 @@
 //! after its local snapshot; a follower task reads the streams of the rooms loaded here
 //! (`XREAD BLOCK`) and hands other replicas' entries to the core.
 //!
-//! Redis down: publications are dropped (cross-replica notifies are lost while it is down,
-//! as with any pub/sub), subscriptions are confirmed at once so local clients never wait for
+//! Redis slow: publications wait for it, and the core keeps their bytes in their senders'
+//! inbound budgets until it took them (`handle_notify_published`), so a flood pauses its
+//! senders instead of being dropped. Redis down: publications are dropped (cross-replica
+//! notifies are lost while it is down, as with any pub/sub; counted in
+//! `duckwire_notifies_dropped_total`), subscriptions are confirmed at once so local clients never wait for
 //! it, and the task reconnects with backoff and subscribes again to every channel the core
 //! still wants. The `redis` crate runs on smol (`smol-comp`); no tokio runtime is started.
 
@@ -26,8 +29,6 @@ use futures_util::StreamExt;
 use crate::driver::DriverInput;
 use crate::meta::MetaDone;
 
-/// Publications waiting for Redis; more are dropped (counted in the log) rather than held.
-const PUBLISH_QUEUE: usize = 4096;
 pub(crate) const RECONNECT_MIN: Duration = Duration::from_millis(100);
 pub(crate) const RECONNECT_MAX: Duration = Duration::from_secs(5);
 
@@ -92,7 +93,7 @@ pub enum Control {
 /// The driver's handle on the broker task.
 pub struct Broker {
     control: async_channel::Sender<Control>,
-    publications: async_channel::Sender<(String, Bytes)>,
+    publications: async_channel::Sender<Publication>,
 }
 
 mod room_log;
@@ -129,7 +130,9 @@ impl Broker {
         }
         .map_err(|e| format!("--redis-url {url}: {e}"))?;
         let (control, control_rx) = async_channel::unbounded();
-        let (publications, publications_rx) = async_channel::bounded(PUBLISH_QUEUE);
+        // Unbounded here: what waits is bounded by the core's inbound budgets (each
+        // publication's bytes stay in its sender's until Redis took it).
+        let (publications, publications_rx) = async_channel::unbounded();
         let followed = Arc::new(Mutex::new(BTreeMap::new()));
         let (follow_changed, follow_changes) = async_channel::bounded(1);
         let follower = Follower {
@@ -169,10 +172,13 @@ impl Broker {
         let _ = self.control.try_send(request);
     }
 
-    pub fn publish(&self, channel: String, message: Bytes) {
-        if self.publications.try_send((channel, message)).is_err() {
-            tracing::warn!("Redis publication queue full: a cross-replica notify was dropped");
-        }
+    pub fn publish(&self, channel: String, message: Bytes, token: u64) {
+        // Fails only once the broker task stopped (the server is stopping).
+        let _ = self.publications.try_send(Publication {
+            channel,
+            message,
+            token,
+        });
     }
 }
 
@@ -183,7 +189,7 @@ struct BrokerTask {
     prefix: String,
     driver: async_channel::Sender<DriverInput>,
     control: async_channel::Receiver<Control>,
-    publications: async_channel::Receiver<(String, Bytes)>,
+    publications: async_channel::Receiver<Publication>,
     /// Channels the core wants, with the token of its latest request.
     wanted: BTreeMap<String, u64>,
     /// `<--redis-prefix>:room:`, before a room's id.
@@ -201,10 +207,17 @@ struct BrokerTask {
     held: Option<Control>,
 }
 
+/// A notify for the other replicas, with the core's token for it.
+pub struct Publication {
+    channel: String,
+    message: Bytes,
+    token: u64,
+}
+
 /// What woke the connected loop.
 enum Event {
     Control(Control),
-    Publish(String, Bytes),
+    Publish(Publication),
     Delivered(redis::Msg),
     /// Our own inputs closed: the server is stopping.
     Stopped,
@@ -240,7 +253,13 @@ impl BrokerTask {
                     None => break,
                     Some(Event::Stopped) => return,
                     Some(Event::Control(control)) => self.note(control),
-                    Some(_) => {} // publications while down are lost
+                    // Publications while Redis is down are lost: counted, and their bytes
+                    // go back to their senders' budgets.
+                    Some(Event::Publish(publication)) => {
+                        self.metrics.notifies_dropped.inc();
+                        self.published(vec![publication.token]);
+                    }
+                    Some(_) => {}
                 }
             }
             backoff = (backoff * 2).min(RECONNECT_MAX);
@@ -302,7 +321,7 @@ impl BrokerTask {
             },
             async {
                 match publications.recv().await {
-                    Ok((channel, message)) => Event::Publish(channel, message),
+                    Ok(publication) => Event::Publish(publication),
                     Err(_) => Event::Stopped,
                 }
             },
@@ -390,8 +409,8 @@ impl BrokerTask {
                         self.metrics.shared_snapshots_skipped.inc();
                     }
                 }
-                Event::Publish(channel, message) => {
-                    self.publish_batch(&mut publisher, channel, message).await?;
+                Event::Publish(publication) => {
+                    self.publish_batch(&mut publisher, publication).await?;
                 }
                 Event::Delivered(message) => {
                     if !self.deliver(message).await {
@@ -403,30 +422,41 @@ impl BrokerTask {
     }
 
     /// Publications waiting together go in one round trip, in order, as appends do.
+    /// The core learns they were taken (or lost, when the round trip failed: Redis went
+    /// down meanwhile), so their senders' budgets get the bytes back.
     async fn publish_batch(
         &mut self,
         publisher: &mut redis::aio::MultiplexedConnection,
-        channel: String,
-        message: Bytes,
+        first: Publication,
     ) -> redis::RedisResult<()> {
         let mut pipeline = redis::pipe();
-        let mut published = 0;
-        let mut next = Some((channel, message));
-        while let Some((channel, message)) = next.take() {
+        let mut tokens = Vec::new();
+        let mut next = Some(first);
+        while let Some(publication) = next.take() {
             pipeline
                 .cmd("PUBLISH")
-                .arg(self.channel_key(&channel))
-                .arg(message.as_ref())
+                .arg(self.channel_key(&publication.channel))
+                .arg(publication.message.as_ref())
                 .ignore();
-            published += 1;
-            if published < PIPELINE_LIMIT {
+            tokens.push(publication.token);
+            if tokens.len() < PIPELINE_LIMIT {
                 next = self.publications.try_recv().ok();
             }
         }
         let sent = pipeline.query_async::<()>(publisher).await;
         self.metrics.publish_round_trips.inc();
-        self.metrics.publications.inc_by(published as u64);
+        match &sent {
+            Ok(()) => self.metrics.publications.inc_by(tokens.len() as u64),
+            Err(_) => self.metrics.notifies_dropped.inc_by(tokens.len() as u64),
+        };
+        self.published(tokens);
         sent
+    }
+
+    fn published(&self, tokens: Vec<u64>) {
+        let _ = self
+            .driver
+            .try_send(DriverInput::NotifiesPublished { tokens });
     }
 
     /// A message Redis delivered, to the driver; `false` when the driver is gone.

@@ -162,9 +162,13 @@ impl Driver {
             Effect::BrokerUnsubscribe { channel } => {
                 self.to_broker(Control::Unsubscribe { channel })
             }
-            Effect::PublishNotify { channel, message } => {
+            Effect::PublishNotify {
+                channel,
+                message,
+                token,
+            } => {
                 if let Some(broker) = &self.broker {
-                    broker.publish(channel, message);
+                    broker.publish(channel, message, token);
                 }
             }
             // Every other effect is carried out by `carry_out_effects_once`.

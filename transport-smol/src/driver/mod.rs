@@ -54,6 +54,10 @@ pub enum DriverInput {
         channel: String,
         token: u64,
     },
+    /// Cluster mode: Redis took (or lost) these publications.
+    NotifiesPublished {
+        tokens: Vec<u64>,
+    },
     /// Cluster mode: a message Redis delivered on a user channel.
     RemoteNotify {
         channel: String,
@@ -416,6 +420,11 @@ impl Driver {
             DriverInput::BrokerSubscribed { channel, token } => {
                 self.call_core(|server| server.handle_broker_subscribed(&channel, token, now))
             }
+            DriverInput::NotifiesPublished { tokens } => self.call_core(|server| {
+                tokens
+                    .into_iter()
+                    .try_for_each(|token| server.handle_notify_published(token))
+            }),
             DriverInput::RemoteNotify { channel, message } => self.call_core(|server| {
                 if !server.handle_remote_notify(&channel, &message, now)? {
                     tracing::warn!(channel, "ignored a malformed message from Redis");
