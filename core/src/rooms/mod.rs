@@ -236,11 +236,18 @@ impl Server {
         }
     }
 
-    /// A loaded room with nobody in it: save now if needed, else schedule eviction.
+    /// A loaded room with nobody in it: save now if needed, else schedule eviction. With a
+    /// durable log every acknowledged change is stored already, and the save only compacts
+    /// the log: it is left to the debounce timer, so rooms emptied and joined again at every
+    /// page load do not write their whole snapshot each time (ahead of the appends that
+    /// acknowledgements wait for, on the same storage queue).
     fn after_room_quiet(&mut self, room_id: &str, now: Millis) {
         let Some(room) = self.rooms.rooms.get(room_id) else {
             return;
         };
+        if room.needs_save() && self.config.durable_room_log {
+            return; // the debounce timer saves it; eviction follows the save
+        }
         if room.needs_save() && room.persisting.is_none() {
             self.persist_room(room_id);
         } else if room.persisting.is_none() {

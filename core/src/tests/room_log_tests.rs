@@ -187,3 +187,36 @@ fn updates_waiting_for_the_log_count_in_the_inbound_budget() {
         "every held byte released"
     );
 }
+
+/// With the log holding every acknowledged change, the last member leaving does not write
+/// the whole snapshot at once (rooms emptied at every page load would write it each time,
+/// ahead of the appends acknowledgements wait for): the debounce saves it, then the room is
+/// evicted.
+#[test]
+fn with_a_durable_log_the_last_leave_leaves_the_save_to_the_debounce() {
+    let mut h = joined(&[1], StoredRoom::default());
+    h.binary(1, loro_update(1, "k", 1));
+    h.server
+        .handle_room_update_appended("r", 1, Ok(()), h.now())
+        .unwrap();
+    h.server.handle_timeout(h.now()).unwrap(); // the change's import
+    h.drain();
+    h.server.handle_closed(crate::ConnId(1), h.now()).unwrap();
+    let persisted = |effects: &[Effect]| {
+        effects.iter().find_map(|e| match e {
+            Effect::PersistSnapshot { version, .. } => Some(*version),
+            _ => None,
+        })
+    };
+    assert_eq!(persisted(&h.drain()), None, "not saved on the last leave");
+    h.now += 500;
+    h.server.handle_timeout(h.now()).unwrap();
+    let version = persisted(&h.drain()).expect("saved after the debounce");
+    h.server
+        .handle_snapshot_persisted("r", version, Ok(()), h.now())
+        .unwrap();
+    h.drain();
+    h.now += 30_000;
+    h.server.handle_timeout(h.now()).unwrap();
+    assert_eq!(h.server.room_count(), 0, "evicted once saved and idle");
+}
