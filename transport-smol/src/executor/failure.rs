@@ -1,13 +1,14 @@
-//! What a DuckDB error says happened, decided once, here, where its text is seen: duckdb-rs
-//! hands the executor DuckDB's error as text, and the kinds below are told apart by it. The rest
-//! of the server matches on [`FailureKind`] and the outcomes made from it
-//! (`QueryOutcome::Cancelled`, `QueryOutcome::NotARead`), never on text.
+//! What a DuckDB error says happened, decided once, here, where its text is seen. Whether a
+//! query was interrupted is not read from text at all: the executor knows which queries it
+//! interrupted (`Interrupts::finish`). The two kinds below have no such fact: duckdb-rs
+//! reports an execution error as its message only (it destroys the result, and with it
+//! `duckdb_result_error_type`, before returning), so they are told apart by DuckDB's wording,
+//! here and nowhere else. The rest of the server matches on [`FailureKind`] and the outcomes
+//! made from it (`QueryOutcome::NotARead`), never on text.
 
 /// The kind of a DuckDB error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FailureKind {
-    /// Stopped by `duckdb_interrupt` (a cancel, a timeout, a closed connection).
-    Interrupted,
     /// A transaction conflict: another attempt may succeed.
     Conflict,
     /// A write refused inside a read-only transaction: nothing was written.
@@ -18,9 +19,7 @@ pub enum FailureKind {
 
 impl FailureKind {
     pub fn of(message: &str) -> FailureKind {
-        if message.contains("INTERRUPT") {
-            FailureKind::Interrupted
-        } else if [
+        if [
             "Transaction conflict",
             "Conflict on",
             "write-write conflict",
@@ -50,7 +49,6 @@ mod tests {
             ),
             ("Conflict on tuple deletion!", FailureKind::Conflict),
             ("write-write conflict on key", FailureKind::Conflict),
-            ("INTERRUPT Error: Interrupted!", FailureKind::Interrupted),
             (
                 "TransactionContext Error: Cannot write to database \"x\" - transaction is launched in read-only mode",
                 FailureKind::WriteInReadOnlyTransaction,

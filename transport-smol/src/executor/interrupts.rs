@@ -65,10 +65,22 @@ impl Interrupts {
         true
     }
 
-    pub(super) fn finish(&self, handle: QueryHandle) {
+    /// Whether the executor has interrupted the running query `handle` (a cancel, a timeout,
+    /// a closed connection, or shutdown): a fact of its own, so a failure of that query is
+    /// its interruption without reading DuckDB's error text.
+    pub(super) fn was_interrupted(&self, handle: QueryHandle) -> bool {
+        let state = self.lock();
+        state.running.contains_key(&handle)
+            && (state.shutting_down || state.cancel_requested.contains(&handle))
+    }
+
+    /// The query stopped running; whether it had been interrupted ([`Self::was_interrupted`]).
+    pub(super) fn finish(&self, handle: QueryHandle) -> bool {
+        let interrupted = self.was_interrupted(handle);
         let mut state = self.lock();
         state.running.remove(&handle);
         state.cancel_requested.remove(&handle);
+        interrupted
     }
 
     /// Re-interrupts cancelled queries (and, at shutdown, all) until they finish; sleeps
@@ -115,5 +127,36 @@ impl Interrupts {
             running.interrupt();
         }
         self.cancelled_while_running.notify_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn handle_of(conn: &duckdb::Connection) -> Arc<InterruptHandle> {
+        conn.interrupt_handle()
+    }
+
+    #[test]
+    fn a_query_is_known_interrupted_only_once_the_executor_interrupted_it() {
+        let conn = duckdb::Connection::open_in_memory().unwrap();
+        let interrupts = Interrupts::default();
+        let (quiet, cancelled) = (QueryHandle(1), QueryHandle(2));
+        for handle in [quiet, cancelled] {
+            interrupts.queued(handle);
+            assert!(interrupts.start(handle, handle_of(&conn)));
+        }
+        interrupts.interrupt(cancelled);
+        assert!(!interrupts.was_interrupted(quiet));
+        assert!(interrupts.was_interrupted(cancelled));
+        assert!(!interrupts.finish(quiet));
+        assert!(interrupts.finish(cancelled));
+        // Shutdown interrupts whatever runs.
+        let last = QueryHandle(3);
+        interrupts.queued(last);
+        assert!(interrupts.start(last, handle_of(&conn)));
+        interrupts.interrupt_all();
+        assert!(interrupts.finish(last));
     }
 }

@@ -417,12 +417,12 @@ impl Worker {
         };
         let result = in_transaction(&conn, gate == Gate::ReadsOnly, || {
             if persist && self.cache.is_enabled() {
-                self.cached_query(&conn, output, sql, plans, read)
+                self.cached_query(handle, &conn, output, sql, plans, read)
             } else {
                 self.with_retries(|| run_sql_planned(&conn, output, sql, plans))
             }
         });
-        self.interrupts.finish(handle);
+        let interrupted = self.interrupts.finish(handle);
         if !read {
             // Even a failed or interrupted write may have changed what plans see.
             self.write_epoch.advance();
@@ -430,10 +430,11 @@ impl Worker {
         self.connection.give_back(conn, epoch, read);
         let message = match result {
             Ok(outcome) => return (outcome, !read),
+            // Stopped by the executor's own interrupt.
+            Err(_) if interrupted => return (QueryOutcome::Cancelled, false),
             Err(message) => message,
         };
         match FailureKind::of(&message) {
-            FailureKind::Interrupted => (QueryOutcome::Cancelled, false),
             FailureKind::WriteInReadOnlyTransaction if gate == Gate::ReadsOnly => {
                 (QueryOutcome::NotARead(WRITES_IN_A_READ.into()), false)
             }
@@ -448,6 +449,7 @@ impl Worker {
     /// `read`: DuckDB's verdict; only a read's result is kept.
     fn cached_query(
         &mut self,
+        handle: QueryHandle,
         conn: &Connection,
         output: Output<'_>,
         sql: &str,
@@ -461,8 +463,8 @@ impl Worker {
         let (value, _) = cache.get_or_compute((form, sql.to_string()), || {
             let outcome = match self.with_retries(|| run_sql_planned(conn, output, sql, plans)) {
                 Ok(outcome) => outcome,
-                // Our client cancelled: nothing to cache.
-                Err(message) if FailureKind::of(&message) == FailureKind::Interrupted => {
+                // Interrupted (our client cancelled): nothing to cache.
+                Err(_) if self.interrupts.was_interrupted(handle) => {
                     computed = Some(QueryOutcome::Cancelled);
                     return Ok((Bytes::new(), false));
                 }
@@ -503,13 +505,11 @@ impl Worker {
             return UploadOutcome::Cancelled;
         }
         let result = self.with_retries(|| upload::upload(&conn, table_name, payload.clone()));
-        self.interrupts.finish(handle);
+        let interrupted = self.interrupts.finish(handle);
         self.write_epoch.advance();
         match result {
             Ok(()) => UploadOutcome::Written,
-            Err(error) if FailureKind::of(&error) == FailureKind::Interrupted => {
-                UploadOutcome::Cancelled
-            }
+            Err(_) if interrupted => UploadOutcome::Cancelled,
             Err(error) => UploadOutcome::Failed(error),
         }
     }
