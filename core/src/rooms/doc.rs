@@ -10,6 +10,9 @@
 //! delivery), the pending changes are imported first, so what is read includes everything
 //! acknowledged.
 
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+
 use bytes::Bytes;
 use loro::{ExportMode, LoroDoc};
 
@@ -18,16 +21,17 @@ pub(crate) struct RoomDoc {
     /// Accepted (checked, relayed, acknowledged or waiting for the log), not imported yet.
     pending: Vec<Bytes>,
     /// Changes that passed the check and that the document refused on import (a Loro bug,
-    /// or bytes crafted to decode alone but not against this document).
-    refused_on_import: u64,
+    /// or bytes crafted to decode alone but not against this document), counted with every
+    /// room's: the count outlives the room (a metric counter never goes down).
+    refused_on_import: Arc<AtomicU64>,
 }
 
 impl RoomDoc {
-    pub(crate) fn new(doc: LoroDoc) -> RoomDoc {
+    pub(crate) fn new(doc: LoroDoc, refused_on_import: Arc<AtomicU64>) -> RoomDoc {
         RoomDoc {
             doc,
             pending: Vec::new(),
-            refused_on_import: 0,
+            refused_on_import,
         }
     }
 
@@ -58,7 +62,9 @@ impl RoomDoc {
         for update in std::mem::take(&mut self.pending) {
             match self.doc.import(&update) {
                 Ok(status) => changed |= !status.success.is_empty(),
-                Err(_) => self.refused_on_import += 1,
+                Err(_) => {
+                    self.refused_on_import.fetch_add(1, Relaxed);
+                }
             }
         }
         changed
@@ -84,9 +90,5 @@ impl RoomDoc {
         // Exporting a snapshot of a document we hold cannot fail short of a Loro bug; an
         // empty snapshot would still be importable by clients.
         self.doc.export(ExportMode::Snapshot).unwrap_or_default()
-    }
-
-    pub(crate) fn refused_on_import(&self) -> u64 {
-        self.refused_on_import
     }
 }
