@@ -50,9 +50,11 @@ impl Budget {
     /// The arriving bytes become held by work `conn` started; how many.
     pub(crate) fn hold_arriving(&mut self, conn: ConnId) -> usize {
         let bytes = std::mem::take(&mut self.arriving);
-        *self.held.entry(conn).or_default() += bytes;
-        self.total += bytes;
-        self.changed.insert(conn);
+        if bytes > 0 {
+            *self.held.entry(conn).or_default() += bytes;
+            self.total += bytes;
+            self.changed.insert(conn);
+        }
         bytes
     }
 
