@@ -138,12 +138,12 @@ async fn serve_http(
             break; // closed by the core with nothing to answer
         };
         let sent = response.len();
+        // A request whose head could not be read gets no CORS headers and no compression.
+        let origin = head.as_ref().and_then(|head| head.header("origin"));
+        let rendered = render(response, origin, &shared);
         let response = match &head {
-            Some(head) => {
-                let rendered = render(response, head, &shared);
-                compressed(rendered, head, &client.peer, &shared).await
-            }
-            None => render_bare(response, &shared),
+            Some(head) => compressed(rendered, head, &client.peer, &shared).await,
+            None => rendered,
         };
         if write_response(&mut stream, &response, keep_alive)
             .await
@@ -331,20 +331,9 @@ fn handshake_response(head: &RequestHead) -> Result<http::Response<()>, Handshak
     })
 }
 
-/// The core's answer to a request whose head could not be read (no CORS, no compression).
-fn render_bare(answer: HttpResponse, shared: &Shared) -> Response {
-    let empty = RequestHead {
-        method: String::new(),
-        path: String::new(),
-        query: None,
-        version_minor: 1,
-        headers: Vec::new(),
-    };
-    render(answer, &empty, shared)
-}
-
 /// The HTTP form of the core's answer: Mosaic's bodies for queries, and the small routes.
-fn render(answer: HttpResponse, head: &RequestHead, shared: &Shared) -> Response {
+/// `origin`: the request's `Origin`, answered with CORS headers.
+fn render(answer: HttpResponse, origin: Option<&str>, shared: &Shared) -> Response {
     let cors = answer.allows_cors();
     let mut response = match answer {
         HttpResponse::Arrow(ipc) => Response {
@@ -381,13 +370,13 @@ fn render(answer: HttpResponse, head: &RequestHead, shared: &Shared) -> Response
             .push(("Sec-WebSocket-Version".into(), "13".into()));
     }
     if cors {
-        response.headers.extend(cors_headers(head));
+        response.headers.extend(cors_headers(origin));
     }
     response
 }
 
-fn cors_headers(head: &RequestHead) -> Vec<(String, String)> {
-    match head.header("origin") {
+fn cors_headers(origin: Option<&str>) -> Vec<(String, String)> {
+    match origin {
         Some(origin) => vec![
             ("Access-Control-Allow-Origin".into(), origin.to_string()),
             ("Vary".into(), "Origin".into()),
