@@ -25,9 +25,9 @@ impl Server {
         if dialect == Dialect::Http {
             return;
         }
-        if let Err(too_big) = self.config.limits.check_frame(frame.len()) {
-            self.close(conn, close_code::MESSAGE_TOO_BIG, &too_big.to_string(), now);
-            return;
+        if self.config.limits.check_frame(frame.len()).is_err() {
+            // Answered as a frame the transport could not take (close 1009), in one place.
+            return self.malformed(conn, crate::Malformed::FrameTooLarge, now);
         }
         if dialect == Dialect::MosaicSocket {
             return self.mosaic_frame(conn, frame, authenticated, now);
