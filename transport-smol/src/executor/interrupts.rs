@@ -34,6 +34,13 @@ struct InterruptState {
     stopped: bool,
 }
 
+impl InterruptState {
+    fn interrupted(&self, handle: QueryHandle) -> bool {
+        self.running.contains_key(&handle)
+            && (self.shutting_down || self.cancel_requested.contains(&handle))
+    }
+}
+
 impl Interrupts {
     fn lock(&self) -> std::sync::MutexGuard<'_, InterruptState> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
@@ -69,15 +76,13 @@ impl Interrupts {
     /// a closed connection, or shutdown): a fact of its own, so a failure of that query is
     /// its interruption without reading DuckDB's error text.
     pub(super) fn was_interrupted(&self, handle: QueryHandle) -> bool {
-        let state = self.lock();
-        state.running.contains_key(&handle)
-            && (state.shutting_down || state.cancel_requested.contains(&handle))
+        self.lock().interrupted(handle)
     }
 
     /// The query stopped running; whether it had been interrupted ([`Self::was_interrupted`]).
     pub(super) fn finish(&self, handle: QueryHandle) -> bool {
-        let interrupted = self.was_interrupted(handle);
         let mut state = self.lock();
+        let interrupted = state.interrupted(handle);
         state.running.remove(&handle);
         state.cancel_requested.remove(&handle);
         interrupted
