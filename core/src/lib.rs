@@ -21,6 +21,7 @@ mod rooms;
 mod server;
 pub mod sql;
 mod timers;
+pub mod websocket;
 
 pub use auth::{tokens_match, HostPolicy, OriginPolicy, Rights};
 pub use codec::{
