@@ -120,6 +120,9 @@ struct Args {
     /// compress large HTTP answers (gzip, br, zstd as the client accepts): auto (only for non-loopback peers), on, off (default: auto)
     #[argh(option)]
     http_compression: Option<duckwire_smol::compress::Compression>,
+    /// negotiate permessage-deflate on WebSocket connections (replies over 4 KiB compressed): auto (only for non-loopback peers), on, off (default: auto)
+    #[argh(option)]
+    ws_compression: Option<duckwire_smol::compress::Compression>,
     /// open the database read-only: exec, uploads and writes are refused (rooms need --meta-db)
     #[argh(switch)]
     read_only: bool,
@@ -250,6 +253,7 @@ fn config_from(args: Args) -> Result<ServerConfig, String> {
         cache_bytes: args.cache_bytes.unwrap_or(base.cache_bytes),
         cache_dir: args.cache_dir,
         http_compression: args.http_compression.unwrap_or(base.http_compression),
+        ws_compression: args.ws_compression.unwrap_or(base.ws_compression),
         read_only: args.read_only,
         allowed_dirs: comma_list(args.allowed_dirs.as_deref())
             .into_iter()
@@ -332,10 +336,10 @@ fn main() {
     }
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&args.log_level))
-        // The WebSocket library traces every message it receives, auth tokens and SQL
-        // included; tokens are never logged (PROTOCOL §4), whatever the level asked for.
-        .add_directive("tungstenite=info".parse().expect("a valid directive"))
-        .add_directive("async_tungstenite=info".parse().expect("a valid directive"));
+        // The handshake library traces requests at debug level, auth headers included;
+        // tokens are never logged (PROTOCOL §4), whatever the level asked for.
+        .add_directive("tungstenite=info".parse().expect("a valid directive"));
+
     use std::io::IsTerminal;
     tracing_subscriber::fmt()
         .with_env_filter(filter)

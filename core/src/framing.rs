@@ -31,6 +31,11 @@ pub enum Malformed {
     /// A WebSocket message larger than `max_frame_bytes` (the WebSocket library refused to
     /// buffer it).
     FrameTooLarge,
+    /// WebSocket frames that break RFC 6455 or RFC 7692 (an unmasked frame, a reserved bit,
+    /// a broken deflate stream…): close 1002.
+    BrokenWebSocketFrames,
+    /// A text message or close reason that is not UTF-8: close 1007.
+    InvalidUtf8,
     /// A WebSocket upgrade asking for a protocol version other than 13.
     UnsupportedWebSocketVersion,
     /// A WebSocket upgrade the handshake refuses (a missing key, a wrong method…).
@@ -55,6 +60,10 @@ impl Malformed {
                 (426, "unsupported Sec-WebSocket-Version (13 needed)".into())
             }
             Malformed::BadUpgrade => (400, "invalid WebSocket upgrade".into()),
+            // Only WebSocket connections see these; an HTTP one would have a bad request.
+            Malformed::BrokenWebSocketFrames | Malformed::InvalidUtf8 => {
+                (400, "bad request".into())
+            }
             Malformed::BodyTooLarge | Malformed::FrameTooLarge => {
                 (413, frame_too_large(limits).to_string())
             }
@@ -82,7 +91,31 @@ impl Server {
             self.close(conn, close_code::GOING_AWAY, &message, now);
             return;
         }
-        let reason = frame_too_large(&self.config.limits).to_string();
-        self.close(conn, close_code::MESSAGE_TOO_BIG, &reason, now);
+        let (code, reason) = match malformed {
+            Malformed::BrokenWebSocketFrames => (
+                close_code::PROTOCOL_ERROR,
+                "invalid WebSocket frames".to_string(),
+            ),
+            Malformed::InvalidUtf8 => (
+                close_code::INVALID_PAYLOAD,
+                "text message is not valid UTF-8".to_string(),
+            ),
+            _ => (
+                close_code::MESSAGE_TOO_BIG,
+                frame_too_large(&self.config.limits).to_string(),
+            ),
+        };
+        self.close(conn, code, &reason, now);
+    }
+}
+
+impl From<&crate::websocket::WsError> for Malformed {
+    fn from(error: &crate::websocket::WsError) -> Self {
+        use crate::websocket::WsError;
+        match error {
+            WsError::TooLarge { .. } => Malformed::FrameTooLarge,
+            WsError::Protocol(_) => Malformed::BrokenWebSocketFrames,
+            WsError::InvalidUtf8 => Malformed::InvalidUtf8,
+        }
     }
 }

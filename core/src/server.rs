@@ -28,6 +28,10 @@ use crate::{ProtocolError, ServerError};
 pub mod close_code {
     /// Server shutting down.
     pub const GOING_AWAY: u16 = 1001;
+    /// Frames that break the WebSocket protocol.
+    pub const PROTOCOL_ERROR: u16 = 1002;
+    /// A text message that is not UTF-8.
+    pub const INVALID_PAYLOAD: u16 = 1007;
     /// Policy violation: too many wrong tokens, or a reader too slow for its replies.
     pub const POLICY_VIOLATION: u16 = 1008;
     /// A frame over `max_frame_bytes`.

@@ -67,6 +67,20 @@ mosaic_client() {
   node dist/mosaic-compat.mjs "http://${1#ws://}/" "$1/mosaic" "$root/tests/data/flights-200k.parquet"
 }
 browser() { node browser.mjs "$1"; }
+# The same page with --ws-compression on: Chromium negotiates permessage-deflate (the server's
+# metrics say so) and the connector still reads its results.
+browser_deflate() {
+  node browser.mjs "$1"
+  node -e '
+    fetch(process.argv[1]).then((r) => r.text()).then((metrics) => {
+      const value = (name) => Number((metrics.match(new RegExp(`^${name} (\\S+)`, "m")) || [])[1] || 0);
+      if (!(value("duckwire_ws_deflate_connections_total") >= 1 && value("duckwire_ws_deflated_bytes_total") > 0)) {
+        console.error("js-compat: Chromium did not negotiate permessage-deflate");
+        process.exit(1);
+      }
+      console.log("browser + permessage-deflate: ok");
+    });' "http://${1#ws://}/metrics"
+}
 
 with_server sqlrooms_clients --sync
 with_server sqlrooms_clients_with_token --sync --auth-token compat-secret
@@ -99,6 +113,7 @@ else
 fi
 if [ -x "${CHROMIUM:-/usr/bin/chromium}" ]; then
   with_server browser
+  with_server browser_deflate --ws-compression on
 elif [ -n "${DUCKWIRE_REQUIRE_BROWSER:-}" ]; then
   echo "js-compat: Chromium is required (DUCKWIRE_REQUIRE_BROWSER) but not installed" >&2
   exit 1

@@ -1,6 +1,8 @@
 //! Helpers for end-to-end tests: the real `duckwire` binary on a free port, a real
 //! WebSocket client (tungstenite), raw HTTP over a TCP socket, and Arrow IPC decoding.
 
+pub mod deflate_client;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};

@@ -28,6 +28,8 @@ pub struct ServerConfig {
     pub http_head_timeout: Option<std::time::Duration>,
     /// `--http-compression`.
     pub http_compression: crate::compress::Compression,
+    /// `--ws-compression`: whether WebSocket upgrades negotiate `permessage-deflate`.
+    pub ws_compression: crate::compress::Compression,
     /// `--read-only`: the database opens read-only (the core refuses writes by name).
     pub read_only: bool,
     /// `--allowed-dirs`: queries may read files only under these directories.
@@ -77,6 +79,7 @@ impl Default for ServerConfig {
             threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
             http_head_timeout: Some(std::time::Duration::from_secs(10)),
             http_compression: crate::compress::Compression::Auto,
+            ws_compression: crate::compress::Compression::Auto,
             read_only: false,
             allowed_dirs: Vec::new(),
             no_external_access: false,

@@ -7,21 +7,20 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
-use async_tungstenite::tungstenite::handshake::server::{
-    create_response, write_response as write_handshake,
-};
-use async_tungstenite::tungstenite::http::{self, HeaderValue};
 use bytes::Bytes;
 use duckwire_core::{ConnId, ConnectionInfo, Dialect, HttpRequest, HttpResponse};
 use serde_json::json;
 use smol::io::AsyncWriteExt;
 use smol::net::TcpStream;
+use tungstenite::handshake::server::{create_response, write_response as write_handshake};
+use tungstenite::http::{self, HeaderValue};
 
 use crate::tls::Stream;
 
 use crate::compress::{Encoding, COMPRESS_ABOVE};
 use crate::driver::{ConnectionWriter, DriverInput, Outbound, ReadGate, SentCounter};
 use crate::http::{read_body, read_head, write_response, HeadError, RequestHead, Response};
+use duckwire_core::websocket::{negotiate_deflate, DEFLATE_RESPONSE};
 use duckwire_core::Malformed;
 
 /// Waits until `deadline`, or forever without one.
@@ -304,7 +303,7 @@ enum HandshakeRefusal {
 
 /// The `101 Switching Protocols` answer for an upgrade request, from tungstenite.
 fn handshake_response(head: &RequestHead) -> Result<http::Response<()>, HandshakeRefusal> {
-    use async_tungstenite::tungstenite::error::{Error, ProtocolError};
+    use tungstenite::error::{Error, ProtocolError};
     let target = match &head.query {
         Some(query) => format!("{}?{query}", head.path),
         None => head.path.clone(),
@@ -428,6 +427,22 @@ async fn upgrade(
             return Box::pin(serve_http(stream, rest, client, Err(malformed), shared)).await;
         }
     };
+    // permessage-deflate where --ws-compression applies to this peer and the client offers
+    // it in a form we honour (the core's negotiation).
+    let deflate = shared.config.ws_compression.applies_to(&peer)
+        && negotiate_deflate(
+            head.headers
+                .iter()
+                .filter(|(name, _)| name.eq_ignore_ascii_case("sec-websocket-extensions"))
+                .map(|(_, value)| value.as_str()),
+        )
+        .is_some();
+    if deflate {
+        response.headers_mut().insert(
+            "Sec-WebSocket-Extensions",
+            HeaderValue::from_static(DEFLATE_RESPONSE),
+        );
+    }
     // Clients that offer subprotocols fail unless one is selected; take their first.
     if let Some(protocol) = head
         .header("sec-websocket-protocol")
@@ -468,6 +483,10 @@ async fn upgrade(
         conn,
         info,
         shared.config.core.limits.clone(),
+        crate::ws::WsSettings {
+            deflate,
+            metrics: shared.metrics.clone(),
+        },
         shared.driver.clone(),
         &shared.sent_reports,
     )

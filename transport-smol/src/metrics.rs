@@ -54,6 +54,11 @@ pub struct Metrics {
     pub publications: Counter,
     pub notifies_dropped: Counter,
     pub publish_round_trips: Counter,
+    /// WebSocket connections that negotiated permessage-deflate.
+    pub ws_deflate_connections: Counter,
+    /// WebSocket reply bytes compressed, before and after.
+    pub ws_deflated_bytes: Counter,
+    pub ws_deflated_wire_bytes: Counter,
 }
 
 impl Default for Metrics {
@@ -84,6 +89,9 @@ impl Default for Metrics {
             publications: Counter::default(),
             notifies_dropped: Counter::default(),
             publish_round_trips: Counter::default(),
+            ws_deflate_connections: Counter::default(),
+            ws_deflated_bytes: Counter::default(),
+            ws_deflated_wire_bytes: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -190,6 +198,21 @@ impl Default for Metrics {
             "duckwire_publish_round_trips",
             "Cluster mode: Redis round trips that carried those publications (publications waiting together share one)",
             metrics.publish_round_trips.clone(),
+        );
+        registry.register(
+            "duckwire_ws_deflate_connections",
+            "WebSocket connections that negotiated permessage-deflate (--ws-compression)",
+            metrics.ws_deflate_connections.clone(),
+        );
+        registry.register(
+            "duckwire_ws_deflated_bytes",
+            "WebSocket reply bytes compressed with permessage-deflate, before compression",
+            metrics.ws_deflated_bytes.clone(),
+        );
+        registry.register(
+            "duckwire_ws_deflated_wire_bytes",
+            "What those bytes took on the wire after compression",
+            metrics.ws_deflated_wire_bytes.clone(),
         );
         // Every query label pair shows from the start, at zero.
         for kind in ["arrow", "json", "exec", "upload"] {

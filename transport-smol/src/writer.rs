@@ -14,6 +14,8 @@ pub enum Outbound {
     Response(HttpResponse),
     /// A WebSocket ping (the core keeps the schedule).
     Ping,
+    /// The answer to the peer's ping (the reader queues it).
+    Pong(bytes::Bytes),
 }
 
 /// Bytes a reader may have handed to the driver that the core has not seen yet. Past it the

@@ -1,65 +1,71 @@
-//! One WebSocket connection: a reader that feeds frames to the driver and a writer that
+//! One WebSocket connection: a reader that feeds messages to the driver and a writer that
 //! drains the connection's queue to the socket, reporting written bytes for the core's
 //! outbound accounting (PROTOCOL §7).
+//!
+//! Framing is the core's sans-IO codec (`duckwire_core::websocket`); this file only moves
+//! bytes. A reply goes out as a frame header followed by the reply's own buffer in one
+//! vectored write (the buffer a fan-out shares between its members, never copied into a frame
+//! buffer). With `permessage-deflate` negotiated, replies above [`COMPRESS_ABOVE`] are
+//! compressed; large ones on the blocking pool, in parts sent as fragments while the next
+//! part is being compressed.
 
-use async_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
-use async_tungstenite::tungstenite::protocol::frame::Frame as WsFrame;
-use async_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
-use async_tungstenite::tungstenite::{Error as WsError, Message};
-use async_tungstenite::WebSocketStream;
-use bytes::Bytes;
-use duckwire_core::{ConnId, ConnectionInfo, Frame, Limits, Malformed};
-use futures_util::{SinkExt, StreamExt};
-use smol::net::TcpStream;
-
-use crate::tls::Stream;
-
+use std::collections::VecDeque;
+use std::io;
+use std::io::IoSlice;
 use std::sync::Arc;
 
+use bytes::{Buf, Bytes};
+use duckwire_core::websocket::{
+    close_payload, frame_header, Decoder, MessageDeflater, OpCode, Role, WsEvent,
+};
+use duckwire_core::{ConnId, ConnectionInfo, Frame, Limits, Malformed};
+use futures_util::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+use smol::net::TcpStream;
+
+use prometheus_client::metrics::counter::Counter;
+
+use crate::compress::COMPRESS_ABOVE;
 use crate::driver::{ConnectionWriter, DriverInput, Outbound, ReadGate, SentCounter, SentReports};
+use crate::metrics::Metrics;
+use crate::tls::Stream;
 
-/// Messages larger than this go out as several WebSocket fragments of this size: the
-/// WebSocket library copies each frame it writes into its buffer, and a large result would
-/// otherwise be held twice (PROTOCOL §7's outbound cap counts it once).
-const FRAGMENT_BYTES: usize = 1 << 20;
+/// The deflate level of WebSocket replies: level 1 compresses JSON and Arrow results at
+/// 60–130 MB/s per core to within a few percent of level 6's size (BENCHMARKS.md, "WAN"),
+/// and a faster link than 50 Mbit/s is not worth a slower level.
+pub const DEFLATE_LEVEL: u32 = 1;
 
-/// The WebSocket messages (whole, or fragments of one message) that carry `frame`.
-fn fragments(frame: Frame) -> Vec<Message> {
-    let (data, first_opcode) = match frame {
-        Frame::Text(text) if text.len() <= FRAGMENT_BYTES => {
-            return vec![Message::Text(text.into())]
-        }
-        Frame::Binary(data) if data.len() <= FRAGMENT_BYTES => return vec![Message::Binary(data)],
-        Frame::Text(text) => (Bytes::from(text.into_bytes()), Data::Text),
-        Frame::Binary(data) => (data, Data::Binary),
-    };
-    let is_text = first_opcode == Data::Text;
-    let mut messages = Vec::with_capacity(data.len() / FRAGMENT_BYTES + 1);
-    let mut start = 0;
-    while start < data.len() {
-        let mut end = (start + FRAGMENT_BYTES).min(data.len());
-        // Text fragments end on a character boundary, for receivers that decode each one.
-        while is_text && end < data.len() && data[end] & 0xC0 == 0x80 {
-            end -= 1;
-        }
-        let opcode = if start == 0 {
-            first_opcode
-        } else {
-            Data::Continue
-        };
-        let is_final = end == data.len();
-        messages.push(Message::Frame(WsFrame::message(
-            data.slice(start..end),
-            OpCode::Data(opcode),
-            is_final,
-        )));
-        start = end;
-    }
-    messages
-}
+/// Replies up to this size are compressed on the writer's task; larger ones on the blocking
+/// pool, so a large reply never holds up the I/O thread's other connections.
+const COMPRESS_INLINE_BYTES: usize = 64 * 1024;
+
+/// A large reply is compressed in parts of this size, each sent as a fragment as soon as it
+/// is ready: the network starts on the first part while the next is compressed.
+const COMPRESS_PART_BYTES: usize = 256 * 1024;
 
 /// How often a paused connection's socket is checked for a hang-up.
 const HANGUP_CHECK_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Bytes read from the socket per call: large enough for a query, small enough that a quiet
+/// connection keeps little.
+const READ_BUFFER_BYTES: usize = 16 * 1024;
+
+/// How long a peer has to answer our close frame before its socket is dropped.
+const CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// What the upgrade agreed on for one connection.
+#[derive(Clone)]
+pub struct WsSettings {
+    /// `permessage-deflate` was negotiated.
+    pub deflate: bool,
+    pub metrics: Arc<Metrics>,
+}
+
+/// Counts of what compression did, for `/metrics`.
+#[derive(Default, Clone)]
+pub(crate) struct DeflateCounts {
+    before: Counter,
+    after: Counter,
+}
 
 /// Waits until the connection may be read; `false` if the peer hung up while paused.
 async fn wait_open_or_hangup(gate: &ReadGate, stream: &TcpStream) -> bool {
@@ -102,42 +108,27 @@ fn peer_hung_up(stream: &TcpStream) -> bool {
     }
 }
 
-/// Bytes tungstenite reads from the socket per call. It zero-fills that much of its buffer
-/// before every read, including the one that finds the socket empty, so its 128 KiB default
-/// cost two 128 KiB memsets per small request (5–8 % of a cache hit's CPU in `perf`); a large
-/// message still arrives whole, in more reads.
-const READ_BUFFER_BYTES: usize = 16 * 1024;
-
-/// How long a peer has to answer our close frame before its socket is dropped.
-const CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
-
-type Sink = async_tungstenite::WebSocketSender<Stream>;
-type Source = async_tungstenite::WebSocketReceiver<Stream>;
-
+#[allow(clippy::too_many_arguments)] // the parts of one connection, each from its own owner
 pub async fn serve(
     stream: Stream,
     already_read: Vec<u8>,
     conn: ConnId,
     info: ConnectionInfo,
     limits: Limits,
+    settings: WsSettings,
     driver: async_channel::Sender<DriverInput>,
     sent_reports: &Arc<SentReports>,
 ) {
     let hangup_probe = stream.tcp().clone();
-    let config = WebSocketConfig::default()
-        .read_buffer_size(READ_BUFFER_BYTES)
-        .max_message_size(limits.max_frame_bytes)
-        .max_frame_size(limits.max_frame_bytes);
-    let socket =
-        WebSocketStream::from_partially_read(stream, already_read, Role::Server, Some(config))
-            .await;
-    let (sink, source) = socket.split();
+    let mut decoder = Decoder::new(Role::Server, limits.max_frame_bytes, settings.deflate);
+    decoder.feed(&already_read);
+    let (source, sink) = stream.split();
     let (writer, queue) = async_channel::unbounded::<Outbound>();
     let (close_requests_tx, close_requests) = async_channel::bounded::<(u16, String)>(1);
     let gate = Arc::new(ReadGate::default());
     let connection_writer = ConnectionWriter {
         queue: writer.clone(),
-        close: close_requests_tx,
+        close: close_requests_tx.clone(),
         gate: gate.clone(),
         sent: SentCounter::new(conn, sent_reports),
     };
@@ -152,8 +143,25 @@ pub async fn serve(
     }
     // Told when we have sent a close frame: from then on the peer gets CLOSE_GRACE to answer.
     let (closing, closed_by_us) = async_channel::bounded::<()>(1);
-    let writer_task = crate::spawn(write(sink, queue, close_requests, closing, sent));
-    let reading = read(source, conn, &gate, &hangup_probe, &driver);
+    let deflate_level = settings.deflate.then_some(DEFLATE_LEVEL);
+    if settings.deflate {
+        settings.metrics.ws_deflate_connections.inc();
+    }
+    let counts = DeflateCounts {
+        before: settings.metrics.ws_deflated_bytes.clone(),
+        after: settings.metrics.ws_deflated_wire_bytes.clone(),
+    };
+    let frames = FrameWriter::new(sink, deflate_level, counts);
+    let writer_task = crate::spawn(write(frames, queue, close_requests, closing, sent));
+    let peer = PeerSide {
+        conn,
+        gate: &gate,
+        hangup_probe: &hangup_probe,
+        driver: &driver,
+        replies: &writer,
+        close: &close_requests_tx,
+    };
+    let reading = read(source, decoder, peer);
     // A peer that never answers our close frame does not keep its socket.
     let close_grace = async {
         if closed_by_us.recv().await.is_ok() {
@@ -168,10 +176,127 @@ pub async fn serve(
     writer_task.await;
 }
 
+/// Writes frames: a header and the payload's own buffers in vectored writes. The bytes of
+/// the frame being written live here, not in the future writing them, so a close that
+/// overtakes the queue can finish the frame first and the stream's framing stays whole.
+pub(crate) struct FrameWriter<W> {
+    sink: W,
+    /// The unwritten rest of the current frame.
+    pending: VecDeque<Bytes>,
+    /// `Some(level)` when `permessage-deflate` was negotiated.
+    deflate_level: Option<u32>,
+    counts: DeflateCounts,
+}
+
+impl<W: AsyncWrite + Unpin> FrameWriter<W> {
+    pub(crate) fn new(sink: W, deflate_level: Option<u32>, counts: DeflateCounts) -> Self {
+        FrameWriter {
+            sink,
+            pending: VecDeque::new(),
+            deflate_level,
+            counts,
+        }
+    }
+
+    /// Writes the rest of the current frame, if a write was cut short.
+    async fn finish_frame(&mut self) -> io::Result<()> {
+        while !self.pending.is_empty() {
+            let slices: Vec<IoSlice<'_>> = self.pending.iter().map(|b| IoSlice::new(b)).collect();
+            let mut written = self.sink.write_vectored(&slices).await?;
+            if written == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            while written > 0 {
+                let front = self.pending.front_mut().expect("written ≤ pending");
+                let step = written.min(front.len());
+                front.advance(step);
+                written -= step;
+                if front.is_empty() {
+                    self.pending.pop_front();
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn frame(
+        &mut self,
+        opcode: OpCode,
+        fin: bool,
+        compressed: bool,
+        payload: Bytes,
+    ) -> io::Result<()> {
+        let header = frame_header(opcode, fin, compressed, payload.len(), None);
+        self.pending.push_back(Bytes::from(header));
+        if !payload.is_empty() {
+            self.pending.push_back(payload);
+        }
+        self.finish_frame().await
+    }
+
+    /// One message: as it is, or compressed when deflate was negotiated and it is large
+    /// enough to gain from it.
+    pub(crate) async fn message(&mut self, frame: Frame) -> io::Result<()> {
+        let (opcode, payload) = match frame {
+            Frame::Text(text) => (OpCode::Text, Bytes::from(text.into_bytes())),
+            Frame::Binary(data) => (OpCode::Binary, data),
+        };
+        match self.deflate_level {
+            Some(level) if payload.len() > COMPRESS_ABOVE => {
+                self.compressed(opcode, payload, level).await?
+            }
+            _ => self.frame(opcode, true, false, payload).await?,
+        }
+        self.sink.flush().await
+    }
+
+    async fn compressed(&mut self, opcode: OpCode, payload: Bytes, level: u32) -> io::Result<()> {
+        self.counts.before.inc_by(payload.len() as u64);
+        if payload.len() <= COMPRESS_INLINE_BYTES {
+            let part = MessageDeflater::new(level)
+                .part(&payload, true)
+                .map_err(io::Error::other)?;
+            self.counts.after.inc_by(part.len() as u64);
+            return self.frame(opcode, true, true, part.into()).await;
+        }
+        let parts = payload.len().div_ceil(COMPRESS_PART_BYTES);
+        // Two parts ahead at most: compression waits for a slow network, not the reverse.
+        let (ready, next_part) = async_channel::bounded(2);
+        smol::unblock(move || {
+            let mut deflater = MessageDeflater::new(level);
+            for (i, chunk) in payload.chunks(COMPRESS_PART_BYTES).enumerate() {
+                let part = deflater.part(chunk, i + 1 == parts);
+                // The writer gave up (its connection closes): stop compressing.
+                if ready.send_blocking(part).is_err() {
+                    return;
+                }
+            }
+        })
+        .detach();
+        for i in 0..parts {
+            let part = next_part
+                .recv()
+                .await
+                .map_err(|_| io::Error::other("the compressing thread stopped"))?
+                .map_err(io::Error::other)?;
+            let opcode = if i == 0 { opcode } else { OpCode::Continuation };
+            self.counts.after.inc_by(part.len() as u64);
+            self.frame(opcode, i + 1 == parts, i == 0, part.into())
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn control(&mut self, opcode: OpCode, payload: Bytes) -> io::Result<()> {
+        self.frame(opcode, true, false, payload).await?;
+        self.sink.flush().await
+    }
+}
+
 /// The writer task: the connection's queue to the socket, until the core closes it (or the
 /// socket fails).
 async fn write(
-    mut sink: Sink,
+    mut frames: FrameWriter<WriteHalf<Stream>>,
     queue: async_channel::Receiver<Outbound>,
     close_requests: async_channel::Receiver<(u16, String)>,
     closing: async_channel::Sender<()>,
@@ -179,26 +304,37 @@ async fn write(
 ) {
     let write_queue = async {
         while let Ok(outbound) = queue.recv().await {
-            if write_one(&mut sink, outbound, &sent).await.is_err() {
+            let written = match outbound {
+                Outbound::Frame(frame) => {
+                    let bytes = frame.len();
+                    let written = frames.message(frame).await;
+                    sent.sent(bytes);
+                    written
+                }
+                Outbound::Ping => frames.control(OpCode::Ping, Bytes::new()).await,
+                Outbound::Pong(payload) => frames.control(OpCode::Pong, payload).await,
+                // HTTP answers go to HTTP connections only.
+                Outbound::Response(_) => Ok(()),
+            };
+            if written.is_err() {
                 return None;
             }
         }
         None
     };
-    // A close the core decided on overtakes the queue, even while a write is stuck on a peer
-    // that stopped reading. A frame cut short stays whole: tungstenite keeps it in its write
-    // buffer and flushes it before the close frame.
+    // A close the core decided on (or the answer to the peer's) overtakes the queue, even
+    // while a write is stuck on a peer that stopped reading; the frame cut short is finished
+    // first, and a message cut short may end there: a close may come between fragments.
     let requested = async { close_requests.recv().await.ok() };
     let Some((code, reason)) = smol::future::or(write_queue, requested).await else {
         return;
     };
-    let frame = CloseFrame {
-        code: CloseCode::from(code),
-        reason: reason.into(),
-    };
     let _ = closing.try_send(());
     let sent = async {
-        let _ = sink.close(Some(frame)).await;
+        if frames.finish_frame().await.is_ok() {
+            let payload = Bytes::from(close_payload(code, &reason));
+            let _ = frames.control(OpCode::Close, payload).await;
+        }
     };
     let give_up = async {
         smol::Timer::after(CLOSE_GRACE).await;
@@ -206,66 +342,72 @@ async fn write(
     smol::future::or(sent, give_up).await;
 }
 
-async fn write_one(sink: &mut Sink, outbound: Outbound, sent: &SentCounter) -> Result<(), WsError> {
-    match outbound {
-        Outbound::Frame(frame) => {
-            let bytes = frame.len();
-            // Fed without a flush each; the library still writes out whenever its buffer
-            // fills, so the fragments never pile up in memory.
-            for message in fragments(frame) {
-                sink.feed(message).await?;
-            }
-            sink.flush().await?;
-            sent.sent(bytes);
-        }
-        // HTTP answers go to HTTP connections only.
-        Outbound::Response(_) => {}
-        Outbound::Ping => sink.send(Message::Ping(Bytes::new())).await?,
-    }
-    Ok(())
+/// What the reader reaches besides its socket.
+struct PeerSide<'a> {
+    conn: ConnId,
+    gate: &'a ReadGate,
+    hangup_probe: &'a TcpStream,
+    driver: &'a async_channel::Sender<DriverInput>,
+    /// Pongs go out through the writer's queue.
+    replies: &'a async_channel::Sender<Outbound>,
+    /// The answer to the peer's close.
+    close: &'a async_channel::Sender<(u16, String)>,
 }
 
 /// The reader: messages to the driver, while the core lets the connection be read.
-async fn read(
-    mut source: Source,
-    conn: ConnId,
-    gate: &ReadGate,
-    hangup_probe: &TcpStream,
-    driver: &async_channel::Sender<DriverInput>,
-) {
+async fn read(mut source: ReadHalf<Stream>, mut decoder: Decoder, peer: PeerSide<'_>) {
+    let conn = peer.conn;
+    let mut buffer = vec![0u8; READ_BUFFER_BYTES];
     loop {
         // Over its inbound budget the connection is not read: TCP backpressure. A peer that
         // hangs up meanwhile is noticed without reading, so its queries stop.
-        if !wait_open_or_hangup(gate, hangup_probe).await {
+        if !wait_open_or_hangup(peer.gate, peer.hangup_probe).await {
             break;
         }
-        let Some(message) = source.next().await else {
-            break;
+        let event = loop {
+            match decoder.next_event() {
+                Ok(Some(event)) => break Ok(event),
+                Ok(None) => {}
+                Err(error) => break Err(error),
+            }
+            match source.read(&mut buffer).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => decoder.feed(&buffer[..n]),
+            }
         };
-        let frame = match message {
-            Ok(Message::Text(text)) => Frame::Text(text.as_str().to_owned()),
-            Ok(Message::Binary(data)) => Frame::Binary(data),
-            Ok(Message::Close(_)) => break,
-            Ok(Message::Pong(_)) => {
-                let _ = driver.send(DriverInput::Pong { conn }).await;
+        let frame = match event {
+            Ok(WsEvent::Message(frame)) => frame,
+            Ok(WsEvent::Ping(payload)) => {
+                let _ = peer.replies.try_send(Outbound::Pong(payload));
                 continue;
             }
-            Ok(_) => continue,
-            Err(WsError::Capacity(_)) => {
-                // The core closes it (1009 and the cap's message). Nothing more is read; the
+            Ok(WsEvent::Pong(_)) => {
+                let _ = peer.driver.send(DriverInput::Pong { conn }).await;
+                continue;
+            }
+            Ok(WsEvent::Close(code)) => {
+                // RFC 6455 §5.5.1: answer with the peer's code.
+                let code = code.map_or(1000, |(code, _)| code);
+                let _ = peer.close.try_send((code, String::new()));
+                break;
+            }
+            Err(error) => {
+                // The core decides the close (1009, 1002 or 1007). Nothing more is read; the
                 // socket stays until that close went out and the peer had its grace (the
                 // caller's `close_grace` ends this), bounded here in case it never does.
-                let malformed = Malformed::FrameTooLarge;
-                let _ = driver
+                tracing::debug!(conn = conn.0, "closing a WebSocket: {error}");
+                let malformed = Malformed::from(&error);
+                let _ = peer
+                    .driver
                     .send(DriverInput::Malformed { conn, malformed })
                     .await;
                 smol::Timer::after(2 * CLOSE_GRACE).await;
                 break;
             }
-            Err(_) => break,
         };
-        gate.handed_over(frame.len());
-        if driver
+        peer.gate.handed_over(frame.len());
+        if peer
+            .driver
             .send(DriverInput::Frame { conn, frame })
             .await
             .is_err()
@@ -278,55 +420,59 @@ async fn read(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures_util::io::Cursor;
 
-    fn payloads(messages: &[Message]) -> (Vec<u8>, Vec<(OpCode, bool, usize)>) {
-        let mut joined = Vec::new();
-        let mut shape = Vec::new();
-        for message in messages {
-            match message {
-                Message::Frame(frame) => {
-                    joined.extend_from_slice(frame.payload());
-                    shape.push((frame.header().opcode, frame.header().is_final, frame.len()));
-                }
-                other => panic!("expected fragments, got {other:?}"),
+    fn written(frames: Vec<Frame>, deflate_level: Option<u32>) -> Vec<u8> {
+        smol::block_on(async {
+            let counts = DeflateCounts::default();
+            let mut writer = FrameWriter::new(Cursor::new(Vec::new()), deflate_level, counts);
+            for frame in frames {
+                writer.message(frame).await.unwrap();
+            }
+            writer.sink.into_inner()
+        })
+    }
+
+    fn read_back(wire: &[u8], deflate: bool) -> Vec<Frame> {
+        let mut decoder = Decoder::new(Role::Client, None, deflate);
+        decoder.feed(wire);
+        let mut frames = Vec::new();
+        while let Some(event) = decoder.next_event().unwrap() {
+            match event {
+                WsEvent::Message(frame) => frames.push(frame),
+                other => panic!("unexpected {other:?}"),
             }
         }
-        (joined, shape)
+        frames
+    }
+
+    fn sample_frames() -> Vec<Frame> {
+        let big_json: String = (0..200_000).map(|i| format!("{{\"v\":{i}}},")).collect();
+        let big_binary: Vec<u8> = (0..3_000_000u32).map(|i| (i / 7) as u8).collect();
+        vec![
+            Frame::Text("small".into()),
+            Frame::Binary(Bytes::from(vec![7; 5000])),
+            Frame::Text(big_json),
+            Frame::Binary(Bytes::from(big_binary)),
+            Frame::Binary(Bytes::new()),
+        ]
     }
 
     #[test]
-    fn small_messages_go_whole() {
-        let messages = fragments(Frame::Text("hello".into()));
-        assert!(matches!(&messages[..], [Message::Text(t)] if t.as_str() == "hello"));
+    fn uncompressed_messages_go_out_as_single_frames_that_read_back_whole() {
+        let frames = sample_frames();
+        let wire = written(frames.clone(), None);
+        let payload: usize = frames.iter().map(Frame::len).sum();
+        assert!(wire.len() < payload + 14 * frames.len());
+        assert_eq!(read_back(&wire, false), frames);
     }
 
     #[test]
-    fn large_binary_messages_are_fragmented_in_order() {
-        let data: Vec<u8> = (0..FRAGMENT_BYTES * 2 + 10).map(|i| i as u8).collect();
-        let messages = fragments(Frame::Binary(Bytes::from(data.clone())));
-        let (joined, shape) = payloads(&messages);
-        assert_eq!(joined, data);
-        let opcodes: Vec<(OpCode, bool)> = shape.iter().map(|(o, f, _)| (*o, *f)).collect();
-        assert_eq!(
-            opcodes,
-            vec![
-                (OpCode::Data(Data::Binary), false),
-                (OpCode::Data(Data::Continue), false),
-                (OpCode::Data(Data::Continue), true)
-            ]
-        );
-    }
-
-    #[test]
-    fn large_text_is_fragmented_on_character_boundaries() {
-        let text = "é€".repeat(FRAGMENT_BYTES / 2);
-        let messages = fragments(Frame::Text(text.clone()));
-        let (joined, _) = payloads(&messages);
-        assert_eq!(joined, text.as_bytes());
-        for message in &messages {
-            if let Message::Frame(frame) = message {
-                assert!(std::str::from_utf8(frame.payload()).is_ok());
-            }
-        }
+    fn compressed_messages_small_and_large_read_back_whole_and_smaller() {
+        let frames = sample_frames();
+        let wire = written(frames.clone(), Some(DEFLATE_LEVEL));
+        let payload: usize = frames.iter().map(Frame::len).sum();
+        assert!(wire.len() * 4 < payload, "{} of {payload}", wire.len());
+        assert_eq!(read_back(&wire, true), frames);
     }
 }
