@@ -12,7 +12,7 @@ cd fuzz
 seconds=${1:-60}
 shift || true
 targets=("$@")
-[ ${#targets[@]} -eq 0 ] && targets=(decode state_machine crdt ordered upload)
+[ ${#targets[@]} -eq 0 ] && targets=(decode state_machine crdt ordered upload websocket)
 status=0
 # New inputs go to corpus/<target>, or under $DUCKWIRE_FUZZ_OUT (CI: a scratch dir, so a
 # smoke run leaves the committed corpus alone).

@@ -1,4 +1,4 @@
-//! Writes the fuzz seed corpora (`fuzz/seeds/{decode,state_machine,crdt,ordered,upload}`) from the client
+//! Writes the fuzz seed corpora (`fuzz/seeds/{decode,state_machine,crdt,ordered,upload,websocket}`) from the client
 //! traffic recorded in `fuzz/traffic` (see `scripts/js-compat/record.mjs`):
 //!
 //! cargo run -p duckwire-tests --example fuzz_seeds
@@ -370,6 +370,10 @@ fn main() -> std::io::Result<()> {
     // upload: real Arrow IPC streams of the column types clients upload.
     for (i, stream) in fuzzing::upload::seed_streams().into_iter().enumerate() {
         write("upload", format!("stream-{i}"), stream)?;
+    }
+    // websocket: a browser's frames, compressed and not, and round-trip descriptions.
+    for (i, seed) in fuzzing::websocket::seeds().into_iter().enumerate() {
+        write("websocket", format!("frames-{i}"), seed)?;
     }
     println!("seeds written under {}", seeds.display());
     Ok(())

@@ -69,6 +69,11 @@ fn upload_corpus_replays_cleanly() {
     replay("upload", fuzzing::upload::run);
 }
 
+#[test]
+fn websocket_corpus_replays_cleanly() {
+    replay("websocket", fuzzing::websocket::run);
+}
+
 /// Corruptions of real upload streams as a new user's bad client would send them (bit
 /// flips, truncations, overwritten lengths): each is decoded or refused, never a panic.
 #[test]

@@ -130,10 +130,17 @@ impl Inflater {
                 }
                 return Err(WsError::Protocol("data after the end of a deflate stream"));
             }
+            // Never more room than one byte past the limit: inflation stops where the message
+            // crosses it, so the error is the same however the frames were split (a broken
+            // stream further on is not reached when the whole message arrived at once).
+            let room = match limit {
+                Some(limit) => scratch.len().min(limit + 1 - out.len()),
+                None => scratch.len(),
+            };
             let (in_before, out_before) = (self.state.total_in(), self.state.total_out());
             let status = self
                 .state
-                .decompress(input, &mut scratch, FlushDecompress::None)
+                .decompress(input, &mut scratch[..room], FlushDecompress::None)
                 .map_err(|_| WsError::Protocol("invalid deflate data"))?;
             let consumed = (self.state.total_in() - in_before) as usize;
             let produced = (self.state.total_out() - out_before) as usize;
@@ -148,7 +155,7 @@ impl Inflater {
                 self.ended = true;
                 continue;
             }
-            if produced == scratch.len() {
+            if produced == room {
                 continue; // more output may be waiting inside the inflater
             }
             if input.is_empty() {

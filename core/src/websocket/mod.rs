@@ -21,7 +21,10 @@
 //!
 //! Documented divergences: a length not in its minimal encoding is accepted (RFC 6455 says a
 //! sender must use the minimal one; refusing it protects nothing); `permessage-deflate` is
-//! always negotiated without context takeover in both directions (see [`negotiate_deflate`]).
+//! always negotiated without context takeover in both directions (see [`negotiate_deflate`]);
+//! a compressed message that is both broken and over the cap may end in either error (1002 or
+//! 1009) depending on how its bytes arrive, because the inflater drops the output it had not
+//! yet released when it finds the break.
 
 mod decoder;
 mod deflate;

@@ -11,6 +11,7 @@ pub mod oracle;
 pub mod ordered;
 pub mod session;
 pub mod upload;
+pub mod websocket;
 
 use arbitrary::Unstructured;
 use bytes::Bytes;
