@@ -5,6 +5,7 @@
 //!   duckwire-bench [--url ws://H:P/] [--mosaic-url ws://H:P/mosaic] [--http http://H:P/]
 //!                  --pid PID --data tests/data [--floor] [--label L] [--json out.json]
 //!   duckwire-bench --compare duckwire.json sqlrooms.json [mosaic.json]
+//!   duckwire-bench --wan [--ws-deflate] [--accept-encoding gzip] --url … (scripts/bench/wan.sh)
 //!
 //! `--url` runs the SQLRooms WebSocket scenarios (duckwire, sqlrooms-server), `--mosaic-url`
 //! Mosaic's WebSocket protocol (duckwire's `/mosaic`, Mosaic's servers on `/`), `--http` the
@@ -23,6 +24,8 @@ use duckwire_core::QueryKind;
 use duckwire_smol::duckdb;
 use serde_json::{json, Value};
 use tungstenite::stream::MaybeTlsStream;
+use duckwire_core::Frame;
+use duckwire_tests::deflate_client::{DeflateClient, Received, BROWSER_OFFER};
 use tungstenite::{Message, WebSocket};
 
 type Socket = WebSocket<MaybeTlsStream<TcpStream>>;
@@ -46,7 +49,15 @@ struct Options {
     connections: usize,
     /// Replicas sharing a Redis (`--replicas URL,URL,…`): the cross-replica scenarios.
     replicas: Vec<String>,
+    /// `--wan`: the scenarios of the shaped-link benchmark (scripts/bench/wan.sh), with
+    /// repetitions a slow link can afford.
+    wan: bool,
 }
+
+/// `--ws-deflate`: WebSocket clients offer permessage-deflate as a browser does.
+static WS_DEFLATE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+/// `--accept-encoding gzip|br|zstd`: REST clients ask for compressed answers and decode them.
+static ACCEPT_ENCODING: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 
 fn parse_args() -> Result<Options, String> {
     let mut args = std::env::args().skip(1);
@@ -63,6 +74,7 @@ fn parse_args() -> Result<Options, String> {
         only: None,
         connections: 16,
         replicas: Vec::new(),
+        wan: false,
     };
     while let Some(arg) = args.next() {
         let mut value = || args.next().ok_or(format!("{arg} needs a value"));
@@ -74,6 +86,11 @@ fn parse_args() -> Result<Options, String> {
             "--data" => options.data = value()?,
             "--floor" => options.floor = true,
             "--quick" => options.quick = true,
+            "--wan" => options.wan = true,
+            "--ws-deflate" => WS_DEFLATE.store(true, std::sync::atomic::Ordering::Relaxed),
+            "--accept-encoding" => {
+                let _ = ACCEPT_ENCODING.set(value()?);
+            }
             "--label" => options.label = value()?,
             "--json" => options.json_out = Some(value()?),
             "--only" => options.only = Some(value()?),
@@ -377,9 +394,50 @@ enum Wire {
     Mosaic,
 }
 
+/// A WebSocket connection: tungstenite, or our own client when deflate is offered.
+enum WsSocket {
+    Plain(Box<Socket>),
+    Deflate(Box<DeflateClient>),
+}
+
+impl WsSocket {
+    fn send_text(&mut self, text: String) {
+        match self {
+            WsSocket::Plain(socket) => socket.send(Message::Text(text.into())),
+            WsSocket::Deflate(client) => client.send_text(&text).map_err(tungstenite::Error::Io),
+        }
+        .expect("send a query");
+    }
+
+    fn read(&mut self) -> Message {
+        match self {
+            WsSocket::Plain(socket) => socket.read().expect("read a reply"),
+            WsSocket::Deflate(client) => match client.recv().expect("read a reply") {
+                Received::Message(Frame::Text(text)) => Message::Text(text.into()),
+                Received::Message(Frame::Binary(bytes)) => Message::Binary(bytes),
+                Received::Pong(bytes) => Message::Pong(bytes),
+                Received::Closed(code) => panic!("the server closed the connection: {code:?}"),
+            },
+        }
+    }
+}
+
+/// A tungstenite socket without size limits, for the scenarios that drive it directly.
+fn plain_socket(url: &str) -> Socket {
+    let config = tungstenite::protocol::WebSocketConfig::default()
+        .max_message_size(None)
+        .max_frame_size(None);
+    let (socket, _) = tungstenite::client::connect_with_config(url, Some(config), 3)
+        .expect("connect to the server");
+    if let MaybeTlsStream::Plain(stream) = socket.get_ref() {
+        stream.set_nodelay(true).expect("nodelay");
+    }
+    socket
+}
+
 /// A WebSocket client with queries in flight.
 struct Client {
-    socket: Socket,
+    socket: WsSocket,
     wire: Wire,
     next_id: u64,
     /// SQLRooms: sent-at by query id.
@@ -390,14 +448,12 @@ struct Client {
 
 impl Client {
     fn connect(url: &str, wire: Wire) -> Client {
-        let config = tungstenite::protocol::WebSocketConfig::default()
-            .max_message_size(None)
-            .max_frame_size(None);
-        let (socket, _) = tungstenite::client::connect_with_config(url, Some(config), 3)
-            .expect("connect to the server");
-        if let MaybeTlsStream::Plain(stream) = socket.get_ref() {
-            stream.set_nodelay(true).expect("nodelay");
-        }
+        let socket = if WS_DEFLATE.load(std::sync::atomic::Ordering::Relaxed) {
+            let client = DeflateClient::connect(url, Some(BROWSER_OFFER)).expect("connect");
+            WsSocket::Deflate(Box::new(client))
+        } else {
+            WsSocket::Plain(Box::new(plain_socket(url)))
+        };
         Client {
             socket,
             wire,
@@ -425,16 +481,14 @@ impl Client {
             }
             Wire::Mosaic => self.in_order.push_back(Instant::now()),
         }
-        self.socket
-            .send(Message::Text(message.to_string().into()))
-            .expect("send a query");
+        self.socket.send_text(message.to_string());
     }
 
     /// Reads until the reply of a query in flight: when it was sent and the reply's size.
     /// Panics on an error reply.
     fn recv(&mut self) -> (Instant, usize) {
         loop {
-            let message = self.socket.read().expect("read a reply");
+            let message = self.socket.read();
             let (text, bytes) = match &message {
                 Message::Text(text) => (Some(text.as_str()), text.len()),
                 Message::Binary(bytes) => (None, bytes.len()),
@@ -514,8 +568,12 @@ impl RestClient {
     /// size. Panics unless the status is 200.
     fn query(&mut self, kind: &str, sql: &str) -> usize {
         let body = json!({"type":kind,"sql":sql}).to_string();
+        let accept = ACCEPT_ENCODING
+            .get()
+            .map(|encoding| format!("Accept-Encoding: {encoding}\r\n"))
+            .unwrap_or_default();
         let request = format!(
-            "POST / HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            "POST / HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\n{accept}Content-Length: {}\r\n\r\n{body}",
             self.host,
             body.len()
         );
@@ -527,6 +585,7 @@ impl RestClient {
         self.reader.read_line(&mut line).expect("status line");
         let status = line.get(9..12).unwrap_or_default().to_string();
         let (mut length, mut chunked, mut closes) = (None, false, false);
+        let mut encoding = String::new();
         loop {
             line.clear();
             self.reader.read_line(&mut line).expect("a header");
@@ -540,6 +599,7 @@ impl RestClient {
                 "content-length" => length = value.parse().ok(),
                 "transfer-encoding" => chunked = value.contains("chunked"),
                 "connection" => closes = value == "close",
+                "content-encoding" => encoding = value,
                 _ => {}
             }
         }
@@ -561,6 +621,26 @@ impl RestClient {
             body.resize(length.unwrap_or(0), 0);
             self.reader.read_exact(&mut body).expect("a body");
         }
+        // Decoded as a browser would, inside the timed part.
+        let body = match encoding.as_str() {
+            "" | "identity" => body,
+            "gzip" => {
+                let mut decoded = Vec::new();
+                flate2::read::GzDecoder::new(&body[..])
+                    .read_to_end(&mut decoded)
+                    .expect("gzip body");
+                decoded
+            }
+            "br" => {
+                let mut decoded = Vec::new();
+                brotli::Decompressor::new(&body[..], 1 << 16)
+                    .read_to_end(&mut decoded)
+                    .expect("br body");
+                decoded
+            }
+            "zstd" => zstd::decode_all(&body[..]).expect("zstd body"),
+            other => panic!("unexpected Content-Encoding {other}"),
+        };
         if status != "200" {
             panic!(
                 "query failed ({status}): {}",
@@ -838,7 +918,7 @@ impl Editor {
 fn crdt_fanout(name: &str, urls: &[String], rss: &Rss, reps: usize) -> Scenario {
     let room = format!("fanout-{}-{}", std::process::id(), urls.len());
     let mut members: Vec<Socket> = (0..8)
-        .map(|i| Client::connect(&urls[i % urls.len()], Wire::SqlRooms).socket)
+        .map(|i| plain_socket(&urls[i % urls.len()]))
         .collect();
     for socket in &mut members {
         join_bench_room(socket, &room);
@@ -889,7 +969,7 @@ fn crdt_edit_throughput(
             let url = url.to_string();
             let room = format!("edits-{}-{e}-{name}", std::process::id());
             std::thread::spawn(move || {
-                let mut socket = Client::connect(&url, Wire::SqlRooms).socket;
+                let mut socket = plain_socket(&url);
                 join_bench_room(&mut socket, &room);
                 let mut editor = Editor::new();
                 let mut in_flight = VecDeque::new();
@@ -967,8 +1047,8 @@ fn cross_replica(options: &Options, rss: &Rss, scale: impl Fn(usize) -> usize) -
 /// A notify from a client on `from` until a subscriber on `to` has it.
 fn notify_latency(name: &str, from: &str, to: &str, rss: &Rss, reps: usize) -> Scenario {
     let channel = format!("bench-{}-{name}", std::process::id());
-    let mut sender = Client::connect(from, Wire::SqlRooms).socket;
-    let mut receiver = Client::connect(to, Wire::SqlRooms).socket;
+    let mut sender = plain_socket(from);
+    let mut receiver = plain_socket(to);
     let subscribe = json!({"type":"subscribe","channel":channel});
     receiver
         .send(Message::Text(subscribe.to_string().into()))
@@ -1065,6 +1145,9 @@ type Suite = (
 
 const BIG_ARROW: &str = "select range as i, range * 2 as j from range(5000000)";
 const BIG_JSON: &str = "select * from flights";
+/// The WAN benchmark's Arrow result: 16 MB, a fifth of BIG_ARROW, so a 10 Mbit/s link
+/// carries it in seconds.
+const WAN_ARROW: &str = "select range as i, range * 2 as j from range(1000000)";
 const MOSAIC_SUITE: [(&str, &str); 7] = [
     ("arrow", "select count(*) as n from flights"),
     ("arrow", "select avg(delay) as d, count(*) as n from flights where distance > 1000 and time between 6 and 18"),
@@ -1120,6 +1203,23 @@ fn run_all(options: &Options) -> Vec<Scenario> {
         doors.push(("rest", Door::Rest(base.clone())));
     }
     for (protocol, door) in &doors {
+        if options.wan {
+            // Time to result over a shaped link: three runs of each (after one warm-up).
+            add(format!("{protocol} | select 1, json, sequential"), &mut |name| {
+                sequential(name, door, &rss, "json", "select 1 as x", 20)
+            });
+            let suites: [(&str, &[(&str, &str)]); 3] = [
+                ("big JSON: all flights rows", &[("json", BIG_JSON)]),
+                ("Arrow: 1M rows × 2 bigint", &[("arrow", WAN_ARROW)]),
+                ("Mosaic suite (7 queries)", &MOSAIC_SUITE),
+            ];
+            for (suite, queries) in suites {
+                add(format!("{protocol} | {suite}"), &mut |name| {
+                    repeated(name, door, &rss, queries, 3, 1)
+                });
+            }
+            continue;
+        }
         for kind in ["json", "arrow"] {
             let select_one: &[(&str, &str)] = &[(kind, "select 1 as x")];
             add(
