@@ -7,7 +7,8 @@
 # Source: $MOSAIC_SRC (a checkout of uwdata/mosaic, or of just that package), else a clone of
 # https://github.com/uwdata/mosaic at $MOSAIC_COMMIT. The only change made to it: its duckdb
 # dependency drops `bundled`, `json` and `parquet` (they compile DuckDB from source) and is
-# pinned to the duckdb crate duckwire uses (Cargo.lock), so both servers run the same libduckdb. Nothing of it is copied into this repository.
+# pinned to the duckdb crate duckwire uses (Cargo.lock), so both servers run the same libduckdb;
+# its `arrow` is pinned to the version that duckdb crate uses. Nothing of it is copied into this repository.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 . "$root/scripts/dev-env.sh"
@@ -32,6 +33,10 @@ cp -r "$package/Cargo.toml" "$package/Cargo.lock" "$package/src" "$build/"
 [ -d "$package/benches" ] && cp -r "$package/benches" "$build/"
 sed -i -E "s/^duckdb = \{.*\$/duckdb = { version = \"=$DUCKDB_CRATE_VERSION\", features = [\"url\", \"r2d2\"] }/" "$build/Cargo.toml"
 grep -q "\"=$DUCKDB_CRATE_VERSION\"" "$build/Cargo.toml" || { echo "mosaic-server: could not pin its duckdb dependency" >&2; exit 1; }
+# Its own `arrow` must be the one that duckdb crate re-exports (their types meet in its code).
+arrow_version="$(awk '/^name = "arrow"$/{getline; gsub(/"/, "", $3); print $3}' "$root/Cargo.lock")"
+sed -i -E "s/^arrow = \{ version = \"[^\"]*\"/arrow = { version = \"=$arrow_version\"/" "$build/Cargo.toml"
+grep -q "^arrow = { version = \"=$arrow_version\"" "$build/Cargo.toml" || { echo "mosaic-server: could not pin its arrow dependency" >&2; exit 1; }
 # The library path is baked in (rpath) so the binary runs without LD_LIBRARY_PATH.
 (cd "$build" && RUSTFLAGS="-C link-arg=-Wl,-rpath,$DUCKDB_LIB_DIR" \
   CARGO_TARGET_DIR="$cache/mosaic-target" cargo build --release --bin duckdb-server >&2)

@@ -485,6 +485,7 @@ async fn upgrade(
         shared.config.core.limits.clone(),
         crate::ws::WsSettings {
             deflate,
+            deflaters: shared.deflaters.clone(),
             metrics: shared.metrics.clone(),
         },
         shared.driver.clone(),

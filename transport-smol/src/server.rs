@@ -71,6 +71,8 @@ pub(crate) struct Shared {
     pub(crate) tls: Option<futures_rustls::TlsAcceptor>,
     /// What the connections' writers sent, for the driver.
     pub(crate) sent_reports: Arc<SentReports>,
+    /// WebSocket replies' deflaters, reused between messages.
+    pub(crate) deflaters: Arc<crate::ws::DeflaterPool>,
 }
 
 /// `host:port`, with IPv6 hosts bracketed (`[::1]:4000`).
@@ -126,6 +128,11 @@ pub fn run(
         next_conn: AtomicU64::new(1),
         tls,
         sent_reports,
+        // Two per core: replies are compressed on the writers' tasks and the blocking pool.
+        deflaters: Arc::new(crate::ws::DeflaterPool::new(
+            crate::ws::DEFLATE_LEVEL,
+            2 * config.threads.max(1),
+        )),
     });
     let stop = Stop {
         shutdown,
