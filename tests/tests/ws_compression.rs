@@ -210,3 +210,32 @@ with connect(sys.argv[1], compression="deflate", max_size=None) as ws:
     assert_eq!(lines, [DEFLATE_RESPONSE, "20000 row 19999"]);
     assert!(server.metric("duckwire_ws_deflated_bytes_total") > 0.0);
 }
+
+#[test]
+fn a_peer_that_pings_without_reading_gets_pongs_for_its_latest_pings_only() {
+    let server = ServerProcess::start(&[]);
+    let mut client = DeflateClient::connect(&server.url("/"), None).unwrap();
+    let before = server.anonymous_rss_bytes();
+    const PINGS: u32 = 400_000;
+    for i in 0..PINGS {
+        let mut payload = [0u8; 125];
+        payload[..4].copy_from_slice(&i.to_be_bytes());
+        client
+            .send_frame(OpCode::Ping, true, false, &payload)
+            .unwrap();
+    }
+    // 50 MB of pings sent while nothing was read: the pongs did not queue up in the server.
+    let grown = server.anonymous_rss_bytes().saturating_sub(before);
+    assert!(grown < 16 << 20, "the server grew by {grown} bytes");
+    let query = json!({"type":"json","sql":"select 1 as x","queryId":"after"}).to_string();
+    client.send_text(&query).unwrap();
+    let mut pongs = 0u32;
+    loop {
+        match client.recv().unwrap() {
+            Received::Pong(_) => pongs += 1,
+            Received::Message(_) => break,
+            Received::Closed(code) => panic!("closed: {code:?}"),
+        }
+    }
+    assert!(pongs < PINGS / 2, "{pongs} pongs for {PINGS} pings");
+}

@@ -14,8 +14,8 @@ pub enum Outbound {
     Response(HttpResponse),
     /// A WebSocket ping (the core keeps the schedule).
     Ping,
-    /// The answer to the peer's ping (the reader queues it).
-    Pong(bytes::Bytes),
+    /// Answer the peer's latest ping (its payload waits in the connection's [`PongSlot`]).
+    Pong,
 }
 
 /// Bytes a reader may have handed to the driver that the core has not seen yet. Past it the
@@ -136,4 +136,23 @@ pub struct ConnectionWriter {
     pub gate: Arc<ReadGate>,
     /// What the connection's writer has sent.
     pub sent: Arc<SentCounter>,
+}
+
+/// The payload of the peer's latest unanswered ping. A peer that pings faster than it reads
+/// gets one pong for its latest ping (RFC 6455 §5.5.3 allows it), so pings cannot pile up
+/// pongs in the queue while the writer is stuck.
+#[derive(Default)]
+pub struct PongSlot(Mutex<Option<bytes::Bytes>>);
+
+impl PongSlot {
+    /// Keeps `payload` to answer; `true` if no pong was waiting (queue one then).
+    pub fn ping(&self, payload: bytes::Bytes) -> bool {
+        let mut slot = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        slot.replace(payload).is_none()
+    }
+
+    /// The payload to answer with, if a ping is unanswered.
+    pub fn take(&self) -> Option<bytes::Bytes> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
 }

@@ -28,6 +28,7 @@ use crate::compress::COMPRESS_ABOVE;
 use crate::driver::{ConnectionWriter, DriverInput, Outbound, ReadGate, SentCounter, SentReports};
 use crate::metrics::Metrics;
 use crate::tls::Stream;
+use crate::writer::PongSlot;
 
 /// The deflate level of WebSocket replies: level 1 compresses JSON and Arrow results at
 /// 60–130 MB/s per core to within a few percent of level 6's size (BENCHMARKS.md, "WAN"),
@@ -186,13 +187,22 @@ pub async fn serve(
         after: settings.metrics.ws_deflated_wire_bytes.clone(),
     };
     let frames = FrameWriter::new(sink, deflaters, counts);
-    let writer_task = crate::spawn(write(frames, queue, close_requests, closing, sent));
+    let pongs = Arc::new(PongSlot::default());
+    let writer_task = crate::spawn(write(
+        frames,
+        queue,
+        close_requests,
+        closing,
+        sent,
+        pongs.clone(),
+    ));
     let peer = PeerSide {
         conn,
         gate: &gate,
         hangup_probe: &hangup_probe,
         driver: &driver,
         replies: &writer,
+        pongs: &pongs,
         close: &close_requests_tx,
     };
     let reading = read(source, decoder, peer);
@@ -346,6 +356,7 @@ async fn write(
     close_requests: async_channel::Receiver<(u16, String)>,
     closing: async_channel::Sender<()>,
     sent: Arc<SentCounter>,
+    pongs: Arc<PongSlot>,
 ) {
     let write_queue = async {
         while let Ok(outbound) = queue.recv().await {
@@ -357,7 +368,10 @@ async fn write(
                     written
                 }
                 Outbound::Ping => frames.control(OpCode::Ping, Bytes::new()).await,
-                Outbound::Pong(payload) => frames.control(OpCode::Pong, payload).await,
+                Outbound::Pong => match pongs.take() {
+                    Some(payload) => frames.control(OpCode::Pong, payload).await,
+                    None => Ok(()),
+                },
                 // HTTP answers go to HTTP connections only.
                 Outbound::Response(_) => Ok(()),
             };
@@ -400,6 +414,7 @@ struct PeerSide<'a> {
     driver: &'a async_channel::Sender<DriverInput>,
     /// Pongs go out through the writer's queue.
     replies: &'a async_channel::Sender<Outbound>,
+    pongs: &'a PongSlot,
     /// The answer to the peer's close.
     close: &'a async_channel::Sender<(u16, String)>,
 }
@@ -428,7 +443,9 @@ async fn read(mut source: ReadHalf<Stream>, mut decoder: Decoder, peer: PeerSide
         let frame = match event {
             Ok(WsEvent::Message(frame)) => frame,
             Ok(WsEvent::Ping(payload)) => {
-                let _ = peer.replies.try_send(Outbound::Pong(payload));
+                if peer.pongs.ping(payload) {
+                    let _ = peer.replies.try_send(Outbound::Pong);
+                }
                 continue;
             }
             Ok(WsEvent::Pong(_)) => {

@@ -47,7 +47,11 @@ fn raw(data: &[u8]) -> Result<(), String> {
     let [settings, piece, wire @ ..] = data else {
         return Ok(());
     };
-    let role = if settings & 1 == 0 { Role::Server } else { Role::Client };
+    let role = if settings & 1 == 0 {
+        Role::Server
+    } else {
+        Role::Client
+    };
     let deflate = settings & 2 != 0;
     let cap = match settings >> 2 {
         0 => None,
@@ -74,7 +78,10 @@ fn raw(data: &[u8]) -> Result<(), String> {
     for event in &events {
         if let (WsEvent::Message(frame), Some(cap)) = (event, cap) {
             if frame.len() > cap {
-                return Err(format!("a {}-byte message passed a {cap}-byte cap", frame.len()));
+                return Err(format!(
+                    "a {}-byte message passed a {cap}-byte cap",
+                    frame.len()
+                ));
             }
         }
     }
@@ -128,7 +135,13 @@ fn round_trip(data: &[u8]) -> Result<(), String> {
                 Role::Server => Some([i as u8, 0x5A, 0xC3, payload.len() as u8]),
                 Role::Client => None,
             };
-            wire.extend(frame_header(opcode, last, compressed && i == 0, body.len(), key));
+            wire.extend(frame_header(
+                opcode,
+                last,
+                compressed && i == 0,
+                body.len(),
+                key,
+            ));
             let start = wire.len();
             wire.extend_from_slice(&body);
             if let Some(key) = key {
@@ -153,7 +166,10 @@ fn round_trip(data: &[u8]) -> Result<(), String> {
         })
         .collect();
     if received != sent {
-        return Err(format!("sent {} messages, read back different ones", sent.len()));
+        return Err(format!(
+            "sent {} messages, read back different ones",
+            sent.len()
+        ));
     }
     Ok(())
 }
@@ -179,7 +195,10 @@ pub fn seeds() -> Vec<Vec<u8>> {
         (0b0000_0010, masked(OpCode::Text, true, true, &compressed)),
         (0b0000_0110, masked(OpCode::Text, true, true, &compressed)),
         (0b0000_0000, fragments),
-        (0b0000_0000, masked(OpCode::Close, true, false, &[0x03, 0xE8, b'o', b'k'])),
+        (
+            0b0000_0000,
+            masked(OpCode::Close, true, false, &[0x03, 0xE8, b'o', b'k']),
+        ),
     ];
     let mut seeds: Vec<Vec<u8>> = raw_inputs
         .into_iter()

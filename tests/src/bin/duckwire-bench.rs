@@ -20,12 +20,12 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use duckwire_core::Frame;
 use duckwire_core::QueryKind;
 use duckwire_smol::duckdb;
+use duckwire_tests::deflate_client::{DeflateClient, Received, BROWSER_OFFER};
 use serde_json::{json, Value};
 use tungstenite::stream::MaybeTlsStream;
-use duckwire_core::Frame;
-use duckwire_tests::deflate_client::{DeflateClient, Received, BROWSER_OFFER};
 use tungstenite::{Message, WebSocket};
 
 type Socket = WebSocket<MaybeTlsStream<TcpStream>>;
@@ -1205,9 +1205,10 @@ fn run_all(options: &Options) -> Vec<Scenario> {
     for (protocol, door) in &doors {
         if options.wan {
             // Time to result over a shaped link: three runs of each (after one warm-up).
-            add(format!("{protocol} | select 1, json, sequential"), &mut |name| {
-                sequential(name, door, &rss, "json", "select 1 as x", 20)
-            });
+            add(
+                format!("{protocol} | select 1, json, sequential"),
+                &mut |name| sequential(name, door, &rss, "json", "select 1 as x", 20),
+            );
             let suites: [(&str, &[(&str, &str)]); 3] = [
                 ("big JSON: all flights rows", &[("json", BIG_JSON)]),
                 ("Arrow: 1M rows × 2 bigint", &[("arrow", WAN_ARROW)]),
