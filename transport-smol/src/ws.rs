@@ -30,10 +30,13 @@ use crate::metrics::Metrics;
 use crate::tls::Stream;
 use crate::writer::PongSlot;
 
-/// The deflate level of WebSocket replies: level 1 compresses JSON and Arrow results at
-/// 60–130 MB/s per core to within a few percent of level 6's size (BENCHMARKS.md, "WAN"),
-/// and a faster link than 50 Mbit/s is not worth a slower level.
-pub const DEFLATE_LEVEL: u32 = 1;
+/// The deflate level of WebSocket replies. Level 2 compresses the flights table's JSON 7.1:1
+/// at 288 MB/s per core, against 5.7:1 at 441 MB/s for level 1 and 7.6:1 at 152 MB/s for
+/// level 3 (Arrow results: 5.3:1 at every level); compression and sending overlap, so on any
+/// link under a gigabit the bytes saved decide, and level 2 delivers a MB of JSON 20 % sooner
+/// than level 1 for 1.5× its CPU (BENCHMARKS.md, "Over a real network"; measured with
+/// `examples/deflate_levels.rs`).
+pub const DEFLATE_LEVEL: u32 = 2;
 
 /// Replies up to this size are compressed on the writer's task; larger ones on the blocking
 /// pool, so a large reply never holds up the I/O thread's other connections.
