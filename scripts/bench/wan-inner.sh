@@ -6,6 +6,9 @@ out="$DUCKWIRE_WAN_OUT"
 wait_for() { for _ in $(seq 1 100); do grep -q "$2" "$1" && return 0; sleep 0.2; done; cat "$1"; return 1; }
 wait_port() { for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.2; done; return 1; }
 bench() { "$bin/duckwire-bench" --wan --data "$DUCKWIRE_BENCH_DATA" "$@" >/dev/null; }
+# DUCKWIRE_WAN_CONFIGS: which configurations to run (default all), e.g. "duckwire-on" to
+# measure a change to duckwire alone; the table takes the others from earlier runs.
+wanted() { [ -z "${DUCKWIRE_WAN_CONFIGS:-}" ] || [[ " $DUCKWIRE_WAN_CONFIGS " == *" $1 "* ]]; }
 
 duckwire() { # label json compression [client flags…]
   local label=$1 json=$2 compression=$3
@@ -18,19 +21,27 @@ duckwire() { # label json compression [client flags…]
     --http http://127.0.0.1:4701/ --pid "$pid" --label "$label" --json "$out/$json.json" "$@"
   kill "$pid"; wait "$pid" 2>/dev/null || true
 }
-duckwire "duckwire, compression on" duckwire-on on --ws-deflate --accept-encoding gzip
-duckwire "duckwire, compression off" duckwire-off off
+if wanted duckwire-on; then
+  duckwire "duckwire, compression on" duckwire-on on --ws-deflate --accept-encoding gzip
+fi
+if wanted duckwire-off; then
+  duckwire "duckwire, compression off" duckwire-off off
+fi
 
-"$DUCKWIRE_BENCH_VENV/bin/sqlrooms-server" --port 4702 >"$out/sqlrooms-server.log" 2>&1 &
-pid=$!
-wait_for "$out/sqlrooms-server.log" "istening"
-bench --url ws://127.0.0.1:4702 --pid "$pid" --ws-deflate --label "sqlrooms-server" \
-  --json "$out/sqlrooms-server.json"
-kill "$pid"; wait "$pid" 2>/dev/null || true
+if wanted sqlrooms-server; then
+  "$DUCKWIRE_BENCH_VENV/bin/sqlrooms-server" --port 4702 >"$out/sqlrooms-server.log" 2>&1 &
+  pid=$!
+  wait_for "$out/sqlrooms-server.log" "istening"
+  bench --url ws://127.0.0.1:4702 --pid "$pid" --ws-deflate --label "sqlrooms-server" \
+    --json "$out/sqlrooms-server.json"
+  kill "$pid"; wait "$pid" 2>/dev/null || true
+fi
 
-RUST_LOG=warn "$DUCKWIRE_BENCH_MOSAIC" --port 4703 :memory: >"$out/mosaic.log" 2>&1 &
-pid=$!
-wait_port 4703
-bench --mosaic-url ws://127.0.0.1:4703/ --http http://127.0.0.1:4703/ --pid "$pid" \
-  --accept-encoding gzip --label "Mosaic duckdb-server (Rust)" --json "$out/mosaic.json"
-kill "$pid"; wait "$pid" 2>/dev/null || true
+if wanted mosaic; then
+  RUST_LOG=warn "$DUCKWIRE_BENCH_MOSAIC" --port 4703 :memory: >"$out/mosaic.log" 2>&1 &
+  pid=$!
+  wait_port 4703
+  bench --mosaic-url ws://127.0.0.1:4703/ --http http://127.0.0.1:4703/ --pid "$pid" \
+    --accept-encoding gzip --label "Mosaic duckdb-server (Rust)" --json "$out/mosaic.json"
+  kill "$pid"; wait "$pid" 2>/dev/null || true
+fi

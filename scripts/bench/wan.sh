@@ -9,7 +9,9 @@
 # gzip on REST) and off; sqlrooms-server from PyPI (its own permessage-deflate); Mosaic's Rust
 # duckdb-server (REST with gzip, its WebSocket as it is). `auto` would not compress here: the
 # namespace's peers are loopback, so the runs say `on` explicitly.
-# Needs root, `ip` and `tc` (Debian's iproute2). Results: $TMPDIR/duckwire-wan/<rate>/<run>/.
+# Needs root, `ip` and `tc` (Debian's iproute2). Results: $TMPDIR/duckwire-wan/<rate>/<run>/;
+# DUCKWIRE_WAN_CONFIGS="duckwire-on" reruns one configuration into them,
+# DUCKWIRE_WAN_FIRST_RUN=3 starts at run 3 (to complete an interrupted series).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 cd "$root"
@@ -38,12 +40,13 @@ for rate in "${rates[@]}"; do
     ip netns exec "$ns" tc qdisc add dev lo root tbf rate "$rate" burst 64kb latency 200ms
   fi
   echo "wan: $rate ($shaping)" >&2
-  for run in $(seq 1 "$runs"); do
+  for run in $(seq "${DUCKWIRE_WAN_FIRST_RUN:-1}" "$runs"); do
     dir="$out/$rate/$run"
     mkdir -p "$dir"
     ip netns exec "$ns" env HOME="$HOME" PATH="$PATH" LD_LIBRARY_PATH="${LD_LIBRARY_PATH:-}" \
       CARGO_TARGET_DIR="$CARGO_TARGET_DIR" DUCKWIRE_BENCH_VENV="$venv" DUCKWIRE_BENCH_MOSAIC="$mosaic" \
-      DUCKWIRE_BENCH_DATA="$root/tests/data" DUCKWIRE_WAN_OUT="$dir" bash scripts/bench/wan-inner.sh
+      DUCKWIRE_BENCH_DATA="$root/tests/data" DUCKWIRE_WAN_OUT="$dir" \
+      DUCKWIRE_WAN_CONFIGS="${DUCKWIRE_WAN_CONFIGS:-}" bash scripts/bench/wan-inner.sh
   done
 done
 ip netns exec "$ns" tc qdisc del dev lo root 2>/dev/null || true

@@ -41,8 +41,8 @@ def main():
                         order.append(name)
                     medians.setdefault((name, key), []).append(scenario["median_s"])
         print(f"\n#### {rate}\n")
-        print("| scenario | " + " | ".join(label for _, label in CONFIGS) + " |")
-        print("|---" * (len(CONFIGS) + 1) + "|")
+        print("| door | scenario | " + " | ".join(label for _, label in CONFIGS) + " |")
+        print("|---" * (len(CONFIGS) + 2) + "|")
         suites = sorted({name.split(" | ", 1)[1] for name in order}, key=lambda s: min(
             order.index(n) for n in order if n.endswith(s)))
         for protocol in ["ws sqlrooms", "ws mosaic", "rest"]:
@@ -50,7 +50,7 @@ def main():
                 name = f"{protocol} | {suite}"
                 cells = [fmt(medians.get((name, key), [])) for key, _ in CONFIGS]
                 if any(cell != "–" for cell in cells):
-                    print(f"| {name} | " + " | ".join(cells) + " |")
+                    print(f"| {protocol} | {suite} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":

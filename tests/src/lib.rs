@@ -327,7 +327,34 @@ pub fn http_bytes(addr: &str, request: &[u8]) -> (u16, Vec<(String, String)>, Ve
     let _ = stream.read_to_end(&mut response);
     let split = head_end(&response).expect("response head");
     let (status, headers) = parse_head(&response[..split]);
-    (status, headers, response[split + 4..].to_vec())
+    let body = &response[split + 4..];
+    let body = if header(&headers, "transfer-encoding").is_some_and(|te| te.contains("chunked")) {
+        dechunk(body)
+    } else {
+        body.to_vec()
+    };
+    (status, headers, body)
+}
+
+/// The body of a `Transfer-Encoding: chunked` answer; panics on broken framing.
+pub fn dechunk(mut wire: &[u8]) -> Vec<u8> {
+    let mut body = Vec::new();
+    loop {
+        let line_end = wire
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .expect("a chunk size line");
+        let size_text = std::str::from_utf8(&wire[..line_end]).expect("an ASCII chunk size");
+        let size = usize::from_str_radix(size_text.trim(), 16).expect("a hex chunk size");
+        wire = &wire[line_end + 2..];
+        if size == 0 {
+            assert_eq!(wire, b"\r\n", "the chunked body ends with an empty chunk");
+            return body;
+        }
+        body.extend_from_slice(&wire[..size]);
+        assert_eq!(&wire[size..size + 2], b"\r\n", "each chunk ends with CRLF");
+        wire = &wire[size + 2..];
+    }
 }
 
 /// Where a response head ends (the blank line), if it has arrived.

@@ -251,6 +251,33 @@ fn large_answers_are_compressed_as_the_client_accepts() {
     );
 }
 
+/// Answers over 256 KiB are compressed in parts and sent as a chunked body (each part on the
+/// wire while the next is compressed); smaller ones whole, with a Content-Length.
+#[test]
+fn large_compressed_answers_are_sent_in_chunks_as_they_are_compressed() {
+    let server = ServerProcess::start(&["--http-compression", "on"]);
+    for (rows, chunked) in [(2_000, false), (200_000, true)] {
+        let request = json!({"type":"json","sql":format!("select range as i, 'row ' || range as label from range({rows})")});
+        let (_, _, plain) = post_json(&server.addr, &request, "");
+        for accept in ["gzip", "br", "zstd"] {
+            let (status, headers, body) = post_json(
+                &server.addr,
+                &request,
+                &format!("Accept-Encoding: {accept}\r\n"),
+            );
+            assert_eq!(status, 200);
+            assert_eq!(header(&headers, "content-encoding"), Some(accept));
+            assert_eq!(
+                header(&headers, "transfer-encoding") == Some("chunked"),
+                chunked,
+                "{rows} rows, {accept}"
+            );
+            assert_eq!(header(&headers, "content-length").is_none(), chunked);
+            assert_eq!(decoded(Some(accept), &body), plain, "{rows} rows, {accept}");
+        }
+    }
+}
+
 #[test]
 fn auto_compression_leaves_loopback_clients_alone() {
     let server = ServerProcess::start(&[]);

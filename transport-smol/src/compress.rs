@@ -108,6 +108,65 @@ impl Encoding {
     }
 }
 
+/// Compresses one answer part by part: each part comes out flushed, so it can be sent as an
+/// HTTP chunk while the next part is compressed (same levels as [`Encoding::compress`]).
+pub struct PartEncoder {
+    inner: PartInner,
+}
+
+enum PartInner {
+    Zstd(zstd::stream::write::Encoder<'static, Vec<u8>>),
+    Brotli(Box<brotli::CompressorWriter<Vec<u8>>>),
+    Gzip(flate2::write::GzEncoder<Vec<u8>>),
+}
+
+impl PartEncoder {
+    pub fn new(encoding: Encoding) -> std::io::Result<Self> {
+        let inner = match encoding {
+            Encoding::Zstd => PartInner::Zstd(zstd::stream::write::Encoder::new(Vec::new(), 3)?),
+            Encoding::Brotli => PartInner::Brotli(Box::new(brotli::CompressorWriter::new(
+                Vec::new(),
+                64 * 1024,
+                4,
+                22,
+            ))),
+            Encoding::Gzip => PartInner::Gzip(flate2::write::GzEncoder::new(
+                Vec::new(),
+                flate2::Compression::new(4),
+            )),
+        };
+        Ok(PartEncoder { inner })
+    }
+
+    /// The compressed bytes of `input`, flushed.
+    pub fn part(&mut self, input: &[u8]) -> std::io::Result<Vec<u8>> {
+        match &mut self.inner {
+            PartInner::Zstd(encoder) => take_flushed(encoder, input, |e| e.get_mut()),
+            PartInner::Brotli(encoder) => take_flushed(encoder.as_mut(), input, |e| e.get_mut()),
+            PartInner::Gzip(encoder) => take_flushed(encoder, input, |e| e.get_mut()),
+        }
+    }
+
+    /// The end of the stream (trailers, checksums).
+    pub fn finish(self) -> std::io::Result<Vec<u8>> {
+        match self.inner {
+            PartInner::Zstd(encoder) => encoder.finish(),
+            PartInner::Brotli(encoder) => Ok(encoder.into_inner()),
+            PartInner::Gzip(encoder) => encoder.finish(),
+        }
+    }
+}
+
+fn take_flushed<E: Write>(
+    encoder: &mut E,
+    input: &[u8],
+    output: impl Fn(&mut E) -> &mut Vec<u8>,
+) -> std::io::Result<Vec<u8>> {
+    encoder.write_all(input)?;
+    encoder.flush()?;
+    Ok(std::mem::take(output(encoder)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -153,5 +212,32 @@ mod tests {
             .unwrap();
         assert_eq!(decoded, body);
         assert!(zstd.len() < body.len() / 10);
+    }
+
+    #[test]
+    fn an_answer_compressed_in_parts_decodes_to_the_whole() {
+        let body = b"[{\"a\":1},{\"a\":2}]".repeat(20_000);
+        for encoding in [Encoding::Zstd, Encoding::Brotli, Encoding::Gzip] {
+            let mut encoder = PartEncoder::new(encoding).unwrap();
+            let mut wire = Vec::new();
+            for part in body.chunks(70_000) {
+                wire.extend(encoder.part(part).unwrap());
+            }
+            wire.extend(encoder.finish().unwrap());
+            let mut decoded = Vec::new();
+            match encoding {
+                Encoding::Zstd => decoded = zstd::stream::decode_all(&wire[..]).unwrap(),
+                Encoding::Brotli => brotli::BrotliDecompress(&mut &wire[..], &mut decoded).unwrap(),
+                Encoding::Gzip => {
+                    std::io::Read::read_to_end(
+                        &mut flate2::read::GzDecoder::new(&wire[..]),
+                        &mut decoded,
+                    )
+                    .unwrap();
+                }
+            }
+            assert_eq!(decoded, body, "{encoding:?}");
+            assert!(wire.len() < body.len() / 5, "{encoding:?}");
+        }
     }
 }

@@ -17,9 +17,11 @@ use tungstenite::http::{self, HeaderValue};
 
 use crate::tls::Stream;
 
-use crate::compress::{Encoding, COMPRESS_ABOVE};
+use crate::compress::{Encoding, PartEncoder, COMPRESS_ABOVE};
 use crate::driver::{ConnectionWriter, DriverInput, Outbound, ReadGate, SentCounter};
-use crate::http::{read_body, read_head, write_response, HeadError, RequestHead, Response};
+use crate::http::{
+    read_body, read_head, write_chunked_response, write_response, HeadError, RequestHead, Response,
+};
 use duckwire_core::websocket::{negotiate_deflate, DEFLATE_RESPONSE};
 use duckwire_core::Malformed;
 
@@ -140,11 +142,10 @@ async fn serve_http(
         // A request whose head could not be read gets no CORS headers and no compression.
         let origin = head.as_ref().and_then(|head| head.header("origin"));
         let rendered = render(response, origin, &shared);
-        let response = match &head {
-            Some(head) => compressed(rendered, head, &client.peer, &shared).await,
-            None => rendered,
-        };
-        if write_response(&mut stream, &response, keep_alive)
+        let encoding = head
+            .as_ref()
+            .and_then(|head| encoding_for(&rendered, head, &client.peer, &shared));
+        if send_answer(&mut stream, rendered, encoding, keep_alive)
             .await
             .is_err()
         {
@@ -262,37 +263,83 @@ fn http_request(head: &RequestHead, client: &Client, body: Bytes) -> HttpRequest
     }
 }
 
-/// Compresses a large answer when `--http-compression` applies to this peer and the request
-/// accepts an encoding we speak. Compression runs on the blocking pool, off the I/O thread.
-async fn compressed(
-    mut response: Response,
+/// The encoding a large answer is compressed with: when `--http-compression` applies to this
+/// peer and the request accepts an encoding we speak.
+fn encoding_for(
+    response: &Response,
     head: &RequestHead,
     peer: &SocketAddr,
     shared: &Shared,
-) -> Response {
+) -> Option<Encoding> {
     if response.body.len() <= COMPRESS_ABOVE || !shared.config.http_compression.applies_to(peer) {
-        return response;
+        return None;
     }
-    let Some(encoding) = head.header("accept-encoding").and_then(Encoding::negotiate) else {
-        return response;
+    head.header("accept-encoding").and_then(Encoding::negotiate)
+}
+
+/// Answers up to this size are compressed whole and sent with a `Content-Length`; larger ones
+/// are compressed in parts of this size and sent as a chunked body, each part on the wire
+/// while the next is compressed (over a slow link the compression then costs nothing).
+const COMPRESS_IN_PARTS_ABOVE: usize = 256 * 1024;
+
+/// Writes an answer, compressed with `encoding` if given. Compression runs on the blocking
+/// pool, off the I/O thread.
+async fn send_answer(
+    stream: &mut Stream,
+    mut response: Response,
+    encoding: Option<Encoding>,
+    keep_alive: bool,
+) -> std::io::Result<()> {
+    let Some(encoding) = encoding else {
+        return write_response(stream, &response, keep_alive).await;
     };
-    let body = response.body.clone();
-    match smol::unblock(move || encoding.compress(&body)).await {
-        Ok(smaller) => {
-            response.body = Bytes::from(smaller);
-            response
-                .headers
-                .push(("Content-Encoding".into(), encoding.header_value().into()));
-            response
-                .headers
-                .push(("Vary".into(), "Accept-Encoding".into()));
-            response
+    let body = std::mem::take(&mut response.body);
+    if body.len() <= COMPRESS_IN_PARTS_ABOVE {
+        let whole = body.clone();
+        match smol::unblock(move || encoding.compress(&whole)).await {
+            Ok(smaller) => {
+                response.body = Bytes::from(smaller);
+                add_encoding_headers(&mut response, encoding);
+            }
+            Err(e) => {
+                tracing::warn!("compressing an answer failed (sent as is): {e}");
+                response.body = body;
+            }
         }
-        Err(e) => {
-            tracing::warn!("compressing an answer failed (sent as is): {e}");
-            response
-        }
+        return write_response(stream, &response, keep_alive).await;
     }
+    add_encoding_headers(&mut response, encoding);
+    // Two parts ahead at most: compression waits for a slow network, not the reverse.
+    let (ready, parts) = async_channel::bounded(2);
+    smol::unblock(move || {
+        let mut encoder = match PartEncoder::new(encoding) {
+            Ok(encoder) => encoder,
+            Err(e) => {
+                let _ = ready.send_blocking(Err(e));
+                return;
+            }
+        };
+        for chunk in body.chunks(COMPRESS_IN_PARTS_ABOVE) {
+            let part = encoder.part(chunk);
+            let failed = part.is_err();
+            // A closed receiver: the connection is gone, stop compressing.
+            if ready.send_blocking(part).is_err() || failed {
+                return;
+            }
+        }
+        let _ = ready.send_blocking(encoder.finish());
+    })
+    .detach();
+    write_chunked_response(stream, &response, keep_alive, parts).await
+}
+
+fn add_encoding_headers(response: &mut Response, encoding: Encoding) {
+    response
+        .headers
+        .push(("Content-Encoding".into(), encoding.header_value().into()));
+    response
+        .headers
+        .push(("Vary".into(), "Accept-Encoding".into()));
 }
 
 enum HandshakeRefusal {

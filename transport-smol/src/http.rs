@@ -252,6 +252,41 @@ pub async fn write_response(
     stream.flush().await
 }
 
+/// Writes an answer whose body arrives in parts (`parts` yields each, already encoded) as a
+/// chunked body: the network carries one part while the next is produced.
+pub async fn write_chunked_response(
+    stream: &mut Stream,
+    response: &Response,
+    keep_alive: bool,
+    parts: async_channel::Receiver<std::io::Result<Vec<u8>>>,
+) -> std::io::Result<()> {
+    let mut head = format!(
+        "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nTransfer-Encoding: chunked\r\nConnection: {}\r\n",
+        response.status,
+        reason(response.status),
+        response.content_type,
+        if keep_alive { "keep-alive" } else { "close" },
+    );
+    for (name, value) in &response.headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes()).await?;
+    while let Ok(part) = parts.recv().await {
+        let part = part?;
+        if part.is_empty() {
+            continue; // an empty chunk would end the body
+        }
+        stream
+            .write_all(format!("{:x}\r\n", part.len()).as_bytes())
+            .await?;
+        stream.write_all(&part).await?;
+        stream.write_all(b"\r\n").await?;
+    }
+    stream.write_all(b"0\r\n\r\n").await?;
+    stream.flush().await
+}
+
 /// Reads a `Content-Length` body: what `buffer` already holds first, the rest from the
 /// socket; bytes after the body (a pipelined request) stay in `buffer`.
 pub async fn read_body(

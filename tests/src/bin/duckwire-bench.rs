@@ -450,6 +450,10 @@ impl Client {
     fn connect(url: &str, wire: Wire) -> Client {
         let socket = if WS_DEFLATE.load(std::sync::atomic::Ordering::Relaxed) {
             let client = DeflateClient::connect(url, Some(BROWSER_OFFER)).expect("connect");
+            static DECLINED: std::sync::Once = std::sync::Once::new();
+            if !client.deflate() {
+                DECLINED.call_once(|| eprintln!("bench: {url} declined permessage-deflate"));
+            }
             WsSocket::Deflate(Box::new(client))
         } else {
             WsSocket::Plain(Box::new(plain_socket(url)))
