@@ -222,24 +222,30 @@ fn reason(status: u16) -> &'static str {
     }
 }
 
-/// Writes one answer; the connection stays open when `keep_alive`.
-pub async fn write_response(
-    stream: &mut Stream,
-    response: &Response,
-    keep_alive: bool,
-) -> std::io::Result<()> {
+/// The status line and headers of an answer, `framing` saying how its body is delimited.
+fn response_head(response: &Response, framing: &str, keep_alive: bool) -> String {
     let mut head = format!(
-        "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: {}\r\n",
+        "HTTP/1.1 {} {}\r\nContent-Type: {}\r\n{framing}\r\nConnection: {}\r\n",
         response.status,
         reason(response.status),
         response.content_type,
-        response.body.len(),
         if keep_alive { "keep-alive" } else { "close" },
     );
     for (name, value) in &response.headers {
         head.push_str(&format!("{name}: {value}\r\n"));
     }
     head.push_str("\r\n");
+    head
+}
+
+/// Writes one answer; the connection stays open when `keep_alive`.
+pub async fn write_response(
+    stream: &mut Stream,
+    response: &Response,
+    keep_alive: bool,
+) -> std::io::Result<()> {
+    let length = format!("Content-Length: {}", response.body.len());
+    let head = response_head(response, &length, keep_alive);
     if response.body.len() <= 16 * 1024 {
         // One write (one TCP segment) for the usual small answer.
         let mut whole = head.into_bytes();
@@ -260,17 +266,7 @@ pub async fn write_chunked_response(
     keep_alive: bool,
     parts: async_channel::Receiver<std::io::Result<Vec<u8>>>,
 ) -> std::io::Result<()> {
-    let mut head = format!(
-        "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nTransfer-Encoding: chunked\r\nConnection: {}\r\n",
-        response.status,
-        reason(response.status),
-        response.content_type,
-        if keep_alive { "keep-alive" } else { "close" },
-    );
-    for (name, value) in &response.headers {
-        head.push_str(&format!("{name}: {value}\r\n"));
-    }
-    head.push_str("\r\n");
+    let head = response_head(response, "Transfer-Encoding: chunked", keep_alive);
     stream.write_all(head.as_bytes()).await?;
     while let Ok(part) = parts.recv().await {
         let part = part?;
