@@ -8,6 +8,29 @@ use std::net::SocketAddr;
 /// Bodies smaller than this go as they are: headers and a round trip dominate anyway.
 pub const COMPRESS_ABOVE: usize = 4 * 1024;
 
+/// Large answers and replies are compressed in parts of this size, each sent (an HTTP chunk,
+/// a WebSocket fragment) while the next is compressed.
+pub const COMPRESS_PART_BYTES: usize = 256 * 1024;
+
+// Levels chosen for speed (answers are made once, read once); whole or in parts alike.
+const ZSTD_LEVEL: i32 = 3;
+const BROTLI_BUFFER_BYTES: usize = 64 * 1024;
+const BROTLI_QUALITY: u32 = 4;
+const BROTLI_WINDOW_BITS: u32 = 22;
+const GZIP_LEVEL: u32 = 4;
+
+/// Runs `produce` on the blocking pool, off the I/O thread; each part it hands to its `send`
+/// reaches the returned receiver as soon as it is ready, at most two ahead of the reader
+/// (compression waits for a slow network, not the reverse). `send` answers `false` once the
+/// receiver is gone (the connection closed): `produce` should stop then.
+pub fn parts_on_blocking_pool<T: Send + 'static>(
+    produce: impl FnOnce(&dyn Fn(T) -> bool) + Send + 'static,
+) -> async_channel::Receiver<T> {
+    let (ready, parts) = async_channel::bounded(2);
+    smol::unblock(move || produce(&|part| ready.send_blocking(part).is_ok())).detach();
+    parts
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Compression {
     /// Only for peers that are not on this machine.
@@ -86,11 +109,16 @@ impl Encoding {
     /// Compresses at a level chosen for speed (answers are made once, read once).
     pub fn compress(self, body: &[u8]) -> std::io::Result<Vec<u8>> {
         match self {
-            Encoding::Zstd => zstd::bulk::compress(body, 3),
+            Encoding::Zstd => zstd::bulk::compress(body, ZSTD_LEVEL),
             Encoding::Brotli => {
                 let mut out = Vec::with_capacity(body.len() / 4);
                 {
-                    let mut writer = brotli::CompressorWriter::new(&mut out, 64 * 1024, 4, 22);
+                    let mut writer = brotli::CompressorWriter::new(
+                        &mut out,
+                        BROTLI_BUFFER_BYTES,
+                        BROTLI_QUALITY,
+                        BROTLI_WINDOW_BITS,
+                    );
                     writer.write_all(body)?;
                     writer.flush()?;
                 }
@@ -99,7 +127,7 @@ impl Encoding {
             Encoding::Gzip => {
                 let mut encoder = flate2::write::GzEncoder::new(
                     Vec::with_capacity(body.len() / 4),
-                    flate2::Compression::new(4),
+                    flate2::Compression::new(GZIP_LEVEL),
                 );
                 encoder.write_all(body)?;
                 encoder.finish()
@@ -123,16 +151,18 @@ enum PartInner {
 impl PartEncoder {
     pub fn new(encoding: Encoding) -> std::io::Result<Self> {
         let inner = match encoding {
-            Encoding::Zstd => PartInner::Zstd(zstd::stream::write::Encoder::new(Vec::new(), 3)?),
+            Encoding::Zstd => {
+                PartInner::Zstd(zstd::stream::write::Encoder::new(Vec::new(), ZSTD_LEVEL)?)
+            }
             Encoding::Brotli => PartInner::Brotli(Box::new(brotli::CompressorWriter::new(
                 Vec::new(),
-                64 * 1024,
-                4,
-                22,
+                BROTLI_BUFFER_BYTES,
+                BROTLI_QUALITY,
+                BROTLI_WINDOW_BITS,
             ))),
             Encoding::Gzip => PartInner::Gzip(flate2::write::GzEncoder::new(
                 Vec::new(),
-                flate2::Compression::new(4),
+                flate2::Compression::new(GZIP_LEVEL),
             )),
         };
         Ok(PartEncoder { inner })

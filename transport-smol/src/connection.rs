@@ -17,7 +17,9 @@ use tungstenite::http::{self, HeaderValue};
 
 use crate::tls::Stream;
 
-use crate::compress::{Encoding, PartEncoder, COMPRESS_ABOVE};
+use crate::compress::{
+    parts_on_blocking_pool, Encoding, PartEncoder, COMPRESS_ABOVE, COMPRESS_PART_BYTES,
+};
 use crate::driver::{ConnectionWriter, DriverInput, Outbound, ReadGate, SentCounter};
 use crate::http::{
     read_body, read_head, write_chunked_response, write_response, HeadError, RequestHead, Response,
@@ -277,11 +279,6 @@ fn encoding_for(
     head.header("accept-encoding").and_then(Encoding::negotiate)
 }
 
-/// Answers up to this size are compressed whole and sent with a `Content-Length`; larger ones
-/// are compressed in parts of this size and sent as a chunked body, each part on the wire
-/// while the next is compressed (over a slow link the compression then costs nothing).
-const COMPRESS_IN_PARTS_ABOVE: usize = 256 * 1024;
-
 /// Writes an answer, compressed with `encoding` if given. Compression runs on the blocking
 /// pool, off the I/O thread.
 async fn send_answer(
@@ -294,7 +291,10 @@ async fn send_answer(
         return write_response(stream, &response, keep_alive).await;
     };
     let body = std::mem::take(&mut response.body);
-    if body.len() <= COMPRESS_IN_PARTS_ABOVE {
+    // Up to one part, compressed whole and sent with a `Content-Length`; larger, a chunked body
+    // whose parts leave while the next is compressed (over a slow link the compression then
+    // costs nothing).
+    if body.len() <= COMPRESS_PART_BYTES {
         let whole = body.clone();
         match smol::unblock(move || encoding.compress(&whole)).await {
             Ok(smaller) => {
@@ -309,27 +309,23 @@ async fn send_answer(
         return write_response(stream, &response, keep_alive).await;
     }
     add_encoding_headers(&mut response, encoding);
-    // Two parts ahead at most: compression waits for a slow network, not the reverse.
-    let (ready, parts) = async_channel::bounded(2);
-    smol::unblock(move || {
+    let parts = parts_on_blocking_pool(move |send| {
         let mut encoder = match PartEncoder::new(encoding) {
             Ok(encoder) => encoder,
             Err(e) => {
-                let _ = ready.send_blocking(Err(e));
+                send(Err(e));
                 return;
             }
         };
-        for chunk in body.chunks(COMPRESS_IN_PARTS_ABOVE) {
+        for chunk in body.chunks(COMPRESS_PART_BYTES) {
             let part = encoder.part(chunk);
             let failed = part.is_err();
-            // A closed receiver: the connection is gone, stop compressing.
-            if ready.send_blocking(part).is_err() || failed {
+            if !send(part) || failed {
                 return;
             }
         }
-        let _ = ready.send_blocking(encoder.finish());
-    })
-    .detach();
+        send(encoder.finish());
+    });
     write_chunked_response(stream, &response, keep_alive, parts).await
 }
 

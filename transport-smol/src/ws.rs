@@ -24,7 +24,7 @@ use smol::net::TcpStream;
 
 use prometheus_client::metrics::counter::Counter;
 
-use crate::compress::COMPRESS_ABOVE;
+use crate::compress::{parts_on_blocking_pool, COMPRESS_ABOVE, COMPRESS_PART_BYTES};
 use crate::driver::{ConnectionWriter, DriverInput, Outbound, ReadGate, SentCounter, SentReports};
 use crate::metrics::Metrics;
 use crate::tls::Stream;
@@ -41,10 +41,6 @@ pub const DEFLATE_LEVEL: u32 = 2;
 /// Replies up to this size are compressed on the writer's task; larger ones on the blocking
 /// pool, so a large reply never holds up the I/O thread's other connections.
 const COMPRESS_INLINE_BYTES: usize = 64 * 1024;
-
-/// A large reply is compressed in parts of this size, each sent as a fragment as soon as it
-/// is ready: the network starts on the first part while the next is compressed.
-const COMPRESS_PART_BYTES: usize = 256 * 1024;
 
 /// How often a paused connection's socket is checked for a hang-up.
 const HANGUP_CHECK_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
@@ -316,21 +312,17 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
             return self.frame(opcode, true, true, part.into()).await;
         }
         let parts = payload.len().div_ceil(COMPRESS_PART_BYTES);
-        // Two parts ahead at most: compression waits for a slow network, not the reverse.
-        let (ready, next_part) = async_channel::bounded(2);
-        smol::unblock(move || {
+        let next_part = parts_on_blocking_pool(move |send| {
             let mut deflater = deflaters.take();
             for (i, chunk) in payload.chunks(COMPRESS_PART_BYTES).enumerate() {
-                let part = deflater.part(chunk, i + 1 == parts);
                 // The writer gave up (its connection closes): stop compressing. The deflater
                 // is mid-message then, so it is not given back.
-                if ready.send_blocking(part).is_err() {
+                if !send(deflater.part(chunk, i + 1 == parts)) {
                     return;
                 }
             }
             deflaters.give_back(deflater);
-        })
-        .detach();
+        });
         for i in 0..parts {
             let part = next_part
                 .recv()
