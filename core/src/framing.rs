@@ -28,8 +28,8 @@ pub enum Malformed {
     BodyTooLarge,
     /// The peer stopped sending before the declared body was complete.
     BodyEndedEarly,
-    /// A WebSocket message larger than `max_frame_bytes` (the WebSocket library refused to
-    /// buffer it).
+    /// A WebSocket message larger than `max_frame_bytes` (inflated, if compressed): the
+    /// WebSocket decoder stopped reading it at the cap.
     FrameTooLarge,
     /// WebSocket frames that break RFC 6455 or RFC 7692 (an unmasked frame, a reserved bit,
     /// a broken deflate stream…): close 1002.

@@ -7,7 +7,7 @@ use std::net::TcpStream;
 
 use bytes::Bytes;
 use duckwire_core::websocket::{
-    close_payload, frame_header, mask, Decoder, MessageDeflater, OpCode, Role, WsEvent,
+    close_payload, encode_frame, Decoder, MessageDeflater, OpCode, Role, WsEvent,
 };
 use duckwire_core::Frame;
 
@@ -111,10 +111,7 @@ impl DeflateClient {
         payload: &[u8],
     ) -> io::Result<()> {
         let key = self.next_mask();
-        let mut wire = frame_header(opcode, fin, compressed, payload.len(), Some(key));
-        let start = wire.len();
-        wire.extend_from_slice(payload);
-        mask(&mut wire[start..], key, 0);
+        let wire = encode_frame(opcode, fin, compressed, payload, Some(key));
         self.stream.write_all(&wire)
     }
 

@@ -24,7 +24,7 @@ use crate::driver::{ConnectionWriter, DriverInput, Outbound, ReadGate, SentCount
 use crate::http::{
     read_body, read_head, write_chunked_response, write_response, HeadError, RequestHead, Response,
 };
-use duckwire_core::websocket::{negotiate_deflate, DEFLATE_RESPONSE};
+use duckwire_core::websocket::negotiate_deflate;
 use duckwire_core::Malformed;
 
 /// Waits until `deadline`, or forever without one.
@@ -472,20 +472,26 @@ async fn upgrade(
     };
     // permessage-deflate where --ws-compression applies to this peer and the client offers
     // it in a form we honour (the core's negotiation).
-    let deflate = shared.config.ws_compression.applies_to(&peer)
-        && negotiate_deflate(
-            head.headers
-                .iter()
-                .filter(|(name, _)| name.eq_ignore_ascii_case("sec-websocket-extensions"))
-                .map(|(_, value)| value.as_str()),
-        )
-        .is_some();
-    if deflate {
+    let agreement = shared
+        .config
+        .ws_compression
+        .applies_to(&peer)
+        .then(|| {
+            negotiate_deflate(
+                head.headers
+                    .iter()
+                    .filter(|(name, _)| name.eq_ignore_ascii_case("sec-websocket-extensions"))
+                    .map(|(_, value)| value.as_str()),
+            )
+        })
+        .flatten();
+    if let Some(agreement) = agreement {
         response.headers_mut().insert(
             "Sec-WebSocket-Extensions",
-            HeaderValue::from_static(DEFLATE_RESPONSE),
+            HeaderValue::from_static(agreement.response_header()),
         );
     }
+    let deflate = agreement.is_some();
     // Clients that offer subprotocols fail unless one is selected; take their first.
     if let Some(protocol) = head
         .header("sec-websocket-protocol")

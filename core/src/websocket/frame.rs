@@ -132,6 +132,25 @@ pub fn frame_header(
     header
 }
 
+/// A whole frame in one buffer: its header, then `payload`, masked with `mask` when given (a
+/// client's frames). The server's writer sends header and payload apart instead, to keep the
+/// reply's own buffer.
+pub fn encode_frame(
+    opcode: OpCode,
+    fin: bool,
+    compressed: bool,
+    payload: &[u8],
+    mask_key: Option<[u8; 4]>,
+) -> Vec<u8> {
+    let mut frame = frame_header(opcode, fin, compressed, payload.len(), mask_key);
+    let start = frame.len();
+    frame.extend_from_slice(payload);
+    if let Some(key) = mask_key {
+        mask(&mut frame[start..], key, 0);
+    }
+    frame
+}
+
 /// XORs `data` with `key`, `data` starting `offset` bytes into its frame's payload.
 pub fn mask(data: &mut [u8], key: [u8; 4], offset: usize) {
     let key = u32::from_ne_bytes(rotate(key, offset % 4));

@@ -34,7 +34,7 @@ pub use decoder::{Decoder, WsEvent};
 pub use deflate::{
     negotiate_deflate, DeflateAgreement, Inflater, MessageDeflater, DEFLATE_RESPONSE,
 };
-pub use frame::{close_payload, frame_header, mask, FrameHeader, OpCode};
+pub use frame::{close_payload, encode_frame, frame_header, mask, FrameHeader, OpCode};
 
 /// Which end of the connection this codec is: a server reads masked frames and writes
 /// unmasked ones, a client the reverse.

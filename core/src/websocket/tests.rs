@@ -8,11 +8,7 @@ const KEY: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
 
 /// A frame as a client sends it: masked.
 fn client_frame(opcode: OpCode, fin: bool, compressed: bool, payload: &[u8]) -> Vec<u8> {
-    let mut bytes = frame_header(opcode, fin, compressed, payload.len(), Some(KEY));
-    let mut body = payload.to_vec();
-    mask(&mut body, KEY, 0);
-    bytes.extend_from_slice(&body);
-    bytes
+    encode_frame(opcode, fin, compressed, payload, Some(KEY))
 }
 
 fn server(max: Option<usize>, deflate: bool) -> Decoder {
@@ -163,11 +159,7 @@ fn uncompressed_fragments_are_capped_on_their_sum() {
 
 #[test]
 fn frames_that_break_the_rules_are_protocol_errors() {
-    let unmasked = {
-        let mut f = frame_header(OpCode::Text, true, false, 1, None);
-        f.push(b'x');
-        f
-    };
+    let unmasked = encode_frame(OpCode::Text, true, false, b"x", None);
     let rsv2 = {
         let mut f = client_frame(OpCode::Text, true, false, b"x");
         f[0] |= 0x20;
@@ -240,8 +232,7 @@ fn frames_that_break_the_rules_are_protocol_errors() {
         events(&mut server(None, false), &interleaved),
         Err(WsError::Protocol(_))
     ));
-    let mut masked_from_server = frame_header(OpCode::Text, true, false, 1, Some(KEY));
-    masked_from_server.push(b'x');
+    let masked_from_server = encode_frame(OpCode::Text, true, false, b"x", Some(KEY));
     assert!(matches!(
         events(
             &mut Decoder::new(Role::Client, None, false),
@@ -285,8 +276,7 @@ fn close_reasons_are_cut_to_fit_a_control_frame_on_a_character_boundary() {
 #[test]
 fn unmasked_server_frames_decode_in_the_client_role() {
     let parts = compressed_parts(b"reply reply reply", 100);
-    let mut wire = frame_header(OpCode::Binary, true, true, parts[0].len(), None);
-    wire.extend_from_slice(&parts[0]);
+    let wire = encode_frame(OpCode::Binary, true, true, &parts[0], None);
     let got = events(&mut Decoder::new(Role::Client, None, true), &wire).unwrap();
     assert_eq!(
         got,

@@ -12,7 +12,7 @@
 use arbitrary::Unstructured;
 use bytes::Bytes;
 use duckwire_core::websocket::{
-    frame_header, mask, Decoder, MessageDeflater, OpCode, Role, WsError, WsEvent,
+    encode_frame, Decoder, MessageDeflater, OpCode, Role, WsError, WsEvent,
 };
 use duckwire_core::Frame;
 
@@ -135,18 +135,7 @@ fn round_trip(data: &[u8]) -> Result<(), String> {
                 Role::Server => Some([i as u8, 0x5A, 0xC3, payload.len() as u8]),
                 Role::Client => None,
             };
-            wire.extend(frame_header(
-                opcode,
-                last,
-                compressed && i == 0,
-                body.len(),
-                key,
-            ));
-            let start = wire.len();
-            wire.extend_from_slice(&body);
-            if let Some(key) = key {
-                mask(&mut wire[start..], key, 0);
-            }
+            wire.extend(encode_frame(opcode, last, compressed && i == 0, &body, key));
         }
         sent.push(if text {
             Frame::Text(String::from_utf8(payload).expect("built from a str"))
@@ -179,11 +168,7 @@ fn round_trip(data: &[u8]) -> Result<(), String> {
 pub fn seeds() -> Vec<Vec<u8>> {
     let key = [1, 2, 3, 4];
     let masked = |opcode, fin, compressed, payload: &[u8]| {
-        let mut frame = frame_header(opcode, fin, compressed, payload.len(), Some(key));
-        let start = frame.len();
-        frame.extend_from_slice(payload);
-        mask(&mut frame[start..], key, 0);
-        frame
+        encode_frame(opcode, fin, compressed, payload, Some(key))
     };
     let query = br#"{"type":"arrow","sql":"select 1","queryId":"q1"}"#;
     let compressed = MessageDeflater::new(6).part(query, true).expect("deflate");
