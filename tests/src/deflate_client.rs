@@ -46,15 +46,11 @@ impl DeflateClient {
         );
         stream.write_all(request.as_bytes())?;
         let (head, rest) = read_head(&mut stream)?;
-        if !head.starts_with("HTTP/1.1 101") {
-            return Err(io::Error::other(format!("upgrade refused: {head}")));
+        let (status, headers) = crate::parse_head(&head);
+        if status != 101 {
+            return Err(io::Error::other(format!("upgrade refused: {status}")));
         }
-        let extensions = head.lines().find_map(|line| {
-            let (name, value) = line.split_once(':')?;
-            name.trim()
-                .eq_ignore_ascii_case("sec-websocket-extensions")
-                .then(|| value.trim().to_string())
-        });
+        let extensions = crate::header(&headers, "sec-websocket-extensions").map(str::to_string);
         let deflate = extensions
             .as_deref()
             .is_some_and(|e| e.starts_with("permessage-deflate"));
@@ -170,7 +166,7 @@ impl Received {
 }
 
 /// Reads an HTTP response head; returns it and the bytes read past it.
-fn read_head(stream: &mut TcpStream) -> io::Result<(String, Vec<u8>)> {
+fn read_head(stream: &mut TcpStream) -> io::Result<(Vec<u8>, Vec<u8>)> {
     let mut bytes = Vec::new();
     let mut chunk = [0u8; 4096];
     loop {
@@ -179,9 +175,9 @@ fn read_head(stream: &mut TcpStream) -> io::Result<(String, Vec<u8>)> {
             return Err(io::Error::other("the server closed during the handshake"));
         }
         bytes.extend_from_slice(&chunk[..n]);
-        if let Some(end) = bytes.windows(4).position(|w| w == b"\r\n\r\n") {
+        if let Some(end) = crate::head_end(&bytes) {
             let rest = bytes.split_off(end + 4);
-            return Ok((String::from_utf8_lossy(&bytes).into_owned(), rest));
+            return Ok((bytes, rest));
         }
     }
 }

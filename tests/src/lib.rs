@@ -336,6 +336,44 @@ pub fn http_bytes(addr: &str, request: &[u8]) -> (u16, Vec<(String, String)>, Ve
     (status, headers, body)
 }
 
+/// The Python of the venv `.ci/run` makes under `~/.cache/duckwire/<venv>` (or the one `env`
+/// names), holding `what`. Without it the test is skipped (`None`), except under CI, where it
+/// must be there.
+pub fn python_in_venv(env: &str, venv: &str, what: &str) -> Option<PathBuf> {
+    let path = std::env::var_os(env).map(PathBuf::from).unwrap_or_else(|| {
+        PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
+            .join(format!(".cache/duckwire/{venv}/bin/python"))
+    });
+    if path.exists() {
+        return Some(path);
+    }
+    if std::env::var_os("CI").is_some() {
+        panic!("no Python with {what} at {} ({env})", path.display());
+    }
+    eprintln!("skipped: no Python with {what} at {}", path.display());
+    None
+}
+
+/// A body as sent with `Content-Encoding: encoding`, decoded as a browser would; panics on an
+/// encoding we do not speak or a body that does not decode.
+pub fn decode_body(encoding: Option<&str>, body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    match encoding {
+        None | Some("identity") => out.extend_from_slice(body),
+        Some("gzip") => {
+            flate2::read::GzDecoder::new(body)
+                .read_to_end(&mut out)
+                .expect("a gzip body");
+        }
+        Some("br") => {
+            brotli::BrotliDecompress(&mut &body[..], &mut out).expect("a br body");
+        }
+        Some("zstd") => out = zstd::stream::decode_all(body).expect("a zstd body"),
+        Some(other) => panic!("unexpected Content-Encoding {other}"),
+    }
+    out
+}
+
 /// The body of a `Transfer-Encoding: chunked` answer; panics on broken framing.
 pub fn dechunk(mut wire: &[u8]) -> Vec<u8> {
     let mut body = Vec::new();

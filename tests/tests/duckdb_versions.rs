@@ -12,24 +12,11 @@ use serde_json::json;
 
 /// The Python of the venv holding `duckdb==version`.
 fn python_with_duckdb(version: &str, env: &str) -> Option<PathBuf> {
-    let path = std::env::var_os(env).map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
-            .join(format!(".cache/duckwire/py-duckdb-{version}/bin/python"))
-    });
-    if path.exists() {
-        return Some(path);
-    }
-    if std::env::var_os("CI").is_some() {
-        panic!(
-            "no Python with duckdb {version} at {} ({env})",
-            path.display()
-        );
-    }
-    eprintln!(
-        "skipped: no Python with duckdb {version} at {}",
-        path.display()
-    );
-    None
+    python_in_venv(
+        env,
+        &format!("py-duckdb-{version}"),
+        &format!("duckdb {version}"),
+    )
 }
 
 fn python(python: &PathBuf, script: &str) -> String {

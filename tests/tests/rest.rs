@@ -187,25 +187,6 @@ fn rest_errors_use_the_core_strings_and_statuses() {
     assert_eq!((status, rows(&answer)), (200, json!([{"n": 1}])));
 }
 
-fn decoded(encoding: Option<&str>, body: &[u8]) -> Vec<u8> {
-    use std::io::Read;
-    let mut out = Vec::new();
-    match encoding {
-        None => out.extend_from_slice(body),
-        Some("gzip") => {
-            flate2::read::GzDecoder::new(body)
-                .read_to_end(&mut out)
-                .unwrap();
-        }
-        Some("br") => {
-            brotli::BrotliDecompress(&mut &body[..], &mut out).unwrap();
-        }
-        Some("zstd") => out = zstd::stream::decode_all(body).unwrap(),
-        Some(other) => panic!("unexpected encoding {other}"),
-    }
-    out
-}
-
 /// `--http-compression on`: large answers are compressed as the request's Accept-Encoding
 /// prefers, and decode to exactly the uncompressed answer; small ones go as they are.
 #[test]
@@ -236,7 +217,7 @@ fn large_answers_are_compressed_as_the_client_accepts() {
                 body.len(),
                 plain.len()
             );
-            assert_eq!(decoded(encoding, &body), plain, "{kind} {expected}");
+            assert_eq!(decode_body(encoding, &body), plain, "{kind} {expected}");
         }
     }
     let (_, headers, _) = post_json(
@@ -273,7 +254,11 @@ fn large_compressed_answers_are_sent_in_chunks_as_they_are_compressed() {
                 "{rows} rows, {accept}"
             );
             assert_eq!(header(&headers, "content-length").is_none(), chunked);
-            assert_eq!(decoded(Some(accept), &body), plain, "{rows} rows, {accept}");
+            assert_eq!(
+                decode_body(Some(accept), &body),
+                plain,
+                "{rows} rows, {accept}"
+            );
         }
     }
 }

@@ -161,23 +161,7 @@ fn pings_are_answered_and_a_client_close_is_echoed() {
 
 /// The Python of a venv holding `websockets` (`DUCKWIRE_PY_WEBSOCKETS`, as .ci/run sets).
 fn python_with_websockets() -> Option<PathBuf> {
-    let path = std::env::var_os("DUCKWIRE_PY_WEBSOCKETS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
-                .join(".cache/duckwire/py-websockets/bin/python")
-        });
-    if path.exists() {
-        return Some(path);
-    }
-    if std::env::var_os("CI").is_some() {
-        panic!(
-            "no Python with websockets at {} (DUCKWIRE_PY_WEBSOCKETS)",
-            path.display()
-        );
-    }
-    eprintln!("skipped: no Python with websockets at {}", path.display());
-    None
+    python_in_venv("DUCKWIRE_PY_WEBSOCKETS", "py-websockets", "websockets")
 }
 
 #[test]

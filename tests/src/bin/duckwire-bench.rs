@@ -626,25 +626,8 @@ impl RestClient {
             self.reader.read_exact(&mut body).expect("a body");
         }
         // Decoded as a browser would, inside the timed part.
-        let body = match encoding.as_str() {
-            "" | "identity" => body,
-            "gzip" => {
-                let mut decoded = Vec::new();
-                flate2::read::GzDecoder::new(&body[..])
-                    .read_to_end(&mut decoded)
-                    .expect("gzip body");
-                decoded
-            }
-            "br" => {
-                let mut decoded = Vec::new();
-                brotli::Decompressor::new(&body[..], 1 << 16)
-                    .read_to_end(&mut decoded)
-                    .expect("br body");
-                decoded
-            }
-            "zstd" => zstd::decode_all(&body[..]).expect("zstd body"),
-            other => panic!("unexpected Content-Encoding {other}"),
-        };
+        let body =
+            duckwire_tests::decode_body(Some(encoding.as_str()).filter(|e| !e.is_empty()), &body);
         if status != "200" {
             panic!(
                 "query failed ({status}): {}",
