@@ -6,8 +6,7 @@ set -euo pipefail
 bin="$CARGO_TARGET_DIR/release"
 out="${TMPDIR:-/tmp}/duckwire-bench"
 mkdir -p "$out"
-wait_for() { for _ in $(seq 1 100); do grep -q "$2" "$1" && return 0; sleep 0.2; done; cat "$1"; return 1; }
-wait_port() { for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.2; done; return 1; }
+. "$(dirname "$0")/wait.sh"
 bench() { "$bin/duckwire-bench" --data "$DUCKWIRE_BENCH_DATA" "$@" $DUCKWIRE_BENCH_ARGS; }
 
 "$bin/duckwire" --port 4601 --threads "$(nproc)" --sync --log-level warn >"$out/duckwire.log" 2>&1 &

@@ -14,7 +14,7 @@ out="${2:-${TMPDIR:-/tmp}/duckwire-rooms}"
 mkdir -p "$out"
 bench="$CARGO_TARGET_DIR/release/duckwire-rooms-bench"
 venv="$(scripts/bench/pyref.sh)"
-wait_port() { for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.2; done; return 1; }
+. "$root/scripts/bench/wait.sh"
 
 run() { # label port command...
   local label=$1 port=$2; shift 2

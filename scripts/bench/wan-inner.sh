@@ -3,8 +3,7 @@
 set -euo pipefail
 bin="$CARGO_TARGET_DIR/release"
 out="$DUCKWIRE_WAN_OUT"
-wait_for() { for _ in $(seq 1 100); do grep -q "$2" "$1" && return 0; sleep 0.2; done; cat "$1"; return 1; }
-wait_port() { for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.2; done; return 1; }
+. "$(dirname "$0")/wait.sh"
 bench() { "$bin/duckwire-bench" --wan --data "$DUCKWIRE_BENCH_DATA" "$@" >/dev/null; }
 # DUCKWIRE_WAN_CONFIGS: which configurations to run (default all), e.g. "duckwire-on" to
 # measure a change to duckwire alone; the table takes the others from earlier runs.
