@@ -117,6 +117,12 @@ struct Args {
     /// answer 408 to a new connection whose request head takes longer (default 10000; 0/none: never)
     #[argh(option, from_str_fn(parse_cap))]
     http_head_timeout_ms: Option<Option<usize>>,
+    /// send an arrow result as DuckDB produces it once its encoding passes this many bytes (default 4194304; 0/none: hold every result whole)
+    #[argh(option, from_str_fn(parse_cap))]
+    stream_results_above: Option<Option<usize>>,
+    /// bytes of a streamed result produced ahead of its socket before its DuckDB worker waits (default 4194304)
+    #[argh(option)]
+    stream_window_bytes: Option<usize>,
     /// compress large HTTP answers (gzip, br, zstd as the client accepts): auto (only for non-loopback peers), on, off (default: auto)
     #[argh(option)]
     http_compression: Option<duckwire_smol::compress::Compression>,
@@ -236,6 +242,13 @@ fn config_from(args: Args) -> Result<ServerConfig, String> {
         ping_interval_ms: millis(args.ping_interval_ms, core.ping_interval_ms),
         query_timeout_ms: args.query_timeout_ms.filter(|ms| *ms > 0),
         idle_timeout_ms: millis(args.idle_timeout_ms, core.idle_timeout_ms),
+        stream_results_above: args
+            .stream_results_above
+            .unwrap_or(core.stream_results_above),
+        stream_window_bytes: args
+            .stream_window_bytes
+            .unwrap_or(core.stream_window_bytes)
+            .max(1),
         origins: args
             .allowed_origins
             .as_deref()
@@ -569,6 +582,14 @@ mod tests {
             (
                 "--max-inbound-bytes ",
                 format!("default {}", cap(limits.max_inbound_bytes)),
+            ),
+            (
+                "--stream-results-above",
+                format!("default {}", cap(core.stream_results_above)),
+            ),
+            (
+                "--stream-window-bytes",
+                format!("default {}", core.stream_window_bytes),
             ),
             (
                 "--http-idle-timeout-ms",

@@ -65,6 +65,11 @@ impl Session {
                         .push_back(frame);
                     self.server.handle_sent(conn, len).unwrap();
                 }
+                // This executor answers whole and never streams; a driver whose executor does
+                // writes the result's pieces as one message, then reports the window sent.
+                Effect::SendStream { conn, window, .. } => {
+                    self.server.handle_sent(conn, window).unwrap()
+                }
                 Effect::Close { conn, code, .. } => {
                     self.transport.closed.insert(conn, code);
                     self.server.handle_closed(conn, self.now).unwrap();

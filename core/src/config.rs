@@ -7,6 +7,14 @@ use crate::limits::Limits;
 /// reopen connections cheaply, and an idle socket costs a file descriptor).
 pub const DEFAULT_HTTP_IDLE_TIMEOUT_MS: u64 = 30_000;
 
+/// Results larger than this are streamed: below it, holding a result whole costs little and
+/// keeps errors as errors; above it, the network waits for DuckDB and memory grows with it.
+pub const DEFAULT_STREAM_RESULTS_ABOVE: usize = 4 * 1024 * 1024;
+
+/// What a streamed result may have produced ahead of its socket: enough to keep a gigabit
+/// link busy while DuckDB makes the next batches, small beside a held result.
+pub const DEFAULT_STREAM_WINDOW_BYTES: usize = 4 * 1024 * 1024;
+
 /// Everything the core needs to know about the deployment.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -51,6 +59,15 @@ pub struct Config {
     /// Close (1001) a WebSocket peer not heard from — no frame, no pong — for this long,
     /// unless the server itself stopped reading it (inbound budget). `None`: never.
     pub idle_timeout_ms: Option<u64>,
+    /// An `arrow` result whose encoding passes this many bytes is sent as it is produced
+    /// (PROTOCOL §3b: one fragmented WebSocket message, or a chunked HTTP body) instead of
+    /// being held whole first; smaller results are held, so a failure still arrives as an
+    /// error. `None`: every result is held whole.
+    pub stream_results_above: Option<usize>,
+    /// Bytes of a streamed result that may wait for its connection's socket (the producing
+    /// DuckDB worker waits past it); counted as queued in the connection's outbound bytes
+    /// while the stream lasts.
+    pub stream_window_bytes: usize,
     /// Cluster mode (`--redis-url`): this replica's id, unique among the replicas (random,
     /// from the caller). Channels are shared through a broker (PROTOCOL §5a). `None`: one
     /// process, no broker effects.
@@ -135,6 +152,8 @@ impl Default for Config {
             read_only: false,
             ping_interval_ms: Some(30_000),
             idle_timeout_ms: Some(90_000),
+            stream_results_above: Some(DEFAULT_STREAM_RESULTS_ABOVE),
+            stream_window_bytes: DEFAULT_STREAM_WINDOW_BYTES,
             replica_id: None,
             #[cfg(feature = "fault-injection")]
             panic_on_sql: None,

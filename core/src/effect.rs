@@ -22,6 +22,15 @@ pub enum Effect {
     },
     /// Run SQL on the worker pool; report with `handle_query_done`.
     RunQuery(RunQuery),
+    /// Send the result `query` is streaming (`handle_query_streaming`) to `conn`, as one
+    /// WebSocket message whose parts leave as the executor produces them. `window` bytes were
+    /// counted as queued for `conn`: report them with `handle_sent` once the message ended
+    /// (or was given up), not the streamed bytes themselves.
+    SendStream {
+        conn: ConnId,
+        query: QueryHandle,
+        window: usize,
+    },
     /// Interrupt a running query (its result, if any still comes, is dropped or answered
     /// as cancelled).
     Interrupt { query: QueryHandle },
@@ -106,10 +115,24 @@ pub struct RunQuery {
     pub arrow_header: Bytes,
     /// What may run: anything, or only what DuckDB classifies as a read (see [`Gate`]).
     pub gate: Gate,
+    /// `Some`: a result larger than its `above` is streamed (report
+    /// `handle_query_streaming`, then [`QueryOutcome::Streamed`] when whole). `None`: hold
+    /// the result whole.
+    pub stream: Option<StreamPolicy>,
     /// Start of the SQLRooms `json` reply; the executor may build the whole reply with
     /// [`crate::JsonReplyWriter`] and report it in [`QueryOutcome::JsonReply`]. `None`:
     /// report the bare rows ([`QueryOutcome::Json`]), as HTTP answers carry them.
     pub json_header: Option<JsonReplyHeader>,
+}
+
+/// When and how far a result is streamed (PROTOCOL §3b), from `Config`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamPolicy {
+    /// Once the encoded result passes this many bytes, its reply begins.
+    pub above: usize,
+    /// Bytes produced and not yet written that the executor may hold for it; it waits past
+    /// that (the core counts them as queued for the connection).
+    pub window: usize,
 }
 
 /// What the executor may run for a [`RunQuery`]. DuckDB decides what a statement is: the
@@ -188,6 +211,9 @@ pub enum QueryOutcome {
     JsonReply(JsonReply),
     /// The last statement yielded no result set (DDL, INSERT…).
     NoResultSet,
+    /// The whole result went out as a stream (after `handle_query_streaming`), ending with
+    /// the IPC end-of-stream marker.
+    Streamed,
     /// DuckDB's error message.
     Failed(String),
     /// Not run: the gate allowed reads only and DuckDB classifies it as this.

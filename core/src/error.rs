@@ -80,6 +80,10 @@ pub enum ProtocolError {
     WriteOverGet(String),
     #[error("server is shutting down")]
     ShuttingDown,
+    /// A streamed result (PROTOCOL §3b) failed after its first bytes left: the close reason
+    /// of its connection (WebSocket close frames keep the first 123 bytes).
+    #[error("query {query_id} failed after its result began: {why}")]
+    StreamBroken { query_id: String, why: String },
 }
 
 /// Why the state machine refused an input as a whole.

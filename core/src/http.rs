@@ -13,7 +13,7 @@ use crate::auth::Rights;
 use crate::codec::{decode_client_frame, ClientMessage, Frame, QueryKind};
 use crate::conn::Conn;
 use crate::effect::{Effect, QueryOutcome};
-use crate::ids::{ConnId, Millis, QueryId};
+use crate::ids::{ConnId, Millis, QueryHandle, QueryId};
 use crate::queries::ReadsOnly;
 use crate::server::{close_code, Server};
 use crate::timers::TimerKey;
@@ -80,6 +80,10 @@ pub enum HttpResponse {
     Arrow(Bytes),
     /// A `json` query's rows as a JSON array.
     Json(String),
+    /// An `arrow` query's IPC stream, sent as the executor produces it (PROTOCOL §3b): a
+    /// chunked body, or on a Mosaic socket one fragmented message (`Effect::SendStream`).
+    /// `window` bytes are counted as queued until the writer reports them sent.
+    Streamed { query: QueryHandle, window: usize },
     /// An `exec` (or a statement without a result set) finished: `{}`.
     Done,
     /// `GET /healthz`: the process is up.
@@ -109,6 +113,7 @@ impl HttpResponse {
     pub fn len(&self) -> usize {
         match self {
             HttpResponse::Arrow(bytes) => bytes.len(),
+            HttpResponse::Streamed { window, .. } => *window,
             HttpResponse::Json(text) => text.len(),
             HttpResponse::Error { message, .. } => message.len(),
             _ => 2,
@@ -291,8 +296,9 @@ impl Server {
             QueryOutcome::NoResultSet => HttpResponse::Done,
             QueryOutcome::Arrow(ipc) => HttpResponse::Arrow(ipc),
             QueryOutcome::Json(rows) => HttpResponse::Json(rows),
-            // Ordered dialects ask for bare rows; a framed reply here is an executor bug.
-            QueryOutcome::JsonReply(_) => {
+            // Ordered dialects ask for bare rows; a framed reply here is an executor bug, as
+            // is a stream's end for a query that never started one.
+            QueryOutcome::JsonReply(_) | QueryOutcome::Streamed => {
                 HttpResponse::error(500, "internal error: unexpected reply shape")
             }
         };
@@ -313,7 +319,18 @@ impl Server {
                 break;
             };
             if c.dialect() == Dialect::MosaicSocket {
-                self.send_frame(conn, response.into_mosaic_frame(), now);
+                match response {
+                    HttpResponse::Streamed { query, window } => {
+                        if self.account_outbound(conn, window, now) {
+                            self.push(Effect::SendStream {
+                                conn,
+                                query,
+                                window,
+                            });
+                        }
+                    }
+                    response => self.send_frame(conn, response.into_mosaic_frame(), now),
+                }
                 continue;
             }
             if !self.account_outbound(conn, response.len(), now) {

@@ -28,8 +28,10 @@ pub use codec::{
     decode_client_frame, encode_arrow_frame_header, escape_string_content, ClientMessage,
     DecodeError, Frame, JsonReply, JsonReplyHeader, JsonReplyWriter, QueryKind, ServerMessage,
 };
-pub use config::Refusal;
-pub use effect::{Effect, Gate, QueryOutcome, RunQuery, UploadOutcome, UploadTable, Verdict};
+pub use config::{Refusal, DEFAULT_STREAM_RESULTS_ABOVE, DEFAULT_STREAM_WINDOW_BYTES};
+pub use effect::{
+    Effect, Gate, QueryOutcome, RunQuery, StreamPolicy, UploadOutcome, UploadTable, Verdict,
+};
 pub use error::{ProtocolError, ServerError};
 pub use framing::Malformed;
 pub use http::{Dialect, HttpRequest, HttpResponse, HOST_NOT_ALLOWED, ORIGIN_NOT_ALLOWED};

@@ -182,6 +182,18 @@ impl Server {
         self.guarded(|server| server.query_done(query, outcome, wrote, now))
     }
 
+    /// The executor holds the first part of `query`'s result (it passed
+    /// `RunQuery::stream_above`) and sends the rest as DuckDB produces it: the core starts
+    /// its reply (`Effect::SendStream`, or `HttpResponse::Streamed`); the query's end comes
+    /// later with `handle_query_done` ([`QueryOutcome::Streamed`] when whole).
+    pub fn handle_query_streaming(
+        &mut self,
+        query: QueryHandle,
+        now: Millis,
+    ) -> Result<(), ServerError> {
+        self.guarded(|server| server.query_streaming(query, now))
+    }
+
     /// The executor's verdict on a query it was asked to classify first
     /// ([`Gate::ClassifyFirst`](crate::Gate::ClassifyFirst)), before running it: a read lets
     /// the connection's later queries start. (A statement that is not a read is reported as

@@ -21,6 +21,8 @@ pub struct DeflateClient {
     deflater: Option<MessageDeflater>,
     /// The server's `Sec-WebSocket-Extensions`, if any.
     pub extensions: Option<String>,
+    /// The reason of the close frame the server sent, once it did.
+    pub close_reason: Option<String>,
     mask_state: u32,
     buffer: Vec<u8>,
 }
@@ -61,6 +63,7 @@ impl DeflateClient {
             decoder,
             deflater: deflate.then(|| MessageDeflater::new(6)),
             extensions,
+            close_reason: None,
             mask_state: 0x9E37_79B9,
             buffer: vec![0; 256 * 1024],
         })
@@ -124,8 +127,9 @@ impl DeflateClient {
                     self.send_frame(OpCode::Pong, true, false, &payload)?
                 }
                 Some(WsEvent::Pong(payload)) => return Ok(Received::Pong(payload)),
-                Some(WsEvent::Close(code)) => {
-                    let code = code.map(|(code, _)| code);
+                Some(WsEvent::Close(close)) => {
+                    let code = close.as_ref().map(|(code, _)| *code);
+                    self.close_reason = close.map(|(_, reason)| reason.to_string());
                     let reply = close_payload(code.unwrap_or(1000), "");
                     let _ = self.send_frame(OpCode::Close, true, false, &reply);
                     return Ok(Received::Closed(code));

@@ -118,6 +118,11 @@ impl ServerProcess {
         self.status_bytes("VmRSS:")
     }
 
+    /// The most the resident set reached since the server started (`VmHWM`).
+    pub fn peak_rss_bytes(&self) -> u64 {
+        self.status_bytes("VmHWM:")
+    }
+
     /// The anonymous part of the resident set (heaps, stacks, buffers): what the server
     /// allocated, without the pages of its own code and libraries it has touched so far.
     pub fn anonymous_rss_bytes(&self) -> u64 {
@@ -396,12 +401,12 @@ pub fn dechunk(mut wire: &[u8]) -> Vec<u8> {
 }
 
 /// Where a response head ends (the blank line), if it has arrived.
-fn head_end(bytes: &[u8]) -> Option<usize> {
+pub fn head_end(bytes: &[u8]) -> Option<usize> {
     bytes.windows(4).position(|w| w == b"\r\n\r\n")
 }
 
 /// The status and the headers (names lower-cased) of a response head.
-fn parse_head(head: &[u8]) -> (u16, Vec<(String, String)>) {
+pub fn parse_head(head: &[u8]) -> (u16, Vec<(String, String)>) {
     let head = String::from_utf8_lossy(head);
     let mut lines = head.lines();
     let status: u16 = lines

@@ -21,8 +21,10 @@ use crate::compress::{
     parts_on_blocking_pool, Encoding, PartEncoder, COMPRESS_ABOVE, COMPRESS_PART_BYTES,
 };
 use crate::driver::{ConnectionWriter, DriverInput, Outbound, ReadGate, SentCounter};
+use crate::executor::stream::ResultStream;
 use crate::http::{
-    read_body, read_head, write_chunked_response, write_response, HeadError, RequestHead, Response,
+    read_body, read_head, write_chunked_response, write_response, ChunkSource, HeadError,
+    RequestHead, Response,
 };
 use duckwire_core::websocket::negotiate_deflate;
 use duckwire_core::Malformed;
@@ -137,23 +139,51 @@ async fn serve_http(
         if shared.driver.send(input).await.is_err() {
             break;
         }
-        let Some(response) = queue.answer().await else {
+        let Some(answer) = queue.answer().await else {
             break; // closed by the core with nothing to answer
         };
-        let sent = response.len();
         // A request whose head could not be read gets no CORS headers and no compression.
         let origin = head.as_ref().and_then(|head| head.header("origin"));
-        let rendered = render(response, origin, &shared);
-        let encoding = head
-            .as_ref()
-            .and_then(|head| encoding_for(&rendered, head, &client.peer, &shared));
-        if send_answer(&mut stream, rendered, encoding, keep_alive)
-            .await
-            .is_err()
-        {
+        let (sent, written) = match answer {
+            Answer::Whole(response) => {
+                let sent = response.len();
+                let rendered = render(response, origin, &shared);
+                let large = rendered.body.len() > COMPRESS_ABOVE;
+                let encoding = head
+                    .as_ref()
+                    .and_then(|head| encoding_for(large, head, &client.peer, &shared));
+                let written = send_answer(&mut stream, rendered, encoding, keep_alive).await;
+                (sent, written.map(|()| true))
+            }
+            Answer::Streamed {
+                stream: result,
+                window,
+            } => {
+                // The head of a whole Arrow answer; the body follows as it is produced.
+                let rendered = render(HttpResponse::Arrow(Bytes::new()), origin, &shared);
+                let encoding = head
+                    .as_ref()
+                    .and_then(|head| encoding_for(true, head, &client.peer, &shared));
+                shared.metrics.results_streamed.inc();
+                let metrics = &shared.metrics;
+                let written = send_streamed_answer(
+                    &mut stream,
+                    rendered,
+                    encoding,
+                    keep_alive,
+                    result,
+                    metrics,
+                )
+                .await;
+                (window, written)
+            }
+        };
+        queue.sent.sent(sent);
+        // Failed to write, or a stream cut short (its query failed): the body cannot be
+        // ended, so the connection goes.
+        if !matches!(written, Ok(true)) {
             break;
         }
-        queue.sent.sent(sent);
         if !keep_alive {
             break;
         }
@@ -175,6 +205,16 @@ async fn serve_http(
     let _ = shared.driver.send(DriverInput::Closed { conn }).await;
 }
 
+/// The core's answer to one request: whole, or an Arrow result sent as it is produced.
+enum Answer {
+    Whole(HttpResponse),
+    Streamed {
+        stream: ResultStream,
+        /// What the core counted as queued for it (reported sent once it ended).
+        window: usize,
+    },
+}
+
 /// What an HTTP connection task holds of its connection in the core.
 struct HttpQueue {
     answers: async_channel::Receiver<Outbound>,
@@ -186,7 +226,7 @@ struct HttpQueue {
 impl HttpQueue {
     /// The core's answer to the request just sent, or `None` when it closed the connection
     /// instead (a request still waiting is answered before the close).
-    async fn answer(&self) -> Option<HttpResponse> {
+    async fn answer(&self) -> Option<Answer> {
         let answer = smol::future::or(async { self.answers.recv().await.ok() }, async {
             let _ = self.closes.recv().await;
             // The answer, if any, was queued before the close.
@@ -194,7 +234,8 @@ impl HttpQueue {
         })
         .await;
         match answer {
-            Some(Outbound::Response(response)) => Some(response),
+            Some(Outbound::Response(response)) => Some(Answer::Whole(response)),
+            Some(Outbound::Stream { stream, window }) => Some(Answer::Streamed { stream, window }),
             _ => None,
         }
     }
@@ -265,15 +306,15 @@ fn http_request(head: &RequestHead, client: &Client, body: Bytes) -> HttpRequest
     }
 }
 
-/// The encoding a large answer is compressed with: when `--http-compression` applies to this
-/// peer and the request accepts an encoding we speak.
+/// The encoding a `large` answer is compressed with: when `--http-compression` applies to
+/// this peer and the request accepts an encoding we speak.
 fn encoding_for(
-    response: &Response,
+    large: bool,
     head: &RequestHead,
     peer: &SocketAddr,
     shared: &Shared,
 ) -> Option<Encoding> {
-    if response.body.len() <= COMPRESS_ABOVE || !shared.config.http_compression.applies_to(peer) {
+    if !large || !shared.config.http_compression.applies_to(peer) {
         return None;
     }
     head.header("accept-encoding").and_then(Encoding::negotiate)
@@ -318,15 +359,69 @@ async fn send_answer(
             }
         };
         for chunk in body.chunks(COMPRESS_PART_BYTES) {
-            let part = encoder.part(chunk);
+            let part = encoder.part(chunk).map(|part| (Bytes::from(part), false));
             let failed = part.is_err();
             if !send(part) || failed {
                 return;
             }
         }
-        send(encoder.finish());
+        send(encoder.finish().map(|end| (Bytes::from(end), true)));
     });
-    write_chunked_response(stream, &response, keep_alive, parts).await
+    let parts = ChunkSource::Parts(parts);
+    let whole = write_chunked_response(stream, &response, keep_alive, parts).await?;
+    match whole {
+        true => Ok(()),
+        false => Err(std::io::Error::other(
+            "compressing an answer stopped midway",
+        )),
+    }
+}
+
+/// Writes an Arrow result as it is produced: a chunked body, each piece a chunk as it
+/// arrives (compressed as parts of one encoded body with `encoding`, on the blocking pool).
+/// `Ok(false)`: the stream was cut short (its query failed) and the body left unended.
+async fn send_streamed_answer(
+    stream: &mut Stream,
+    mut response: Response,
+    encoding: Option<Encoding>,
+    keep_alive: bool,
+    result: ResultStream,
+    metrics: &crate::metrics::Metrics,
+) -> std::io::Result<bool> {
+    let Some(encoding) = encoding else {
+        let pieces = ChunkSource::Result(result, metrics.streamed_bytes.clone());
+        return write_chunked_response(stream, &response, keep_alive, pieces).await;
+    };
+    add_encoding_headers(&mut response, encoding);
+    let streamed_bytes = metrics.streamed_bytes.clone();
+    let parts = parts_on_blocking_pool(move |send| {
+        let mut encoder = match PartEncoder::new(encoding) {
+            Ok(encoder) => encoder,
+            Err(e) => {
+                send(Err(e));
+                return;
+            }
+        };
+        while let Some(piece) = result.next_blocking() {
+            let (bytes, last) = piece.into_parts();
+            streamed_bytes.inc_by(bytes.len() as u64);
+            let mut part = encoder.part(&bytes);
+            if last {
+                part = part.and_then(|mut part| {
+                    part.extend(encoder.finish()?);
+                    Ok(part)
+                });
+                send(part.map(|part| (Bytes::from(part), true)));
+                return;
+            }
+            let failed = part.is_err();
+            if !send(part.map(|part| (Bytes::from(part), false))) || failed {
+                return;
+            }
+        }
+        // Cut short: the parts end without the last one.
+    });
+    write_chunked_response(stream, &response, keep_alive, ChunkSource::Parts(parts)).await
 }
 
 fn add_encoding_headers(response: &mut Response, encoding: Encoding) {
@@ -382,6 +477,14 @@ fn render(answer: HttpResponse, origin: Option<&str>, shared: &Shared) -> Respon
             status: 200,
             content_type: "application/vnd.apache.arrow.stream",
             body: ipc,
+            headers: Vec::new(),
+        },
+        // Its body follows as it is produced (`send_streamed_answer`); the driver hands the
+        // stream over as `Outbound::Stream`, so this is only its head.
+        HttpResponse::Streamed { .. } => Response {
+            status: 200,
+            content_type: "application/vnd.apache.arrow.stream",
+            body: Bytes::new(),
             headers: Vec::new(),
         },
         HttpResponse::Json(rows) => Response {

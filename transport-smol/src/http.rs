@@ -2,6 +2,7 @@
 //! `Content-Length` bodies, keep-alive, and writing answers. What a request means is the
 //! core's decision (`duckwire_core::HttpRequest`); this module only moves bytes.
 
+use crate::executor::stream::ResultStream;
 use crate::tls::Stream;
 use bytes::Bytes;
 use duckwire_core::{Limits, Malformed};
@@ -258,29 +259,61 @@ pub async fn write_response(
     stream.flush().await
 }
 
-/// Writes an answer whose body arrives in parts (`parts` yields each, already encoded) as a
-/// chunked body: the network carries one part while the next is produced.
+/// Where the parts of a chunked body come from.
+pub enum ChunkSource {
+    /// Encoded parts, each with whether it is the last.
+    Parts(async_channel::Receiver<std::io::Result<(Bytes, bool)>>),
+    /// A streamed result's pieces as they are, counted into `streamed_bytes`.
+    Result(ResultStream, prometheus_client::metrics::counter::Counter),
+}
+
+impl ChunkSource {
+    async fn next(&mut self) -> Option<std::io::Result<(Bytes, bool)>> {
+        match self {
+            ChunkSource::Parts(parts) => parts.recv().await.ok(),
+            ChunkSource::Result(result, streamed_bytes) => {
+                let (bytes, last) = result.next().await?.into_parts();
+                streamed_bytes.inc_by(bytes.len() as u64);
+                Some(Ok((bytes, last)))
+            }
+        }
+    }
+}
+
+/// Writes an answer whose body arrives in parts (`parts` yields each, already encoded,
+/// and whether it is the last) as a chunked body: the network carries one part while the
+/// next is produced. `Ok(false)`: the parts ended before the last one, and the body is left
+/// without its terminating chunk, so the client sees it cut short (the caller drops the
+/// connection).
 pub async fn write_chunked_response(
     stream: &mut Stream,
     response: &Response,
     keep_alive: bool,
-    parts: async_channel::Receiver<std::io::Result<Vec<u8>>>,
-) -> std::io::Result<()> {
+    mut parts: ChunkSource,
+) -> std::io::Result<bool> {
     let head = response_head(response, "Transfer-Encoding: chunked", keep_alive);
     stream.write_all(head.as_bytes()).await?;
-    while let Ok(part) = parts.recv().await {
-        let part = part?;
-        if part.is_empty() {
-            continue; // an empty chunk would end the body
+    loop {
+        let Some(part) = parts.next().await else {
+            stream.flush().await?;
+            return Ok(false);
+        };
+        let (part, last) = part?;
+        // An empty chunk would end the body.
+        if !part.is_empty() {
+            stream
+                .write_all(format!("{:x}\r\n", part.len()).as_bytes())
+                .await?;
+            stream.write_all(&part).await?;
+            stream.write_all(b"\r\n").await?;
         }
-        stream
-            .write_all(format!("{:x}\r\n", part.len()).as_bytes())
-            .await?;
-        stream.write_all(&part).await?;
-        stream.write_all(b"\r\n").await?;
+        if last {
+            break;
+        }
     }
     stream.write_all(b"0\r\n\r\n").await?;
-    stream.flush().await
+    stream.flush().await?;
+    Ok(true)
 }
 
 /// Reads a `Content-Length` body: what `buffer` already holds first, the rest from the

@@ -59,6 +59,10 @@ pub struct Metrics {
     /// WebSocket reply bytes compressed, before and after.
     pub ws_deflated_bytes: Counter,
     pub ws_deflated_wire_bytes: Counter,
+    /// Results sent as they were produced (PROTOCOL §3b), and their bytes (also in
+    /// `bytes_out`).
+    pub results_streamed: Counter,
+    pub streamed_bytes: Counter,
 }
 
 impl Default for Metrics {
@@ -92,6 +96,8 @@ impl Default for Metrics {
             ws_deflate_connections: Counter::default(),
             ws_deflated_bytes: Counter::default(),
             ws_deflated_wire_bytes: Counter::default(),
+            results_streamed: Counter::default(),
+            streamed_bytes: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -213,6 +219,16 @@ impl Default for Metrics {
             "duckwire_ws_deflated_wire_bytes",
             "What those bytes took on the wire after compression",
             metrics.ws_deflated_wire_bytes.clone(),
+        );
+        registry.register(
+            "duckwire_results_streamed",
+            "Arrow results sent as DuckDB produced them, past --stream-results-above",
+            metrics.results_streamed.clone(),
+        );
+        registry.register(
+            "duckwire_streamed_bytes",
+            "Bytes of those results written (before compression; also in duckwire_bytes_out)",
+            metrics.streamed_bytes.clone(),
         );
         // Every query label pair shows from the start, at zero.
         for kind in ["arrow", "json", "exec", "upload"] {

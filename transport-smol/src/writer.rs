@@ -16,6 +16,13 @@ pub enum Outbound {
     Ping,
     /// Answer the peer's latest ping (its payload waits in the connection's [`PongSlot`]).
     Pong,
+    /// A result sent as it is produced (PROTOCOL §3b): one WebSocket message or a chunked
+    /// HTTP answer. `window` bytes were counted as queued by the core: reported sent once
+    /// it ended (whatever became of it).
+    Stream {
+        stream: crate::executor::stream::ResultStream,
+        window: usize,
+    },
 }
 
 /// Bytes a reader may have handed to the driver that the core has not seen yet. Past it the

@@ -26,6 +26,7 @@ use prometheus_client::metrics::counter::Counter;
 
 use crate::compress::{parts_on_blocking_pool, COMPRESS_ABOVE, COMPRESS_PART_BYTES};
 use crate::driver::{ConnectionWriter, DriverInput, Outbound, ReadGate, SentCounter, SentReports};
+use crate::executor::stream::ResultStream;
 use crate::metrics::Metrics;
 use crate::tls::Stream;
 use crate::writer::PongSlot;
@@ -99,6 +100,12 @@ impl DeflaterPool {
 pub(crate) struct DeflateCounts {
     before: Counter,
     after: Counter,
+}
+
+/// Counts of streamed results, for `/metrics`.
+struct StreamedCounts {
+    results: Counter,
+    bytes: Counter,
 }
 
 /// Waits until the connection may be read; `false` if the peer hung up while paused.
@@ -187,6 +194,10 @@ pub async fn serve(
     };
     let frames = FrameWriter::new(sink, deflaters, counts);
     let pongs = Arc::new(PongSlot::default());
+    let streamed = StreamedCounts {
+        results: settings.metrics.results_streamed.clone(),
+        bytes: settings.metrics.streamed_bytes.clone(),
+    };
     let writer_task = crate::spawn(write(
         frames,
         queue,
@@ -194,6 +205,7 @@ pub async fn serve(
         closing,
         sent,
         pongs.clone(),
+        streamed,
     ));
     let peer = PeerSide {
         conn,
@@ -337,6 +349,89 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         Ok(())
     }
 
+    /// One message whose payload comes as a streamed result's pieces, each sent as a
+    /// fragment once it arrives (compressed as parts of one deflate message when deflate was
+    /// negotiated, on the blocking pool). The peer's pings are answered between fragments.
+    /// `Ok(false)`: the stream was cut short (its query failed) and the message stays open:
+    /// nothing but a close may follow it.
+    pub(crate) async fn streamed(
+        &mut self,
+        stream: ResultStream,
+        pongs: &PongSlot,
+        streamed_bytes: &Counter,
+    ) -> io::Result<bool> {
+        let mut first = true;
+        let whole = match self.deflaters.clone() {
+            None => loop {
+                let Some(piece) = stream.next().await else {
+                    break false;
+                };
+                let (bytes, last) = piece.into_parts();
+                streamed_bytes.inc_by(bytes.len() as u64);
+                let opcode = if first {
+                    OpCode::Binary
+                } else {
+                    OpCode::Continuation
+                };
+                self.frame(opcode, last, false, bytes).await?;
+                first = false;
+                if last {
+                    break true;
+                }
+                self.answer_ping(pongs).await?;
+            },
+            Some(deflaters) => {
+                let counts = self.counts.clone();
+                let parts = parts_on_blocking_pool(move |send| {
+                    let mut deflater = deflaters.take();
+                    while let Some(piece) = stream.next_blocking() {
+                        let (bytes, last) = piece.into_parts();
+                        counts.before.inc_by(bytes.len() as u64);
+                        let part = deflater.part(&bytes, last).map(|part| (part, bytes.len()));
+                        if !send(part.map(|part| (part, last))) {
+                            return;
+                        }
+                        if last {
+                            deflaters.give_back(deflater);
+                            return;
+                        }
+                    }
+                    // Cut short: the deflater is mid-message, so it is not given back.
+                });
+                loop {
+                    let Ok(part) = parts.recv().await else {
+                        break false;
+                    };
+                    let ((part, plain), last) = part.map_err(io::Error::other)?;
+                    streamed_bytes.inc_by(plain as u64);
+                    self.counts.after.inc_by(part.len() as u64);
+                    let opcode = if first {
+                        OpCode::Binary
+                    } else {
+                        OpCode::Continuation
+                    };
+                    self.frame(opcode, last, first, part.into()).await?;
+                    first = false;
+                    if last {
+                        break true;
+                    }
+                    self.answer_ping(pongs).await?;
+                }
+            }
+        };
+        self.sink.flush().await?;
+        Ok(whole)
+    }
+
+    /// A pong between the fragments of a long message (RFC 6455 §5.4 allows control frames
+    /// there), so a peer that pings while a large result arrives is not left waiting.
+    async fn answer_ping(&mut self, pongs: &PongSlot) -> io::Result<()> {
+        match pongs.take() {
+            Some(payload) => self.control(OpCode::Pong, payload).await,
+            None => Ok(()),
+        }
+    }
+
     async fn control(&mut self, opcode: OpCode, payload: Bytes) -> io::Result<()> {
         self.frame(opcode, true, false, payload).await?;
         self.sink.flush().await
@@ -352,6 +447,7 @@ async fn write(
     closing: async_channel::Sender<()>,
     sent: Arc<SentCounter>,
     pongs: Arc<PongSlot>,
+    streamed: StreamedCounts,
 ) {
     let write_queue = async {
         while let Ok(outbound) = queue.recv().await {
@@ -363,10 +459,19 @@ async fn write(
                     written
                 }
                 Outbound::Ping => frames.control(OpCode::Ping, Bytes::new()).await,
-                Outbound::Pong => match pongs.take() {
-                    Some(payload) => frames.control(OpCode::Pong, payload).await,
-                    None => Ok(()),
-                },
+                Outbound::Pong => frames.answer_ping(&pongs).await,
+                Outbound::Stream { stream, window } => {
+                    streamed.results.inc();
+                    let whole = frames.streamed(stream, &pongs, &streamed.bytes).await;
+                    sent.sent(window);
+                    match whole {
+                        Ok(true) => Ok(()),
+                        // The message stays open: only the close the core is deciding on
+                        // (its query failed) may follow.
+                        Ok(false) => return std::future::pending().await,
+                        Err(e) => Err(e),
+                    }
+                }
                 // HTTP answers go to HTTP connections only.
                 Outbound::Response(_) => Ok(()),
             };

@@ -11,7 +11,7 @@ pub(crate) mod flights;
 
 use crate::codec::{encode_arrow_frame_header, Frame, JsonReplyHeader, QueryKind, ServerMessage};
 use crate::conn::Conn;
-use crate::effect::{Effect, Gate, QueryOutcome, RunQuery, UploadTable};
+use crate::effect::{Effect, Gate, QueryOutcome, RunQuery, StreamPolicy, UploadTable};
 use crate::http::{HttpResponse, Slot};
 use crate::ids::{ConnId, Millis, QueryHandle, QueryId};
 use crate::limits::check_cap;
@@ -23,6 +23,7 @@ use barrier::KnownReads;
 use flights::{Flight, FlightKey};
 
 mod outcomes;
+mod streaming;
 mod uploads;
 
 /// What a handle stands for.
@@ -56,6 +57,9 @@ pub(crate) struct InFlight {
     unclassified: bool,
     /// [`Gate::ClassifyFirst`]: what to run again, alone, if DuckDB says it is not a read.
     barrier_retry: Option<(String, bool)>,
+    /// Its result began to leave as a stream (`handle_query_streaming`): nothing more is
+    /// sent for it, and only a failure still changes its connection (closed).
+    streaming: bool,
 }
 
 /// Why a query may only read. DuckDB decides whether it is a read (see [`Gate::ReadsOnly`]);
@@ -164,6 +168,7 @@ impl Server {
             gate: Gate::Any,
             unclassified: false,
             barrier_retry: None,
+            streaming: false,
         });
         if let Some(c) = self.conns.get_mut(&conn) {
             c.track(query_id.clone(), handle);
@@ -263,7 +268,7 @@ impl Server {
         }
         let persist = persist && kind != QueryKind::Exec;
         if !persist {
-            let run = Self::run_query(query, conn, kind, sql, false, query_id, bare, gate);
+            let run = self.run_query(query, conn, kind, sql, false, query_id, bare, gate);
             self.push(Effect::RunQuery(run));
             return;
         }
@@ -273,7 +278,7 @@ impl Server {
             return;
         }
         let sql = key.sql.clone();
-        let run = Self::run_query(query, conn, kind, sql, true, query_id, bare, gate);
+        let run = self.run_query(query, conn, kind, sql, true, query_id, bare, gate);
         self.flights.lead(query, key, run.arrow_header.len());
         self.push(Effect::RunQuery(run));
     }
@@ -313,6 +318,7 @@ impl Server {
     /// The `RunQuery` effect: SQLRooms reply headers, or bare results for ordered dialects.
     #[allow(clippy::too_many_arguments)]
     fn run_query(
+        &self,
         query: QueryHandle,
         conn: ConnId,
         kind: QueryKind,
@@ -340,6 +346,15 @@ impl Server {
             json_header,
             query_id,
             gate,
+            // Only Arrow is encoded as it is produced; JSON replies are held whole.
+            stream: self
+                .config
+                .stream_results_above
+                .filter(|_| kind == QueryKind::Arrow)
+                .map(|above| StreamPolicy {
+                    above,
+                    window: self.config.stream_window_bytes,
+                }),
         }
     }
 

@@ -21,6 +21,9 @@ impl Server {
             };
             return self.upload_done(handle, outcome, now);
         }
+        if self.is_streaming(handle) {
+            return self.streamed_query_done(handle, outcome, wrote, now);
+        }
         if matches!(outcome, QueryOutcome::NotARead(_)) && self.hand_back_to_barrier(handle) {
             // Nothing ran; those waiting for its result run on their own.
             if let Some(flight) = self.flights.land(handle) {
@@ -100,7 +103,7 @@ impl Server {
             let Work::Query(kind) = work else {
                 continue;
             };
-            let run = Self::run_query(
+            let run = self.run_query(
                 waiter,
                 conn,
                 kind,
@@ -150,6 +153,16 @@ impl Server {
                 self.send_frame(conn, Frame::Text(reply.into_text()), now)
             }
             QueryOutcome::NoResultSet => self.send(conn, ServerMessage::Ok { query_id }, now),
+            // A stream's end for a query whose stream never began (its connection had no
+            // room for it): the reply did not go out.
+            QueryOutcome::Streamed => self.send(
+                conn,
+                ServerMessage::Error {
+                    error: "internal error: the result stream was not sent".into(),
+                    query_id: Some(query_id),
+                },
+                now,
+            ),
             QueryOutcome::Failed(_) if cancelled => {
                 self.send_error(conn, ProtocolError::Cancelled, Some(query_id), now)
             }

@@ -12,3 +12,4 @@ mod queries_tests;
 mod room_log_tests;
 mod rooms_tests;
 mod session_tests;
+mod streaming_tests;

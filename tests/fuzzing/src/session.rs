@@ -69,7 +69,8 @@ pub enum Op {
         conn: u8,
         nth: u8,
     },
-    /// The executor finishes the `nth` running query with outcome `outcome % 6`.
+    /// The executor finishes the `nth` running query with outcome `outcome % 7`; 6: its
+    /// result passed the stream threshold and its reply starts (it keeps running).
     Finish {
         nth: u8,
         outcome: u8,
@@ -189,7 +190,7 @@ impl Op {
             },
             6 => Op::Finish {
                 nth: byte(u),
-                outcome: byte(u) % 6,
+                outcome: byte(u) % 7,
             },
             7 => Op::Subscribe {
                 conn: conn(u),
@@ -378,6 +379,8 @@ struct Tracked {
     json_header: Option<JsonReplyHeader>,
     terminal_replies: usize,
     connection_closed: bool,
+    /// Its reply began as a stream (`SendStream`): only its end or a close may follow.
+    streaming: bool,
 }
 
 /// What one step is, for judging the effects it caused.
@@ -614,6 +617,23 @@ impl<'t> Session<'t> {
                         _ => duckwire_core::UploadOutcome::Cancelled,
                     };
                     Self::checked(self.server.handle_upload_done(handle, result, self.now()))?;
+                } else if outcome == 6 && !tracked.streaming {
+                    // Its result passed the threshold: the reply starts, the query runs on.
+                    self.running.push(handle);
+                    Self::checked(self.server.handle_query_streaming(handle, self.now()))?;
+                } else if tracked.streaming {
+                    // A stream ends whole, or with DuckDB's error, or interrupted.
+                    let outcome = match outcome % 3 {
+                        0 => QueryOutcome::Streamed,
+                        1 => QueryOutcome::Failed("boom".into()),
+                        _ => QueryOutcome::Cancelled,
+                    };
+                    Self::checked(self.server.handle_query_done(
+                        handle,
+                        outcome,
+                        false,
+                        self.now(),
+                    ))?;
                 } else {
                     let outcome = match outcome % 6 {
                         // Built by the executor's writer, escapes included.
@@ -875,6 +895,7 @@ impl<'t> Session<'t> {
                         json_header: run.json_header.clone(),
                         terminal_replies: 0,
                         connection_closed: false,
+                        streaming: false,
                     },
                 )?,
                 Effect::UploadTable(upload) => self.accept(
@@ -888,6 +909,7 @@ impl<'t> Session<'t> {
                         json_header: None,
                         terminal_replies: 0,
                         connection_closed: false,
+                        streaming: false,
                     },
                 )?,
                 Effect::LoadSnapshot { room_id } => {
@@ -913,6 +935,11 @@ impl<'t> Session<'t> {
                 Effect::Respond { .. } => {
                     return violation("an HTTP answer on a WebSocket-only session");
                 }
+                Effect::SendStream {
+                    conn,
+                    query,
+                    window,
+                } => self.observe_stream(conn.0, *query, *window, step)?,
                 Effect::AppendRoomUpdate { room_id, seq, .. } => {
                     ensure!(self.cluster, "a log append while durable_room_log is off");
                     appends.push((room_id.clone(), *seq));
@@ -1049,6 +1076,38 @@ impl<'t> Session<'t> {
             ))?;
             self.drain_and_observe(step)?;
         }
+        Ok(())
+    }
+
+    /// A streamed reply starting: the terminal reply of the query that is finishing, to its
+    /// own open connection.
+    fn observe_stream(
+        &mut self,
+        to: u64,
+        query: QueryHandle,
+        window: usize,
+        step: &Step,
+    ) -> Result<(), String> {
+        ensure!(self.open.contains(&to), "stream to closed connection {to}");
+        ensure!(
+            step.finishing == Some(query),
+            "(b) a stream for {query:?} while {:?} acted",
+            step.finishing
+        );
+        *self.outbound.entry(to).or_default() += window;
+        let tracked = self.queries.get_mut(&query).expect("tracked");
+        ensure!(
+            tracked.conn == to,
+            "(b) {}'s stream reached {to}",
+            tracked.id
+        );
+        tracked.streaming = true;
+        tracked.terminal_replies += 1;
+        ensure!(
+            tracked.terminal_replies == 1,
+            "(a) a stream after a reply for {}",
+            tracked.id
+        );
         Ok(())
     }
 

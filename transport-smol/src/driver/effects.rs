@@ -9,7 +9,7 @@ impl Driver {
     /// right here (their answers are more effects), so a cache hit never waits for a worker.
     pub(super) fn carry_out_effects(&mut self, state: &mut State, now: Millis) {
         loop {
-            let hits = self.carry_out_effects_once(&mut state.writers);
+            let hits = self.carry_out_effects_once(&state.writers, &mut state.streams);
             if hits.is_empty() {
                 return;
             }
@@ -52,13 +52,27 @@ impl Driver {
 
     fn carry_out_effects_once(
         &mut self,
-        writers: &mut HashMap<ConnId, ConnectionWriter>,
+        writers: &HashMap<ConnId, ConnectionWriter>,
+        streams: &mut HashMap<QueryHandle, (ConnId, ResultStream)>,
     ) -> Vec<(QueryHandle, QueryOutcome)> {
         let mut hits = Vec::new();
         while let Some(effect) = self.server.poll_effect() {
             match effect {
                 Effect::RunQuery(run) => hits.extend(self.run_query(run)),
-                Effect::Interrupt { query } => self.executor.interrupt(query),
+                Effect::Interrupt { query } => {
+                    self.executor.interrupt(query);
+                    // A worker waiting to hand over its next piece stops too.
+                    streams.remove(&query);
+                }
+                Effect::SendStream {
+                    conn,
+                    query,
+                    window,
+                } => stream_to_connection(writers, streams, conn, query, window),
+                Effect::Respond {
+                    conn,
+                    response: HttpResponse::Streamed { query, window },
+                } => stream_to_connection(writers, streams, conn, query, window),
                 Effect::UploadTable(upload) => self.upload(upload),
                 Effect::InvalidateCache => self.cache.invalidate(),
                 effect @ (Effect::Send { .. }
@@ -93,6 +107,7 @@ impl Driver {
             arrow_header: run.arrow_header,
             json_header: run.json_header,
             gate: run.gate,
+            stream: run.stream,
         });
         None
     }
@@ -191,6 +206,24 @@ impl Driver {
         self.metrics
             .inbound_bytes
             .set(self.server.inbound_bytes_total() as u64);
+    }
+}
+
+/// A streamed result to its connection's writer. One the driver no longer holds (its
+/// query was interrupted) reaches the writer as a broken stream, which ends the connection's
+/// output as a failed stream does: the core is closing it.
+fn stream_to_connection(
+    writers: &HashMap<ConnId, ConnectionWriter>,
+    streams: &mut HashMap<QueryHandle, (ConnId, ResultStream)>,
+    conn: ConnId,
+    query: QueryHandle,
+    window: usize,
+) {
+    let stream = streams
+        .remove(&query)
+        .map_or_else(ResultStream::broken, |(_, stream)| stream);
+    if let Some(writer) = writers.get(&conn) {
+        let _ = writer.queue.try_send(Outbound::Stream { stream, window });
     }
 }
 

@@ -9,12 +9,13 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use duckwire_core::{
-    close_code, ConnId, ConnectionInfo, Effect, Frame, HttpRequest, Millis, QueryHandle,
-    QueryOutcome, RunQuery, Server, ServerError, UploadTable,
+    close_code, ConnId, ConnectionInfo, Effect, Frame, HttpRequest, HttpResponse, Millis,
+    QueryHandle, QueryOutcome, RunQuery, Server, ServerError, UploadTable,
 };
 
 use crate::broker::Control;
 use crate::cache::ResultCache;
+use crate::executor::stream::ResultStream;
 use crate::executor::{Completion, Executor, Job};
 use crate::meta::{MetaDone, MetaJob, MetaWorker};
 use crate::metrics::Metrics;
@@ -116,6 +117,9 @@ struct State {
     salvage_saves: usize,
     /// The frame the core just handled: its reader is told after the effects are applied.
     frame_taken: Option<(ConnId, usize)>,
+    /// Streamed results the core has not yet sent to their connection's writer (an HTTP
+    /// answer may wait for earlier ones), with the connection they belong to.
+    streams: HashMap<QueryHandle, (ConnId, ResultStream)>,
     /// Connections with sent bytes to report, swapped with [`SentReports`]' list (the two
     /// vectors keep their capacity, so reporting allocates nothing).
     sent_to_report: Vec<ConnId>,
@@ -329,11 +333,25 @@ impl Driver {
                 if state.writers.remove(&conn).is_some() {
                     self.metrics.connections_open.dec();
                 }
+                // Its unsent streams go: their workers stop at their next piece.
+                state.streams.retain(|_, (owner, _)| *owner != conn);
                 self.call_core(|server| server.handle_closed(conn, now))
             }
             DriverInput::Executor(Completion::Classified { handle }) => self.call_core(|server| {
                 server.handle_query_classified(handle, duckwire_core::Verdict::Read, now)
             }),
+            DriverInput::Executor(Completion::Streaming { handle, stream }) => {
+                // A query the core no longer knows drops its stream here (its worker stops).
+                let Some(conn) = self.server.connection_of(handle) else {
+                    return Ok(());
+                };
+                state.streams.insert(handle, (conn, stream));
+                let started = self.call_core(|server| server.handle_query_streaming(handle, now));
+                if !self.server.is_streaming(handle) {
+                    state.streams.remove(&handle);
+                }
+                started
+            }
             DriverInput::Executor(Completion::Query {
                 handle,
                 outcome,

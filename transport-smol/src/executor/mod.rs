@@ -11,6 +11,7 @@ mod result_buffer;
 /// SQL classification lives in the core (it decides what a GET may run).
 pub use duckwire_core::sql;
 mod statements;
+pub mod stream;
 pub mod upload;
 pub use statements::run_sql;
 use statements::{in_transaction, run_sql_planned, Output, Plans};
@@ -23,9 +24,10 @@ use bytes::Bytes;
 use duckdb::arrow::record_batch::RecordBatch;
 use duckdb::Connection;
 use duckwire_core::{
-    Gate, JsonReplyHeader, JsonReplyWriter, QueryHandle, QueryKind, QueryOutcome, UploadOutcome,
-    Verdict,
+    Gate, JsonReplyHeader, JsonReplyWriter, QueryHandle, QueryKind, QueryOutcome, StreamPolicy,
+    UploadOutcome, Verdict,
 };
+use stream::{Begin, ResultStream};
 
 use crate::cache::ResultCache;
 use crate::metrics::Metrics;
@@ -74,6 +76,8 @@ pub enum Job {
         json_header: Option<JsonReplyHeader>,
         /// What may run (DuckDB's verdict decides; see [`Gate`]).
         gate: Gate,
+        /// Arrow results past its threshold are streamed ([`Completion::Streaming`]).
+        stream: Option<StreamPolicy>,
     },
     Upload {
         handle: QueryHandle,
@@ -86,6 +90,12 @@ pub enum Job {
 pub enum Completion {
     /// A [`Gate::ClassifyFirst`] query is a read; it runs now.
     Classified { handle: QueryHandle },
+    /// The query's result passed its stream threshold: its first part waits in `stream`,
+    /// the rest follows as DuckDB produces it; the query's end is reported as usual.
+    Streaming {
+        handle: QueryHandle,
+        stream: ResultStream,
+    },
     Query {
         handle: QueryHandle,
         outcome: QueryOutcome,
@@ -300,13 +310,22 @@ impl Worker {
                 arrow_header,
                 json_header,
                 gate,
+                stream,
             } => {
+                // Set once the result began to leave: it cannot be retried then.
+                let began = std::cell::Cell::new(false);
+                let completions = self.completions.clone();
+                let begin = |stream| {
+                    began.set(true);
+                    completions(Completion::Streaming { handle, stream });
+                };
                 let output = Output {
                     kind,
                     arrow_header: &arrow_header,
                     json_reply: json_header.as_ref(),
+                    stream: stream.map(|policy| (policy, &begin as Begin<'_>)),
                 };
-                let (outcome, wrote) = self.query(handle, output, &sql, persist, gate);
+                let (outcome, wrote) = self.query(handle, output, &sql, persist, gate, &began);
                 self.record(kind.as_str(), &outcome, started);
                 (self.completions)(Completion::Query {
                     handle,
@@ -341,13 +360,19 @@ impl Worker {
             .record_query(kind, label, started.elapsed().as_secs_f64());
     }
 
-    fn with_retries<T>(&mut self, mut run: impl FnMut() -> Result<T, String>) -> Result<T, String> {
+    /// Runs `run` again after a conflict, unless `began` says its result began to leave.
+    fn with_retries<T>(
+        &mut self,
+        began: &std::cell::Cell<bool>,
+        mut run: impl FnMut() -> Result<T, String>,
+    ) -> Result<T, String> {
         let mut attempt = 0;
         loop {
             match run() {
                 Err(message)
                     if FailureKind::of(&message) == FailureKind::Conflict
-                        && attempt < MAX_CONFLICT_RETRIES =>
+                        && attempt < MAX_CONFLICT_RETRIES
+                        && !began.get() =>
                 {
                     std::thread::sleep(self.backoff(attempt));
                     attempt += 1;
@@ -384,6 +409,7 @@ impl Worker {
         sql: &str,
         persist: bool,
         gate: Gate,
+        began: &std::cell::Cell<bool>,
     ) -> (QueryOutcome, bool) {
         // Nothing runs before DuckDB has said what the text is. Text its parser or binder
         // rejects fails here, as it would when run.
@@ -417,9 +443,9 @@ impl Worker {
         };
         let result = in_transaction(&conn, gate == Gate::ReadsOnly, || {
             if persist && self.cache.is_enabled() {
-                self.cached_query(handle, &conn, output, sql, plans, read)
+                self.cached_query(handle, &conn, output, sql, plans, read, began)
             } else {
-                self.with_retries(|| run_sql_planned(&conn, output, sql, plans))
+                self.with_retries(began, || run_sql_planned(&conn, output, sql, plans))
             }
         });
         let interrupted = self.interrupts.finish(handle);
@@ -455,13 +481,15 @@ impl Worker {
         sql: &str,
         plans: Plans,
         read: bool,
+        began: &std::cell::Cell<bool>,
     ) -> Result<QueryOutcome, String> {
         let (kind, arrow_header) = (output.kind, output.arrow_header);
         let cache = self.cache.clone();
         let mut computed: Option<QueryOutcome> = None;
         let form = crate::cache::cache_form(kind, output.json_reply.is_some());
         let (value, _) = cache.get_or_compute((form, sql.to_string()), || {
-            let outcome = match self.with_retries(|| run_sql_planned(conn, output, sql, plans)) {
+            let run = || run_sql_planned(conn, output, sql, plans);
+            let outcome = match self.with_retries(began, run) {
                 Ok(outcome) => outcome,
                 // Interrupted (our client cancelled): nothing to cache.
                 Err(_) if self.interrupts.was_interrupted(handle) => {
@@ -504,7 +532,10 @@ impl Worker {
         if !self.interrupts.start(handle, conn.interrupt_handle()) {
             return UploadOutcome::Cancelled;
         }
-        let result = self.with_retries(|| upload::upload(&conn, table_name, payload.clone()));
+        let never_streams = std::cell::Cell::new(false);
+        let result = self.with_retries(&never_streams, || {
+            upload::upload(&conn, table_name, payload.clone())
+        });
         let interrupted = self.interrupts.finish(handle);
         self.write_epoch.advance();
         match result {

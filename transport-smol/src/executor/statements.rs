@@ -3,6 +3,7 @@
 //! reads may run, into Arrow IPC or JSON rows.
 
 use super::*;
+use stream::{Begin, Finished, ResultWriter};
 
 /// Whether a query may run on a plan its connection kept from an earlier run of the same SQL.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,6 +23,8 @@ pub(super) struct Output<'a> {
     /// JSON is built as the whole reply ([`QueryOutcome::JsonReply`]) when given, else as the
     /// plain rows text ([`QueryOutcome::Json`]).
     pub(super) json_reply: Option<&'a JsonReplyHeader>,
+    /// Arrow results past the policy's threshold are streamed, announced through `Begin`.
+    pub(super) stream: Option<(StreamPolicy, Begin<'a>)>,
 }
 
 /// Runs `sql` and shapes its last result. `arrow_header` prefixes Arrow output; JSON comes
@@ -36,6 +39,7 @@ pub fn run_sql(
         kind,
         arrow_header,
         json_reply: None,
+        stream: None,
     };
     run_sql_planned(conn, output, sql, Plans::Fresh)
 }
@@ -109,11 +113,16 @@ fn shape_result(
     });
     match output.kind {
         QueryKind::Arrow => {
-            let mut frame = result_buffer::ResultBuffer::new(arrow_header.len() + 4096);
+            // Held whole while small; past the policy's threshold it leaves as it is written
+            // (a failure then drops the writer, and its stream ends without its last piece).
+            let mut frame = ResultWriter::new(arrow_header.len() + 4096, output.stream);
             std::io::Write::write_all(&mut frame, arrow_header)
                 .map_err(|e| format!("result buffer: {e}"))?;
             ipc::write_stream(&mut frame, &schema, batches)?;
-            Ok(QueryOutcome::Arrow(frame.into_bytes()))
+            match frame.finish().map_err(|e| e.to_string())? {
+                Finished::Whole(bytes) => Ok(QueryOutcome::Arrow(bytes)),
+                Finished::Streamed => Ok(QueryOutcome::Streamed),
+            }
         }
         _ => {
             let batches = batches.collect::<Result<Vec<_>, String>>()?;

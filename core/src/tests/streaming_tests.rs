@@ -1,0 +1,296 @@
+//! Results sent as they are produced (PROTOCOL §3b): the reply starts when the executor says
+//! so, the window is counted as queued, and a failure after the start closes the connection.
+
+use bytes::Bytes;
+use serde_json::json;
+
+use super::harness::*;
+use crate::server::close_code;
+use crate::{
+    Config, ConnId, ConnectionInfo, Dialect, Effect, HttpRequest, HttpResponse, Limits,
+    QueryHandle, QueryOutcome, StreamPolicy,
+};
+
+const WINDOW: usize = 1 << 20;
+
+fn config() -> Config {
+    Config {
+        stream_results_above: Some(4096),
+        stream_window_bytes: WINDOW,
+        ..Config::default()
+    }
+}
+
+fn streaming(h: &mut Harness, query: QueryHandle) -> Vec<Effect> {
+    h.server.handle_query_streaming(query, h.now()).unwrap();
+    h.drain()
+}
+
+fn done(h: &mut Harness, query: QueryHandle, outcome: QueryOutcome) -> Vec<Effect> {
+    h.server
+        .handle_query_done(query, outcome, false, h.now())
+        .unwrap();
+    h.drain()
+}
+
+fn stream_sends(effects: &[Effect]) -> Vec<(u64, QueryHandle, usize)> {
+    effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::SendStream {
+                conn,
+                query,
+                window,
+            } => Some((conn.0, *query, *window)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn close_reasons(effects: &[Effect]) -> Vec<(u64, u16, String)> {
+    effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Close { conn, code, reason } => Some((conn.0, *code, reason.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn only_arrow_queries_carry_the_stream_policy_and_none_disables_it() {
+    let mut h = Harness::new(config());
+    h.open(1);
+    let arrow = runs(&h.text(1, json!({"type":"arrow","sql":"select 1","queryId":"a"})));
+    assert_eq!(
+        arrow[0].stream,
+        Some(StreamPolicy {
+            above: 4096,
+            window: WINDOW
+        })
+    );
+    let rows = runs(&h.text(1, json!({"type":"json","sql":"select 1","queryId":"j"})));
+    assert_eq!(rows[0].stream, None, "JSON replies are held whole");
+
+    let mut h = Harness::new(Config {
+        stream_results_above: None,
+        ..config()
+    });
+    h.open(1);
+    let arrow = runs(&h.text(1, json!({"type":"arrow","sql":"select 1","queryId":"a"})));
+    assert_eq!(arrow[0].stream, None);
+}
+
+#[test]
+fn a_streamed_reply_starts_on_the_executors_word_and_ends_without_another_message() {
+    let mut h = Harness::new(config());
+    h.open(1);
+    let run = runs(&h.text(1, json!({"type":"arrow","sql":"select 1","queryId":"a"})))[0].clone();
+    let started = streaming(&mut h, run.query);
+    assert_eq!(stream_sends(&started), vec![(1, run.query, WINDOW)]);
+    assert_eq!(h.server.inflight_count(ConnId(1)), 1, "still running");
+    let ended = done(&mut h, run.query, QueryOutcome::Streamed);
+    assert!(ended.is_empty(), "the stream was the reply: {ended:?}");
+    assert_eq!(h.server.inflight_count(ConnId(1)), 0);
+}
+
+#[test]
+fn the_window_counts_against_the_outbound_cap_until_the_writer_reports_it() {
+    let mut h = Harness::new(Config {
+        limits: Limits {
+            max_outbound_bytes_per_conn: Some(WINDOW + 100),
+            ..Limits::default()
+        },
+        ..config()
+    });
+    h.open(1);
+    let run = runs(&h.text(1, json!({"type":"arrow","sql":"select 1","queryId":"a"})))[0].clone();
+    assert_eq!(stream_sends(&streaming(&mut h, run.query)).len(), 1);
+    done(&mut h, run.query, QueryOutcome::Streamed);
+    // A second stream does not fit beside the first's unreported window: the cap closes.
+    let second =
+        runs(&h.text(1, json!({"type":"arrow","sql":"select 2","queryId":"b"})))[0].clone();
+    let refused = streaming(&mut h, second.query);
+    assert!(stream_sends(&refused).is_empty());
+    assert_eq!(closes(&refused), vec![(1, close_code::POLICY_VIOLATION)]);
+
+    // Reported sent, the window is free again.
+    let mut h = Harness::new(Config {
+        limits: Limits {
+            max_outbound_bytes_per_conn: Some(WINDOW + 100),
+            ..Limits::default()
+        },
+        ..config()
+    });
+    h.open(1);
+    let run = runs(&h.text(1, json!({"type":"arrow","sql":"select 1","queryId":"a"})))[0].clone();
+    streaming(&mut h, run.query);
+    done(&mut h, run.query, QueryOutcome::Streamed);
+    h.server.handle_sent(ConnId(1), WINDOW).unwrap();
+    let second =
+        runs(&h.text(1, json!({"type":"arrow","sql":"select 2","queryId":"b"})))[0].clone();
+    assert_eq!(stream_sends(&streaming(&mut h, second.query)).len(), 1);
+}
+
+#[test]
+fn a_failure_after_the_stream_began_closes_the_connection_with_its_reason() {
+    let mut h = Harness::new(config());
+    h.open(1);
+    let run = runs(&h.text(1, json!({"type":"arrow","sql":"select 1","queryId":"q7"})))[0].clone();
+    streaming(&mut h, run.query);
+    let failed = done(
+        &mut h,
+        run.query,
+        QueryOutcome::Failed("Invalid Input Error: boom".into()),
+    );
+    assert!(
+        sent_json(&failed, 1).is_empty(),
+        "no message after a cut one"
+    );
+    assert_eq!(
+        close_reasons(&failed),
+        vec![(
+            1,
+            close_code::INTERNAL_ERROR,
+            "query q7 failed after its result began: Invalid Input Error: boom".into()
+        )]
+    );
+}
+
+#[test]
+fn a_cancel_after_the_stream_began_is_acknowledged_then_closes_the_connection() {
+    let mut h = Harness::new(config());
+    h.open(1);
+    let run = runs(&h.text(1, json!({"type":"arrow","sql":"select 1","queryId":"c"})))[0].clone();
+    streaming(&mut h, run.query);
+    let cancel = h.text(1, json!({"type":"cancel","queryId":"c"}));
+    assert!(cancel
+        .iter()
+        .any(|e| matches!(e, Effect::Interrupt { query } if *query == run.query)));
+    assert_eq!(
+        only_json(&cancel, 1),
+        json!({"type":"cancelAck","queryId":"c","cancelled":true})
+    );
+    let ended = done(&mut h, run.query, QueryOutcome::Cancelled);
+    assert_eq!(
+        close_reasons(&ended),
+        vec![(
+            1,
+            close_code::INTERNAL_ERROR,
+            "query c failed after its result began: Query was cancelled".into()
+        )]
+    );
+}
+
+#[test]
+fn an_interrupted_query_that_reports_its_stream_late_starts_nothing() {
+    let mut h = Harness::new(config());
+    h.open(1);
+    let run = runs(&h.text(1, json!({"type":"arrow","sql":"select 1","queryId":"c"})))[0].clone();
+    h.text(1, json!({"type":"cancel","queryId":"c"}));
+    assert!(stream_sends(&streaming(&mut h, run.query)).is_empty());
+    assert!(!h.server.is_streaming(run.query));
+    let ended = done(&mut h, run.query, QueryOutcome::Cancelled);
+    assert_eq!(
+        sent_json(&ended, 1),
+        vec![json!({"type":"error","queryId":"c","error":"Query was cancelled"})],
+        "answered as any cancelled query"
+    );
+    assert!(closes(&ended).is_empty());
+}
+
+#[test]
+fn waiters_for_a_result_that_streams_run_on_their_own() {
+    let mut h = Harness::new(config());
+    h.open(1);
+    h.open(2);
+    let persisted =
+        |id: &str| json!({"type":"arrow","sql":"select big","queryId":id,"persist":true});
+    let leader = runs(&h.text(1, persisted("a")))[0].clone();
+    assert!(runs(&h.text(2, persisted("b"))).is_empty(), "waits");
+    let started = streaming(&mut h, leader.query);
+    assert_eq!(stream_sends(&started).len(), 1);
+    let rerun = runs(&started);
+    assert_eq!(rerun.len(), 1, "the waiter runs its own query");
+    assert_eq!(rerun[0].conn, ConnId(2));
+}
+
+fn http_post(body: serde_json::Value) -> HttpRequest {
+    HttpRequest {
+        method: "POST".into(),
+        path: "/".into(),
+        body: Bytes::from(body.to_string()),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn an_http_stream_takes_its_turn_among_the_answers() {
+    let mut h = Harness::new(config());
+    h.open_with(
+        1,
+        ConnectionInfo {
+            dialect: Dialect::Http,
+            ..Default::default()
+        },
+    );
+    let mut handles = Vec::new();
+    for sql in ["select 1", "select big"] {
+        h.server
+            .handle_http_request(
+                ConnId(1),
+                http_post(json!({"type":"arrow","sql":sql})),
+                h.now(),
+            )
+            .unwrap();
+        let mut started = runs(&h.drain());
+        if let Some(&first) = handles.first() {
+            // The write barrier holds the second until DuckDB calls the first a read.
+            assert!(started.is_empty());
+            started = runs(&h.classified_read(first));
+        }
+        handles.push(started[0].query);
+    }
+    // The second streams first: its answer waits for the first one's.
+    let early = streaming(&mut h, handles[1]);
+    assert!(!early.iter().any(|e| matches!(e, Effect::Respond { .. })));
+    let first = done(
+        &mut h,
+        handles[0],
+        QueryOutcome::Arrow(Bytes::from_static(b"x")),
+    );
+    let answers: Vec<HttpResponse> = first
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Respond { response, .. } => Some(response.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        answers,
+        vec![
+            HttpResponse::Arrow(Bytes::from_static(b"x")),
+            HttpResponse::Streamed {
+                query: handles[1],
+                window: WINDOW
+            }
+        ]
+    );
+}
+
+#[test]
+fn a_mosaic_socket_stream_is_sent_in_its_turn() {
+    let mut h = Harness::new(config());
+    h.open_with(
+        1,
+        ConnectionInfo {
+            dialect: Dialect::MosaicSocket,
+            ..Default::default()
+        },
+    );
+    let run = runs(&h.text(1, json!({"type":"arrow","sql":"select big"})))[0].clone();
+    h.classified_read(run.query);
+    let started = streaming(&mut h, run.query);
+    assert_eq!(stream_sends(&started), vec![(1, run.query, WINDOW)]);
+    assert!(done(&mut h, run.query, QueryOutcome::Streamed).is_empty());
+}

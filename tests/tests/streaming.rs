@@ -1,0 +1,244 @@
+//! Results sent as DuckDB produces them (PROTOCOL §3b): past `--stream-results-above`, an
+//! Arrow result leaves as one fragmented WebSocket message or a chunked HTTP body, whole and
+//! correct on every door, with or without compression; the server holds a window of it, not
+//! all of it; and a failure after the first bytes left closes the connection with its reason
+//! instead of ending the result as if it were whole.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+
+use duckwire_tests::deflate_client::{DeflateClient, Received, BROWSER_OFFER};
+use duckwire_tests::*;
+use serde_json::json;
+
+/// 1M rows of two BIGINT columns: 16 MB of Arrow, far past the tests' 64 KiB threshold.
+const MILLION_ROWS: &str = "select range as i, range * 2 as j from range(1000000)";
+
+const SMALL_THRESHOLD: &[&str] = &["--stream-results-above", "65536"];
+
+/// Rows, and the sums of both columns (the values, not only their count, came through).
+fn checked_rows(ipc: &[u8]) -> (usize, i64, i64) {
+    use arrow_array::cast::AsArray;
+    use arrow_array::types::Int64Type;
+    let batches = read_ipc(ipc);
+    let mut sums = (0i64, 0i64);
+    for batch in &batches {
+        sums.0 += batch
+            .column(0)
+            .as_primitive::<Int64Type>()
+            .iter()
+            .flatten()
+            .sum::<i64>();
+        sums.1 += batch
+            .column(1)
+            .as_primitive::<Int64Type>()
+            .iter()
+            .flatten()
+            .sum::<i64>();
+    }
+    (batches.iter().map(|b| b.num_rows()).sum(), sums.0, sums.1)
+}
+
+const MILLION_ROWS_CHECK: (usize, i64, i64) = (1_000_000, 499_999_500_000, 999_999_000_000);
+
+fn post_arrow(server: &ServerProcess, sql: &str, extra_headers: &str) -> HttpAnswer {
+    let body = json!({"type":"arrow","sql":sql}).to_string();
+    let request = format!(
+        "POST / HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n{extra_headers}\r\n{body}",
+        body.len()
+    );
+    http(&server.addr, &request)
+}
+
+#[test]
+fn results_past_the_threshold_arrive_whole_over_every_door() {
+    let server = ServerProcess::start(SMALL_THRESHOLD);
+    // SQLRooms: one binary message, the frame header first.
+    let mut sqlrooms = server.connect();
+    sqlrooms.send_json(json!({"type":"arrow","sql":MILLION_ROWS,"queryId":"s"}));
+    let frame = sqlrooms.recv_binary();
+    let (frame_header, ipc) = split_arrow_frame(&frame);
+    assert_eq!(frame_header["queryId"], "s");
+    assert_eq!(checked_rows(ipc), MILLION_ROWS_CHECK);
+    // The connection goes on: a small result comes whole after it.
+    let reply = sqlrooms.request(json!({"type":"json","sql":"select 42 as n","queryId":"t"}));
+    assert_eq!(reply["data"], "[{\"n\":42}]");
+
+    // Mosaic's socket: the bare IPC stream.
+    let mut mosaic = Client::connect(&server.url("/mosaic"), &[]);
+    mosaic.send_json(json!({"type":"arrow","sql":MILLION_ROWS}));
+    assert_eq!(checked_rows(&mosaic.recv_binary()), MILLION_ROWS_CHECK);
+
+    // REST: a chunked body; a small answer keeps its Content-Length.
+    let (status, headers, body) = post_arrow(&server, MILLION_ROWS, "");
+    assert_eq!(status, 200);
+    assert_eq!(header(&headers, "transfer-encoding"), Some("chunked"));
+    assert_eq!(
+        header(&headers, "content-type"),
+        Some("application/vnd.apache.arrow.stream")
+    );
+    assert_eq!(checked_rows(&body), MILLION_ROWS_CHECK);
+    let (status, headers, body) = post_arrow(&server, "select 1 as one", "");
+    assert_eq!(status, 200);
+    assert!(header(&headers, "content-length").is_some());
+    assert_eq!(read_ipc(&body)[0].num_rows(), 1);
+
+    assert_eq!(server.metric("duckwire_results_streamed_total"), 3.0);
+    let streamed = server.metric("duckwire_streamed_bytes_total");
+    assert!(streamed > 3.0 * 16_000_000.0, "{streamed}");
+}
+
+#[test]
+fn streamed_results_are_compressed_on_the_socket_and_over_http() {
+    let mut flags = SMALL_THRESHOLD.to_vec();
+    flags.extend(["--ws-compression", "on", "--http-compression", "on"]);
+    let server = ServerProcess::start(&flags);
+    let mut client = DeflateClient::connect(&server.url("/"), Some(BROWSER_OFFER)).unwrap();
+    assert!(client.deflate());
+    let query = json!({"type":"arrow","sql":MILLION_ROWS,"queryId":"z"});
+    client.send_text(&query.to_string()).unwrap();
+    let frame = client.recv().unwrap().binary();
+    let (frame_header, ipc) = split_arrow_frame(&frame);
+    assert_eq!(frame_header["queryId"], "z");
+    assert_eq!(checked_rows(ipc), MILLION_ROWS_CHECK);
+    let before = server.metric("duckwire_ws_deflated_bytes_total");
+    let after = server.metric("duckwire_ws_deflated_wire_bytes_total");
+    assert!(
+        before > 16_000_000.0 && after * 3.0 < before,
+        "{after} of {before}"
+    );
+
+    for encoding in ["gzip", "zstd", "br"] {
+        let accept = format!("Accept-Encoding: {encoding}\r\n");
+        let (status, headers, body) = post_arrow(&server, MILLION_ROWS, &accept);
+        assert_eq!(status, 200);
+        assert_eq!(header(&headers, "content-encoding"), Some(encoding));
+        assert_eq!(header(&headers, "transfer-encoding"), Some("chunked"));
+        assert!(body.len() * 3 < 16_000_000, "{encoding}: {}", body.len());
+        let ipc = decode_body(Some(encoding), &body);
+        assert_eq!(checked_rows(&ipc), MILLION_ROWS_CHECK, "{encoding}");
+    }
+}
+
+/// Only the window counts against `--max-outbound-bytes-per-conn`: a result four times the
+/// cap goes through; held whole (`--stream-results-above none`), the cap closes the socket.
+#[test]
+fn a_result_larger_than_the_outbound_cap_streams_within_its_window() {
+    let sql = "select range as i, range * 2 as j from range(2000000)";
+    let cap = ["--max-outbound-bytes-per-conn", "8388608"];
+    let server = ServerProcess::start(&cap);
+    let mut client = server.connect();
+    client.send_json(json!({"type":"arrow","sql":sql,"queryId":"big"}));
+    let frame = client.recv_binary();
+    let rows: usize = read_ipc(split_arrow_frame(&frame).1)
+        .iter()
+        .map(|b| b.num_rows())
+        .sum();
+    assert_eq!(rows, 2_000_000);
+
+    let held = ServerProcess::start(&[cap[0], cap[1], "--stream-results-above", "none"]);
+    let mut client = held.connect();
+    client.send_json(json!({"type":"arrow","sql":sql,"queryId":"big"}));
+    assert_eq!(client.recv_close(), Some(1008));
+}
+
+/// DuckDB fails at row three million, long after the first bytes left.
+const FAILS_LATE: &str = "select i, case when i = 3000000 then error('boom at three million') \
+                          else i end as j from range(4000000) t(i)";
+
+#[test]
+fn a_failure_after_the_result_began_closes_the_socket_with_its_reason() {
+    let server = ServerProcess::start(SMALL_THRESHOLD);
+    let mut client = DeflateClient::connect(&server.url("/"), None).unwrap();
+    let query = json!({"type":"arrow","sql":FAILS_LATE,"queryId":"late"});
+    client.send_text(&query.to_string()).unwrap();
+    match client.recv().unwrap() {
+        Received::Closed(code) => assert_eq!(code, Some(1011)),
+        other => panic!("a cut result must not arrive as a message: {other:?}"),
+    }
+    let reason = client.close_reason.clone().unwrap_or_default();
+    assert!(
+        reason.starts_with("query late failed after its result began: ") && reason.contains("boom"),
+        "{reason}"
+    );
+    // Other connections and the server go on.
+    let mut next = server.connect();
+    let reply = next.request(json!({"type":"json","sql":"select 1 as n","queryId":"n"}));
+    assert_eq!(reply["data"], "[{\"n\":1}]");
+}
+
+#[test]
+fn a_failure_after_an_http_body_began_leaves_it_unended() {
+    let server = ServerProcess::start(SMALL_THRESHOLD);
+    let body = json!({"type":"arrow","sql":FAILS_LATE}).to_string();
+    let request = format!(
+        "POST / HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let mut stream = TcpStream::connect(&server.addr).unwrap();
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut wire = Vec::new();
+    // The server drops the connection (kept alive otherwise) once the query failed.
+    stream.read_to_end(&mut wire).unwrap();
+    let split = head_end(&wire).expect("a head");
+    let (status, headers) = parse_head(&wire[..split]);
+    assert_eq!(status, 200, "the answer began before DuckDB failed");
+    assert_eq!(header(&headers, "transfer-encoding"), Some("chunked"));
+    assert!(wire.len() > split + 65536, "bytes left before the failure");
+    assert!(
+        !wire.ends_with(b"0\r\n\r\n"),
+        "a failed result must not end as if it were whole"
+    );
+}
+
+#[test]
+fn a_cancel_after_the_result_began_closes_the_socket() {
+    let server = ServerProcess::start(SMALL_THRESHOLD);
+    let mut client = DeflateClient::connect(&server.url("/"), None).unwrap();
+    // Larger than every buffer on the way: it cannot finish while the client reads nothing.
+    let sql = "select range as i, range * 2 as j from range(40000000)";
+    let query = json!({"type":"arrow","sql":sql,"queryId":"c"});
+    client.send_text(&query.to_string()).unwrap();
+    until("the result began", || {
+        server.metric("duckwire_results_streamed_total") == 1.0
+    });
+    let cancel = json!({"type":"cancel","queryId":"c"});
+    client.send_text(&cancel.to_string()).unwrap();
+    match client.recv().unwrap() {
+        Received::Closed(code) => assert_eq!(code, Some(1011)),
+        other => panic!("a cancelled stream must not arrive whole: {other:?}"),
+    }
+    let reason = client.close_reason.clone().unwrap_or_default();
+    assert_eq!(
+        reason,
+        "query c failed after its result began: Query was cancelled"
+    );
+}
+
+/// Held whole, a 200 MB result takes 200 MB of the server's memory; streamed, a window.
+#[test]
+fn a_streamed_result_does_not_grow_the_server_with_its_size() {
+    let sql = "select range as a, range as b, range as c, range as d from range(6250000)";
+    let mut peaks = Vec::new();
+    for threshold in ["4194304", "none"] {
+        let server = ServerProcess::start(&["--stream-results-above", threshold]);
+        // Warm: DuckDB's own buffers and the worker's first allocations.
+        assert_eq!(post_arrow(&server, "select 1 as one", "").0, 200);
+        let before = server.peak_rss_bytes();
+        let (status, _, body) = post_arrow(&server, sql, "");
+        assert_eq!(status, 200);
+        assert!(body.len() > 200_000_000, "{}", body.len());
+        peaks.push(server.peak_rss_bytes().saturating_sub(before));
+    }
+    let (streamed, held) = (peaks[0], peaks[1]);
+    assert!(held > 200_000_000, "held whole: +{held} bytes");
+    assert!(
+        streamed < 64 * 1024 * 1024,
+        "streamed: +{streamed} bytes (held: +{held})"
+    );
+}

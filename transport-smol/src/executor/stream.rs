@@ -1,0 +1,247 @@
+//! A result sent as it is produced (PROTOCOL §3b). The worker encodes into a
+//! [`ResultWriter`]: held whole while it is small, so a failure still arrives as an error;
+//! once it passes the policy's `above`, the worker reports the stream to the driver and
+//! from then on hands over pieces of [`PIECE_BYTES`] as the IPC writer fills them. The
+//! pieces wait in a channel bounded by the policy's `window` (the worker blocks when its
+//! reader is slow: TCP backpressure reaches DuckDB), and the connection's writer sends each
+//! as it comes, from the buffer the worker filled (never copied into a frame buffer).
+
+use std::io::{self, Write};
+
+use bytes::Bytes;
+use duckwire_core::StreamPolicy;
+
+use super::result_buffer::ResultBuffer;
+
+/// Pieces a stream is handed over in: one WebSocket fragment or HTTP chunk each, the size
+/// the writers compress in (`COMPRESS_PART_BYTES`).
+pub const PIECE_BYTES: usize = crate::compress::COMPRESS_PART_BYTES;
+
+/// One piece of a streamed result.
+#[derive(Debug)]
+pub enum StreamPiece {
+    More(Bytes),
+    /// The last piece: the result is whole once it is sent. A stream whose channel closes
+    /// without it failed (the driver's core closes its connection).
+    Last(Bytes),
+}
+
+impl StreamPiece {
+    /// The bytes, and whether they are the last.
+    pub fn into_parts(self) -> (Bytes, bool) {
+        match self {
+            StreamPiece::More(bytes) => (bytes, false),
+            StreamPiece::Last(bytes) => (bytes, true),
+        }
+    }
+}
+
+/// The receiving end of a streamed result, for a connection's writer.
+#[derive(Debug)]
+pub struct ResultStream {
+    pieces: async_channel::Receiver<StreamPiece>,
+}
+
+impl ResultStream {
+    /// A stream that ended before its last piece: what a writer gets for a stream the
+    /// driver no longer holds (its query was interrupted or its connection went).
+    pub fn broken() -> Self {
+        let (_, pieces) = async_channel::bounded(1);
+        ResultStream { pieces }
+    }
+
+    /// The next piece; `None` once the stream ended (after `Last`, or cut short).
+    pub async fn next(&self) -> Option<StreamPiece> {
+        self.pieces.recv().await.ok()
+    }
+
+    /// The same, for a blocking thread (compression on the blocking pool).
+    pub fn next_blocking(&self) -> Option<StreamPiece> {
+        self.pieces.recv_blocking().ok()
+    }
+}
+
+/// Whether the result of a [`ResultWriter`] stayed whole or went out as a stream.
+pub enum Finished {
+    Whole(Bytes),
+    Streamed,
+}
+
+/// Where a streamed result is announced: the worker's report to the driver.
+pub type Begin<'a> = &'a dyn Fn(ResultStream);
+
+/// What a worker encodes a result into.
+pub struct ResultWriter<'a> {
+    held: ResultBuffer,
+    policy: Option<(StreamPolicy, Begin<'a>)>,
+    streaming: Option<Streaming>,
+}
+
+struct Streaming {
+    piece: Vec<u8>,
+    pieces: async_channel::Sender<StreamPiece>,
+}
+
+impl<'a> ResultWriter<'a> {
+    pub fn new(capacity: usize, policy: Option<(StreamPolicy, Begin<'a>)>) -> Self {
+        ResultWriter {
+            held: ResultBuffer::new(capacity),
+            policy,
+            streaming: None,
+        }
+    }
+
+    /// Whether the result began to leave (a failure now cannot be retried or reported as
+    /// an error reply).
+    pub fn began(&self) -> bool {
+        self.streaming.is_some()
+    }
+
+    /// The held result, or the stream's last piece handed over.
+    pub fn finish(mut self) -> io::Result<Finished> {
+        match self.streaming.take() {
+            None => Ok(Finished::Whole(self.held.into_bytes())),
+            Some(streaming) => {
+                let last = Bytes::from(streaming.piece);
+                streaming
+                    .pieces
+                    .send_blocking(StreamPiece::Last(last))
+                    .map_err(|_| reader_gone())?;
+                Ok(Finished::Streamed)
+            }
+        }
+    }
+
+    /// The held part goes out first, in pieces (slices of the one buffer), once the driver
+    /// has the stream.
+    fn begin(&mut self, policy: StreamPolicy, announce: Begin<'_>) -> io::Result<()> {
+        let capacity = (policy.window / PIECE_BYTES).max(1);
+        let (sender, pieces) = async_channel::bounded(capacity);
+        announce(ResultStream { pieces });
+        let held = std::mem::replace(&mut self.held, ResultBuffer::new(0)).into_bytes();
+        let mut start = 0;
+        while start < held.len() {
+            let end = (start + PIECE_BYTES).min(held.len());
+            sender
+                .send_blocking(StreamPiece::More(held.slice(start..end)))
+                .map_err(|_| reader_gone())?;
+            start = end;
+        }
+        self.streaming = Some(Streaming {
+            piece: Vec::with_capacity(PIECE_BYTES),
+            pieces: sender,
+        });
+        Ok(())
+    }
+}
+
+fn reader_gone() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::BrokenPipe,
+        "the streamed result's reader is gone",
+    )
+}
+
+impl Write for ResultWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if let Some(streaming) = &mut self.streaming {
+            streaming.piece.extend_from_slice(buf);
+            if streaming.piece.len() >= PIECE_BYTES {
+                let full = std::mem::replace(&mut streaming.piece, Vec::with_capacity(PIECE_BYTES));
+                streaming
+                    .pieces
+                    .send_blocking(StreamPiece::More(Bytes::from(full)))
+                    .map_err(|_| reader_gone())?;
+            }
+            return Ok(buf.len());
+        }
+        self.held.write_all(buf)?;
+        if let Some((policy, announce)) = self.policy {
+            if self.held.len() > policy.above {
+                self.begin(policy, announce)?;
+            }
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::RefCell;
+
+    fn policy(above: usize) -> StreamPolicy {
+        StreamPolicy {
+            above,
+            window: 64 * PIECE_BYTES,
+        }
+    }
+
+    fn bytes_of(pieces: &ResultStream) -> (Vec<u8>, bool) {
+        let mut all = Vec::new();
+        while let Some(piece) = pieces.next_blocking() {
+            match piece {
+                StreamPiece::More(bytes) => all.extend_from_slice(&bytes),
+                StreamPiece::Last(bytes) => {
+                    all.extend_from_slice(&bytes);
+                    return (all, true);
+                }
+            }
+        }
+        (all, false)
+    }
+
+    #[test]
+    fn a_result_under_the_threshold_stays_whole() {
+        let announced = RefCell::new(None);
+        let begin = |stream| *announced.borrow_mut() = Some(stream);
+        let mut writer = ResultWriter::new(0, Some((policy(1000), &begin)));
+        writer.write_all(&[1; 1000]).unwrap();
+        assert!(!writer.began());
+        let Finished::Whole(bytes) = writer.finish().unwrap() else {
+            panic!("streamed under the threshold");
+        };
+        assert_eq!(bytes.len(), 1000);
+        assert!(announced.borrow().is_none());
+    }
+
+    #[test]
+    fn past_the_threshold_every_byte_arrives_in_order_and_the_end_is_marked() {
+        let announced = RefCell::new(None);
+        let begin = |stream| *announced.borrow_mut() = Some(stream);
+        let mut writer = ResultWriter::new(0, Some((policy(3 * PIECE_BYTES / 2), &begin)));
+        let expected: Vec<u8> = (0..5 * PIECE_BYTES + 17).map(|i| (i % 251) as u8).collect();
+        for chunk in expected.chunks(7919) {
+            writer.write_all(chunk).unwrap();
+        }
+        assert!(writer.began());
+        assert!(matches!(writer.finish().unwrap(), Finished::Streamed));
+        let stream = announced.borrow_mut().take().expect("announced");
+        let (bytes, whole) = bytes_of(&stream);
+        assert!(whole);
+        assert_eq!(bytes, expected);
+    }
+
+    #[test]
+    fn a_stream_dropped_before_its_end_is_not_whole_and_a_gone_reader_stops_the_writer() {
+        let announced = RefCell::new(None);
+        let begin = |stream| *announced.borrow_mut() = Some(stream);
+        let mut writer = ResultWriter::new(0, Some((policy(10), &begin)));
+        writer.write_all(&[3; 100]).unwrap();
+        let stream = announced.borrow_mut().take().expect("announced");
+        drop(writer); // the worker failed midway: no `Last`
+        assert_eq!(bytes_of(&stream), (vec![3; 100], false));
+
+        let mut writer = ResultWriter::new(0, Some((policy(10), &begin)));
+        writer.write_all(&[3; 100]).unwrap();
+        drop(announced.borrow_mut().take());
+        let error = (0..100)
+            .find_map(|_| writer.write_all(&[0; PIECE_BYTES]).err())
+            .expect("writes fail once the reader is gone");
+        assert_eq!(error.kind(), io::ErrorKind::BrokenPipe);
+    }
+}
