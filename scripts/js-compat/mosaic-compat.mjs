@@ -1,7 +1,7 @@
 // Mosaic's own clients (@uwdata/mosaic-core 0.32.0 with its @uwdata/flechette decoder,
 // unchanged) against duckwire: the REST connector (`POST /`) and the socket connector
 // (`ws://…/mosaic`), each alone and under Mosaic's Coordinator: exec then query, Arrow and
-// JSON, 40 concurrent queries each getting its own answer, errors surfacing, common DuckDB
+// JSON, a result large enough to be streamed, 40 concurrent queries each getting its own answer, errors surfacing, common DuckDB
 // types decoded by flechette, and a group-by over the flights Parquet file.
 // Usage: node dist/mosaic-compat.mjs http://HOST:PORT/ ws://HOST:PORT/mosaic FLIGHTS_PARQUET
 import { restConnector, socketConnector, Coordinator } from '@uwdata/mosaic-core';
@@ -47,6 +47,13 @@ async function exercise(name, connector, { json }) {
   // The connector keeps working after an error.
   const after = asTable(await connector.query({ type: 'arrow', sql: 'select 1::integer as one' }));
   assert(after.toArray()[0].one === 1, `${name}: query after an error`);
+
+  // 16 MB, past the server's 4 MiB stream threshold: sent as DuckDB produces it (a chunked
+  // body, or one fragmented message), read back whole.
+  const big = asTable(await connector.query({ type: 'arrow', sql: 'select range as i, range * 2 as j from range(1000000)' }));
+  assert(big.numRows === 1000000, `${name}: a streamed result's rows, got ${big.numRows}`);
+  const j = big.getChild('j');
+  assert(Number(j.at(999999)) === 1999998, `${name}: a streamed result's last value`);
 
   const answers = await Promise.all(
     Array.from({ length: 40 }, (_, i) =>

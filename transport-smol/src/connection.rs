@@ -26,6 +26,7 @@ use crate::http::{
     read_body, read_head, write_chunked_response, write_response, ChunkSource, HeadError,
     RequestHead, Response,
 };
+use crate::writer::StreamMeter;
 use duckwire_core::websocket::negotiate_deflate;
 use duckwire_core::Malformed;
 
@@ -165,17 +166,22 @@ async fn serve_http(
                     .as_ref()
                     .and_then(|head| encoding_for(true, head, &client.peer, &shared));
                 shared.metrics.results_streamed.inc();
-                let metrics = &shared.metrics;
+                let meter = StreamMeter {
+                    bytes: shared.metrics.streamed_bytes.clone(),
+                    sent: queue.sent.clone(),
+                };
                 let written = send_streamed_answer(
                     &mut stream,
                     rendered,
                     encoding,
                     keep_alive,
                     result,
-                    metrics,
+                    meter,
                 )
                 .await;
-                (window, written)
+                // The window the core counted for it is free again.
+                queue.sent.released(window);
+                (0, written)
             }
         };
         queue.sent.sent(sent);
@@ -386,14 +392,13 @@ async fn send_streamed_answer(
     encoding: Option<Encoding>,
     keep_alive: bool,
     result: ResultStream,
-    metrics: &crate::metrics::Metrics,
+    meter: StreamMeter,
 ) -> std::io::Result<bool> {
     let Some(encoding) = encoding else {
-        let pieces = ChunkSource::Result(result, metrics.streamed_bytes.clone());
+        let pieces = ChunkSource::Result(result, meter);
         return write_chunked_response(stream, &response, keep_alive, pieces).await;
     };
     add_encoding_headers(&mut response, encoding);
-    let streamed_bytes = metrics.streamed_bytes.clone();
     let parts = parts_on_blocking_pool(move |send| {
         let mut encoder = match PartEncoder::new(encoding) {
             Ok(encoder) => encoder,
@@ -404,7 +409,7 @@ async fn send_streamed_answer(
         };
         while let Some(piece) = result.next_blocking() {
             let (bytes, last) = piece.into_parts();
-            streamed_bytes.inc_by(bytes.len() as u64);
+            meter.written(bytes.len());
             let mut part = encoder.part(&bytes);
             if last {
                 part = part.and_then(|mut part| {

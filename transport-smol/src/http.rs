@@ -4,6 +4,7 @@
 
 use crate::executor::stream::ResultStream;
 use crate::tls::Stream;
+use crate::writer::StreamMeter;
 use bytes::Bytes;
 use duckwire_core::{Limits, Malformed};
 use smol::io::{AsyncReadExt, AsyncWriteExt};
@@ -263,17 +264,17 @@ pub async fn write_response(
 pub enum ChunkSource {
     /// Encoded parts, each with whether it is the last.
     Parts(async_channel::Receiver<std::io::Result<(Bytes, bool)>>),
-    /// A streamed result's pieces as they are, counted into `streamed_bytes`.
-    Result(ResultStream, prometheus_client::metrics::counter::Counter),
+    /// A streamed result's pieces as they are, counted as they are written.
+    Result(ResultStream, StreamMeter),
 }
 
 impl ChunkSource {
     async fn next(&mut self) -> Option<std::io::Result<(Bytes, bool)>> {
         match self {
             ChunkSource::Parts(parts) => parts.recv().await.ok(),
-            ChunkSource::Result(result, streamed_bytes) => {
+            ChunkSource::Result(result, meter) => {
                 let (bytes, last) = result.next().await?.into_parts();
-                streamed_bytes.inc_by(bytes.len() as u64);
+                meter.written(bytes.len());
                 Some(Ok((bytes, last)))
             }
         }

@@ -99,7 +99,11 @@ pub struct SentReports {
 /// One connection's share of [`SentReports`].
 pub struct SentCounter {
     conn: ConnId,
+    /// Bytes of the core's queued output now written, or released: what `handle_sent` gets.
     unreported: AtomicUsize,
+    /// Payload bytes written (for `duckwire_bytes_out`): the same, except that a streamed
+    /// result counts its pieces here and its window (released once it ended) above.
+    payload: AtomicUsize,
     reports: Arc<SentReports>,
 }
 
@@ -108,25 +112,63 @@ impl SentCounter {
         Arc::new(SentCounter {
             conn,
             unreported: AtomicUsize::new(0),
+            payload: AtomicUsize::new(0),
             reports: reports.clone(),
         })
     }
 
     /// The writer put `bytes` of the core's output on the wire.
     pub fn sent(&self, bytes: usize) {
-        if bytes > 0 && self.unreported.fetch_add(bytes, Ordering::SeqCst) == 0 {
-            // Listed once until the driver takes the count.
-            let mut connections = self
-                .reports
-                .connections
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            connections.push(self.conn);
+        self.payload.fetch_add(bytes, Ordering::SeqCst);
+        self.released(bytes);
+    }
+
+    /// A streamed result ended: the `window` the core counted for it is free again.
+    pub fn released(&self, window: usize) {
+        if window > 0 && self.unreported.fetch_add(window, Ordering::SeqCst) == 0 {
+            self.list();
         }
     }
 
-    pub(crate) fn take(&self) -> usize {
-        self.unreported.swap(0, Ordering::SeqCst)
+    /// The writer put `bytes` of a streamed result on the wire (the core counts its window
+    /// instead).
+    pub fn streamed(&self, bytes: usize) {
+        if bytes > 0 && self.payload.fetch_add(bytes, Ordering::SeqCst) == 0 {
+            self.list();
+        }
+    }
+
+    /// Listed until the driver takes the counts (a second listing only folds zeros).
+    fn list(&self) {
+        let mut connections = self
+            .reports
+            .connections
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        connections.push(self.conn);
+    }
+
+    /// What to tell the core, and the payload bytes written, since the last time.
+    pub(crate) fn take(&self) -> (usize, usize) {
+        (
+            self.unreported.swap(0, Ordering::SeqCst),
+            self.payload.swap(0, Ordering::SeqCst),
+        )
+    }
+}
+
+/// Counts a streamed result's bytes as they are written: into `duckwire_streamed_bytes` and
+/// the connection's payload bytes (`duckwire_bytes_out`).
+#[derive(Clone)]
+pub struct StreamMeter {
+    pub bytes: prometheus_client::metrics::counter::Counter,
+    pub sent: Arc<SentCounter>,
+}
+
+impl StreamMeter {
+    pub fn written(&self, bytes: usize) {
+        self.bytes.inc_by(bytes as u64);
+        self.sent.streamed(bytes);
     }
 }
 

@@ -29,7 +29,7 @@ use crate::driver::{ConnectionWriter, DriverInput, Outbound, ReadGate, SentCount
 use crate::executor::stream::ResultStream;
 use crate::metrics::Metrics;
 use crate::tls::Stream;
-use crate::writer::PongSlot;
+use crate::writer::{PongSlot, StreamMeter};
 
 /// The deflate level of WebSocket replies. Level 2 compresses the flights table's JSON 7.1:1
 /// at 288 MB/s per core, against 5.7:1 at 441 MB/s for level 1 and 7.6:1 at 152 MB/s for
@@ -100,6 +100,13 @@ impl DeflaterPool {
 pub(crate) struct DeflateCounts {
     before: Counter,
     after: Counter,
+}
+
+/// What the writer task reaches while a streamed message is open.
+pub(crate) struct Between<'a> {
+    queue: &'a async_channel::Receiver<Outbound>,
+    held: &'a mut VecDeque<Outbound>,
+    pongs: &'a PongSlot,
 }
 
 /// Counts of streamed results, for `/metrics`.
@@ -357,8 +364,8 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     pub(crate) async fn streamed(
         &mut self,
         stream: ResultStream,
-        pongs: &PongSlot,
-        streamed_bytes: &Counter,
+        mut between: Between<'_>,
+        meter: &StreamMeter,
     ) -> io::Result<bool> {
         let mut first = true;
         let whole = match self.deflaters.clone() {
@@ -367,7 +374,7 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
                     break false;
                 };
                 let (bytes, last) = piece.into_parts();
-                streamed_bytes.inc_by(bytes.len() as u64);
+                meter.written(bytes.len());
                 let opcode = if first {
                     OpCode::Binary
                 } else {
@@ -378,7 +385,7 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
                 if last {
                     break true;
                 }
-                self.answer_ping(pongs).await?;
+                self.control_frames_between(&mut between).await?;
             },
             Some(deflaters) => {
                 let counts = self.counts.clone();
@@ -403,7 +410,7 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
                         break false;
                     };
                     let ((part, plain), last) = part.map_err(io::Error::other)?;
-                    streamed_bytes.inc_by(plain as u64);
+                    meter.written(plain);
                     self.counts.after.inc_by(part.len() as u64);
                     let opcode = if first {
                         OpCode::Binary
@@ -415,7 +422,7 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
                     if last {
                         break true;
                     }
-                    self.answer_ping(pongs).await?;
+                    self.control_frames_between(&mut between).await?;
                 }
             }
         };
@@ -423,8 +430,22 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         Ok(whole)
     }
 
-    /// A pong between the fragments of a long message (RFC 6455 §5.4 allows control frames
-    /// there), so a peer that pings while a large result arrives is not left waiting.
+    /// Between two fragments of a streamed message: pings and pongs go out at once (RFC 6455
+    /// §5.4 allows control frames there), so neither the peer's keepalive nor the core's
+    /// idle check waits for a long result; anything else that was queued waits for the end
+    /// of the message, in order.
+    async fn control_frames_between(&mut self, between: &mut Between<'_>) -> io::Result<()> {
+        while let Ok(outbound) = between.queue.try_recv() {
+            match outbound {
+                Outbound::Ping => self.control(OpCode::Ping, Bytes::new()).await?,
+                Outbound::Pong => self.answer_ping(between.pongs).await?,
+                other => between.held.push_back(other),
+            }
+        }
+        Ok(())
+    }
+
+    /// A pong for the peer's latest ping, if one is unanswered.
     async fn answer_ping(&mut self, pongs: &PongSlot) -> io::Result<()> {
         match pongs.take() {
             Some(payload) => self.control(OpCode::Pong, payload).await,
@@ -450,7 +471,16 @@ async fn write(
     streamed: StreamedCounts,
 ) {
     let write_queue = async {
-        while let Ok(outbound) = queue.recv().await {
+        // What arrived while a streamed message was open: written after it, in order.
+        let mut held: VecDeque<Outbound> = VecDeque::new();
+        loop {
+            let outbound = match held.pop_front() {
+                Some(outbound) => outbound,
+                None => match queue.recv().await {
+                    Ok(outbound) => outbound,
+                    Err(_) => break,
+                },
+            };
             let written = match outbound {
                 Outbound::Frame(frame) => {
                     let bytes = frame.len();
@@ -462,8 +492,17 @@ async fn write(
                 Outbound::Pong => frames.answer_ping(&pongs).await,
                 Outbound::Stream { stream, window } => {
                     streamed.results.inc();
-                    let whole = frames.streamed(stream, &pongs, &streamed.bytes).await;
-                    sent.sent(window);
+                    let meter = StreamMeter {
+                        bytes: streamed.bytes.clone(),
+                        sent: sent.clone(),
+                    };
+                    let between = Between {
+                        queue: &queue,
+                        held: &mut held,
+                        pongs: &pongs,
+                    };
+                    let whole = frames.streamed(stream, between, &meter).await;
+                    sent.released(window);
                     match whole {
                         Ok(true) => Ok(()),
                         // The message stays open: only the close the core is deciding on
@@ -587,6 +626,7 @@ async fn read(mut source: ReadHalf<Stream>, mut decoder: Decoder, peer: PeerSide
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::executor::stream::StreamPiece;
     use futures_util::io::Cursor;
 
     fn written(frames: Vec<Frame>, deflate: bool) -> Vec<u8> {
@@ -624,6 +664,86 @@ mod tests {
             Frame::Binary(Bytes::from(big_binary)),
             Frame::Binary(Bytes::new()),
         ]
+    }
+
+    fn streamed(
+        pieces: Vec<StreamPiece>,
+        deflate: bool,
+        queued: Vec<Outbound>,
+    ) -> (Vec<u8>, bool, usize) {
+        use crate::executor::stream::ResultStream;
+        smol::block_on(async {
+            let deflaters = deflate.then(|| Arc::new(DeflaterPool::new(DEFLATE_LEVEL, 1)));
+            let mut writer =
+                FrameWriter::new(Cursor::new(Vec::new()), deflaters, DeflateCounts::default());
+            let (queue_tx, queue) = async_channel::unbounded();
+            for outbound in queued {
+                queue_tx.try_send(outbound).unwrap();
+            }
+            let mut held = VecDeque::new();
+            let pongs = PongSlot::default();
+            let between = Between {
+                queue: &queue,
+                held: &mut held,
+                pongs: &pongs,
+            };
+            let meter = StreamMeter {
+                bytes: Counter::default(),
+                sent: SentCounter::new(ConnId(1), &Arc::default()),
+            };
+            let whole = writer
+                .streamed(ResultStream::of(pieces), between, &meter)
+                .await
+                .unwrap();
+            (writer.sink.into_inner(), whole, held.len())
+        })
+    }
+
+    #[test]
+    fn a_streamed_result_is_one_message_with_pings_between_its_fragments() {
+        let parts: Vec<Vec<u8>> = (0..3u8).map(|i| vec![i; 300_000]).collect();
+        let pieces = vec![
+            StreamPiece::More(Bytes::from(parts[0].clone())),
+            StreamPiece::More(Bytes::from(parts[1].clone())),
+            StreamPiece::Last(Bytes::from(parts[2].clone())),
+        ];
+        for deflate in [false, true] {
+            let pieces = pieces.iter().map(|p| match p {
+                StreamPiece::More(b) => StreamPiece::More(b.clone()),
+                StreamPiece::Last(b) => StreamPiece::Last(b.clone()),
+            });
+            let queued = vec![Outbound::Ping, Outbound::Frame(Frame::Text("after".into()))];
+            let (wire, whole, held) = streamed(pieces.collect(), deflate, queued);
+            assert!(whole);
+            assert_eq!(held, 1, "the reply waits for the end of the message");
+            let mut decoder = Decoder::new(Role::Client, None, deflate);
+            decoder.feed(&wire);
+            // The ping (a control frame between fragments) comes out before the message ends.
+            assert!(matches!(
+                decoder.next_event().unwrap(),
+                Some(WsEvent::Ping(_))
+            ));
+            match decoder.next_event().unwrap() {
+                Some(WsEvent::Message(Frame::Binary(bytes))) => {
+                    assert_eq!(bytes, parts.concat(), "deflate: {deflate}")
+                }
+                other => panic!("{other:?}"),
+            }
+            assert!(decoder.next_event().unwrap().is_none());
+        }
+    }
+
+    #[test]
+    fn a_stream_cut_short_leaves_its_message_open() {
+        for deflate in [false, true] {
+            let pieces = vec![StreamPiece::More(Bytes::from(vec![1; 1000]))];
+            let (wire, whole, _) = streamed(pieces, deflate, Vec::new());
+            assert!(!whole);
+            let mut decoder = Decoder::new(Role::Client, None, deflate);
+            decoder.feed(&wire);
+            assert!(decoder.next_event().unwrap().is_none(), "no message ends");
+            assert!(!wire.is_empty(), "its first fragment left");
+        }
     }
 
     #[test]

@@ -230,11 +230,11 @@ impl Driver {
                 .unwrap_or_else(|e| e.into_inner()),
         );
         for conn in connections.drain(..) {
-            let Some(bytes) = state.writers.get(&conn).map(|w| w.sent.take()) else {
+            let Some((bytes, payload)) = state.writers.get(&conn).map(|w| w.sent.take()) else {
                 continue;
             };
+            self.metrics.bytes_out.inc_by(payload as u64);
             if bytes > 0 {
-                self.metrics.bytes_out.inc_by(bytes as u64);
                 if let Err(ServerError::Poisoned) =
                     self.call_core(|server| server.handle_sent(conn, bytes))
                 {

@@ -50,6 +50,16 @@ impl ResultStream {
         ResultStream { pieces }
     }
 
+    /// A stream of these pieces, already produced (a writer's tests).
+    #[cfg(test)]
+    pub(crate) fn of(pieces: Vec<StreamPiece>) -> Self {
+        let (sender, receiver) = async_channel::unbounded();
+        for piece in pieces {
+            sender.try_send(piece).expect("unbounded");
+        }
+        ResultStream { pieces: receiver }
+    }
+
     /// The next piece; `None` once the stream ended (after `Last`, or cut short).
     pub async fn next(&self) -> Option<StreamPiece> {
         self.pieces.recv().await.ok()
