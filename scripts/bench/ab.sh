@@ -18,6 +18,7 @@ client="$CARGO_TARGET_DIR/release/duckwire-bench"
 out="${TMPDIR:-/tmp}/duckwire-ab"
 mkdir -p "$out"
 run() { # label binary port
+  : >"$out/$1.log"  # emptied first: waiting for its line must not see the last run's
   "$2" --port "$3" --threads "$(nproc)" --sync --log-level warn >"$out/$1.log" 2>&1 &
   local pid=$!
   for _ in $(seq 1 100); do grep -q "listening on" "$out/$1.log" && break; sleep 0.2; done

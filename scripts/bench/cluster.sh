@@ -17,6 +17,7 @@ redis-server --port 0 --unixsocket "$dir/redis.sock" --save "" --appendonly no -
 for _ in $(seq 1 100); do [ -S "$dir/redis.sock" ] && break; sleep 0.1; done
 urls=()
 for replica in a b c; do
+  : >"$dir/$replica.log"  # emptied first: waiting for its line must not see the last run's
   "$bin/duckwire" --port 0 --threads 2 --sync --log-level warn \
     --redis-url "redis+unix://$dir/redis.sock" >"$dir/$replica.log" 2>&1 &
   for _ in $(seq 1 100); do grep -q "listening on" "$dir/$replica.log" && break; sleep 0.1; done

@@ -10,6 +10,7 @@ cd "$root"
 bin="${1:-$CARGO_TARGET_DIR/release/duckwire}"
 out="$(mktemp -d)"
 port="${DUCKWIRE_IDLE_PORT:-4611}"
+: >"$out/server.log"  # emptied first: waiting for its line must not see the last run's
 "$bin" --port "$port" --threads "$(nproc)" --sync --log-level warn >"$out/server.log" 2>&1 &
 pid=$!
 trap 'kill $pid 2>/dev/null || true; rm -rf "$out"' EXIT

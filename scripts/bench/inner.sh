@@ -9,6 +9,7 @@ mkdir -p "$out"
 . "$(dirname "$0")/wait.sh"
 bench() { "$bin/duckwire-bench" --data "$DUCKWIRE_BENCH_DATA" "$@" $DUCKWIRE_BENCH_ARGS; }
 
+: >"$out/duckwire.log"  # emptied first: waiting for its line must not see the last run's
 "$bin/duckwire" --port 4601 --threads "$(nproc)" --sync --log-level warn >"$out/duckwire.log" 2>&1 &
 pid=$!
 wait_for "$out/duckwire.log" "listening on"
@@ -17,6 +18,7 @@ bench --url ws://127.0.0.1:4601/ --mosaic-url ws://127.0.0.1:4601/mosaic --http 
   --json "$out/duckwire.json"
 kill "$pid"; wait "$pid" 2>/dev/null || true
 
+: >"$out/sqlrooms-server.log"  # emptied first: waiting for its line must not see the last run's
 "$DUCKWIRE_BENCH_VENV/bin/sqlrooms-server" --port 4602 --sync >"$out/sqlrooms-server.log" 2>&1 &
 pid=$!
 wait_for "$out/sqlrooms-server.log" "istening"
@@ -27,6 +29,7 @@ kill "$pid"; wait "$pid" 2>/dev/null || true
 
 # Mosaic's Rust server: in-memory database, its default pool of 10 connections, per-query
 # logging off (duckwire runs at --log-level warn too).
+: >"$out/mosaic-rust-server.log"  # emptied first: waiting for its line must not see the last run's
 RUST_LOG=warn "$DUCKWIRE_BENCH_MOSAIC" --port 4603 :memory: >"$out/mosaic-rust-server.log" 2>&1 &
 pid=$!
 wait_port 4603

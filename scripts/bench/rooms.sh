@@ -18,6 +18,7 @@ venv="$(scripts/bench/pyref.sh)"
 
 run() { # label port command...
   local label=$1 port=$2; shift 2
+  : >"$out/$label.log"  # emptied first: waiting for its line must not see the last run's
   "$@" >"$out/$label.log" 2>&1 &
   local pid=$!
   wait_port "$port"

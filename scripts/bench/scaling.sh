@@ -14,6 +14,7 @@ mkdir -p "$out"
 echo "| --threads | scenario | median | p99 | ops/s |"
 echo "|---|---|---|---|---|"
 for threads in 1 2 4; do
+  : >"$out/server.log"  # emptied first: waiting for its line must not see the last run's
   "$bin/duckwire" --port 4621 --threads "$threads" --log-level warn >"$out/server.log" 2>&1 &
   pid=$!
   for _ in $(seq 1 100); do grep -q "listening on" "$out/server.log" && break; sleep 0.1; done

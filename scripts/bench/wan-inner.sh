@@ -12,6 +12,7 @@ wanted() { [ -z "${DUCKWIRE_WAN_CONFIGS:-}" ] || [[ " $DUCKWIRE_WAN_CONFIGS " ==
 duckwire() { # label json compression [client flags…]
   local label=$1 json=$2 compression=$3
   shift 3
+  : >"$out/$json.log"  # emptied first: waiting for its line must not see the last run's
   "$bin/duckwire" --port 4701 --threads "$(nproc)" --log-level warn \
     --ws-compression "$compression" --http-compression "$compression" >"$out/$json.log" 2>&1 &
   local pid=$!
@@ -28,6 +29,7 @@ if wanted duckwire-off; then
 fi
 
 if wanted sqlrooms-server; then
+  : >"$out/sqlrooms-server.log"  # emptied first: waiting for its line must not see the last run's
   "$DUCKWIRE_BENCH_VENV/bin/sqlrooms-server" --port 4702 >"$out/sqlrooms-server.log" 2>&1 &
   pid=$!
   wait_for "$out/sqlrooms-server.log" "istening"
@@ -37,6 +39,7 @@ if wanted sqlrooms-server; then
 fi
 
 if wanted mosaic; then
+  : >"$out/mosaic.log"  # emptied first: waiting for its line must not see the last run's
   RUST_LOG=warn "$DUCKWIRE_BENCH_MOSAIC" --port 4703 :memory: >"$out/mosaic.log" 2>&1 &
   pid=$!
   wait_port 4703

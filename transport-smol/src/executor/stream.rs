@@ -7,6 +7,7 @@
 //! as it comes, from the buffer the worker filled (never copied into a frame buffer).
 
 use std::io::{self, Write};
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use duckwire_core::StreamPolicy;
@@ -90,6 +91,73 @@ pub struct ResultWriter<'a> {
 struct Streaming {
     piece: Vec<u8>,
     pieces: async_channel::Sender<StreamPiece>,
+    buffers: Arc<PieceBuffers>,
+}
+
+/// The buffers of one stream's pieces, reused once written. A result streams through the
+/// same few buffers instead of fresh memory for each piece: fresh pages cost the kernel's
+/// zeroing on first touch (`perf` on a 5M-row result: `clear_page_erms` 14 % of the server's
+/// CPU with a new buffer per piece, 10 % with these; the rest is the IPC encoder's own
+/// per-batch buffers).
+struct PieceBuffers {
+    free: Mutex<Vec<Vec<u8>>>,
+    /// More than the window holds: the ones written come back while others wait.
+    keep: usize,
+}
+
+impl PieceBuffers {
+    fn take(&self) -> Vec<u8> {
+        let reused = self.free.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        reused.unwrap_or_else(|| Vec::with_capacity(PIECE_BYTES))
+    }
+
+    fn give_back(&self, mut buffer: Vec<u8>) {
+        buffer.clear();
+        let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
+        if free.len() < self.keep && buffer.capacity() <= 2 * PIECE_BYTES {
+            free.push(buffer);
+        }
+    }
+}
+
+/// A piece's bytes, whose buffer goes back to its stream's [`PieceBuffers`] once the writer
+/// dropped it.
+struct PooledPiece {
+    buffer: Vec<u8>,
+    buffers: Arc<PieceBuffers>,
+}
+
+impl AsRef<[u8]> for PooledPiece {
+    fn as_ref(&self) -> &[u8] {
+        &self.buffer
+    }
+}
+
+impl Drop for PooledPiece {
+    fn drop(&mut self) {
+        self.buffers.give_back(std::mem::take(&mut self.buffer));
+    }
+}
+
+impl Streaming {
+    /// Hands the piece filled so far to the reader, waiting while the window is full.
+    fn ship(&mut self) -> io::Result<()> {
+        let full = self.take_piece();
+        self.pieces
+            .send_blocking(StreamPiece::More(full))
+            .map_err(|_| reader_gone())
+    }
+
+    /// The piece filled so far, as bytes that return their buffer when dropped; a fresh
+    /// (or reused) buffer takes its place.
+    fn take_piece(&mut self) -> Bytes {
+        let next = self.buffers.take();
+        let buffer = std::mem::replace(&mut self.piece, next);
+        Bytes::from_owner(PooledPiece {
+            buffer,
+            buffers: self.buffers.clone(),
+        })
+    }
 }
 
 impl<'a> ResultWriter<'a> {
@@ -111,8 +179,8 @@ impl<'a> ResultWriter<'a> {
     pub fn finish(mut self) -> io::Result<Finished> {
         match self.streaming.take() {
             None => Ok(Finished::Whole(self.held.into_bytes())),
-            Some(streaming) => {
-                let last = Bytes::from(streaming.piece);
+            Some(mut streaming) => {
+                let last = streaming.take_piece();
                 streaming
                     .pieces
                     .send_blocking(StreamPiece::Last(last))
@@ -137,9 +205,14 @@ impl<'a> ResultWriter<'a> {
                 .map_err(|_| reader_gone())?;
             start = end;
         }
+        let buffers = Arc::new(PieceBuffers {
+            free: Mutex::new(Vec::new()),
+            keep: capacity + 4,
+        });
         self.streaming = Some(Streaming {
-            piece: Vec::with_capacity(PIECE_BYTES),
+            piece: buffers.take(),
             pieces: sender,
+            buffers,
         });
         Ok(())
     }
@@ -155,13 +228,13 @@ fn reader_gone() -> io::Error {
 impl Write for ResultWriter<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         if let Some(streaming) = &mut self.streaming {
+            // A piece stays within its buffer (no reallocation) unless one write is larger.
+            if !streaming.piece.is_empty() && streaming.piece.len() + buf.len() > PIECE_BYTES {
+                streaming.ship()?;
+            }
             streaming.piece.extend_from_slice(buf);
             if streaming.piece.len() >= PIECE_BYTES {
-                let full = std::mem::replace(&mut streaming.piece, Vec::with_capacity(PIECE_BYTES));
-                streaming
-                    .pieces
-                    .send_blocking(StreamPiece::More(Bytes::from(full)))
-                    .map_err(|_| reader_gone())?;
+                streaming.ship()?;
             }
             return Ok(buf.len());
         }
