@@ -11,7 +11,10 @@ async function run() {
   const answer = await connector.query('select 42::integer as answer');
   const rows = await connector.query('select range::integer as i, range * 2 as j from range(1000)');
   const last = rows.get(999);
-  output.textContent = `answer=${answer.getChild('answer').get(0)} rows=${rows.numRows} last=${last.i},${last.j}`;
+  // 16 MB, past the server's stream threshold: one message sent as DuckDB produced it.
+  const big = await connector.query('select range as i, range * 2 as j from range(1000000)');
+  const bigLast = Number(big.getChild('j').get(999999));
+  output.textContent = `answer=${answer.getChild('answer').get(0)} rows=${rows.numRows} last=${last.i},${last.j} streamed=${big.numRows},${bigLast}`;
   await connector.destroy();
 }
 

@@ -66,7 +66,7 @@ async function visit(host) {
 }
 
 const local = await visit('127.0.0.1');
-assert(local === 'answer=42 rows=1000 last=999,1998', `loopback page output: ${local}`);
+assert(local === 'answer=42 rows=1000 last=999,1998 streamed=1000000,1999998', `loopback page output: ${local}`);
 console.log(`browser, loopback origin: ${local}`);
 const foreign = await visit('evil.test');
 assert(foreign.startsWith('error'), `foreign page must be refused, got: ${foreign}`);
