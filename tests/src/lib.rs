@@ -118,6 +118,13 @@ impl ServerProcess {
         self.status_bytes("VmRSS:")
     }
 
+    /// File descriptors the server has open (sockets included).
+    pub fn open_fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .expect("/proc/<pid>/fd")
+            .count()
+    }
+
     /// The most the resident set reached since the server started (`VmHWM`).
     pub fn peak_rss_bytes(&self) -> u64 {
         self.status_bytes("VmHWM:")

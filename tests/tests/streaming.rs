@@ -242,3 +242,36 @@ fn a_streamed_result_does_not_grow_the_server_with_its_size() {
         "streamed: +{streamed} bytes (held: +{held})"
     );
 }
+
+/// A peer that goes away (no close frame) while its result streams: the query stops and the
+/// connection is let go (its socket closed), whether the writer was sending a piece (the
+/// socket fails) or waiting for the next one from a slow query (the stream is cut by the
+/// interrupt).
+#[test]
+fn a_peer_that_vanishes_mid_stream_leaves_nothing_behind() {
+    let server = ServerProcess::start(SMALL_THRESHOLD);
+    // Before any connection: the metrics requests below each leave a socket for a moment.
+    let fds = server.open_fds();
+    let fast = "select range as i, range * 2 as j from range(40000000)";
+    // About a millisecond per DuckDB chunk: the writer mostly waits for the next piece.
+    let slow = "select range as i, hash(repeat(range::varchar, 2000)) as h from range(3000000)";
+    for (n, sql) in [fast, slow].into_iter().enumerate() {
+        let mut client = DeflateClient::connect(&server.url("/"), None).unwrap();
+        let query = json!({"type":"arrow","sql":sql,"queryId":"v"});
+        client.send_text(&query.to_string()).unwrap();
+        until("the result began", || {
+            server.metric("duckwire_results_streamed_total") == (n + 1) as f64
+        });
+        client.stream().shutdown(std::net::Shutdown::Both).unwrap();
+        drop(client);
+        // Only the HTTP connection asking for the metrics is open then.
+        until("the connection is gone", || {
+            server.metric("duckwire_connections_open") == 1.0
+        });
+        until("its socket is closed", || server.open_fds() <= fds);
+    }
+    // Nothing is stuck: the server answers.
+    let mut next = server.connect();
+    let reply = next.request(json!({"type":"json","sql":"select 1 as n","queryId":"n"}));
+    assert_eq!(reply["data"], "[{\"n\":1}]");
+}

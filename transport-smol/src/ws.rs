@@ -506,8 +506,12 @@ async fn write(
                     match whole {
                         Ok(true) => Ok(()),
                         // The message stays open: only the close the core is deciding on
-                        // (its query failed) may follow.
-                        Ok(false) => return std::future::pending().await,
+                        // (its query failed) may follow, or nothing, if the connection is
+                        // going away: nothing more is written until one or the other.
+                        Ok(false) => {
+                            while queue.recv().await.is_ok() {}
+                            return None;
+                        }
                         Err(e) => Err(e),
                     }
                 }
