@@ -706,18 +706,14 @@ mod tests {
     #[test]
     fn a_streamed_result_is_one_message_with_pings_between_its_fragments() {
         let parts: Vec<Vec<u8>> = (0..3u8).map(|i| vec![i; 300_000]).collect();
-        let pieces = vec![
-            StreamPiece::More(Bytes::from(parts[0].clone())),
-            StreamPiece::More(Bytes::from(parts[1].clone())),
-            StreamPiece::Last(Bytes::from(parts[2].clone())),
-        ];
         for deflate in [false, true] {
-            let pieces = pieces.iter().map(|p| match p {
-                StreamPiece::More(b) => StreamPiece::More(b.clone()),
-                StreamPiece::Last(b) => StreamPiece::Last(b.clone()),
-            });
+            let pieces = [
+                StreamPiece::More(Bytes::from(parts[0].clone())),
+                StreamPiece::More(Bytes::from(parts[1].clone())),
+                StreamPiece::Last(Bytes::from(parts[2].clone())),
+            ];
             let queued = vec![Outbound::Ping, Outbound::Frame(Frame::Text("after".into()))];
-            let (wire, whole, held) = streamed(pieces.collect(), deflate, queued);
+            let (wire, whole, held) = streamed(pieces.into(), deflate, queued);
             assert!(whole);
             assert_eq!(held, 1, "the reply waits for the end of the message");
             let mut decoder = Decoder::new(Role::Client, None, deflate);

@@ -324,8 +324,9 @@ impl Worker {
                     arrow_header: &arrow_header,
                     json_reply: json_header.as_ref(),
                     stream: stream.map(|policy| (policy, &begin as Begin<'_>)),
+                    began: &began,
                 };
-                let (outcome, wrote) = self.query(handle, output, &sql, persist, gate, &began);
+                let (outcome, wrote) = self.query(handle, output, &sql, persist, gate);
                 self.record(kind.as_str(), &outcome, started);
                 (self.completions)(Completion::Query {
                     handle,
@@ -409,7 +410,6 @@ impl Worker {
         sql: &str,
         persist: bool,
         gate: Gate,
-        began: &std::cell::Cell<bool>,
     ) -> (QueryOutcome, bool) {
         // Nothing runs before DuckDB has said what the text is. Text its parser or binder
         // rejects fails here, as it would when run.
@@ -443,9 +443,9 @@ impl Worker {
         };
         let result = in_transaction(&conn, gate == Gate::ReadsOnly, || {
             if persist && self.cache.is_enabled() {
-                self.cached_query(handle, &conn, output, sql, plans, read, began)
+                self.cached_query(handle, &conn, output, sql, plans, read)
             } else {
-                self.with_retries(began, || run_sql_planned(&conn, output, sql, plans))
+                self.with_retries(output.began, || run_sql_planned(&conn, output, sql, plans))
             }
         });
         let interrupted = self.interrupts.finish(handle);
@@ -481,7 +481,6 @@ impl Worker {
         sql: &str,
         plans: Plans,
         read: bool,
-        began: &std::cell::Cell<bool>,
     ) -> Result<QueryOutcome, String> {
         let (kind, arrow_header) = (output.kind, output.arrow_header);
         let cache = self.cache.clone();
@@ -489,7 +488,7 @@ impl Worker {
         let form = crate::cache::cache_form(kind, output.json_reply.is_some());
         let (value, _) = cache.get_or_compute((form, sql.to_string()), || {
             let run = || run_sql_planned(conn, output, sql, plans);
-            let outcome = match self.with_retries(began, run) {
+            let outcome = match self.with_retries(output.began, run) {
                 Ok(outcome) => outcome,
                 // Interrupted (our client cancelled): nothing to cache.
                 Err(_) if self.interrupts.was_interrupted(handle) => {

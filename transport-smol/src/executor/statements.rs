@@ -25,6 +25,8 @@ pub(super) struct Output<'a> {
     pub(super) json_reply: Option<&'a JsonReplyHeader>,
     /// Arrow results past the policy's threshold are streamed, announced through `Begin`.
     pub(super) stream: Option<(StreamPolicy, Begin<'a>)>,
+    /// Set (by `Begin`) once the result began to leave: it cannot be retried then.
+    pub(super) began: &'a std::cell::Cell<bool>,
 }
 
 /// Runs `sql` and shapes its last result. `arrow_header` prefixes Arrow output; JSON comes
@@ -35,11 +37,13 @@ pub fn run_sql(
     sql: &str,
     arrow_header: &Bytes,
 ) -> Result<QueryOutcome, String> {
+    let never_streams = std::cell::Cell::new(false);
     let output = Output {
         kind,
         arrow_header,
         json_reply: None,
         stream: None,
+        began: &never_streams,
     };
     run_sql_planned(conn, output, sql, Plans::Fresh)
 }
