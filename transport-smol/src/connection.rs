@@ -356,24 +356,12 @@ async fn send_answer(
         return write_response(stream, &response, keep_alive).await;
     }
     add_encoding_headers(&mut response, encoding);
-    let parts = parts_on_blocking_pool(move |send| {
-        let mut encoder = match PartEncoder::new(encoding) {
-            Ok(encoder) => encoder,
-            Err(e) => {
-                send(Err(e));
-                return;
-            }
-        };
-        for chunk in body.chunks(COMPRESS_PART_BYTES) {
-            let part = encoder.part(chunk).map(|part| (Bytes::from(part), false));
-            let failed = part.is_err();
-            if !send(part) || failed {
-                return;
-            }
-        }
-        send(encoder.finish().map(|end| (Bytes::from(end), true)));
+    let count = body.len().div_ceil(COMPRESS_PART_BYTES);
+    let mut chunks = (0..count).map(move |i| {
+        let end = ((i + 1) * COMPRESS_PART_BYTES).min(body.len());
+        (body.slice(i * COMPRESS_PART_BYTES..end), i + 1 == count)
     });
-    let parts = ChunkSource::Parts(parts);
+    let parts = encoded_parts(encoding, move || chunks.next());
     let whole = write_chunked_response(stream, &response, keep_alive, parts).await?;
     match whole {
         true => Ok(()),
@@ -381,6 +369,40 @@ async fn send_answer(
             "compressing an answer stopped midway",
         )),
     }
+}
+
+/// Compresses what `next` yields (bytes, and whether they are the last) as one encoded body,
+/// part by part on the blocking pool, each part flushed so it can leave as a chunk while the
+/// next is compressed. The parts end without a last one if `next` ends first (a stream cut
+/// short) or compressing fails.
+fn encoded_parts(
+    encoding: Encoding,
+    mut next: impl FnMut() -> Option<(Bytes, bool)> + Send + 'static,
+) -> ChunkSource {
+    ChunkSource::Parts(parts_on_blocking_pool(move |send| {
+        let mut encoder = match PartEncoder::new(encoding) {
+            Ok(encoder) => encoder,
+            Err(e) => {
+                send(Err(e));
+                return;
+            }
+        };
+        while let Some((input, last)) = next() {
+            let part = encoder.part(&input);
+            if last {
+                let whole = part.and_then(|mut part| {
+                    part.extend(encoder.finish()?);
+                    Ok(part)
+                });
+                send(whole.map(|part| (Bytes::from(part), true)));
+                return;
+            }
+            let failed = part.is_err();
+            if !send(part.map(|part| (Bytes::from(part), false))) || failed {
+                return;
+            }
+        }
+    }))
 }
 
 /// Writes an Arrow result as it is produced: a chunked body, each piece a chunk as it
@@ -399,34 +421,12 @@ async fn send_streamed_answer(
         return write_chunked_response(stream, &response, keep_alive, pieces).await;
     };
     add_encoding_headers(&mut response, encoding);
-    let parts = parts_on_blocking_pool(move |send| {
-        let mut encoder = match PartEncoder::new(encoding) {
-            Ok(encoder) => encoder,
-            Err(e) => {
-                send(Err(e));
-                return;
-            }
-        };
-        while let Some(piece) = result.next_blocking() {
-            let (bytes, last) = piece.into_parts();
-            meter.written(bytes.len());
-            let mut part = encoder.part(&bytes);
-            if last {
-                part = part.and_then(|mut part| {
-                    part.extend(encoder.finish()?);
-                    Ok(part)
-                });
-                send(part.map(|part| (Bytes::from(part), true)));
-                return;
-            }
-            let failed = part.is_err();
-            if !send(part.map(|part| (Bytes::from(part), false))) || failed {
-                return;
-            }
-        }
-        // Cut short: the parts end without the last one.
+    let parts = encoded_parts(encoding, move || {
+        let (bytes, last) = result.next_blocking()?.into_parts();
+        meter.written(bytes.len());
+        Some((bytes, last))
     });
-    write_chunked_response(stream, &response, keep_alive, ChunkSource::Parts(parts)).await
+    write_chunked_response(stream, &response, keep_alive, parts).await
 }
 
 fn add_encoding_headers(response: &mut Response, encoding: Encoding) {

@@ -621,21 +621,14 @@ impl<'t> Session<'t> {
                     // Its result passed the threshold: the reply starts, the query runs on.
                     self.running.push(handle);
                     Self::checked(self.server.handle_query_streaming(handle, self.now()))?;
-                } else if tracked.streaming {
-                    // A stream ends whole, or with DuckDB's error, or interrupted.
-                    let outcome = match outcome % 3 {
-                        0 => QueryOutcome::Streamed,
-                        1 => QueryOutcome::Failed("boom".into()),
-                        _ => QueryOutcome::Cancelled,
-                    };
-                    Self::checked(self.server.handle_query_done(
-                        handle,
-                        outcome,
-                        false,
-                        self.now(),
-                    ))?;
                 } else {
                     let outcome = match outcome % 6 {
+                        // A stream ends whole, or with DuckDB's error, or interrupted.
+                        n if tracked.streaming => match n % 3 {
+                            0 => QueryOutcome::Streamed,
+                            1 => QueryOutcome::Failed("boom".into()),
+                            _ => QueryOutcome::Cancelled,
+                        },
                         // Built by the executor's writer, escapes included.
                         0 => {
                             let Some(header) = &tracked.json_header else {
