@@ -10,14 +10,14 @@ use crate::{
     QueryHandle, QueryOutcome,
 };
 
-fn http_info() -> ConnectionInfo {
+pub(super) fn http_info() -> ConnectionInfo {
     ConnectionInfo {
         dialect: Dialect::Http,
         ..Default::default()
     }
 }
 
-fn post(body: serde_json::Value) -> HttpRequest {
+pub(super) fn post(body: serde_json::Value) -> HttpRequest {
     HttpRequest {
         method: "POST".into(),
         path: "/".into(),
