@@ -275,3 +275,26 @@ fn a_peer_that_vanishes_mid_stream_leaves_nothing_behind() {
     let reply = next.request(json!({"type":"json","sql":"select 1 as n","queryId":"n"}));
     assert_eq!(reply["data"], "[{\"n\":1}]");
 }
+
+/// A reader that stops reading holds its own query, not a DuckDB worker: the query timeout
+/// ends the stream even while the worker waits for room in the window. One worker here, so
+/// the next query on another connection runs only if that worker was let go.
+#[test]
+fn a_stalled_reader_lets_its_worker_go_at_the_query_timeout() {
+    let mut flags = SMALL_THRESHOLD.to_vec();
+    flags.extend(["--threads", "1", "--query-timeout-ms", "1000"]);
+    let server = ServerProcess::start(&flags);
+    let mut stalled = DeflateClient::connect(&server.url("/"), None).unwrap();
+    let sql = "select range as i, range * 2 as j from range(100000000)";
+    let query = json!({"type":"arrow","sql":sql,"queryId":"s"});
+    stalled.send_text(&query.to_string()).unwrap();
+    until("the result began", || {
+        server.metric("duckwire_results_streamed_total") == 1.0
+    });
+    // The stalled client reads nothing; the other one gets its answer once the timeout
+    // freed the only worker.
+    let mut other = server.connect();
+    let reply = other.request(json!({"type":"json","sql":"select 7 as n","queryId":"o"}));
+    assert_eq!(reply["data"], "[{\"n\":7}]");
+    drop(stalled);
+}

@@ -8,6 +8,8 @@ use std::time::Duration;
 use duckdb::InterruptHandle;
 use duckwire_core::QueryHandle;
 
+use super::stream::StreamCloser;
+
 /// How often a cancelled query that is still running is interrupted again.
 const REINTERRUPT_EVERY: Duration = Duration::from_millis(20);
 
@@ -30,6 +32,10 @@ struct InterruptState {
     /// begins, so an interrupt that lands between two statements (or just before the first)
     /// would be lost; these are interrupted again until they finish.
     cancel_requested: HashSet<QueryHandle>,
+    /// Running queries whose result streams: an interrupt also ends the stream, since their
+    /// worker may be waiting for a reader that does not read (DuckDB's interrupt reaches a
+    /// worker only while it runs DuckDB).
+    streams: HashMap<QueryHandle, StreamCloser>,
     shutting_down: bool,
     stopped: bool,
 }
@@ -52,6 +58,9 @@ impl Interrupts {
 
     pub(super) fn interrupt(&self, handle: QueryHandle) {
         let mut state = self.lock();
+        if let Some(stream) = state.streams.get(&handle) {
+            stream.close();
+        }
         if let Some(running) = state.running.get(&handle) {
             running.interrupt();
             state.cancel_requested.insert(handle);
@@ -79,10 +88,21 @@ impl Interrupts {
         self.lock().interrupted(handle)
     }
 
+    /// The running query `handle` began to stream its result: an interrupt (already
+    /// requested, or to come) ends the stream too.
+    pub(super) fn streaming(&self, handle: QueryHandle, closer: StreamCloser) {
+        let mut state = self.lock();
+        if state.interrupted(handle) {
+            closer.close();
+        }
+        state.streams.insert(handle, closer);
+    }
+
     /// The query stopped running; whether it had been interrupted ([`Self::was_interrupted`]).
     pub(super) fn finish(&self, handle: QueryHandle) -> bool {
         let mut state = self.lock();
         let interrupted = state.interrupted(handle);
+        state.streams.remove(&handle);
         state.running.remove(&handle);
         state.cancel_requested.remove(&handle);
         interrupted
@@ -130,6 +150,9 @@ impl Interrupts {
         state.shutting_down = true;
         for running in state.running.values() {
             running.interrupt();
+        }
+        for stream in state.streams.values() {
+            stream.close();
         }
         self.cancelled_while_running.notify_all();
     }

@@ -315,8 +315,10 @@ impl Worker {
                 // Set once the result began to leave: it cannot be retried then.
                 let began = std::cell::Cell::new(false);
                 let completions = self.completions.clone();
-                let begin = |stream| {
+                let interrupts = self.interrupts.clone();
+                let begin = |stream: ResultStream| {
                     began.set(true);
+                    interrupts.streaming(handle, stream.closer());
                     completions(Completion::Streaming { handle, stream });
                 };
                 let output = Output {

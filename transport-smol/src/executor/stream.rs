@@ -61,6 +61,11 @@ impl ResultStream {
         ResultStream { pieces: receiver }
     }
 
+    /// What ends this stream from outside.
+    pub fn closer(&self) -> StreamCloser {
+        StreamCloser(self.pieces.downgrade())
+    }
+
     /// The next piece; `None` once the stream ended (after `Last`, or cut short).
     pub async fn next(&self) -> Option<StreamPiece> {
         self.pieces.recv().await.ok()
@@ -69,6 +74,19 @@ impl ResultStream {
     /// The same, for a blocking thread (compression on the blocking pool).
     pub fn next_blocking(&self) -> Option<StreamPiece> {
         self.pieces.recv_blocking().ok()
+    }
+}
+
+/// Ends a stream from outside (an interrupt): its worker's wait for room in the window ends
+/// with an error, its reader gets what was produced and then the end without the last piece.
+/// Weak: it keeps the stream alive for neither side.
+pub struct StreamCloser(async_channel::WeakReceiver<StreamPiece>);
+
+impl StreamCloser {
+    pub fn close(&self) {
+        if let Some(pieces) = self.0.upgrade() {
+            pieces.close();
+        }
     }
 }
 
