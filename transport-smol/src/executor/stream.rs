@@ -119,6 +119,8 @@ struct Streaming {
 /// per-batch buffers).
 struct PieceBuffers {
     free: Mutex<Vec<Vec<u8>>>,
+    /// Buffers allocated (not reused) for this stream.
+    allocated: std::sync::atomic::AtomicUsize,
     /// More than the window holds: the ones written come back while others wait.
     keep: usize,
 }
@@ -126,7 +128,11 @@ struct PieceBuffers {
 impl PieceBuffers {
     fn take(&self) -> Vec<u8> {
         let reused = self.free.lock().unwrap_or_else(|e| e.into_inner()).pop();
-        reused.unwrap_or_else(|| Vec::with_capacity(PIECE_BYTES))
+        reused.unwrap_or_else(|| {
+            self.allocated
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Vec::with_capacity(PIECE_BYTES)
+        })
     }
 
     fn give_back(&self, mut buffer: Vec<u8>) {
@@ -225,6 +231,7 @@ impl<'a> ResultWriter<'a> {
         }
         let buffers = Arc::new(PieceBuffers {
             free: Mutex::new(Vec::new()),
+            allocated: Default::default(),
             keep: capacity + 4,
         });
         self.streaming = Some(Streaming {
@@ -325,6 +332,51 @@ mod tests {
         let (bytes, whole) = bytes_of(&stream);
         assert!(whole);
         assert_eq!(bytes, expected);
+    }
+
+    #[test]
+    fn a_long_stream_goes_through_a_few_reused_buffers() {
+        let announced = RefCell::new(None);
+        let begin = |stream| *announced.borrow_mut() = Some(stream);
+        let policy = StreamPolicy {
+            above: 10,
+            window: 4 * PIECE_BYTES,
+        };
+        let mut writer = ResultWriter::new(0, Some((policy, &begin)));
+        writer.write_all(&[1; 100]).unwrap();
+        let stream = announced.borrow_mut().take().expect("announced");
+        // The reader takes each piece as it comes and lets it go, as a writer task does.
+        let reader = std::thread::spawn(move || {
+            let (mut pieces, mut total) = (0, 0);
+            while let Some(piece) = stream.next_blocking() {
+                let (bytes, last) = piece.into_parts();
+                pieces += 1;
+                total += bytes.len();
+                if last {
+                    break;
+                }
+            }
+            (pieces, total)
+        });
+        for _ in 0..200 {
+            writer.write_all(&[2; PIECE_BYTES / 2]).unwrap();
+        }
+        let buffers = writer
+            .streaming
+            .as_ref()
+            .expect("streaming")
+            .buffers
+            .clone();
+        assert!(matches!(writer.finish().unwrap(), Finished::Streamed));
+        let (pieces, total) = reader.join().unwrap();
+        assert_eq!(total, 100 + 200 * PIECE_BYTES / 2);
+        assert!(pieces > 90, "{pieces} pieces");
+        // About 100 pieces through the window's worth of buffers and a few more.
+        let allocated = buffers.allocated.load(std::sync::atomic::Ordering::Relaxed);
+        assert!(
+            allocated <= 4 + 6,
+            "{allocated} buffers allocated for {pieces} pieces"
+        );
     }
 
     #[test]
