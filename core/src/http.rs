@@ -321,13 +321,7 @@ impl Server {
             if c.dialect() == Dialect::MosaicSocket {
                 match response {
                     HttpResponse::Streamed { query, window } => {
-                        if self.account_outbound(conn, window, now) {
-                            self.push(Effect::SendStream {
-                                conn,
-                                query,
-                                window,
-                            });
-                        }
+                        self.send_stream(conn, query, window, now)
                     }
                     response => self.send_frame(conn, response.into_mosaic_frame(), now),
                 }

@@ -36,15 +36,25 @@ impl Server {
                 };
                 self.answer(conn, slot, response, now);
             }
-            None => {
-                if self.account_outbound(conn, window, now) {
-                    self.push(Effect::SendStream {
-                        conn,
-                        query: handle,
-                        window,
-                    });
-                }
-            }
+            None => self.send_stream(conn, handle, window, now),
+        }
+    }
+
+    /// Starts a streamed reply on a socket: its window is counted as queued (the cap may
+    /// close the connection instead), then `Effect::SendStream`.
+    pub(crate) fn send_stream(
+        &mut self,
+        conn: ConnId,
+        query: QueryHandle,
+        window: usize,
+        now: Millis,
+    ) {
+        if self.account_outbound(conn, window, now) {
+            self.push(Effect::SendStream {
+                conn,
+                query,
+                window,
+            });
         }
     }
 

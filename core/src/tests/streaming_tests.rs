@@ -9,7 +9,7 @@ use super::http_tests::{http_info, post};
 use crate::server::close_code;
 use crate::{
     Config, ConnId, ConnectionInfo, Dialect, Effect, HttpResponse, Limits, QueryHandle,
-    QueryOutcome, StreamPolicy,
+    QueryOutcome, RunQuery, StreamPolicy,
 };
 
 const WINDOW: usize = 1 << 20;
@@ -20,6 +20,11 @@ fn config() -> Config {
         stream_window_bytes: WINDOW,
         ..Config::default()
     }
+}
+
+/// An `arrow` query from connection 1, as the core asks to run it.
+fn arrow_query(h: &mut Harness, sql: &str, id: &str) -> RunQuery {
+    runs(&h.text(1, json!({"type":"arrow","sql":sql,"queryId":id})))[0].clone()
 }
 
 fn streaming(h: &mut Harness, query: QueryHandle) -> Vec<Effect> {
@@ -65,9 +70,9 @@ fn broken_streams(effects: &[Effect]) -> Vec<(u64, String)> {
 fn only_arrow_queries_carry_the_stream_policy_and_none_disables_it() {
     let mut h = Harness::new(config());
     h.open(1);
-    let arrow = runs(&h.text(1, json!({"type":"arrow","sql":"select 1","queryId":"a"})));
+    let arrow = arrow_query(&mut h, "select 1", "a");
     assert_eq!(
-        arrow[0].stream,
+        arrow.stream,
         Some(StreamPolicy {
             above: 4096,
             window: WINDOW
@@ -81,15 +86,14 @@ fn only_arrow_queries_carry_the_stream_policy_and_none_disables_it() {
         ..config()
     });
     h.open(1);
-    let arrow = runs(&h.text(1, json!({"type":"arrow","sql":"select 1","queryId":"a"})));
-    assert_eq!(arrow[0].stream, None);
+    assert_eq!(arrow_query(&mut h, "select 1", "a").stream, None);
 }
 
 #[test]
 fn a_streamed_reply_starts_on_the_executors_word_and_ends_without_another_message() {
     let mut h = Harness::new(config());
     h.open(1);
-    let run = runs(&h.text(1, json!({"type":"arrow","sql":"select 1","queryId":"a"})))[0].clone();
+    let run = arrow_query(&mut h, "select 1", "a");
     let started = streaming(&mut h, run.query);
     assert_eq!(stream_sends(&started), vec![(1, run.query, WINDOW)]);
     assert_eq!(h.server.inflight_count(ConnId(1)), 1, "still running");
@@ -98,8 +102,9 @@ fn a_streamed_reply_starts_on_the_executors_word_and_ends_without_another_messag
     assert_eq!(h.server.inflight_count(ConnId(1)), 0);
 }
 
-#[test]
-fn the_window_counts_against_the_outbound_cap_until_the_writer_reports_it() {
+/// A connection whose outbound cap holds one window (and a little), after one stream that
+/// ended but whose window the writer has not reported yet.
+fn after_one_stream_under_a_window_cap() -> Harness {
     let mut h = Harness::new(Config {
         limits: Limits {
             max_outbound_bytes_per_conn: Some(WINDOW + 100),
@@ -108,31 +113,25 @@ fn the_window_counts_against_the_outbound_cap_until_the_writer_reports_it() {
         ..config()
     });
     h.open(1);
-    let run = runs(&h.text(1, json!({"type":"arrow","sql":"select 1","queryId":"a"})))[0].clone();
+    let run = arrow_query(&mut h, "select 1", "a");
     assert_eq!(stream_sends(&streaming(&mut h, run.query)).len(), 1);
     done(&mut h, run.query, QueryOutcome::Streamed);
+    h
+}
+
+#[test]
+fn the_window_counts_against_the_outbound_cap_until_the_writer_reports_it() {
     // A second stream does not fit beside the first's unreported window: the cap closes.
-    let second =
-        runs(&h.text(1, json!({"type":"arrow","sql":"select 2","queryId":"b"})))[0].clone();
+    let mut h = after_one_stream_under_a_window_cap();
+    let second = arrow_query(&mut h, "select 2", "b");
     let refused = streaming(&mut h, second.query);
     assert!(stream_sends(&refused).is_empty());
     assert_eq!(closes(&refused), vec![(1, close_code::POLICY_VIOLATION)]);
 
     // Reported sent, the window is free again.
-    let mut h = Harness::new(Config {
-        limits: Limits {
-            max_outbound_bytes_per_conn: Some(WINDOW + 100),
-            ..Limits::default()
-        },
-        ..config()
-    });
-    h.open(1);
-    let run = runs(&h.text(1, json!({"type":"arrow","sql":"select 1","queryId":"a"})))[0].clone();
-    streaming(&mut h, run.query);
-    done(&mut h, run.query, QueryOutcome::Streamed);
+    let mut h = after_one_stream_under_a_window_cap();
     h.server.handle_sent(ConnId(1), WINDOW).unwrap();
-    let second =
-        runs(&h.text(1, json!({"type":"arrow","sql":"select 2","queryId":"b"})))[0].clone();
+    let second = arrow_query(&mut h, "select 2", "b");
     assert_eq!(stream_sends(&streaming(&mut h, second.query)).len(), 1);
 }
 
@@ -140,7 +139,7 @@ fn the_window_counts_against_the_outbound_cap_until_the_writer_reports_it() {
 fn a_failure_after_the_stream_began_closes_the_connection_with_its_reason() {
     let mut h = Harness::new(config());
     h.open(1);
-    let run = runs(&h.text(1, json!({"type":"arrow","sql":"select 1","queryId":"q7"})))[0].clone();
+    let run = arrow_query(&mut h, "select 1", "q7");
     streaming(&mut h, run.query);
     let failed = done(
         &mut h,
@@ -160,7 +159,7 @@ fn a_failure_after_the_stream_began_closes_the_connection_with_its_reason() {
 fn a_cancel_after_the_stream_began_is_acknowledged_then_closes_the_connection() {
     let mut h = Harness::new(config());
     h.open(1);
-    let run = runs(&h.text(1, json!({"type":"arrow","sql":"select 1","queryId":"c"})))[0].clone();
+    let run = arrow_query(&mut h, "select 1", "c");
     streaming(&mut h, run.query);
     let cancel = h.text(1, json!({"type":"cancel","queryId":"c"}));
     assert!(cancel
@@ -179,7 +178,7 @@ fn a_cancel_after_the_stream_began_is_acknowledged_then_closes_the_connection() 
 fn an_interrupted_query_that_reports_its_stream_late_starts_nothing() {
     let mut h = Harness::new(config());
     h.open(1);
-    let run = runs(&h.text(1, json!({"type":"arrow","sql":"select 1","queryId":"c"})))[0].clone();
+    let run = arrow_query(&mut h, "select 1", "c");
     h.text(1, json!({"type":"cancel","queryId":"c"}));
     assert!(stream_sends(&streaming(&mut h, run.query)).is_empty());
     assert!(!h.server.is_streaming(run.query));
