@@ -296,8 +296,8 @@ impl Server {
             QueryOutcome::NoResultSet => HttpResponse::Done,
             QueryOutcome::Arrow(ipc) => HttpResponse::Arrow(ipc),
             QueryOutcome::Json(rows) => HttpResponse::Json(rows),
-            // Ordered dialects ask for bare rows; a framed reply here is an executor bug, as
-            // is a stream's end for a query that never started one.
+            // Ordered dialects ask for bare rows; a framed reply here is an executor bug. (A
+            // stream's end never gets here: `query_done` ends it as begun or interrupted.)
             QueryOutcome::JsonReply(_) | QueryOutcome::Streamed => {
                 HttpResponse::error(500, "internal error: unexpected reply shape")
             }

@@ -24,6 +24,13 @@ impl Server {
         if self.is_streaming(handle) {
             return self.streamed_query_done(handle, outcome, wrote, now);
         }
+        // The end of a stream the core never began: `query_streaming` refused it because the
+        // query had been interrupted first, so it went nowhere, and the query ends as an
+        // interrupted one (cancelled, or its timeout).
+        let outcome = match outcome {
+            QueryOutcome::Streamed => QueryOutcome::Cancelled,
+            other => other,
+        };
         if matches!(outcome, QueryOutcome::NotARead(_)) && self.hand_back_to_barrier(handle) {
             // Nothing ran; those waiting for its result run on their own.
             if let Some(flight) = self.flights.land(handle) {
@@ -153,16 +160,6 @@ impl Server {
                 self.send_frame(conn, Frame::Text(reply.into_text()), now)
             }
             QueryOutcome::NoResultSet => self.send(conn, ServerMessage::Ok { query_id }, now),
-            // A stream's end for a query whose stream never began (its connection had no
-            // room for it): the reply did not go out.
-            QueryOutcome::Streamed => self.send(
-                conn,
-                ServerMessage::Error {
-                    error: "internal error: the result stream was not sent".into(),
-                    query_id: Some(query_id),
-                },
-                now,
-            ),
             QueryOutcome::Failed(_) if cancelled => {
                 self.send_error(conn, ProtocolError::Cancelled, Some(query_id), now)
             }
@@ -177,8 +174,9 @@ impl Server {
             QueryOutcome::Cancelled => {
                 self.send_error(conn, ProtocolError::Cancelled, Some(query_id), now)
             }
-            // Answered by `refuse` above.
-            QueryOutcome::NotARead(_) => {}
+            // Answered by `refuse` above; a stream's end is an interruption here
+            // (`query_done`).
+            QueryOutcome::NotARead(_) | QueryOutcome::Streamed => {}
         }
     }
 

@@ -176,19 +176,46 @@ fn a_cancel_after_the_stream_began_is_acknowledged_then_closes_the_connection() 
 
 #[test]
 fn an_interrupted_query_that_reports_its_stream_late_starts_nothing() {
-    let mut h = Harness::new(config());
+    // The worker then ends interrupted, or, if the rest of the result fit in the window
+    // before the driver dropped the stream nobody was given, "whole": the stream went
+    // nowhere either way, and the query is answered as any cancelled query.
+    for outcome in [QueryOutcome::Cancelled, QueryOutcome::Streamed] {
+        let mut h = Harness::new(config());
+        h.open(1);
+        let run = arrow_query(&mut h, "select 1", "c");
+        h.text(1, json!({"type":"cancel","queryId":"c"}));
+        assert!(stream_sends(&streaming(&mut h, run.query)).is_empty());
+        assert!(!h.server.is_streaming(run.query));
+        let ended = done(&mut h, run.query, outcome.clone());
+        assert_eq!(
+            sent_json(&ended, 1),
+            vec![json!({"type":"error","queryId":"c","error":"Query was cancelled"})],
+            "{outcome:?}: answered as any cancelled query"
+        );
+        assert!(closes(&ended).is_empty());
+    }
+}
+
+#[test]
+fn a_query_timed_out_before_its_stream_began_answers_the_timeout() {
+    let mut h = Harness::new(Config {
+        query_timeout_ms: Some(100),
+        ..config()
+    });
     h.open(1);
-    let run = arrow_query(&mut h, "select 1", "c");
-    h.text(1, json!({"type":"cancel","queryId":"c"}));
+    let run = arrow_query(&mut h, "select 1", "t");
+    h.now += 200;
+    h.server.handle_timeout(h.now()).unwrap();
+    assert!(h
+        .drain()
+        .iter()
+        .any(|e| matches!(e, Effect::Interrupt { .. })));
     assert!(stream_sends(&streaming(&mut h, run.query)).is_empty());
-    assert!(!h.server.is_streaming(run.query));
-    let ended = done(&mut h, run.query, QueryOutcome::Cancelled);
+    let ended = done(&mut h, run.query, QueryOutcome::Streamed);
     assert_eq!(
         sent_json(&ended, 1),
-        vec![json!({"type":"error","queryId":"c","error":"Query was cancelled"})],
-        "answered as any cancelled query"
+        vec![json!({"type":"error","queryId":"t","error":"query timeout (100 ms) exceeded"})]
     );
-    assert!(closes(&ended).is_empty());
 }
 
 #[test]
