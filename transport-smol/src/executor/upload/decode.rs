@@ -261,8 +261,10 @@ impl Layout {
 
 /// arrow-rs views a buffer as a slice of its values and panics when the buffer's length is
 /// not a whole number of them; valid writers never produce such a buffer, so it is refused.
-/// Columns of a type uploads do not support are left alone (the schema is refused before any
-/// batch is read).
+/// The buffers are checked up to the first column whose layout cannot be known (a type
+/// uploads do not support, refused with the schema before any batch is read, or a view
+/// column without its variadic buffer count, which the reader refuses when it gets there):
+/// the reader builds, and validates, every column before that one.
 fn check_widths(batch: &ipc::RecordBatch, columns: &[DataType]) -> Result<(), String> {
     let Some(buffers) = batch.buffers() else {
         return Ok(());
@@ -271,7 +273,7 @@ fn check_widths(batch: &ipc::RecordBatch, columns: &[DataType]) -> Result<(), St
     let mut widths = Vec::new();
     for column in columns {
         if buffer_widths(column, &mut variadic, buffers.len(), &mut widths).is_none() {
-            return Ok(());
+            break;
         }
     }
     for (buffer, width) in buffers.iter().zip(widths) {
@@ -286,7 +288,9 @@ fn check_widths(batch: &ipc::RecordBatch, columns: &[DataType]) -> Result<(), St
 }
 
 /// The width in bytes of the values in each buffer of a column (1 for bitmaps and bytes), in
-/// the order the IPC format lays them out; `None` for a type uploads do not support.
+/// the order the IPC format lays them out; `None` where the layout cannot be known (a type
+/// uploads do not support, a view column without its variadic count), the widths already
+/// pushed being right.
 fn buffer_widths(
     data_type: &DataType,
     variadic: &mut impl Iterator<Item = i64>,
@@ -480,6 +484,22 @@ mod tests {
             }
             let _ = decode(Bytes::from(stream)); // must return, whatever it says
         }
+    }
+
+    /// Found by the `upload` fuzz target: a list whose offsets buffer holds 2 bytes too many,
+    /// in a batch whose last column (a binary view) has no variadic buffer count. The view's
+    /// layout cannot be known, and the check once gave up on every buffer of the batch, so
+    /// arrow-rs's validation of the list panicked on the odd offsets.
+    #[test]
+    fn buffers_before_a_column_of_unknown_layout_are_still_checked() {
+        let stream =
+            include_bytes!("testdata/odd_list_offsets_before_a_view_without_counts.arrows");
+        let error = decode(Bytes::from_static(stream)).unwrap_err();
+        assert!(
+            error.starts_with("invalid Arrow IPC stream: a buffer of")
+                && error.ends_with("does not hold whole values of 4 bytes"),
+            "{error}"
+        );
     }
 
     #[test]
