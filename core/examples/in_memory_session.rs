@@ -104,6 +104,16 @@ impl Session {
                         .handle_snapshot_loaded(&room_id, Ok(stored), self.now)
                         .unwrap();
                 }
+                // A real driver runs the job on another thread (its cost grows with the
+                // room's history); here it runs on the spot.
+                Effect::RunRoomDocJob {
+                    room_id,
+                    job_id,
+                    job,
+                } => self
+                    .server
+                    .handle_room_doc_worked(&room_id, job_id, job.run(), self.now)
+                    .unwrap(),
                 Effect::PersistSnapshot {
                     room_id,
                     snapshot,

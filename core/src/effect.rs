@@ -40,6 +40,15 @@ pub enum Effect {
     /// Read the room's stored snapshot (and, with `durable_room_log`, the updates logged
     /// after it); report with `handle_room_loaded` (or `handle_snapshot_loaded`).
     LoadSnapshot { room_id: String },
+    /// Run Loro's work on a room's document ([`RoomDocJob::run`]: imports, then maybe a
+    /// snapshot) away from the thread that drives the core, and report what it did with
+    /// `handle_room_doc_worked`. At most one per room is outstanding. Its cost grows with
+    /// the room's history, which is why the core does not run it itself.
+    RunRoomDocJob {
+        room_id: String,
+        job_id: u64,
+        job: crate::RoomDocJob,
+    },
     /// Store the room's snapshot and drop its logged updates up to `log_seq` (the snapshot
     /// contains them); report with `handle_snapshot_persisted` and the same version.
     PersistSnapshot {

@@ -15,7 +15,7 @@ impl Server {
                 self.room_save_due(&room_id, now)
             }
             TimerKey::RoomEvict(room_id) => self.room_evict_due(&room_id),
-            TimerKey::RoomImport(room_id) => self.room_import_due(&room_id),
+            TimerKey::RoomImport(room_id) => self.room_import_due(&room_id, now),
             TimerKey::HttpIdle(conn) => self.http_idle_due(conn, now),
             TimerKey::Ping(conn) => self.ping_due(conn, now),
             TimerKey::PeerSilent(conn) => self.silence_due(conn, now),

@@ -265,6 +265,18 @@ impl Server {
         self.guarded(|server| server.snapshot_persisted(room_id, version, result, now))
     }
 
+    /// The report of an `Effect::RunRoomDocJob`: joiners waiting for the room's snapshot get
+    /// it, a save goes to storage, and the room's next job may start.
+    pub fn handle_room_doc_worked(
+        &mut self,
+        room_id: &str,
+        job_id: u64,
+        worked: crate::RoomDocWorked,
+        now: Millis,
+    ) -> Result<(), ServerError> {
+        self.guarded(|server| server.room_doc_worked(room_id, job_id, worked, now))
+    }
+
     /// When the core next needs [`handle_timeout`](Self::handle_timeout), if ever. Ask
     /// again after every input: any of them may arm or disarm a timer.
     pub fn poll_timeout(&self) -> Option<Millis> {
@@ -390,7 +402,7 @@ impl Server {
             for conn in open {
                 server.close(conn, close_code::GOING_AWAY, "server shutting down", now);
             }
-            server.persist_all_dirty_rooms();
+            server.persist_all_dirty_rooms(now);
         })
     }
 

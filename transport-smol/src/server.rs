@@ -110,6 +110,7 @@ pub fn run(
     let driver = Driver {
         server: Server::new(core_config, seed),
         inputs: driver_rx,
+        inputs_back: driver_tx.clone(),
         executor: workers.executor.clone(),
         meta: workers.meta,
         cache: workers.cache,

@@ -15,6 +15,11 @@ impl Server {
         if !room.loaded {
             return false;
         }
+        if room.doc.is_lent() {
+            // Imported (and relayed if new) once the job holding the document reports.
+            room.queued_remote.push(update);
+            return true;
+        }
         match room.doc.import_now(&update) {
             Err(_) => return false,
             // Already here (its import is idempotent): nothing to relay.
@@ -46,7 +51,7 @@ impl Server {
             .rooms
             .iter_mut()
             .filter(|(_, room)| room.loaded)
-            .map(|(id, room)| (id.clone(), room.snapshot()))
+            .map(|(id, room)| (id.clone(), room.doc.snapshot_now()))
             .collect();
         for (room_id, snapshot) in rooms {
             self.push(Effect::RepublishRoom {

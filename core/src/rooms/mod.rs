@@ -1,6 +1,7 @@
 //! CRDT rooms on Loro (PROTOCOL §6): lazy load, join/leave, updates that leave the room
 //! untouched when Loro rejects them, client seeding of empty rooms, and the persistence
-//! timers (debounce, max latency, last leave, shutdown) and idle eviction.
+//! timers (debounce, max latency, last leave, shutdown) and idle eviction. Loro's imports
+//! and exports run as jobs off the protocol thread (`doc.rs`, `jobs.rs`).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -17,9 +18,12 @@ use crate::ProtocolError;
 
 mod cluster;
 mod doc;
+mod jobs;
 mod saving;
 
 use doc::RoomDoc;
+pub use doc::{RoomDocJob, RoomDocWorked};
+use jobs::JobPurpose;
 
 pub(crate) struct Room {
     doc: RoomDoc,
@@ -27,8 +31,18 @@ pub(crate) struct Room {
     loaded: bool,
     /// Connections waiting for the load to finish.
     joining: Vec<ConnId>,
-    /// `crdt-snapshot` seeds that arrived while loading, applied in order after it.
+    /// Joiners of the loaded room waiting for the next job's snapshot (they become members
+    /// when it is sent to them).
+    awaiting_snapshot: Vec<ConnId>,
+    /// What the job holding the document was started for.
+    job: Option<JobPurpose>,
+    /// A save was asked for while a job held the document.
+    save_wanted: bool,
+    /// `crdt-snapshot` seeds that arrived while loading or while a job held the document,
+    /// applied in order after it.
     queued_snapshots: Vec<(ConnId, Vec<u8>)>,
+    /// Cluster mode: other replicas' changes that arrived while a job held the document.
+    queued_remote: Vec<Bytes>,
     members: BTreeSet<ConnId>,
     /// Bumped on every accepted change.
     version: u64,
@@ -65,7 +79,11 @@ impl Room {
             doc,
             loaded: false,
             joining: Vec::new(),
+            awaiting_snapshot: Vec::new(),
+            job: None,
+            save_wanted: false,
             queued_snapshots: Vec::new(),
+            queued_remote: Vec::new(),
             members: BTreeSet::new(),
             version: 0,
             saved_version: 0,
@@ -91,12 +109,16 @@ impl Room {
         self.version > self.saved_version.max(self.persisting.unwrap_or(0))
     }
 
-    fn is_idle(&self) -> bool {
-        self.members.is_empty() && self.joining.is_empty()
+    /// Whether a save is asked for or under way.
+    fn saving(&self) -> bool {
+        self.persisting.is_some() || self.save_wanted
     }
 
-    fn snapshot(&mut self) -> Vec<u8> {
-        self.doc.snapshot()
+    fn is_idle(&self) -> bool {
+        self.members.is_empty()
+            && self.joining.is_empty()
+            && self.awaiting_snapshot.is_empty()
+            && self.job.as_ref().is_none_or(|job| job.joiners.is_empty())
     }
 }
 
@@ -112,10 +134,7 @@ pub(crate) struct Rooms {
 
 impl Rooms {
     pub(crate) fn pending_persists(&self) -> usize {
-        self.rooms
-            .values()
-            .filter(|room| room.persisting.is_some())
-            .count()
+        self.rooms.values().filter(|room| room.saving()).count()
     }
 }
 
@@ -144,7 +163,7 @@ impl Server {
             .rooms
             .iter_mut()
             .filter(|(_, room)| room.loaded && room.version > room.saved_version)
-            .map(|(id, room)| (id.clone(), room.snapshot()))
+            .map(|(id, room)| (id.clone(), room.doc.snapshot_now()))
             .collect()
     }
 
@@ -152,7 +171,7 @@ impl Server {
     /// the room accepted, the ones waiting for their import imported first.
     pub fn room_snapshot(&mut self, room_id: &str) -> Option<Vec<u8>> {
         let room = self.rooms.rooms.get_mut(room_id)?;
-        room.loaded.then(|| room.snapshot())
+        room.loaded.then(|| room.doc.snapshot_now())
     }
 
     /// Changes that passed the check on acceptance and that their room's document refused
@@ -208,10 +227,14 @@ impl Server {
             }
             return;
         }
-        room.members.insert(conn);
-        let snapshot = room.snapshot();
+        // A member joining again gets the room's state again, like a new joiner: relays
+        // resume after its snapshot.
+        room.members.remove(&conn);
+        if !room.awaiting_snapshot.contains(&conn) {
+            room.awaiting_snapshot.push(conn);
+        }
         self.timers.cancel(&TimerKey::RoomEvict(room_id.clone()));
-        self.send_joined(conn, room_id, snapshot, now);
+        self.run_doc_job(&room_id, now);
     }
 
     fn send_joined(&mut self, conn: ConnId, room_id: String, snapshot: Vec<u8>, now: Millis) {
@@ -232,6 +255,10 @@ impl Server {
         };
         room.members.remove(&conn);
         room.joining.retain(|c| *c != conn);
+        room.awaiting_snapshot.retain(|c| *c != conn);
+        if let Some(job) = &mut room.job {
+            job.joiners.retain(|c| *c != conn);
+        }
         room.queued_snapshots.retain(|(c, _)| *c != conn);
         if room.loaded && room.is_idle() {
             self.after_room_quiet(room_id, now);
@@ -250,9 +277,9 @@ impl Server {
         if room.needs_save() && self.config.durable_room_log {
             return; // the debounce timer saves it; eviction follows the save
         }
-        if room.needs_save() && room.persisting.is_none() {
-            self.persist_room(room_id);
-        } else if room.persisting.is_none() {
+        if room.needs_save() && !room.saving() {
+            self.persist_room(room_id, now);
+        } else if !room.saving() {
             let at = now.plus(self.config.room_idle_evict_ms);
             self.timers
                 .set(TimerKey::RoomEvict(room_id.to_string()), at);
@@ -309,16 +336,11 @@ impl Server {
         let Some(room) = self.rooms.rooms.get_mut(room_id) else {
             return;
         };
+        // The joiners get the state from a job; seeds sent while loading wait for it (in
+        // `queued_snapshots`), so they are applied after the joiners have their snapshot.
         let joining = std::mem::take(&mut room.joining);
-        let queued = std::mem::take(&mut room.queued_snapshots);
-        room.members.extend(joining.iter().copied());
-        let snapshot = room.snapshot();
-        for conn in joining {
-            self.send_joined(conn, room_id.to_string(), snapshot.clone(), now);
-        }
-        for (conn, data) in queued {
-            self.apply_client_snapshot(conn, room_id, data, now);
-        }
+        room.awaiting_snapshot.extend(joining);
+        self.run_doc_job(room_id, now);
         if self.rooms.rooms.get(room_id).is_some_and(Room::is_idle) {
             self.after_room_quiet(room_id, now);
         }
@@ -356,7 +378,7 @@ impl Server {
             let error = ProtocolError::InvalidUpdate(e);
             return self.send_error(conn, error, None, now);
         }
-        if room.doc.accept(update.clone()) {
+        if room.doc.accept(Some(conn), update.clone()) {
             self.timers.set(TimerKey::RoomImport(room_id.clone()), now);
         }
         self.rooms.updates_accepted += 1;
@@ -447,7 +469,9 @@ impl Server {
         let Some(room) = self.rooms.rooms.get_mut(&room_id) else {
             return self.send_error(conn, ProtocolError::NotJoined, None, now);
         };
-        if !room.loaded {
+        // Seeding reads and imports into the document: after the load, or after the job
+        // holding it.
+        if !room.loaded || room.doc.is_lent() {
             room.queued_snapshots.push((conn, data));
             return;
         }

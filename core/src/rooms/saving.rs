@@ -33,42 +33,34 @@ impl Server {
         }
     }
 
-    pub(super) fn persist_room(&mut self, room_id: &str) {
+    /// Saves the room: its job exports the document with every change accepted until it
+    /// starts, and its report emits `PersistSnapshot` (`jobs.rs`).
+    pub(super) fn persist_room(&mut self, room_id: &str, now: Millis) {
         let Some(room) = self.rooms.rooms.get_mut(room_id) else {
             return;
         };
-        let version = room.version;
-        room.persisting = Some(version);
+        room.save_wanted = true;
         room.debounce_due = None;
         room.latency_due = None;
-        let snapshot = room.snapshot();
         for key in [
             TimerKey::RoomDebounce(room_id.to_string()),
             TimerKey::RoomMaxLatency(room_id.to_string()),
         ] {
             self.timers.cancel(&key);
         }
-        let log_seq = room.log_seq;
-        let covers = room.shared_log_position.clone();
-        self.push(Effect::PersistSnapshot {
-            room_id: room_id.to_string(),
-            snapshot,
-            version,
-            log_seq,
-            covers,
-        });
+        self.run_doc_job(room_id, now);
     }
 
-    pub(crate) fn persist_all_dirty_rooms(&mut self) {
+    pub(crate) fn persist_all_dirty_rooms(&mut self, now: Millis) {
         let dirty: Vec<String> = self
             .rooms
             .rooms
             .iter()
-            .filter(|(_, room)| room.loaded && room.needs_save() && room.persisting.is_none())
+            .filter(|(_, room)| room.loaded && room.needs_save() && !room.saving())
             .map(|(id, _)| id.clone())
             .collect();
         for room_id in dirty {
-            self.persist_room(&room_id);
+            self.persist_room(&room_id, now);
         }
     }
 
@@ -95,7 +87,7 @@ impl Server {
             (true, false) => self.arm_save_timers(room_id, now),
             // At shutdown no timer will fire: save what changed during the save right away
             // (a failed save is not retried, so shutdown cannot loop on a broken database).
-            (true, true) if result.is_ok() => self.persist_room(room_id),
+            (true, true) if result.is_ok() => self.persist_room(room_id, now),
             (true, true) => {}
             (false, _) if idle => self.after_room_quiet(room_id, now),
             (false, _) => {}
@@ -111,23 +103,26 @@ impl Server {
             .into_iter()
             .flatten()
             .any(|at| at <= now);
-        if due && room.loaded && room.needs_save() && room.persisting.is_none() {
-            self.persist_room(room_id);
+        if due && room.loaded && room.needs_save() && !room.saving() {
+            self.persist_room(room_id, now);
         }
     }
 
-    /// The changes `room_id` accepted since its last import go into its document (see
-    /// `doc.rs`): after the driver sent their relays and acknowledgements.
-    pub(crate) fn room_import_due(&mut self, room_id: &str) {
-        if let Some(room) = self.rooms.rooms.get_mut(room_id) {
-            room.doc.import_pending();
-        }
+    /// The changes `room_id` accepted since its last import go to a job (see `doc.rs`):
+    /// after the driver sent their relays and acknowledgements.
+    pub(crate) fn room_import_due(&mut self, room_id: &str, now: Millis) {
+        self.run_doc_job(room_id, now);
     }
 
     /// The idle-eviction timer of `room_id` fired.
     pub(crate) fn room_evict_due(&mut self, room_id: &str) {
         let evictable = self.rooms.rooms.get(room_id).is_some_and(|room| {
-            room.loaded && room.is_idle() && !room.needs_save() && room.persisting.is_none()
+            room.loaded
+                && room.is_idle()
+                && !room.needs_save()
+                && !room.saving()
+                && !room.doc.is_lent()
+                && !room.doc.has_pending()
         });
         if evictable {
             let room = self.rooms.rooms.remove(room_id).expect("evictable");

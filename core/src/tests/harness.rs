@@ -56,8 +56,24 @@ impl Harness {
         self.drain()
     }
 
+    /// Every effect the server emitted, with room document jobs run on the spot and
+    /// reported (so their outcomes are among the effects, the jobs themselves are not).
     pub fn drain(&mut self) -> Vec<Effect> {
-        std::iter::from_fn(|| self.server.poll_effect()).collect()
+        let mut effects = Vec::new();
+        while let Some(effect) = self.server.poll_effect() {
+            match effect {
+                Effect::RunRoomDocJob {
+                    room_id,
+                    job_id,
+                    job,
+                } => self
+                    .server
+                    .handle_room_doc_worked(&room_id, job_id, job.run(), self.now())
+                    .unwrap(),
+                effect => effects.push(effect),
+            }
+        }
+        effects
     }
 }
 

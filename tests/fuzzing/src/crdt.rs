@@ -194,8 +194,29 @@ impl Room {
         Ok(room)
     }
 
+    /// The server's effects, with room document jobs run on the spot (a driver runs them on
+    /// another thread) and reported.
     fn effects(&mut self) -> Vec<Effect> {
-        std::iter::from_fn(|| self.server.poll_effect()).collect()
+        let mut effects = Vec::new();
+        while let Some(effect) = self.server.poll_effect() {
+            match effect {
+                Effect::RunRoomDocJob {
+                    room_id,
+                    job_id,
+                    job,
+                } => {
+                    let worked = job.run();
+                    let _ = self.server.handle_room_doc_worked(
+                        &room_id,
+                        job_id,
+                        worked,
+                        Millis(self.now),
+                    );
+                }
+                effect => effects.push(effect),
+            }
+        }
+        effects
     }
 
     fn join(&mut self, conn: u64) -> Result<(), String> {

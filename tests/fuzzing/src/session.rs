@@ -982,6 +982,25 @@ impl<'t> Session<'t> {
                         ..Step::default()
                     })?;
                 }
+                // Run on the spot (a driver runs it on another thread and reports later; the
+                // core's own tests hold jobs back to check what happens meanwhile).
+                Effect::RunRoomDocJob {
+                    room_id,
+                    job_id,
+                    job,
+                } => {
+                    let worked = job.clone().run();
+                    Self::checked(self.server.handle_room_doc_worked(
+                        room_id,
+                        *job_id,
+                        worked,
+                        self.now(),
+                    ))?;
+                    self.drain_and_observe(&Step {
+                        acting_authenticated: true,
+                        ..Step::default()
+                    })?;
+                }
                 Effect::Interrupt { query } => {
                     ensure!(
                         self.queries.contains_key(query),

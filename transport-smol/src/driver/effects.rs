@@ -74,6 +74,11 @@ impl Driver {
                     response: HttpResponse::Streamed { query, window },
                 } => stream_to_connection(writers, streams, conn, query, window),
                 Effect::UploadTable(upload) => self.upload(upload),
+                Effect::RunRoomDocJob {
+                    room_id,
+                    job_id,
+                    job,
+                } => self.run_room_doc_job(room_id, job_id, job),
                 Effect::InvalidateCache => self.cache.invalidate(),
                 effect @ (Effect::Send { .. }
                 | Effect::Respond { .. }
@@ -110,6 +115,22 @@ impl Driver {
             stream: run.stream,
         });
         None
+    }
+
+    /// Loro's work on a room's document, on the blocking pool: its cost grows with the
+    /// room's history, and on this thread it would hold up every connection's replies. The
+    /// core hands out one job per room at a time, so a room's jobs run in order.
+    fn run_room_doc_job(&self, room_id: String, job_id: u64, job: duckwire_core::RoomDocJob) {
+        let back = self.inputs_back.clone();
+        smol::unblock(move || {
+            let worked = job.run();
+            let _ = back.try_send(DriverInput::RoomDocWorked {
+                room_id,
+                job_id,
+                worked,
+            });
+        })
+        .detach();
     }
 
     fn upload(&mut self, upload: UploadTable) {

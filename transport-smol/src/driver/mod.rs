@@ -50,6 +50,12 @@ pub enum DriverInput {
     },
     Executor(Completion),
     Meta(MetaDone),
+    /// A room document job (`Effect::RunRoomDocJob`) finished on the blocking pool.
+    RoomDocWorked {
+        room_id: String,
+        job_id: u64,
+        worked: duckwire_core::RoomDocWorked,
+    },
     /// Cluster mode: Redis confirmed (or could not make) a subscription the core asked for.
     BrokerSubscribed {
         channel: String,
@@ -93,6 +99,8 @@ const INPUTS_PER_YIELD: usize = 64;
 pub struct Driver {
     pub server: Server,
     pub inputs: async_channel::Receiver<DriverInput>,
+    /// Where work the driver hands to other threads (room document jobs) reports back.
+    pub inputs_back: async_channel::Sender<DriverInput>,
     pub executor: Arc<Executor>,
     pub meta: MetaWorker,
     pub cache: Arc<ResultCache>,
@@ -435,6 +443,12 @@ impl Driver {
             }) => self.call_core(|server| {
                 server.handle_snapshot_persisted(&room_id, version, result, now)
             }),
+            DriverInput::RoomDocWorked {
+                room_id,
+                job_id,
+                worked,
+            } => self
+                .call_core(|server| server.handle_room_doc_worked(&room_id, job_id, worked, now)),
             DriverInput::BrokerSubscribed { channel, token } => {
                 self.call_core(|server| server.handle_broker_subscribed(&channel, token, now))
             }

@@ -1,0 +1,148 @@
+//! Jobs on a room's document (`doc.rs`): when one starts (pending changes to import, joiners
+//! waiting for a snapshot, a save), and what its report settles: joiners become members with
+//! the snapshot and the changes accepted while it ran, the save goes to storage, and what
+//! waited for the document (seeds, other replicas' changes) is applied. (A child of `rooms`:
+//! it reads the room's fields.)
+
+use super::*;
+
+/// What a job was started for, beside importing the pending changes.
+#[derive(Debug, Default)]
+pub(super) struct JobPurpose {
+    /// Joiners to send the job's snapshot to.
+    pub joiners: Vec<ConnId>,
+    /// The save the job's snapshot is for.
+    pub save: Option<SaveTicket>,
+}
+
+/// A save's bookkeeping, taken when its job starts: the job holds every change accepted
+/// until then, so the snapshot is of this version, log position and shared-log position.
+#[derive(Debug)]
+pub(super) struct SaveTicket {
+    version: u64,
+    log_seq: u64,
+    covers: Option<String>,
+}
+
+impl Server {
+    /// Starts a job on `room_id`'s document if it has work and no job holds it already (the
+    /// report of the running one starts the next).
+    pub(super) fn run_doc_job(&mut self, room_id: &str, _now: Millis) {
+        let Some(room) = self.rooms.rooms.get_mut(room_id) else {
+            return;
+        };
+        if !room.loaded || room.doc.is_lent() {
+            return;
+        }
+        let save = room.save_wanted;
+        if !save && room.awaiting_snapshot.is_empty() && !room.doc.has_pending() {
+            return;
+        }
+        let joiners = std::mem::take(&mut room.awaiting_snapshot);
+        let export = save || !joiners.is_empty();
+        let (job_id, job) = room.doc.lend(export).expect("not lent: checked above");
+        let save = save.then(|| {
+            room.save_wanted = false;
+            room.persisting = Some(room.version);
+            SaveTicket {
+                version: room.version,
+                log_seq: room.log_seq,
+                covers: room.shared_log_position.clone(),
+            }
+        });
+        room.job = Some(JobPurpose { joiners, save });
+        self.timers
+            .cancel(&TimerKey::RoomImport(room_id.to_string()));
+        self.push(Effect::RunRoomDocJob {
+            room_id: room_id.to_string(),
+            job_id,
+            job,
+        });
+    }
+
+    /// The driver's report of job `job_id` on `room_id`'s document.
+    pub(crate) fn room_doc_worked(
+        &mut self,
+        room_id: &str,
+        job_id: u64,
+        worked: RoomDocWorked,
+        now: Millis,
+    ) {
+        let Some(room) = self.rooms.rooms.get_mut(room_id) else {
+            return;
+        };
+        if !room.doc.returned(job_id, &worked) {
+            return;
+        }
+        let purpose = room.job.take().unwrap_or_default();
+        if let Some(snapshot) = worked.snapshot {
+            self.settle_joiners(room_id, purpose.joiners, &snapshot, now);
+            if let Some(ticket) = purpose.save {
+                self.push(Effect::PersistSnapshot {
+                    room_id: room_id.to_string(),
+                    snapshot,
+                    version: ticket.version,
+                    log_seq: ticket.log_seq,
+                    covers: ticket.covers,
+                });
+            }
+        }
+        self.apply_queued_while_lent(room_id, now);
+        self.run_doc_job(room_id, now);
+        if self
+            .rooms
+            .rooms
+            .get(room_id)
+            .is_some_and(|room| room.is_idle() && !room.doc.is_lent())
+        {
+            self.after_room_quiet(room_id, now);
+        }
+    }
+
+    /// Joiners still in the room become members: the snapshot, then the changes accepted
+    /// while the job ran (relayed to members meanwhile, not in the snapshot), but their own.
+    fn settle_joiners(
+        &mut self,
+        room_id: &str,
+        joiners: Vec<ConnId>,
+        snapshot: &[u8],
+        now: Millis,
+    ) {
+        let still_here: Vec<ConnId> = joiners
+            .into_iter()
+            .filter(|conn| {
+                self.conns
+                    .get(conn)
+                    .is_some_and(|c| c.room() == Some(room_id))
+            })
+            .collect();
+        let Some(room) = self.rooms.rooms.get_mut(room_id) else {
+            return;
+        };
+        room.members.extend(still_here.iter().copied());
+        let since = room.doc.pending().to_vec();
+        for conn in still_here {
+            self.send_joined(conn, room_id.to_string(), snapshot.to_vec(), now);
+            for change in since.iter().filter(|change| change.sender != Some(conn)) {
+                self.send_frame(conn, Frame::Binary(change.bytes.clone()), now);
+            }
+        }
+    }
+
+    /// Seeds and other replicas' changes that waited for the document, in arrival order
+    /// per kind.
+    fn apply_queued_while_lent(&mut self, room_id: &str, now: Millis) {
+        let Some(room) = self.rooms.rooms.get_mut(room_id) else {
+            return;
+        };
+        let remote = std::mem::take(&mut room.queued_remote);
+        let seeds = std::mem::take(&mut room.queued_snapshots);
+        for update in remote {
+            // Refused now as it would have been at once (and nobody waits for an answer).
+            let _ = self.remote_room_update(room_id, update, now);
+        }
+        for (conn, data) in seeds {
+            self.apply_client_snapshot(conn, room_id, data, now);
+        }
+    }
+}

@@ -1,0 +1,314 @@
+//! Room document jobs (`rooms/doc.rs`, `rooms/jobs.rs`): Loro's imports and snapshot exports
+//! run off the protocol thread, one job per room at a time. These tests hold jobs back (the
+//! harness's `drain` runs them on the spot) to check what happens while one runs.
+
+use bytes::Bytes;
+use serde_json::json;
+
+use super::harness::{loro_update, sent_binary, sent_json, snapshot_value, Harness};
+use crate::{Config, ConnId, Effect, Frame, Millis, RoomDocJob};
+
+fn sync_config() -> Config {
+    Config {
+        sync_enabled: true,
+        allow_client_snapshots: true,
+        ..Config::default()
+    }
+}
+
+/// A room "r" with members 1 and 2, loaded empty, no job running.
+fn room_of_two() -> Harness {
+    let mut h = Harness::new(sync_config());
+    for conn in [1, 2] {
+        h.open(conn);
+        h.text(conn, json!({"type":"crdt-join","roomId":"r"}));
+    }
+    h.server
+        .handle_snapshot_loaded("r", Ok(None), h.now())
+        .unwrap();
+    h.drain();
+    h
+}
+
+/// Effects without running jobs: the jobs asked for are returned apart.
+fn effects_holding_jobs(h: &mut Harness) -> (Vec<Effect>, Vec<(u64, RoomDocJob)>) {
+    let (mut effects, mut jobs) = (Vec::new(), Vec::new());
+    while let Some(effect) = h.server.poll_effect() {
+        match effect {
+            Effect::RunRoomDocJob { job_id, job, .. } => jobs.push((job_id, job)),
+            effect => effects.push(effect),
+        }
+    }
+    (effects, jobs)
+}
+
+fn send_update(h: &mut Harness, conn: u64, update: &[u8]) -> (Vec<Effect>, Vec<(u64, RoomDocJob)>) {
+    h.server
+        .handle_frame(
+            ConnId(conn),
+            Frame::Binary(Bytes::copy_from_slice(update)),
+            h.now(),
+        )
+        .unwrap();
+    effects_holding_jobs(h)
+}
+
+/// Fires the timers due now (the room's import) and returns the job it started.
+fn import_job(h: &mut Harness) -> (u64, RoomDocJob) {
+    h.server.handle_timeout(h.now()).unwrap();
+    let (_, mut jobs) = effects_holding_jobs(h);
+    assert_eq!(jobs.len(), 1, "one job per room: {jobs:?}");
+    jobs.pop().unwrap()
+}
+
+fn report(h: &mut Harness, job_id: u64, job: RoomDocJob) -> (Vec<Effect>, Vec<(u64, RoomDocJob)>) {
+    h.server
+        .handle_room_doc_worked("r", job_id, job.run(), h.now())
+        .unwrap();
+    effects_holding_jobs(h)
+}
+
+fn acked(effects: &[Effect], conn: u64) -> bool {
+    sent_json(effects, conn)
+        .iter()
+        .any(|m| m["type"] == json!("crdt-update-ack"))
+}
+
+fn decoded_snapshot(message: &serde_json::Value) -> Vec<u8> {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD
+        .decode(message["data"].as_str().unwrap())
+        .unwrap()
+}
+
+#[test]
+fn a_change_is_relayed_and_acknowledged_before_its_import_job_runs() {
+    let mut h = room_of_two();
+    let update = loro_update(7, "a", 1);
+    let (effects, jobs) = send_update(&mut h, 1, &update);
+    assert!(jobs.is_empty(), "the import waits for its timer: {jobs:?}");
+    assert!(acked(&effects, 1));
+    assert_eq!(sent_binary(&effects, 2), vec![Bytes::from(update)]);
+    let (_, job) = import_job(&mut h);
+    assert_eq!((job.changes(), job.exports()), (1, false));
+}
+
+#[test]
+fn a_join_while_a_job_runs_gets_the_snapshot_then_the_changes_accepted_meanwhile() {
+    let mut h = room_of_two();
+    let a = loro_update(7, "a", 1);
+    send_update(&mut h, 1, &a);
+    let (import_id, import) = import_job(&mut h);
+    // Conn 3 joins while the import holds the document: nothing yet, no second job.
+    h.open(3);
+    h.server
+        .handle_frame(
+            ConnId(3),
+            Frame::Text(json!({"type":"crdt-join","roomId":"r"}).to_string()),
+            h.now(),
+        )
+        .unwrap();
+    let (effects, jobs) = effects_holding_jobs(&mut h);
+    assert!(sent_json(&effects, 3).is_empty() && jobs.is_empty());
+    // A change accepted meanwhile reaches the members, not the joiner (it has no state yet).
+    let b = loro_update(8, "b", 2);
+    let (effects, _) = send_update(&mut h, 1, &b);
+    assert!(acked(&effects, 1));
+    assert_eq!(sent_binary(&effects, 2).len(), 1);
+    assert!(sent_binary(&effects, 3).is_empty());
+    // The import reports: the joiner's job starts, with `b`, and exports.
+    let (effects, mut jobs) = report(&mut h, import_id, import);
+    assert!(sent_json(&effects, 3).is_empty());
+    let (export_id, export) = jobs.pop().expect("the joiner's job");
+    assert_eq!((export.changes(), export.exports()), (1, true));
+    // One more change while the export runs, from the other member.
+    let c = loro_update(9, "c", 3);
+    send_update(&mut h, 2, &c);
+    let (effects, jobs) = report(&mut h, export_id, export);
+    let replies = sent_json(&effects, 3);
+    assert_eq!(replies[0], json!({"type":"crdt-joined","roomId":"r"}));
+    assert_eq!(replies[1]["type"], json!("crdt-snapshot"));
+    assert_eq!(sent_binary(&effects, 3), vec![Bytes::from(c.clone())]);
+    // Snapshot and the change after it make the whole room.
+    let joiner = loro::LoroDoc::new();
+    joiner.import(&decoded_snapshot(&replies[1])).unwrap();
+    joiner.import(&c).unwrap();
+    let expected = loro::LoroDoc::new();
+    for change in [&a, &b, &c] {
+        expected.import(change).unwrap();
+    }
+    assert_eq!(joiner.get_deep_value(), expected.get_deep_value());
+    // `c` is still to import: the next job starts right after the report.
+    assert_eq!(jobs.len(), 1);
+    assert_eq!((jobs[0].1.changes(), jobs[0].1.exports()), (1, false));
+    // The joiner is a member now: the next change reaches it.
+    let (effects, _) = send_update(&mut h, 1, &loro_update(7, "d", 4));
+    assert_eq!(sent_binary(&effects, 3).len(), 1);
+}
+
+#[test]
+fn a_joiner_is_not_sent_its_own_change_back_after_its_snapshot() {
+    let mut h = room_of_two();
+    send_update(&mut h, 1, &loro_update(7, "a", 1));
+    let (import_id, import) = import_job(&mut h);
+    h.text_holding(3);
+    let (_, mut jobs) = report(&mut h, import_id, import);
+    let (export_id, export) = jobs.pop().unwrap();
+    // The joiner sends a change before its snapshot arrived.
+    let own = loro_update(9, "mine", 1);
+    let (effects, _) = send_update(&mut h, 3, &own);
+    assert!(acked(&effects, 3));
+    assert_eq!(sent_binary(&effects, 1).len(), 1);
+    let (effects, _) = report(&mut h, export_id, export);
+    assert_eq!(sent_json(&effects, 3)[1]["type"], json!("crdt-snapshot"));
+    assert!(sent_binary(&effects, 3).is_empty(), "its own change echoed");
+}
+
+#[test]
+fn a_save_waits_for_the_running_job_and_covers_every_change_accepted_when_it_starts() {
+    let mut h = room_of_two();
+    let a = loro_update(7, "a", 1);
+    send_update(&mut h, 1, &a);
+    let (import_id, import) = import_job(&mut h);
+    let b = loro_update(8, "b", 2);
+    send_update(&mut h, 1, &b);
+    // Both members leave: the last one out asks for a save, which waits for the import.
+    for conn in [1, 2] {
+        h.server.handle_closed(ConnId(conn), h.now()).unwrap();
+    }
+    let (effects, jobs) = effects_holding_jobs(&mut h);
+    assert!(jobs.is_empty());
+    assert!(!effects
+        .iter()
+        .any(|e| matches!(e, Effect::PersistSnapshot { .. })));
+    assert_eq!(h.server.pending_persists(), 1, "shutdown waits for it");
+    let (_, mut jobs) = report(&mut h, import_id, import);
+    let (save_id, save) = jobs.pop().expect("the save's job");
+    assert_eq!((save.changes(), save.exports()), (1, true));
+    let (effects, _) = report(&mut h, save_id, save);
+    let (snapshot, version) = effects
+        .iter()
+        .find_map(|e| match e {
+            Effect::PersistSnapshot {
+                snapshot, version, ..
+            } => Some((snapshot.clone(), *version)),
+            _ => None,
+        })
+        .expect("the save");
+    assert_eq!(version, 2);
+    let expected = loro::LoroDoc::new();
+    expected.import(&a).unwrap();
+    expected.import(&b).unwrap();
+    assert_eq!(snapshot_value(&snapshot), expected.get_deep_value());
+    // Saved and idle: it leaves memory after the eviction delay, not before.
+    h.server
+        .handle_snapshot_persisted("r", version, Ok(()), h.now())
+        .unwrap();
+    h.drain();
+    assert_eq!(h.server.room_count(), 1);
+    h.now += sync_config().room_idle_evict_ms + 1;
+    h.server.handle_timeout(h.now()).unwrap();
+    assert!(h
+        .drain()
+        .iter()
+        .any(|e| matches!(e, Effect::RoomUnloaded { .. })));
+}
+
+#[test]
+fn an_idle_room_is_not_evicted_while_a_job_holds_its_document() {
+    let mut h = room_of_two();
+    h.text_holding(3);
+    let (_, mut jobs) = effects_holding_jobs(&mut h);
+    let (export_id, export) = jobs.pop().expect("the joiner's job");
+    for conn in [1, 2, 3] {
+        h.server.handle_closed(ConnId(conn), h.now()).unwrap();
+    }
+    h.now += sync_config().room_idle_evict_ms + 1;
+    h.server.handle_timeout(h.now()).unwrap();
+    let (effects, _) = effects_holding_jobs(&mut h);
+    assert!(!effects
+        .iter()
+        .any(|e| matches!(e, Effect::RoomUnloaded { .. })));
+    // The joiner left: nothing is sent to it; the room is evicted after the delay.
+    let (effects, _) = report(&mut h, export_id, export);
+    assert!(sent_json(&effects, 3).is_empty());
+    h.now += sync_config().room_idle_evict_ms + 1;
+    h.server.handle_timeout(h.now()).unwrap();
+    assert!(h
+        .drain()
+        .iter()
+        .any(|e| matches!(e, Effect::RoomUnloaded { .. })));
+}
+
+#[test]
+fn another_replicas_change_waits_for_the_job_then_reaches_every_member() {
+    let mut h = Harness::new(sync_config());
+    for conn in [1, 2] {
+        h.open(conn);
+        h.text(conn, json!({"type":"crdt-join","roomId":"r"}));
+    }
+    h.server
+        .handle_snapshot_loaded("r", Ok(None), h.now())
+        .unwrap();
+    h.drain();
+    // A change's import holds the document in a job.
+    let first = loro_update(7, "a", 1);
+    send_update(&mut h, 1, &first);
+    let (job_id, job) = import_job(&mut h);
+    let remote = loro_update(40, "remote", 5);
+    assert!(h
+        .server
+        .handle_remote_room_update("r", Bytes::from(remote.clone()), h.now())
+        .unwrap());
+    let (effects, _) = effects_holding_jobs(&mut h);
+    assert!(sent_binary(&effects, 1).is_empty(), "relayed before import");
+    let (effects, _) = report(&mut h, job_id, job);
+    assert_eq!(sent_binary(&effects, 1), vec![Bytes::from(remote.clone())]);
+    assert_eq!(sent_binary(&effects, 2), vec![Bytes::from(remote)]);
+    let expected = loro::LoroDoc::new();
+    expected.import(&first).unwrap();
+    expected.import(&loro_update(40, "remote", 5)).unwrap();
+    let snapshot = h.server.room_snapshot("r").unwrap();
+    assert_eq!(snapshot_value(&snapshot), expected.get_deep_value());
+}
+
+#[test]
+fn a_stale_report_changes_nothing_and_observers_read_a_lent_room_whole() {
+    let mut h = room_of_two();
+    let a = loro_update(7, "a", 1);
+    send_update(&mut h, 1, &a);
+    let (job_id, job) = import_job(&mut h);
+    let b = loro_update(8, "b", 2);
+    send_update(&mut h, 1, &b);
+    // Read while the job holds the document (its change not imported yet): both changes.
+    let expected = loro::LoroDoc::new();
+    expected.import(&a).unwrap();
+    expected.import(&b).unwrap();
+    let value = snapshot_value(&h.server.room_snapshot("r").unwrap());
+    assert_eq!(value, expected.get_deep_value());
+    let (effects, jobs) = {
+        h.server
+            .handle_room_doc_worked("r", job_id + 7, Default::default(), Millis(h.now))
+            .unwrap();
+        effects_holding_jobs(&mut h)
+    };
+    assert!(effects.is_empty() && jobs.is_empty(), "a report of no job");
+    let (_, jobs) = report(&mut h, job_id, job);
+    assert_eq!(jobs.len(), 1, "the pending change's job");
+}
+
+impl Harness {
+    /// Opens `conn` and sends its join of "r", holding any job it starts.
+    fn text_holding(&mut self, conn: u64) {
+        self.server
+            .handle_open(ConnId(conn), Default::default(), self.now())
+            .unwrap();
+        self.server
+            .handle_frame(
+                ConnId(conn),
+                Frame::Text(json!({"type":"crdt-join","roomId":"r"}).to_string()),
+                self.now(),
+            )
+            .unwrap();
+    }
+}
