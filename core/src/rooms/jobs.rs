@@ -13,6 +13,8 @@ pub(super) struct JobPurpose {
     pub joiners: Vec<ConnId>,
     /// The save the job's snapshot is for.
     pub save: Option<SaveTicket>,
+    /// The room's `version` when the job started: its snapshot holds every change until it.
+    pub version: u64,
 }
 
 /// A save's bookkeeping, taken when its job starts: the job holds every change accepted
@@ -27,7 +29,7 @@ pub(super) struct SaveTicket {
 impl Server {
     /// Starts a job on `room_id`'s document if it has work and no job holds it already (the
     /// report of the running one starts the next).
-    pub(super) fn run_doc_job(&mut self, room_id: &str, _now: Millis) {
+    pub(super) fn run_doc_job(&mut self, room_id: &str, now: Millis) {
         let Some(room) = self.rooms.rooms.get_mut(room_id) else {
             return;
         };
@@ -35,8 +37,16 @@ impl Server {
             return;
         }
         let save = room.save_wanted;
-        if !save && room.awaiting_snapshot.is_empty() && !room.doc.has_pending() {
-            return;
+        if !save && !room.doc.has_pending() {
+            if room.awaiting_snapshot.is_empty() {
+                return;
+            }
+            let cached = room.cached_snapshot.as_ref();
+            if let Some((_, snapshot)) = cached.filter(|(version, _)| *version == room.version) {
+                let snapshot = snapshot.clone();
+                let joiners = std::mem::take(&mut room.awaiting_snapshot);
+                return self.settle_joiners(room_id, joiners, &snapshot, now);
+            }
         }
         let joiners = std::mem::take(&mut room.awaiting_snapshot);
         let export = save || !joiners.is_empty();
@@ -50,7 +60,11 @@ impl Server {
                 covers: room.shared_log_position.clone(),
             }
         });
-        room.job = Some(JobPurpose { joiners, save });
+        room.job = Some(JobPurpose {
+            joiners,
+            save,
+            version: room.version,
+        });
         self.timers
             .cancel(&TimerKey::RoomImport(room_id.to_string()));
         self.push(Effect::RunRoomDocJob {
@@ -76,6 +90,7 @@ impl Server {
         }
         let purpose = room.job.take().unwrap_or_default();
         if let Some(snapshot) = worked.snapshot {
+            room.cached_snapshot = Some((purpose.version, Bytes::from(snapshot.clone())));
             self.settle_joiners(room_id, purpose.joiners, &snapshot, now);
             if let Some(ticket) = purpose.save {
                 self.push(Effect::PersistSnapshot {

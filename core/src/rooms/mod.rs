@@ -36,6 +36,9 @@ pub(crate) struct Room {
     awaiting_snapshot: Vec<ConnId>,
     /// What the job holding the document was started for.
     job: Option<JobPurpose>,
+    /// The last snapshot a job exported, with the room's `version` it holds: joiners get it
+    /// without a job while no change came since (a dashboard opened by many viewers).
+    cached_snapshot: Option<(u64, Bytes)>,
     /// A save was asked for while a job held the document.
     save_wanted: bool,
     /// `crdt-snapshot` seeds that arrived while loading or while a job held the document,
@@ -81,6 +84,7 @@ impl Room {
             joining: Vec::new(),
             awaiting_snapshot: Vec::new(),
             job: None,
+            cached_snapshot: None,
             save_wanted: false,
             queued_snapshots: Vec::new(),
             queued_remote: Vec::new(),
@@ -265,21 +269,22 @@ impl Server {
         }
     }
 
-    /// A loaded room with nobody in it: save now if needed, else schedule eviction. With a
-    /// durable log every acknowledged change is stored already, and the save only compacts
-    /// the log: it is left to the debounce timer, so rooms emptied and joined again at every
-    /// page load do not write their whole snapshot each time (ahead of the appends that
-    /// acknowledgements wait for, on the same storage queue).
+    /// A loaded room with nobody in it: schedule its eviction once it is saved. The save
+    /// itself is left to the debounce timer (armed by the last change): a room emptied and
+    /// joined again at every page load would otherwise export and write its whole snapshot
+    /// each time (a cost that grows with its history, on the CPU the acknowledgements need,
+    /// ahead of the appends they wait for with a durable log). Nothing is at risk meanwhile:
+    /// with a durable log every acknowledged change is stored already (the save only compacts
+    /// the log), without one (`:memory:`) nothing outlives the process, and shutdown saves
+    /// every changed room.
     fn after_room_quiet(&mut self, room_id: &str, now: Millis) {
         let Some(room) = self.rooms.rooms.get(room_id) else {
             return;
         };
-        if room.needs_save() && self.config.durable_room_log {
+        if room.needs_save() {
             return; // the debounce timer saves it; eviction follows the save
         }
-        if room.needs_save() && !room.saving() {
-            self.persist_room(room_id, now);
-        } else if !room.saving() {
+        if !room.saving() {
             let at = now.plus(self.config.room_idle_evict_ms);
             self.timers
                 .set(TimerKey::RoomEvict(room_id.to_string()), at);

@@ -172,10 +172,12 @@ fn a_save_waits_for_the_running_job_and_covers_every_change_accepted_when_it_sta
     let (import_id, import) = import_job(&mut h);
     let b = loro_update(8, "b", 2);
     send_update(&mut h, 1, &b);
-    // Both members leave: the last one out asks for a save, which waits for the import.
+    // Both members leave; the debounce asks for a save, which waits for the import.
     for conn in [1, 2] {
         h.server.handle_closed(ConnId(conn), h.now()).unwrap();
     }
+    h.now += sync_config().save_debounce_ms;
+    h.server.handle_timeout(h.now()).unwrap();
     let (effects, jobs) = effects_holding_jobs(&mut h);
     assert!(jobs.is_empty());
     assert!(!effects
@@ -217,6 +219,7 @@ fn a_save_waits_for_the_running_job_and_covers_every_change_accepted_when_it_sta
 #[test]
 fn an_idle_room_is_not_evicted_while_a_job_holds_its_document() {
     let mut h = room_of_two();
+    send_update(&mut h, 1, &loro_update(7, "a", 1));
     h.text_holding(3);
     let (_, mut jobs) = effects_holding_jobs(&mut h);
     let (export_id, export) = jobs.pop().expect("the joiner's job");
@@ -229,9 +232,23 @@ fn an_idle_room_is_not_evicted_while_a_job_holds_its_document() {
     assert!(!effects
         .iter()
         .any(|e| matches!(e, Effect::RoomUnloaded { .. })));
-    // The joiner left: nothing is sent to it; the room is evicted after the delay.
-    let (effects, _) = report(&mut h, export_id, export);
+    // The joiner left: nothing is sent to it. The save the debounce asked for meanwhile
+    // runs next; once saved, the room is evicted after the delay.
+    let (effects, mut jobs) = report(&mut h, export_id, export);
     assert!(sent_json(&effects, 3).is_empty());
+    let (save_id, save) = jobs.pop().expect("the save's job");
+    let (effects, _) = report(&mut h, save_id, save);
+    let version = effects
+        .iter()
+        .find_map(|e| match e {
+            Effect::PersistSnapshot { version, .. } => Some(*version),
+            _ => None,
+        })
+        .expect("the save");
+    h.server
+        .handle_snapshot_persisted("r", version, Ok(()), h.now())
+        .unwrap();
+    h.drain();
     h.now += sync_config().room_idle_evict_ms + 1;
     h.server.handle_timeout(h.now()).unwrap();
     assert!(h
@@ -295,6 +312,38 @@ fn a_stale_report_changes_nothing_and_observers_read_a_lent_room_whole() {
     assert!(effects.is_empty() && jobs.is_empty(), "a report of no job");
     let (_, jobs) = report(&mut h, job_id, job);
     assert_eq!(jobs.len(), 1, "the pending change's job");
+}
+
+#[test]
+fn joiners_get_the_last_snapshot_without_a_job_until_the_room_changes() {
+    let mut h = room_of_two();
+    // Nothing changed since the load's snapshot: served at once, no job.
+    h.text_holding(3);
+    let (effects, jobs) = effects_holding_jobs(&mut h);
+    assert!(jobs.is_empty(), "{jobs:?}");
+    assert_eq!(sent_json(&effects, 3)[1]["type"], json!("crdt-snapshot"));
+    // A change since: the next joiner's snapshot comes from a job, and holds it.
+    let a = loro_update(7, "a", 1);
+    send_update(&mut h, 1, &a);
+    h.server.handle_timeout(h.now()).unwrap();
+    let (_, mut jobs) = effects_holding_jobs(&mut h);
+    let (import_id, import) = jobs.pop().expect("the import");
+    report(&mut h, import_id, import);
+    h.text_holding(4);
+    let (_, mut jobs) = effects_holding_jobs(&mut h);
+    let (export_id, export) = jobs.pop().expect("a job for the changed room");
+    assert_eq!((export.changes(), export.exports()), (0, true));
+    let (effects, _) = report(&mut h, export_id, export);
+    let snapshot = decoded_snapshot(&sent_json(&effects, 4)[1]);
+    let expected = loro::LoroDoc::new();
+    expected.import(&a).unwrap();
+    assert_eq!(snapshot_value(&snapshot), expected.get_deep_value());
+    // And that snapshot serves the next joiner without a job.
+    h.text_holding(5);
+    let (effects, jobs) = effects_holding_jobs(&mut h);
+    assert!(jobs.is_empty());
+    let again = decoded_snapshot(&sent_json(&effects, 5)[1]);
+    assert_eq!(again, snapshot);
 }
 
 impl Harness {
