@@ -318,6 +318,11 @@ impl Server {
             room.log_seq = stored.last_seq;
             room.shared_log_position = stored.shared_log_position.clone();
             replayed = !stored.updates.is_empty();
+            // The stored snapshot is the room's state when nothing was logged after it: the
+            // joiners get it as it is, without exporting the document again.
+            if let (Some(bytes), false) = (stored.snapshot, replayed) {
+                room.cached_snapshot = Some((room.version, Bytes::from(bytes)));
+            }
             Ok(())
         });
         if let Err(message) = imported {

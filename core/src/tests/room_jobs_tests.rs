@@ -346,6 +346,41 @@ fn joiners_get_the_last_snapshot_without_a_job_until_the_room_changes() {
     assert_eq!(again, snapshot);
 }
 
+#[test]
+fn a_room_loaded_from_its_stored_snapshot_alone_serves_it_without_a_job() {
+    let stored = {
+        let doc = loro::LoroDoc::new();
+        doc.import(&loro_update(7, "a", 1)).unwrap();
+        doc.export(loro::ExportMode::Snapshot).unwrap()
+    };
+    let mut h = Harness::new(sync_config());
+    h.text_holding(1);
+    effects_holding_jobs(&mut h);
+    h.server
+        .handle_snapshot_loaded("r", Ok(Some(stored.clone())), h.now())
+        .unwrap();
+    let (effects, jobs) = effects_holding_jobs(&mut h);
+    assert!(jobs.is_empty(), "{jobs:?}");
+    assert_eq!(decoded_snapshot(&sent_json(&effects, 1)[1]), stored);
+    // With updates logged after it, the room's state is more than the stored snapshot.
+    let mut h = Harness::new(Config {
+        durable_room_log: true,
+        ..sync_config()
+    });
+    h.text_holding(1);
+    effects_holding_jobs(&mut h);
+    let logged = loro_update(8, "b", 2);
+    let room = crate::StoredRoom {
+        snapshot: Some(stored),
+        updates: vec![logged],
+        last_seq: 1,
+        shared_log_position: None,
+    };
+    h.server.handle_room_loaded("r", Ok(room), h.now()).unwrap();
+    let (_, jobs) = effects_holding_jobs(&mut h);
+    assert_eq!(jobs.len(), 1, "the joiner's snapshot is exported");
+}
+
 impl Harness {
     /// Opens `conn` and sends its join of "r", holding any job it starts.
     fn text_holding(&mut self, conn: u64) {

@@ -2,7 +2,12 @@
 //! and client snapshots into one room with three members. After every step the room must
 //! equal the merge of exactly the updates it acknowledged (a rejected update leaves it
 //! untouched), relays must carry the sender's bytes to the other members only, and a
-//! re-join must return the room's current state.
+//! re-join must give the room's current state.
+//!
+//! The room's document jobs (`Effect::RunRoomDocJob`, which a driver runs on another thread)
+//! are held until an `Op::RunJobs`, so ops land while a job holds the document: a re-joining
+//! member gets no relay until its snapshot, then the snapshot and the changes accepted since
+//! must make the room's state at that moment; seeds sent meanwhile are answered after it.
 
 use arbitrary::Unstructured;
 use base64::Engine as _;
@@ -60,12 +65,14 @@ pub enum Op {
     Rejoin {
         conn: u8,
     },
+    /// The driver reports every held document job (and those their reports start).
+    RunJobs,
 }
 
 impl Op {
     pub fn read(u: &mut Unstructured<'_>) -> Op {
         let conn = |u: &mut Unstructured<'_>| byte(u) % MEMBERS;
-        match byte(u) % 8 {
+        match byte(u) % 9 {
             0 => Op::Edit {
                 conn: conn(u),
                 target: byte(u) % 4,
@@ -96,7 +103,8 @@ impl Op {
                 index: byte(u),
             },
             6 => Op::ClientSnapshot { conn: conn(u) },
-            _ => Op::Rejoin { conn: conn(u) },
+            7 => Op::Rejoin { conn: conn(u) },
+            _ => Op::RunJobs,
         }
     }
 }
@@ -129,6 +137,7 @@ impl super::Encode for Op {
             Op::Recorded { conn, index } => out.extend([5, *conn, *index]),
             Op::ClientSnapshot { conn } => out.extend([6, *conn]),
             Op::Rejoin { conn } => out.extend([7, *conn]),
+            Op::RunJobs => out.push(8),
         }
     }
 }
@@ -148,6 +157,7 @@ pub fn run(data: &[u8], recorded: &[Vec<u8>]) -> Result<(), String> {
         let op = Op::read(&mut u);
         room.apply(&op, recorded)?;
     }
+    room.run_jobs()?;
     room.check_room()
 }
 
@@ -159,6 +169,12 @@ struct Room {
     /// Updates sent so far (valid or not), the material for corrupted ones.
     history: Vec<Vec<u8>>,
     now: u64,
+    /// Document jobs the server asked for, not reported yet.
+    held: Vec<(String, u64, duckwire_core::RoomDocJob)>,
+    /// Members that re-joined and wait for their snapshot.
+    awaiting: std::collections::BTreeSet<u64>,
+    /// Client snapshots the server has not answered yet (it waits for a job), in order.
+    unanswered_seeds: Vec<(u64, Vec<u8>)>,
 }
 
 fn failed(e: duckwire_core::ServerError) -> String {
@@ -178,6 +194,9 @@ impl Room {
             expected: loro::LoroDoc::new(),
             history: Vec::new(),
             now: 1,
+            held: Vec::new(),
+            awaiting: Default::default(),
+            unanswered_seeds: Vec::new(),
         };
         for conn in 0..u64::from(MEMBERS) {
             let doc = loro::LoroDoc::new();
@@ -191,12 +210,12 @@ impl Room {
                 .map_err(failed)?;
             room.join(conn)?;
         }
+        room.run_jobs()?;
         Ok(room)
     }
 
-    /// The server's effects, with room document jobs run on the spot (a driver runs them on
-    /// another thread) and reported.
-    fn effects(&mut self) -> Vec<Effect> {
+    /// The server's effects; room document jobs are held for `Op::RunJobs`.
+    fn effects(&mut self) -> Result<Vec<Effect>, String> {
         let mut effects = Vec::new();
         while let Some(effect) = self.server.poll_effect() {
             match effect {
@@ -205,18 +224,113 @@ impl Room {
                     job_id,
                     job,
                 } => {
-                    let worked = job.run();
-                    let _ = self.server.handle_room_doc_worked(
-                        &room_id,
-                        job_id,
-                        worked,
-                        Millis(self.now),
-                    );
+                    if self.held.iter().any(|(room, _, _)| *room == room_id) {
+                        return Err("a second job on a room whose document is lent".into());
+                    }
+                    self.held.push((room_id, job_id, job));
                 }
                 effect => effects.push(effect),
             }
         }
-        effects
+        Ok(effects)
+    }
+
+    /// Reports every held job, and the jobs those reports start, checking what the reports
+    /// send: snapshots (and the changes after them) to re-joining members, answers to seeds.
+    fn run_jobs(&mut self) -> Result<(), String> {
+        while !self.held.is_empty() {
+            for (room_id, job_id, job) in std::mem::take(&mut self.held) {
+                let worked = job.run();
+                self.server
+                    .handle_room_doc_worked(&room_id, job_id, worked, Millis(self.now))
+                    .map_err(failed)?;
+                let effects = self.effects()?;
+                self.deliveries(&effects)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// What a job's report sent: each re-joining member's `crdt-joined`, `crdt-snapshot` and
+    /// the changes accepted since (together the room's state now), and the answers to seeds
+    /// that waited (an ack seeds the room, whose relay reaches the other members).
+    fn deliveries(&mut self, effects: &[Effect]) -> Result<(), String> {
+        let mut arrived: std::collections::BTreeMap<u64, loro::LoroDoc> = Default::default();
+        for effect in effects {
+            let Effect::Send { conn, frame } = effect else {
+                continue;
+            };
+            let to = conn.0;
+            match frame {
+                Frame::Text(text) => {
+                    let value: Value = serde_json::from_str(text)
+                        .map_err(|e| format!("a reply is not JSON: {e}"))?;
+                    match value["type"].as_str() {
+                        Some("crdt-joined") => {
+                            if !self.awaiting.remove(&to) {
+                                return Err(format!("crdt-joined to {to}, who did not join"));
+                            }
+                            arrived.insert(to, loro::LoroDoc::new());
+                        }
+                        Some("crdt-snapshot") => {
+                            let Some(doc) = arrived.get(&to) else {
+                                return Err(format!("a snapshot to {to} without crdt-joined"));
+                            };
+                            let bytes = base64::engine::general_purpose::STANDARD
+                                .decode(value["data"].as_str().unwrap_or_default())
+                                .map_err(|e| format!("join snapshot is not base64: {e}"))?;
+                            doc.import(&bytes)
+                                .map_err(|e| format!("join snapshot does not import: {e}"))?;
+                            let _ = self.members[to as usize].doc.import(&bytes);
+                        }
+                        Some("crdt-snapshot-ack") => self.seed_acknowledged(to)?,
+                        Some("error") => self.seed_refused(to)?,
+                        _ => return Err(format!("an unexpected reply after a job: {text}")),
+                    }
+                }
+                Frame::Binary(bytes) => {
+                    if let Some(doc) = arrived.get(&to) {
+                        // A change accepted while the joiner's snapshot was taken.
+                        let _ = doc.import(bytes);
+                    } else if !self.awaiting.contains(&to) {
+                        // A seed's relay, applied when the job reported.
+                    } else {
+                        return Err(format!("CRDT bytes to {to} before its snapshot"));
+                    }
+                    let _ = self.members[to as usize].doc.import(bytes);
+                }
+            }
+        }
+        for (conn, doc) in arrived {
+            if doc.get_deep_value() != self.expected.get_deep_value() {
+                return Err(format!(
+                    "re-joining member {conn} got a snapshot and changes that are not the room's state"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn seed_acknowledged(&mut self, conn: u64) -> Result<(), String> {
+        let Some(at) = self.unanswered_seeds.iter().position(|(c, _)| *c == conn) else {
+            return Err(format!("crdt-snapshot-ack to {conn}, who sent no seed"));
+        };
+        let (_, snapshot) = self.unanswered_seeds.remove(at);
+        if !self.expected.oplog_vv().is_empty() {
+            return Err("a client snapshot seeded a room that had state".into());
+        }
+        self.expected
+            .import(&snapshot)
+            .map_err(|e| format!("acked snapshot does not import: {e}"))
+            .map(|_| ())
+    }
+
+    fn seed_refused(&mut self, conn: u64) -> Result<(), String> {
+        let Some(at) = self.unanswered_seeds.iter().position(|(c, _)| *c == conn) else {
+            return Err(format!("an error to {conn}, who sent no seed"));
+        };
+        self.unanswered_seeds.remove(at);
+        Ok(())
     }
 
     fn join(&mut self, conn: u64) -> Result<(), String> {
@@ -224,7 +338,8 @@ impl Room {
         self.server
             .handle_frame(ConnId(conn), Frame::Text(message), Millis(self.now))
             .map_err(failed)?;
-        let mut effects = self.effects();
+        self.awaiting.insert(conn);
+        let mut effects = self.effects()?;
         if effects
             .iter()
             .any(|e| matches!(e, Effect::LoadSnapshot { .. }))
@@ -232,7 +347,7 @@ impl Room {
             self.server
                 .handle_snapshot_loaded(ROOM, Ok(None), Millis(self.now))
                 .map_err(failed)?;
-            effects.extend(self.effects());
+            effects.extend(self.effects()?);
         }
         let snapshot = effects.iter().find_map(|e| match e {
             Effect::Send {
@@ -246,8 +361,10 @@ impl Room {
             _ => None,
         });
         let Some(snapshot) = snapshot else {
-            return Err(format!("join of {conn} got no snapshot: {effects:?}"));
+            // The snapshot comes from a job: checked when it reports (`deliveries`).
+            return Ok(());
         };
+        self.awaiting.remove(&conn);
         let bytes = base64::engine::general_purpose::STANDARD
             .decode(snapshot)
             .map_err(|e| format!("join snapshot is not base64: {e}"))?;
@@ -334,6 +451,7 @@ impl Room {
             ),
             Op::ClientSnapshot { conn } => return self.client_snapshot(*conn),
             Op::Rejoin { conn } => return self.join(u64::from(*conn)),
+            Op::RunJobs => return self.run_jobs(),
         };
         let Some(update) = update else {
             return Ok(());
@@ -353,7 +471,7 @@ impl Room {
                 Millis(self.now),
             )
             .map_err(failed)?;
-        let effects = self.effects();
+        let effects = self.effects()?;
         let mut acked = false;
         let mut relayed_to = Vec::new();
         for effect in &effects {
@@ -384,7 +502,10 @@ impl Room {
                 return Err("the room acked an update Loro rejects".into());
             }
             relayed_to.sort_unstable();
-            let others: Vec<u64> = (0..u64::from(MEMBERS)).filter(|c| *c != conn).collect();
+            // Members waiting for their snapshot get the change after it.
+            let others: Vec<u64> = (0..u64::from(MEMBERS))
+                .filter(|c| *c != conn && !self.awaiting.contains(c))
+                .collect();
             if relayed_to != others {
                 return Err(format!(
                     "an acked update reached {relayed_to:?}, not {others:?}"
@@ -418,7 +539,15 @@ impl Room {
                 Millis(self.now),
             )
             .map_err(failed)?;
-        let effects = self.effects();
+        let effects = self.effects()?;
+        let answered = effects.iter().any(|e| {
+            matches!(e, Effect::Send { conn: to, frame: Frame::Text(_) } if to.0 == u64::from(conn))
+        });
+        if !answered {
+            // A job holds the document: the seed is answered when it reports.
+            self.unanswered_seeds.push((u64::from(conn), snapshot));
+            return self.check_room();
+        }
         let acked = effects.iter().any(|e| match e {
             Effect::Send {
                 frame: Frame::Text(text),

@@ -3,14 +3,17 @@
 //! it (duckwire, sqlrooms-server).
 //!
 //!   duckwire-rooms-bench page-loads --url ws://H:P/ --peers N [--pid PID] [--csv out.csv]
-//!                        [--keep-member]
+//!                        [--keep-member] [--reload-after-ms MS]
 //!   duckwire-rooms-bench fan-out --url ws://H:P/ --members M [--edits E]
 //!
 //! `page-loads`: N page loads in a row, as `@sqlrooms/crdt` does them: a new connection joins
 //! the room, imports its snapshot into a new Loro peer, makes one small map edit, sends it,
 //! waits for its `crdt-update-ack`, leaves. Per page load: the time from `crdt-join` to the
 //! snapshot, the time from the edit to its ack, the snapshot's size; printed as medians over
-//! windows of 300 page loads, and (with `--pid`) the server's resident memory.
+//! windows of 300 page loads, and (with `--pid`) the server's resident memory. With
+//! `--reload-after-ms`, it then waits that long (for the server to save and unload the idle
+//! room: duckwire's `--room-idle-evict-ms`, checked on its `/metrics`), joins once more and
+//! reports how long loading the room took and the resident memory the loaded room added.
 //! `fan-out`: M members joined to one room; one edits, the time until every other member
 //! received the change.
 
@@ -65,12 +68,74 @@ fn resident_kib(pid: Option<u32>) -> Option<u64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
+/// duckwire's count of rooms in memory (`duckwire_crdt_rooms` on `/metrics`), if the server
+/// has it.
+fn rooms_in_memory(url: &str) -> Option<f64> {
+    use std::io::{Read, Write};
+    let host = url.trim_start_matches("ws://").trim_end_matches('/');
+    let mut stream = TcpStream::connect(host).ok()?;
+    write!(
+        stream,
+        "GET /metrics HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut body = String::new();
+    stream.read_to_string(&mut body).ok()?;
+    body.lines()
+        .find(|l| l.starts_with("duckwire_crdt_rooms "))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// After the page loads: the room left memory, then one more join loads it.
+fn reload(url: &str, room: &str, pid: Option<u32>, wait: Duration) {
+    std::thread::sleep(wait);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while rooms_in_memory(url).is_some_and(|rooms| rooms > 0.0) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let unloaded = rooms_in_memory(url).map_or("unknown".into(), |n| format!("{n}"));
+    // The allocator hands freed pages back after a short delay: both readings wait for it.
+    let settle = Duration::from_secs(3);
+    std::thread::sleep(settle);
+    let before = resident_kib(pid);
+    let mut socket = connect(url);
+    let started = Instant::now();
+    let snapshot = join(&mut socket, room);
+    let load = started.elapsed();
+    std::thread::sleep(settle);
+    let after = resident_kib(pid);
+    let added = match (before, after) {
+        (Some(before), Some(after)) => format!(
+            "{} → {} MiB ({:+} KiB)",
+            before / 1024,
+            after / 1024,
+            after as i64 - before as i64
+        ),
+        _ => "-".into(),
+    };
+    println!(
+        "| reload (rooms in memory before: {unloaded}) | join {:.2} ms | {} KB | server RSS {added} |",
+        load.as_secs_f64() * 1e3,
+        snapshot.len() / 1024
+    );
+}
+
 fn median(samples: &mut [Duration]) -> Duration {
     samples.sort();
     samples[samples.len() / 2]
 }
 
-fn page_loads(url: &str, peers: usize, pid: Option<u32>, csv: Option<&str>, keep_member: bool) {
+fn page_loads(
+    url: &str,
+    peers: usize,
+    pid: Option<u32>,
+    csv: Option<&str>,
+    keep_member: bool,
+    reload_after: Option<Duration>,
+) {
     let room = format!("long-room-{}", std::process::id());
     // With `--keep-member`, one member stays joined throughout (it never reads: its relays
     // wait in its socket), so the room never empties between page loads.
@@ -142,6 +207,9 @@ fn page_loads(url: &str, peers: usize, pid: Option<u32>, csv: Option<&str>, keep
     if let Some(path) = csv {
         std::fs::write(path, rows.join("\n") + "\n").expect("the CSV is written");
     }
+    if let Some(wait) = reload_after {
+        reload(url, &room, pid, wait);
+    }
 }
 
 fn fan_out(url: &str, members: usize, edits: usize) {
@@ -195,6 +263,8 @@ fn main() {
             option("--pid").map(|p| p.parse().expect("a pid")),
             option("--csv").as_deref(),
             args.iter().any(|a| a == "--keep-member"),
+            option("--reload-after-ms")
+                .map(|ms| Duration::from_millis(ms.parse().expect("milliseconds"))),
         ),
         Some("fan-out") => fan_out(
             &url,
