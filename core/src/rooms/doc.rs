@@ -61,6 +61,9 @@ pub struct RoomDocWorked {
     pub refused: u64,
     /// The whole document after the imports, when the job was asked for it.
     pub snapshot: Option<Vec<u8>>,
+    /// With the snapshot: the changes the document holds that wait for a dependency it has
+    /// not seen (a snapshot leaves them out), as one Loro update, if any.
+    pub waiting: Option<Vec<u8>>,
 }
 
 impl RoomDocJob {
@@ -79,7 +82,15 @@ impl RoomDocJob {
         let snapshot = self
             .export
             .then(|| self.doc.export(ExportMode::Snapshot).unwrap_or_default());
-        RoomDocWorked { refused, snapshot }
+        let waiting = self
+            .export
+            .then(|| self.doc.export_pending_updates().ok().flatten())
+            .flatten();
+        RoomDocWorked {
+            refused,
+            snapshot,
+            waiting,
+        }
     }
 
     /// The changes the job imports.
@@ -235,7 +246,13 @@ impl RoomDoc {
             self.import_pending();
             return self.doc.export(ExportMode::Snapshot).unwrap_or_default();
         };
+        // A fork holds the document's applied history only: the changes in it that wait for
+        // a dependency are carried over too, or a pending change that completes them would
+        // be imported without them.
         let copy = self.doc.fork();
+        if let Ok(Some(waiting)) = self.doc.export_pending_updates() {
+            let _ = copy.import(&waiting);
+        }
         for change in handed.iter().chain(self.pending.iter().map(|c| &c.bytes)) {
             let _ = copy.import(change);
         }

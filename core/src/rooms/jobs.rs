@@ -17,6 +17,15 @@ pub(super) struct JobPurpose {
     pub version: u64,
 }
 
+/// A snapshot a job exported, kept for joiners while the room's `version` stays the same.
+#[derive(Debug, Clone)]
+pub(super) struct CachedSnapshot {
+    pub version: u64,
+    pub snapshot: Bytes,
+    /// The changes waiting for a dependency that the snapshot leaves out (`RoomDocWorked`).
+    pub waiting: Option<Bytes>,
+}
+
 /// A save's bookkeeping, taken when its job starts: the job holds every change accepted
 /// until then, so the snapshot is of this version, log position and shared-log position.
 #[derive(Debug)]
@@ -42,10 +51,10 @@ impl Server {
                 return;
             }
             let cached = room.cached_snapshot.as_ref();
-            if let Some((_, snapshot)) = cached.filter(|(version, _)| *version == room.version) {
-                let snapshot = snapshot.clone();
+            if let Some(cached) = cached.filter(|cached| cached.version == room.version) {
+                let cached = cached.clone();
                 let joiners = std::mem::take(&mut room.awaiting_snapshot);
-                return self.settle_joiners(room_id, joiners, &snapshot, now);
+                return self.settle_joiners(room_id, joiners, &cached, now);
             }
         }
         let joiners = std::mem::take(&mut room.awaiting_snapshot);
@@ -90,15 +99,24 @@ impl Server {
         }
         let purpose = room.job.take().unwrap_or_default();
         if let Some(snapshot) = worked.snapshot {
-            room.cached_snapshot = Some((purpose.version, Bytes::from(snapshot.clone())));
-            self.settle_joiners(room_id, purpose.joiners, &snapshot, now);
+            let cached = CachedSnapshot {
+                version: purpose.version,
+                snapshot: Bytes::from(snapshot),
+                waiting: worked.waiting.map(Bytes::from),
+            };
+            room.cached_snapshot = Some(cached.clone());
+            room.waiting_for_dependencies = cached.waiting.is_some();
+            self.settle_joiners(room_id, purpose.joiners, &cached, now);
             if let Some(ticket) = purpose.save {
+                // Changes waiting for a dependency are not in the snapshot: the log that
+                // holds them is kept whole (nothing trimmed), so a reload has them again.
+                let keep_log = cached.waiting.is_some();
                 self.push(Effect::PersistSnapshot {
                     room_id: room_id.to_string(),
-                    snapshot,
+                    snapshot: cached.snapshot.to_vec(),
                     version: ticket.version,
-                    log_seq: ticket.log_seq,
-                    covers: ticket.covers,
+                    log_seq: if keep_log { 0 } else { ticket.log_seq },
+                    covers: if keep_log { None } else { ticket.covers },
                 });
             }
         }
@@ -114,13 +132,14 @@ impl Server {
         }
     }
 
-    /// Joiners still in the room become members: the snapshot, then the changes accepted
-    /// while the job ran (relayed to members meanwhile, not in the snapshot), but their own.
+    /// Joiners still in the room become members: the snapshot, the changes it leaves out
+    /// because they wait for a dependency, then the changes accepted while the job ran
+    /// (relayed to members meanwhile, not in the snapshot), but their own.
     fn settle_joiners(
         &mut self,
         room_id: &str,
         joiners: Vec<ConnId>,
-        snapshot: &[u8],
+        cached: &CachedSnapshot,
         now: Millis,
     ) {
         let still_here: Vec<ConnId> = joiners
@@ -137,7 +156,10 @@ impl Server {
         room.members.extend(still_here.iter().copied());
         let since = room.doc.pending().to_vec();
         for conn in still_here {
-            self.send_joined(conn, room_id.to_string(), snapshot.to_vec(), now);
+            self.send_joined(conn, room_id.to_string(), cached.snapshot.to_vec(), now);
+            if let Some(waiting) = &cached.waiting {
+                self.send_frame(conn, Frame::Binary(waiting.clone()), now);
+            }
             for change in since.iter().filter(|change| change.sender != Some(conn)) {
                 self.send_frame(conn, Frame::Binary(change.bytes.clone()), now);
             }

@@ -23,7 +23,7 @@ mod saving;
 
 use doc::RoomDoc;
 pub use doc::{RoomDocJob, RoomDocWorked};
-use jobs::JobPurpose;
+use jobs::{CachedSnapshot, JobPurpose};
 
 pub(crate) struct Room {
     doc: RoomDoc,
@@ -38,7 +38,10 @@ pub(crate) struct Room {
     job: Option<JobPurpose>,
     /// The last snapshot a job exported, with the room's `version` it holds: joiners get it
     /// without a job while no change came since (a dashboard opened by many viewers).
-    cached_snapshot: Option<(u64, Bytes)>,
+    cached_snapshot: Option<CachedSnapshot>,
+    /// The last export found changes waiting for a dependency the room has not seen: without
+    /// a durable log, unloading the room would lose them (a snapshot leaves them out).
+    waiting_for_dependencies: bool,
     /// A save was asked for while a job held the document.
     save_wanted: bool,
     /// `crdt-snapshot` seeds that arrived while loading or while a job held the document,
@@ -85,6 +88,7 @@ impl Room {
             awaiting_snapshot: Vec::new(),
             job: None,
             cached_snapshot: None,
+            waiting_for_dependencies: false,
             save_wanted: false,
             queued_snapshots: Vec::new(),
             queued_remote: Vec::new(),
@@ -321,7 +325,11 @@ impl Server {
             // The stored snapshot is the room's state when nothing was logged after it: the
             // joiners get it as it is, without exporting the document again.
             if let (Some(bytes), false) = (stored.snapshot, replayed) {
-                room.cached_snapshot = Some((room.version, Bytes::from(bytes)));
+                room.cached_snapshot = Some(CachedSnapshot {
+                    version: room.version,
+                    snapshot: Bytes::from(bytes),
+                    waiting: None,
+                });
             }
             Ok(())
         });

@@ -381,6 +381,88 @@ fn a_room_loaded_from_its_stored_snapshot_alone_serves_it_without_a_job() {
     assert_eq!(jobs.len(), 1, "the joiner's snapshot is exported");
 }
 
+/// Two changes of one peer: the second depends on the first.
+fn change_and_its_dependency() -> (Vec<u8>, Vec<u8>) {
+    let doc = loro::LoroDoc::new();
+    doc.set_peer_id(5).unwrap();
+    doc.get_text("t").insert(0, "a").unwrap();
+    doc.commit();
+    let first = doc.export(loro::ExportMode::all_updates()).unwrap();
+    let after_first = doc.oplog_vv();
+    doc.get_text("t").insert(1, "b").unwrap();
+    doc.commit();
+    let second = doc.export(loro::ExportMode::updates(&after_first)).unwrap();
+    (second, first)
+}
+
+/// A change accepted before its dependency waits inside the room's document, and a
+/// snapshot leaves it out: a joiner gets it after the snapshot, so when the dependency
+/// comes it has both, like the room.
+#[test]
+fn a_joiner_gets_the_changes_that_wait_for_a_dependency() {
+    let mut h = room_of_two();
+    let (dependent, dependency) = change_and_its_dependency();
+    let (effects, _) = send_update(&mut h, 1, &dependent);
+    assert!(
+        acked(&effects, 1),
+        "a change waiting for its dependency is accepted"
+    );
+    h.drain(); // its import
+    h.text_holding(3);
+    let effects = h.drain();
+    let snapshot = decoded_snapshot(&sent_json(&effects, 3)[1]);
+    let after = sent_binary(&effects, 3);
+    assert_eq!(after.len(), 1, "the waiting change after the snapshot");
+    let (effects, _) = send_update(&mut h, 1, &dependency);
+    assert_eq!(
+        sent_binary(&effects, 3),
+        vec![Bytes::from(dependency.clone())]
+    );
+    h.server.handle_timeout(h.now()).unwrap();
+    h.drain();
+    let joiner = loro::LoroDoc::new();
+    joiner.import(&snapshot).unwrap();
+    joiner.import(&after[0]).unwrap();
+    joiner.import(&dependency).unwrap();
+    assert_eq!(joiner.get_text("t").to_string(), "ab");
+    let room = snapshot_value(&h.server.room_snapshot("r").unwrap());
+    assert_eq!(joiner.get_deep_value(), room);
+}
+
+/// A save of a room holding a change that waits for a dependency trims no log entry (the
+/// snapshot leaves the change out; the log has it for the next load).
+#[test]
+fn a_save_with_a_waiting_change_keeps_the_whole_log() {
+    let mut h = Harness::new(Config {
+        durable_room_log: true,
+        ..sync_config()
+    });
+    h.text_holding(1);
+    h.drain();
+    h.server
+        .handle_room_loaded("r", Ok(crate::StoredRoom::default()), h.now())
+        .unwrap();
+    h.drain();
+    let (dependent, _) = change_and_its_dependency();
+    h.binary(1, dependent);
+    h.server
+        .handle_room_update_appended("r", 1, Ok(()), h.now())
+        .unwrap();
+    h.now += sync_config().save_debounce_ms;
+    h.server.handle_timeout(h.now()).unwrap();
+    let trims: Vec<(u64, Option<String>)> = h
+        .drain()
+        .iter()
+        .filter_map(|e| match e {
+            Effect::PersistSnapshot {
+                log_seq, covers, ..
+            } => Some((*log_seq, covers.clone())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(trims, vec![(0, None)]);
+}
+
 impl Harness {
     /// Opens `conn` and sends its join of "r", holding any job it starts.
     fn text_holding(&mut self, conn: u64) {

@@ -171,8 +171,14 @@ struct Room {
     now: u64,
     /// Document jobs the server asked for, not reported yet.
     held: Vec<(String, u64, duckwire_core::RoomDocJob)>,
-    /// Members that re-joined and wait for their snapshot.
-    awaiting: std::collections::BTreeSet<u64>,
+    /// Joins not answered yet, per member (a member may join again before the answer).
+    outstanding_joins: std::collections::BTreeMap<u64, usize>,
+    /// Members the room relays changes to: not those that joined again and have had no
+    /// answer since.
+    relaying: std::collections::BTreeSet<u64>,
+    /// The acknowledged changes and seeds each member sent (a client keeps its own changes:
+    /// the room sends them back to nobody).
+    own: std::collections::BTreeMap<u64, Vec<Vec<u8>>>,
     /// Client snapshots the server has not answered yet (it waits for a job), in order.
     unanswered_seeds: Vec<(u64, Vec<u8>)>,
 }
@@ -195,7 +201,9 @@ impl Room {
             history: Vec::new(),
             now: 1,
             held: Vec::new(),
-            awaiting: Default::default(),
+            outstanding_joins: Default::default(),
+            relaying: Default::default(),
+            own: Default::default(),
             unanswered_seeds: Vec::new(),
         };
         for conn in 0..u64::from(MEMBERS) {
@@ -267,9 +275,11 @@ impl Room {
                         .map_err(|e| format!("a reply is not JSON: {e}"))?;
                     match value["type"].as_str() {
                         Some("crdt-joined") => {
-                            if !self.awaiting.remove(&to) {
-                                return Err(format!("crdt-joined to {to}, who did not join"));
+                            match self.outstanding_joins.get_mut(&to) {
+                                Some(n) if *n > 0 => *n -= 1,
+                                _ => return Err(format!("crdt-joined to {to}, who did not join")),
                             }
+                            self.relaying.insert(to);
                             arrived.insert(to, loro::LoroDoc::new());
                         }
                         Some("crdt-snapshot") => {
@@ -292,9 +302,7 @@ impl Room {
                     if let Some(doc) = arrived.get(&to) {
                         // A change accepted while the joiner's snapshot was taken.
                         let _ = doc.import(bytes);
-                    } else if !self.awaiting.contains(&to) {
-                        // A seed's relay, applied when the job reported.
-                    } else {
+                    } else if !self.relaying.contains(&to) {
                         return Err(format!("CRDT bytes to {to} before its snapshot"));
                     }
                     let _ = self.members[to as usize].doc.import(bytes);
@@ -302,6 +310,9 @@ impl Room {
             }
         }
         for (conn, doc) in arrived {
+            for change in self.own.get(&conn).into_iter().flatten() {
+                let _ = doc.import(change);
+            }
             if doc.get_deep_value() != self.expected.get_deep_value() {
                 return Err(format!(
                     "re-joining member {conn} got a snapshot and changes that are not the room's state"
@@ -321,8 +332,9 @@ impl Room {
         }
         self.expected
             .import(&snapshot)
-            .map_err(|e| format!("acked snapshot does not import: {e}"))
-            .map(|_| ())
+            .map_err(|e| format!("acked snapshot does not import: {e}"))?;
+        self.own.entry(conn).or_default().push(snapshot);
+        Ok(())
     }
 
     fn seed_refused(&mut self, conn: u64) -> Result<(), String> {
@@ -338,7 +350,8 @@ impl Room {
         self.server
             .handle_frame(ConnId(conn), Frame::Text(message), Millis(self.now))
             .map_err(failed)?;
-        self.awaiting.insert(conn);
+        *self.outstanding_joins.entry(conn).or_default() += 1;
+        self.relaying.remove(&conn);
         let mut effects = self.effects()?;
         if effects
             .iter()
@@ -364,7 +377,8 @@ impl Room {
             // The snapshot comes from a job: checked when it reports (`deliveries`).
             return Ok(());
         };
-        self.awaiting.remove(&conn);
+        *self.outstanding_joins.entry(conn).or_default() -= 1;
+        self.relaying.insert(conn);
         let bytes = base64::engine::general_purpose::STANDARD
             .decode(snapshot)
             .map_err(|e| format!("join snapshot is not base64: {e}"))?;
@@ -504,8 +518,9 @@ impl Room {
             relayed_to.sort_unstable();
             // Members waiting for their snapshot get the change after it.
             let others: Vec<u64> = (0..u64::from(MEMBERS))
-                .filter(|c| *c != conn && !self.awaiting.contains(c))
+                .filter(|c| *c != conn && self.relaying.contains(c))
                 .collect();
+            self.own.entry(conn).or_default().push(update.clone());
             if relayed_to != others {
                 return Err(format!(
                     "an acked update reached {relayed_to:?}, not {others:?}"
@@ -562,6 +577,7 @@ impl Room {
             self.expected
                 .import(&snapshot)
                 .map_err(|e| format!("acked snapshot does not import: {e}"))?;
+            self.own.entry(u64::from(conn)).or_default().push(snapshot);
         }
         self.check_room()
     }

@@ -429,6 +429,9 @@ pub struct Session<'t> {
     cluster: bool,
     /// Peer ids for other replicas' changes (distinct from the clients' fresh peers).
     next_remote_peer: u64,
+    /// Connections sent their room's snapshot in the effects being observed: binary frames
+    /// after it are its catch-up (changes the snapshot leaves out), not a sender's relay.
+    catching_up: BTreeSet<u64>,
     /// Connections that sent a join since their last `crdt-joined`: they may have left
     /// their room.
     rejoining: BTreeSet<u64>,
@@ -496,6 +499,7 @@ impl<'t> Session<'t> {
             cluster,
             next_remote_peer: 1 << 40,
             rejoining: BTreeSet::new(),
+            catching_up: BTreeSet::new(),
         }
     }
 
@@ -871,6 +875,7 @@ impl<'t> Session<'t> {
     }
 
     fn observe(&mut self, step: &Step, effects: &[Effect]) -> Result<(), String> {
+        self.catching_up.clear();
         let mut appends: Vec<(String, u64)> = Vec::new();
         let mut acked_update = false;
         let mut acting_closed = false;
@@ -1190,6 +1195,15 @@ impl<'t> Session<'t> {
             }
             "authAck" => {
                 self.authenticated.insert(to);
+            }
+            "crdt-snapshot" => {
+                self.catching_up.insert(to);
+            }
+            "raw" if self.catching_up.contains(&to) => {
+                // (b) holds for it too: only a member of a room gets its catch-up.
+                if !self.joined.contains_key(&to) {
+                    return Err(format!("(b) a room's catch-up to {to}, not in a room"));
+                }
             }
             "crdt-joined" => {
                 self.rejoining.remove(&to);
