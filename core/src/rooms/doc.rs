@@ -200,7 +200,7 @@ impl RoomDoc {
     /// The job `id` reported: the document is home again. `false` for a report of another
     /// job (stale or unknown), which changes nothing.
     pub(crate) fn returned(&mut self, id: u64, worked: &RoomDocWorked) -> bool {
-        if !self.lent.as_ref().is_some_and(|(lent, _)| *lent == id) {
+        if self.lent.as_ref().is_none_or(|(lent, _)| *lent != id) {
             return false;
         }
         self.lent = None;

@@ -1199,12 +1199,11 @@ impl<'t> Session<'t> {
             "crdt-snapshot" => {
                 self.catching_up.insert(to);
             }
-            "raw" if self.catching_up.contains(&to) => {
-                // (b) holds for it too: only a member of a room gets its catch-up.
-                if !self.joined.contains_key(&to) {
-                    return Err(format!("(b) a room's catch-up to {to}, not in a room"));
-                }
+            // (b) holds for it too: only a member of a room gets its catch-up.
+            "raw" if self.catching_up.contains(&to) && !self.joined.contains_key(&to) => {
+                return Err(format!("(b) a room's catch-up to {to}, not in a room"));
             }
+            "raw" if self.catching_up.contains(&to) => {}
             "crdt-joined" => {
                 self.rejoining.remove(&to);
                 let room = decoded["roomId"].as_str().unwrap_or_default().to_string();
