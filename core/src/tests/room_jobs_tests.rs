@@ -68,6 +68,29 @@ fn report(h: &mut Harness, job_id: u64, job: RoomDocJob) -> (Vec<Effect>, Vec<(u
     effects_holding_jobs(h)
 }
 
+fn saved_version(effects: &[Effect]) -> Option<u64> {
+    effects.iter().find_map(|e| match e {
+        Effect::PersistSnapshot { version, .. } => Some(*version),
+        _ => None,
+    })
+}
+
+/// The save of `version` is reported: the idle room stays loaded until the eviction delay
+/// has passed, then leaves memory.
+fn saved_then_unloaded_after_the_delay(h: &mut Harness, version: u64) {
+    h.server
+        .handle_snapshot_persisted("r", version, Ok(()), h.now())
+        .unwrap();
+    h.drain();
+    assert_eq!(h.server.room_count(), 1, "not before the eviction delay");
+    h.now += sync_config().room_idle_evict_ms + 1;
+    h.server.handle_timeout(h.now()).unwrap();
+    assert!(h
+        .drain()
+        .iter()
+        .any(|e| matches!(e, Effect::RoomUnloaded { .. })));
+}
+
 fn acked(effects: &[Effect], conn: u64) -> bool {
     sent_json(effects, conn)
         .iter()
@@ -203,17 +226,7 @@ fn a_save_waits_for_the_running_job_and_covers_every_change_accepted_when_it_sta
     expected.import(&b).unwrap();
     assert_eq!(snapshot_value(&snapshot), expected.get_deep_value());
     // Saved and idle: it leaves memory after the eviction delay, not before.
-    h.server
-        .handle_snapshot_persisted("r", version, Ok(()), h.now())
-        .unwrap();
-    h.drain();
-    assert_eq!(h.server.room_count(), 1);
-    h.now += sync_config().room_idle_evict_ms + 1;
-    h.server.handle_timeout(h.now()).unwrap();
-    assert!(h
-        .drain()
-        .iter()
-        .any(|e| matches!(e, Effect::RoomUnloaded { .. })));
+    saved_then_unloaded_after_the_delay(&mut h, version);
 }
 
 #[test]
@@ -238,36 +251,13 @@ fn an_idle_room_is_not_evicted_while_a_job_holds_its_document() {
     assert!(sent_json(&effects, 3).is_empty());
     let (save_id, save) = jobs.pop().expect("the save's job");
     let (effects, _) = report(&mut h, save_id, save);
-    let version = effects
-        .iter()
-        .find_map(|e| match e {
-            Effect::PersistSnapshot { version, .. } => Some(*version),
-            _ => None,
-        })
-        .expect("the save");
-    h.server
-        .handle_snapshot_persisted("r", version, Ok(()), h.now())
-        .unwrap();
-    h.drain();
-    h.now += sync_config().room_idle_evict_ms + 1;
-    h.server.handle_timeout(h.now()).unwrap();
-    assert!(h
-        .drain()
-        .iter()
-        .any(|e| matches!(e, Effect::RoomUnloaded { .. })));
+    let version = saved_version(&effects).expect("the save");
+    saved_then_unloaded_after_the_delay(&mut h, version);
 }
 
 #[test]
 fn another_replicas_change_waits_for_the_job_then_reaches_every_member() {
-    let mut h = Harness::new(sync_config());
-    for conn in [1, 2] {
-        h.open(conn);
-        h.text(conn, json!({"type":"crdt-join","roomId":"r"}));
-    }
-    h.server
-        .handle_snapshot_loaded("r", Ok(None), h.now())
-        .unwrap();
-    h.drain();
+    let mut h = room_of_two();
     // A change's import holds the document in a job.
     let first = loro_update(7, "a", 1);
     send_update(&mut h, 1, &first);

@@ -833,6 +833,19 @@ impl<'t> Session<'t> {
         self.check_caps()
     }
 
+    /// A report the driver gave the core (a save, a document job): what it causes is
+    /// checked like any step's effects.
+    fn observe_report(
+        &mut self,
+        reported: Result<(), duckwire_core::ServerError>,
+    ) -> Result<(), String> {
+        Self::checked(reported)?;
+        self.drain_and_observe(&Step {
+            acting_authenticated: true,
+            ..Step::default()
+        })
+    }
+
     fn drain_and_observe(&mut self, step: &Step) -> Result<(), String> {
         let effects: Vec<Effect> = std::iter::from_fn(|| self.server.poll_effect()).collect();
         self.observe(step, &effects)
@@ -976,16 +989,13 @@ impl<'t> Session<'t> {
                         self.stored.insert(room_id.clone(), snapshot.clone());
                         Ok(())
                     };
-                    Self::checked(self.server.handle_snapshot_persisted(
+                    let reported = self.server.handle_snapshot_persisted(
                         room_id,
                         *version,
                         result,
                         self.now(),
-                    ))?;
-                    self.drain_and_observe(&Step {
-                        acting_authenticated: true,
-                        ..Step::default()
-                    })?;
+                    );
+                    self.observe_report(reported)?;
                 }
                 // Run on the spot (a driver runs it on another thread and reports later; the
                 // core's own tests hold jobs back to check what happens meanwhile).
@@ -995,16 +1005,10 @@ impl<'t> Session<'t> {
                     job,
                 } => {
                     let worked = job.clone().run();
-                    Self::checked(self.server.handle_room_doc_worked(
-                        room_id,
-                        *job_id,
-                        worked,
-                        self.now(),
-                    ))?;
-                    self.drain_and_observe(&Step {
-                        acting_authenticated: true,
-                        ..Step::default()
-                    })?;
+                    let reported =
+                        self.server
+                            .handle_room_doc_worked(room_id, *job_id, worked, self.now());
+                    self.observe_report(reported)?;
                 }
                 Effect::Interrupt { query } => {
                     ensure!(
