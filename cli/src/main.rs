@@ -105,6 +105,9 @@ struct Args {
     /// cap: bytes of received, unfinished work over all connections (default 1073741824; 0/none disables)
     #[argh(option, from_str_fn(parse_cap))]
     max_inbound_bytes: Option<Option<usize>>,
+    /// cap: CRDT changes a room acknowledged and has not imported yet; at it, its senders are not read (default 64; 0/none disables)
+    #[argh(option, from_str_fn(parse_cap))]
+    max_unimported_changes_per_room: Option<Option<usize>>,
     /// close a kept-alive HTTP connection idle this many ms (default 30000; 0/none: never)
     #[argh(option, from_str_fn(parse_cap))]
     http_idle_timeout_ms: Option<Option<usize>>,
@@ -315,6 +318,10 @@ fn limits_from(args: &Args, defaults: &Limits) -> Limits {
             defaults.max_inbound_bytes_per_conn,
         ),
         max_inbound_bytes: pick(args.max_inbound_bytes, defaults.max_inbound_bytes),
+        max_unimported_changes_per_room: pick(
+            args.max_unimported_changes_per_room,
+            defaults.max_unimported_changes_per_room,
+        ),
     }
 }
 
@@ -582,6 +589,10 @@ mod tests {
             (
                 "--max-inbound-bytes ",
                 format!("default {}", cap(limits.max_inbound_bytes)),
+            ),
+            (
+                "--max-unimported-changes-per-room",
+                format!("default {}", cap(limits.max_unimported_changes_per_room)),
             ),
             (
                 "--stream-results-above",

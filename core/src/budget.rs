@@ -30,6 +30,9 @@ pub(crate) struct Budget {
     changed: BTreeSet<ConnId>,
     /// Connections told `PauseReading` and not resumed yet.
     paused: BTreeSet<ConnId>,
+    /// Connections not to be read whatever they hold: they send to a room whose imports
+    /// are behind (`Limits::max_unimported_changes_per_room`).
+    held_back: BTreeSet<ConnId>,
     total_was_over: bool,
 }
 
@@ -80,7 +83,21 @@ impl Budget {
     fn should_pause(&self, conn: ConnId, total_over: bool) -> bool {
         let held = self.held_by(conn);
         let conn_over = self.per_conn_cap.is_some_and(|cap| held >= cap);
-        conn_over || (total_over && held > 0)
+        conn_over || (total_over && held > 0) || self.held_back.contains(&conn)
+    }
+
+    /// Stops reading `conn` until [`let_go`](Self::let_go), beside its own budget.
+    pub(crate) fn hold_back(&mut self, conn: ConnId) {
+        if self.held_back.insert(conn) {
+            self.changed.insert(conn);
+        }
+    }
+
+    /// `conn` may be read again as far as [`hold_back`](Self::hold_back) is concerned.
+    pub(crate) fn let_go(&mut self, conn: ConnId) {
+        if self.held_back.remove(&conn) {
+            self.changed.insert(conn);
+        }
     }
 
     /// After every input: pauses reading where a budget is spent and resumes it where it is
@@ -118,6 +135,7 @@ impl Budget {
     /// finishes (`release`).
     pub(crate) fn forget(&mut self, conn: ConnId) {
         self.paused.remove(&conn);
+        self.held_back.remove(&conn);
         self.changed.remove(&conn);
         self.held.remove(&conn);
     }

@@ -31,6 +31,12 @@ pub struct Limits {
     pub max_inbound_bytes_per_conn: Option<usize>,
     /// The same, over all connections.
     pub max_inbound_bytes: Option<usize>,
+    /// CRDT changes a room accepted (relayed, acknowledged) and has not imported yet. Loro's
+    /// import of a change costs time in proportion to the peers the room has seen, and runs
+    /// after the acknowledgement: at this backlog, connections sending to the room are not
+    /// read until its imports catch up, so the backlog (and what waits behind it: joiners'
+    /// snapshots, saves) stays bounded.
+    pub max_unimported_changes_per_room: Option<usize>,
 }
 
 pub const MIB: usize = 1024 * 1024;
@@ -49,6 +55,7 @@ impl Default for Limits {
             max_outbound_bytes_per_conn: Some(256 * MIB),
             max_inbound_bytes_per_conn: Some(64 * MIB),
             max_inbound_bytes: Some(1024 * MIB),
+            max_unimported_changes_per_room: Some(64),
         }
     }
 }
@@ -68,6 +75,7 @@ impl Limits {
             max_outbound_bytes_per_conn: None,
             max_inbound_bytes_per_conn: None,
             max_inbound_bytes: None,
+            max_unimported_changes_per_room: None,
         }
     }
 }

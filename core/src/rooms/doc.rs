@@ -171,6 +171,11 @@ impl RoomDoc {
         !self.pending.is_empty()
     }
 
+    /// Changes accepted and not imported yet: pending, and handed to the running job.
+    pub(crate) fn unimported(&self) -> usize {
+        self.pending.len() + self.lent.as_ref().map_or(0, |(_, handed)| handed.len())
+    }
+
     /// Changes accepted since the running job took the document (none when it is home).
     pub(crate) fn pending(&self) -> &[PendingChange] {
         &self.pending

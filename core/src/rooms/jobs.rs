@@ -121,6 +121,7 @@ impl Server {
             }
         }
         self.apply_queued_while_lent(room_id, now);
+        self.let_senders_go(room_id);
         self.run_doc_job(room_id, now);
         if self
             .rooms
@@ -163,6 +164,21 @@ impl Server {
             for change in since.iter().filter(|change| change.sender != Some(conn)) {
                 self.send_frame(conn, Frame::Binary(change.bytes.clone()), now);
             }
+        }
+    }
+
+    /// The room's imports caught up below `max_unimported_changes_per_room`: the senders held
+    /// back are read again.
+    fn let_senders_go(&mut self, room_id: &str) {
+        let cap = self.config.limits.max_unimported_changes_per_room;
+        let Some(room) = self.rooms.rooms.get_mut(room_id) else {
+            return;
+        };
+        if cap.is_some_and(|cap| room.doc.unimported() >= cap) {
+            return;
+        }
+        for conn in std::mem::take(&mut room.held_back) {
+            self.budget.let_go(conn);
         }
     }
 

@@ -49,6 +49,9 @@ pub(crate) struct Room {
     queued_snapshots: Vec<(ConnId, Vec<u8>)>,
     /// Cluster mode: other replicas' changes that arrived while a job held the document.
     queued_remote: Vec<Bytes>,
+    /// Senders not read while the room's imports are behind
+    /// (`Limits::max_unimported_changes_per_room`).
+    held_back: BTreeSet<ConnId>,
     members: BTreeSet<ConnId>,
     /// Bumped on every accepted change.
     version: u64,
@@ -92,6 +95,7 @@ impl Room {
             save_wanted: false,
             queued_snapshots: Vec::new(),
             queued_remote: Vec::new(),
+            held_back: BTreeSet::new(),
             members: BTreeSet::new(),
             version: 0,
             saved_version: 0,
@@ -264,6 +268,9 @@ impl Server {
         room.members.remove(&conn);
         room.joining.retain(|c| *c != conn);
         room.awaiting_snapshot.retain(|c| *c != conn);
+        if room.held_back.remove(&conn) {
+            self.budget.let_go(conn);
+        }
         if let Some(job) = &mut room.job {
             job.joiners.retain(|c| *c != conn);
         }
@@ -398,6 +405,10 @@ impl Server {
         }
         if room.doc.accept(Some(conn), update.clone()) {
             self.timers.set(TimerKey::RoomImport(room_id.clone()), now);
+        }
+        let cap = self.config.limits.max_unimported_changes_per_room;
+        if cap.is_some_and(|cap| room.doc.unimported() >= cap) && room.held_back.insert(conn) {
+            self.budget.hold_back(conn);
         }
         self.rooms.updates_accepted += 1;
         let others = room.members_except(conn);

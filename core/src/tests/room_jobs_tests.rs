@@ -453,6 +453,58 @@ fn a_save_with_a_waiting_change_keeps_the_whole_log() {
     assert_eq!(trims, vec![(0, None)]);
 }
 
+/// A sender outrunning the room's imports is not read (TCP back-pressure) once the room has
+/// `max_unimported_changes_per_room` changes not imported, and is read again when the
+/// imports catch up; its changes are acknowledged at once all the same.
+#[test]
+fn a_sender_outrunning_the_rooms_imports_is_paused_until_they_catch_up() {
+    let mut h = Harness::new(Config {
+        limits: crate::Limits {
+            max_unimported_changes_per_room: Some(2),
+            ..crate::Limits::default()
+        },
+        ..sync_config()
+    });
+    for conn in [1, 2] {
+        h.text_holding(conn);
+    }
+    h.server
+        .handle_snapshot_loaded("r", Ok(None), h.now())
+        .unwrap();
+    h.drain();
+    let pauses = |effects: &[Effect]| {
+        effects
+            .iter()
+            .filter_map(|e| match e {
+                Effect::PauseReading { conn } => Some(("pause", conn.0)),
+                Effect::ResumeReading { conn } => Some(("resume", conn.0)),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+    };
+    let (effects, _) = send_update(&mut h, 1, &loro_update(7, "a", 1));
+    assert!(acked(&effects, 1) && pauses(&effects).is_empty());
+    let (job_id, job) = import_job(&mut h);
+    let (effects, _) = send_update(&mut h, 1, &loro_update(8, "b", 2));
+    assert!(acked(&effects, 1), "acknowledged at once");
+    assert_eq!(
+        pauses(&effects),
+        vec![("pause", 1)],
+        "two not imported: the cap"
+    );
+    // The other member is still read.
+    let (effects, _) = send_update(&mut h, 2, &loro_update(9, "c", 3));
+    assert_eq!(pauses(&effects), vec![("pause", 2)]);
+    // The first import reports: two changes still wait (the next job takes them), so the
+    // senders stay paused until that one reports too.
+    let (effects, mut jobs) = report(&mut h, job_id, job);
+    assert!(pauses(&effects).is_empty());
+    let (next_id, next) = jobs.pop().expect("the next import starts");
+    assert_eq!(next.changes(), 2);
+    let (effects, _) = report(&mut h, next_id, next);
+    assert_eq!(pauses(&effects), vec![("resume", 1), ("resume", 2)]);
+}
+
 impl Harness {
     /// Opens `conn` and sends its join of "r", holding any job it starts.
     fn text_holding(&mut self, conn: u64) {
