@@ -8,26 +8,11 @@ use serde_json::json;
 use super::harness::{loro_update, sent_binary, sent_json, snapshot_value, Harness};
 use crate::{Config, ConnId, Effect, Frame, Millis, RoomDocJob};
 
-fn sync_config() -> Config {
-    Config {
-        sync_enabled: true,
-        allow_client_snapshots: true,
-        ..Config::default()
-    }
-}
+use super::rooms_tests::sync_config;
 
 /// A room "r" with members 1 and 2, loaded empty, no job running.
 fn room_of_two() -> Harness {
-    let mut h = Harness::new(sync_config());
-    for conn in [1, 2] {
-        h.open(conn);
-        h.text(conn, json!({"type":"crdt-join","roomId":"r"}));
-    }
-    h.server
-        .handle_snapshot_loaded("r", Ok(None), h.now())
-        .unwrap();
-    h.drain();
-    h
+    super::rooms_tests::joined(&[1, 2])
 }
 
 /// Effects without running jobs: the jobs asked for are returned apart.

@@ -5,7 +5,7 @@ use serde_json::json;
 use super::harness::{loro_update, only_json, sent_binary, sent_json, snapshot_value, Harness};
 use crate::{Config, ConnId, Effect, Millis};
 
-fn sync_config() -> Config {
+pub(super) fn sync_config() -> Config {
     Config {
         sync_enabled: true,
         allow_client_snapshots: true,
@@ -14,7 +14,7 @@ fn sync_config() -> Config {
 }
 
 /// Opens `conns`, joins them all to room "r", and completes the (empty) load.
-fn joined(conns: &[u64]) -> Harness {
+pub(super) fn joined(conns: &[u64]) -> Harness {
     let mut h = Harness::new(sync_config());
     for conn in conns {
         h.open(*conn);
