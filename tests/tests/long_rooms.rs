@@ -3,7 +3,9 @@
 //! leaves, while a member stays joined without reading, a client goes offline with old state
 //! and comes back with an edit made meanwhile, and a late joiner arrives at the end. Every
 //! one of them converges on the room's state, on one server and across replicas through
-//! Redis. Real binary, real sockets, real Loro.
+//! Redis. Real binary, real sockets, real Loro. The member that stays reads nothing until the
+//! end, so it answers no ping: the servers run without the idle timeout that would close it
+//! (90 s, which a slow machine's run can pass).
 
 use duckwire_tests::*;
 use serde_json::{json, Map, Value};
@@ -143,7 +145,7 @@ fn long_room_converges(servers: &[&ServerProcess], pages: u64) -> Value {
 
 #[test]
 fn a_room_of_a_thousand_page_loads_converges_for_members_returning_clients_and_late_joiners() {
-    let server = ServerProcess::start(&["--sync"]);
+    let server = ServerProcess::start(&["--sync", "--idle-timeout-ms", "none"]);
     long_room_converges(&[&server], 1_000);
 }
 
@@ -151,7 +153,13 @@ fn a_room_of_a_thousand_page_loads_converges_for_members_returning_clients_and_l
 fn a_long_room_converges_with_a_durable_log_and_after_a_restart() {
     let dir = temp_dir("long-room-durable");
     let db = dir.join("rooms.duckdb");
-    let args = ["--sync", "--db-path", db.to_str().unwrap()];
+    let args = [
+        "--sync",
+        "--idle-timeout-ms",
+        "none",
+        "--db-path",
+        db.to_str().unwrap(),
+    ];
     let server = ServerProcess::start(&args);
     let state = long_room_converges(&[&server], 300);
     assert!(server.terminate().success());
@@ -167,7 +175,7 @@ fn a_long_room_converges_across_replicas() {
         return;
     };
     let url = redis.url();
-    let a = ServerProcess::start(&["--redis-url", &url, "--sync"]);
-    let b = ServerProcess::start(&["--redis-url", &url, "--sync"]);
+    let args = ["--redis-url", &url, "--sync", "--idle-timeout-ms", "none"];
+    let (a, b) = (ServerProcess::start(&args), ServerProcess::start(&args));
     long_room_converges(&[&a, &b], 400);
 }
