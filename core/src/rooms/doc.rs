@@ -171,9 +171,11 @@ impl RoomDoc {
         !self.pending.is_empty()
     }
 
-    /// Changes accepted and not imported yet: pending, and handed to the running job.
-    pub(crate) fn unimported(&self) -> usize {
-        self.pending.len() + self.lent.as_ref().map_or(0, |(_, handed)| handed.len())
+    /// Whether `cap` (`Limits::max_unimported_changes_per_room`) changes or more are accepted
+    /// and not imported yet: pending, and handed to the running job.
+    pub(crate) fn imports_behind(&self, cap: Option<usize>) -> bool {
+        let unimported = self.pending.len() + self.lent.as_ref().map_or(0, |(_, h)| h.len());
+        cap.is_some_and(|cap| unimported >= cap)
     }
 
     /// Changes accepted since the running job took the document (none when it is home).
@@ -215,13 +217,22 @@ impl RoomDoc {
         true
     }
 
+    /// A job run here, on the caller's thread, while the document is home: the waiting
+    /// changes imported (the same code the driver runs), then a snapshot if `export`.
+    fn work_here(&mut self, export: bool) -> RoomDocWorked {
+        debug_assert!(self.lent.is_none());
+        let Some((id, job)) = self.lend(export) else {
+            return RoomDocWorked::default();
+        };
+        let worked = job.run();
+        self.returned(id, &worked);
+        worked
+    }
+
     /// Imports the waiting changes here, on the caller's thread (the document is home).
     fn import_pending(&mut self) {
-        debug_assert!(self.lent.is_none());
-        for change in std::mem::take(&mut self.pending) {
-            if self.doc.import(&change.bytes).is_err() {
-                self.refused_on_import.fetch_add(1, Relaxed);
-            }
+        if self.has_pending() {
+            self.work_here(false);
         }
     }
 
@@ -248,8 +259,7 @@ impl RoomDoc {
     /// the job nor its snapshot is disturbed.
     pub(crate) fn snapshot_now(&mut self) -> Vec<u8> {
         let Some((_, handed)) = &self.lent else {
-            self.import_pending();
-            return self.doc.export(ExportMode::Snapshot).unwrap_or_default();
+            return self.work_here(true).snapshot.unwrap_or_default();
         };
         // A fork holds the document's applied history only: the changes in it that wait for
         // a dependency are carried over too, or a pending change that completes them would

@@ -105,7 +105,6 @@ impl Server {
                 waiting: worked.waiting.map(Bytes::from),
             };
             room.cached_snapshot = Some(cached.clone());
-            room.waiting_for_dependencies = cached.waiting.is_some();
             self.settle_joiners(room_id, purpose.joiners, &cached, now);
             if let Some(ticket) = purpose.save {
                 // Changes waiting for a dependency are not in the snapshot: the log that
@@ -174,7 +173,7 @@ impl Server {
         let Some(room) = self.rooms.rooms.get_mut(room_id) else {
             return;
         };
-        if cap.is_some_and(|cap| room.doc.unimported() >= cap) {
+        if room.doc.imports_behind(cap) {
             return;
         }
         for conn in std::mem::take(&mut room.held_back) {

@@ -39,9 +39,6 @@ pub(crate) struct Room {
     /// The last snapshot a job exported, with the room's `version` it holds: joiners get it
     /// without a job while no change came since (a dashboard opened by many viewers).
     cached_snapshot: Option<CachedSnapshot>,
-    /// The last export found changes waiting for a dependency the room has not seen: without
-    /// a durable log, unloading the room would lose them (a snapshot leaves them out).
-    waiting_for_dependencies: bool,
     /// A save was asked for while a job held the document.
     save_wanted: bool,
     /// `crdt-snapshot` seeds that arrived while loading or while a job held the document,
@@ -91,7 +88,6 @@ impl Room {
             awaiting_snapshot: Vec::new(),
             job: None,
             cached_snapshot: None,
-            waiting_for_dependencies: false,
             save_wanted: false,
             queued_snapshots: Vec::new(),
             queued_remote: Vec::new(),
@@ -124,6 +120,14 @@ impl Room {
     /// Whether a save is asked for or under way.
     fn saving(&self) -> bool {
         self.persisting.is_some() || self.save_wanted
+    }
+
+    /// The last export found changes waiting for a dependency the room has not seen: without
+    /// a durable log, unloading the room would lose them (a snapshot leaves them out).
+    fn waiting_for_dependencies(&self) -> bool {
+        self.cached_snapshot
+            .as_ref()
+            .is_some_and(|cached| cached.waiting.is_some())
     }
 
     fn is_idle(&self) -> bool {
@@ -407,7 +411,7 @@ impl Server {
             self.timers.set(TimerKey::RoomImport(room_id.clone()), now);
         }
         let cap = self.config.limits.max_unimported_changes_per_room;
-        if cap.is_some_and(|cap| room.doc.unimported() >= cap) && room.held_back.insert(conn) {
+        if room.doc.imports_behind(cap) && room.held_back.insert(conn) {
             self.budget.hold_back(conn);
         }
         self.rooms.updates_accepted += 1;

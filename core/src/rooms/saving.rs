@@ -123,7 +123,7 @@ impl Server {
                 && !room.saving()
                 && !room.doc.is_lent()
                 && !room.doc.has_pending()
-                && (self.config.durable_room_log || !room.waiting_for_dependencies)
+                && (self.config.durable_room_log || !room.waiting_for_dependencies())
         });
         if evictable {
             let room = self.rooms.rooms.remove(room_id).expect("evictable");
