@@ -5,40 +5,35 @@
 use super::*;
 
 impl Server {
-    /// Cluster mode: a change another replica appended to the room's shared log. Imported
-    /// and relayed to every member here (nobody here sent it, so nobody is acknowledged).
-    /// `false` when the room is not loaded here or Loro rejects the bytes.
+    /// Cluster mode: a change another replica appended to the room's shared log, imported
+    /// by the room's next job (off this thread) and relayed to every member once imported,
+    /// if it held something new (nobody here sent it, so nobody is acknowledged). Taken from
+    /// the moment storage was read (the load's job imports that first). `false` when the
+    /// room is not loading or loaded here.
     pub(crate) fn remote_room_update(&mut self, room_id: &str, update: Bytes, now: Millis) -> bool {
         let Some(room) = self.rooms.rooms.get_mut(room_id) else {
             return false;
         };
-        if !room.loaded {
+        if room.load == Load::Reading {
             return false;
         }
-        if room.doc.is_lent() {
-            // Imported (and relayed if new) once the job holding the document reports.
-            room.queued_remote.push(update);
-            return true;
+        if room.doc.accept(ChangeFrom::Replica, update) && room.loaded() {
+            self.timers
+                .set(TimerKey::RoomImport(room_id.to_string()), now);
         }
-        match room.doc.import_now(&update) {
-            Err(_) => return false,
-            // Already here (its import is idempotent): nothing to relay.
-            Ok(false) => return true,
-            Ok(true) => {}
-        }
-        let members: Vec<ConnId> = room.members.iter().copied().collect();
         self.mark_changed(room_id, now);
-        let frame = Frame::Binary(update);
-        for member in members {
-            self.send_frame(member, frame.clone(), now);
-        }
         true
     }
 
     /// Cluster mode: every entry of the room's shared log up to `position` has been handed
     /// to the core (imported, or applied here before it was appended).
     pub(crate) fn shared_log_position(&mut self, room_id: &str, position: String) {
-        if let Some(room) = self.rooms.rooms.get_mut(room_id).filter(|r| r.loaded) {
+        if let Some(room) = self
+            .rooms
+            .rooms
+            .get_mut(room_id)
+            .filter(|r| r.load != Load::Reading)
+        {
             room.shared_log_position = Some(position);
         }
     }
@@ -49,8 +44,8 @@ impl Server {
         let rooms: Vec<(String, Vec<u8>)> = self
             .rooms
             .rooms
-            .iter_mut()
-            .filter(|(_, room)| room.loaded)
+            .iter()
+            .filter(|(_, room)| room.loaded())
             .map(|(id, room)| (id.clone(), room.doc.snapshot_now()))
             .collect();
         for (room_id, snapshot) in rooms {

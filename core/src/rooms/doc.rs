@@ -13,8 +13,10 @@
 //! While a job runs the document is *lent*: one job per room at a time, and nothing here
 //! imports into it or exports from it (a job's snapshot is then exactly the document as lent,
 //! with every change handed to the job). Changes accepted meanwhile stay pending for the next
-//! job; what needs the document now (a joiner's snapshot, a save, a client's seed, another
-//! replica's change) waits in the room for the job's report (`rooms/mod.rs`).
+//! job; what needs the document now (a joiner's snapshot, a save, a client's seed) waits in
+//! the room for the job's report (`rooms/mod.rs`). A room's load (its stored snapshot and
+//! logged updates) and other replicas' changes are imported by jobs too: a long log or a
+//! burst from the cluster costs the thread that answers every connection nothing.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
@@ -24,12 +26,33 @@ use loro::{ExportMode, LoroDoc};
 
 use crate::ids::ConnId;
 
-/// A change accepted into the room, not yet imported, with the connection that sent it
-/// (`None`: another replica), which already has it.
-#[derive(Debug, Clone)]
+/// Where a change the room imports comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ChangeFrom {
+    /// A member, who has it and to whom the others' copies were relayed on acceptance.
+    Member(ConnId),
+    /// Another replica (cluster mode): relayed to the members once imported, if it held
+    /// something this document lacked (the shared log also carries whole states).
+    Replica,
+    /// The room's storage, on load: the stored snapshot, then the logged updates.
+    Storage,
+}
+
+/// A change accepted into the room, not yet imported.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct PendingChange {
-    pub sender: Option<ConnId>,
+    pub from: ChangeFrom,
     pub bytes: Bytes,
+}
+
+impl PendingChange {
+    /// The member who sent it, if a member did.
+    pub fn sender(&self) -> Option<ConnId> {
+        match self.from {
+            ChangeFrom::Member(conn) => Some(conn),
+            ChangeFrom::Replica | ChangeFrom::Storage => None,
+        }
+    }
 }
 
 pub(crate) struct RoomDoc {
@@ -37,8 +60,11 @@ pub(crate) struct RoomDoc {
     /// Accepted (checked, relayed, acknowledged or waiting for the log), not handed to a job.
     pending: Vec<PendingChange>,
     /// The job holding the document, with the changes handed to it.
-    lent: Option<(u64, Vec<Bytes>)>,
+    lent: Option<(u64, Vec<PendingChange>)>,
     next_job: u64,
+    /// Other replicas' changes imported here (not by a driver's job) that held something
+    /// new: the room relays them (`take_new_from_replicas`).
+    new_from_replicas: Vec<Bytes>,
     /// Changes that passed the check and that the document refused on import (a Loro bug,
     /// or bytes crafted to decode alone but not against this document), counted with every
     /// room's: the count outlives the room (a metric counter never goes down).
@@ -50,7 +76,7 @@ pub(crate) struct RoomDoc {
 /// the room (a Loro handle), which does not touch it until [`RoomDocWorked`] is reported.
 pub struct RoomDocJob {
     doc: LoroDoc,
-    changes: Vec<Bytes>,
+    changes: Vec<PendingChange>,
     export: bool,
 }
 
@@ -64,6 +90,13 @@ pub struct RoomDocWorked {
     /// With the snapshot: the changes the document holds that wait for a dependency it has
     /// not seen (a snapshot leaves them out), as one Loro update, if any.
     pub waiting: Option<Vec<u8>>,
+    /// Other replicas' changes that held something the document lacked, in import order:
+    /// the members get them.
+    pub new_from_replicas: Vec<Bytes>,
+    /// A load's first stored change the document refused (its place among the stored ones,
+    /// the snapshot first) and Loro's reason: the stored state is corrupt, the job stopped
+    /// there and exported nothing.
+    pub load_refused: Option<(usize, String)>,
 }
 
 impl RoomDocJob {
@@ -72,25 +105,30 @@ impl RoomDocJob {
     /// but it leaves a different record of containers created and emptied within the batch
     /// than importing them one by one, which clients do), then exports if asked.
     pub fn run(self) -> RoomDocWorked {
-        let refused = self
-            .changes
-            .iter()
-            .filter(|change| self.doc.import(change).is_err())
-            .count() as u64;
-        // Exporting a snapshot of a document we hold cannot fail short of a Loro bug; an
-        // empty snapshot would still be importable by clients.
-        let snapshot = self
-            .export
-            .then(|| self.doc.export(ExportMode::Snapshot).unwrap_or_default());
-        let waiting = self
-            .export
-            .then(|| self.doc.export_pending_updates().ok().flatten())
-            .flatten();
-        RoomDocWorked {
-            refused,
-            snapshot,
-            waiting,
+        let mut worked = RoomDocWorked::default();
+        let mut stored = 0;
+        for change in &self.changes {
+            match (self.doc.import(&change.bytes), change.from) {
+                (Ok(status), ChangeFrom::Replica) if !status.success.is_empty() => {
+                    worked.new_from_replicas.push(change.bytes.clone())
+                }
+                (Ok(_), ChangeFrom::Storage) => stored += 1,
+                (Ok(_), _) => {}
+                (Err(e), ChangeFrom::Storage) => {
+                    worked.refused += 1;
+                    worked.load_refused = Some((stored, e.to_string()));
+                    return worked;
+                }
+                (Err(_), _) => worked.refused += 1,
+            }
         }
+        if self.export {
+            // Exporting a snapshot of a document we hold cannot fail short of a Loro bug; an
+            // empty snapshot would still be importable by clients.
+            worked.snapshot = Some(self.doc.export(ExportMode::Snapshot).unwrap_or_default());
+            worked.waiting = self.doc.export_pending_updates().ok().flatten();
+        }
+        worked
     }
 
     /// The changes the job imports.
@@ -137,6 +175,7 @@ impl RoomDoc {
             pending: Vec::new(),
             lent: None,
             next_job: 0,
+            new_from_replicas: Vec::new(),
             refused_on_import,
         }
     }
@@ -151,11 +190,11 @@ impl RoomDoc {
             .map_err(|e| e.to_string())
     }
 
-    /// A checked change, to import later; `true` when it is the first one waiting (the
-    /// caller arms the import).
-    pub(crate) fn accept(&mut self, sender: Option<ConnId>, update: Bytes) -> bool {
+    /// A change to import later; `true` when it is the first one waiting (the caller arms
+    /// the import).
+    pub(crate) fn accept(&mut self, from: ChangeFrom, update: Bytes) -> bool {
         self.pending.push(PendingChange {
-            sender,
+            from,
             bytes: update,
         });
         self.pending.len() == 1
@@ -189,10 +228,7 @@ impl RoomDoc {
         if self.lent.is_some() {
             return None;
         }
-        let changes: Vec<Bytes> = std::mem::take(&mut self.pending)
-            .into_iter()
-            .map(|change| change.bytes)
-            .collect();
+        let changes = std::mem::take(&mut self.pending);
         self.next_job += 1;
         let id = self.next_job;
         self.lent = Some((id, changes.clone()));
@@ -218,10 +254,10 @@ impl RoomDoc {
     }
 
     /// A job run here, on the caller's thread, while the document is home: the waiting
-    /// changes imported (the same code the driver runs), then a snapshot if `export`.
-    fn work_here(&mut self, export: bool) -> RoomDocWorked {
+    /// changes imported (the same code the driver runs).
+    fn work_here(&mut self) -> RoomDocWorked {
         debug_assert!(self.lent.is_none());
-        let Some((id, job)) = self.lend(export) else {
+        let Some((id, job)) = self.lend(false) else {
             return RoomDocWorked::default();
         };
         let worked = job.run();
@@ -232,17 +268,24 @@ impl RoomDoc {
     /// Imports the waiting changes here, on the caller's thread (the document is home).
     fn import_pending(&mut self) {
         if self.has_pending() {
-            self.work_here(false);
+            let worked = self.work_here();
+            self.new_from_replicas.extend(worked.new_from_replicas);
         }
     }
 
-    /// Imports `bytes` now (after the waiting changes): a stored snapshot, a logged update,
-    /// a client's seed, another replica's change. Whether the document changed. Only while
-    /// the document is home (callers wait for the job's report otherwise).
-    pub(crate) fn import_now(&mut self, bytes: &[u8]) -> Result<bool, String> {
+    /// Other replicas' changes imported here that the members have not been sent yet.
+    pub(crate) fn take_new_from_replicas(&mut self) -> Vec<Bytes> {
+        std::mem::take(&mut self.new_from_replicas)
+    }
+
+    /// Imports a client's seed now (after the waiting changes). Only while the document is
+    /// home (callers wait for the job's report otherwise).
+    pub(crate) fn import_now(&mut self, bytes: &[u8]) -> Result<(), String> {
         self.import_pending();
-        let status = self.doc.import(bytes).map_err(|e| e.to_string())?;
-        Ok(!status.success.is_empty())
+        self.doc
+            .import(bytes)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
     }
 
     /// Whether the document holds no change at all (waiting ones imported first). Only while
@@ -254,13 +297,15 @@ impl RoomDoc {
 
     /// The whole document, every accepted change included, on the caller's thread: for
     /// the rare readers that cannot wait for a job (observers, republishing to the cluster,
-    /// salvage after a panic). While a job holds the document it is read from a copy with
-    /// the job's and the pending changes imported (Loro's import is idempotent), so neither
-    /// the job nor its snapshot is disturbed.
-    pub(crate) fn snapshot_now(&mut self) -> Vec<u8> {
-        let Some((_, handed)) = &self.lent else {
-            return self.work_here(true).snapshot.unwrap_or_default();
-        };
+    /// salvage after a panic). While a job holds the document, or changes wait for one, it
+    /// is read from a copy with the job's and the pending changes imported (Loro's import is
+    /// idempotent), so neither the job nor its snapshot is disturbed, and the changes are
+    /// left for a job (which relays other replicas' ones).
+    pub(crate) fn snapshot_now(&self) -> Vec<u8> {
+        let handed = self.lent.as_ref().map_or(&[][..], |(_, handed)| handed);
+        if self.lent.is_none() && self.pending.is_empty() {
+            return self.doc.export(ExportMode::Snapshot).unwrap_or_default();
+        }
         // A fork holds the document's applied history only: the changes in it that wait for
         // a dependency are carried over too, or a pending change that completes them would
         // be imported without them.
@@ -268,8 +313,8 @@ impl RoomDoc {
         if let Ok(Some(waiting)) = self.doc.export_pending_updates() {
             let _ = copy.import(&waiting);
         }
-        for change in handed.iter().chain(self.pending.iter().map(|c| &c.bytes)) {
-            let _ = copy.import(change);
+        for change in handed.iter().chain(&self.pending) {
+            let _ = copy.import(&change.bytes);
         }
         copy.export(ExportMode::Snapshot).unwrap_or_default()
     }

@@ -1,9 +1,10 @@
-//! Jobs on a room's document (`doc.rs`): when one starts (pending changes to import, joiners
-//! waiting for a snapshot, a save), and what its report settles: joiners become members with
-//! the snapshot and the changes accepted while it ran, the save goes to storage, and what
-//! waited for the document (seeds, other replicas' changes) is applied. (A child of `rooms`:
-//! it reads the room's fields.)
+//! Jobs on a room's document (`doc.rs`): when one starts (a load, pending changes to import,
+//! joiners waiting for a snapshot, a save), and what its report settles: the load finishes,
+//! other replicas' new changes reach the members, joiners become members with the snapshot
+//! and the changes accepted while it ran, the save goes to storage, and the seeds that waited
+//! for the document are applied. (A child of `rooms`: it reads the room's fields.)
 
+use super::doc::PendingChange;
 use super::*;
 
 /// What a job was started for, beside importing the pending changes.
@@ -15,6 +16,18 @@ pub(super) struct JobPurpose {
     pub save: Option<SaveTicket>,
     /// The room's `version` when the job started: its snapshot holds every change until it.
     pub version: u64,
+    /// The job imports what storage held for the room.
+    pub load: Option<LoadPurpose>,
+}
+
+/// A load's job: what its report needs to finish the load.
+#[derive(Debug)]
+pub(super) struct LoadPurpose {
+    /// The first stored change is a snapshot (for the error naming a corrupt one).
+    pub has_snapshot: bool,
+    /// The stored snapshot, when it is the room's whole state (nothing logged after it):
+    /// joiners get it without the job exporting the document.
+    pub cached: Option<Bytes>,
 }
 
 /// A snapshot a job exported, kept for joiners while the room's `version` stays the same.
@@ -42,7 +55,7 @@ impl Server {
         let Some(room) = self.rooms.rooms.get_mut(room_id) else {
             return;
         };
-        if !room.loaded || room.doc.is_lent() {
+        if !room.loaded() || room.doc.is_lent() {
             return;
         }
         let save = room.save_wanted;
@@ -73,6 +86,7 @@ impl Server {
             joiners,
             save,
             version: room.version,
+            load: None,
         });
         self.timers
             .cancel(&TimerKey::RoomImport(room_id.to_string()));
@@ -98,6 +112,14 @@ impl Server {
             return;
         }
         let purpose = room.job.take().unwrap_or_default();
+        // Before the joiners become members: the job's snapshot holds these already.
+        self.relay_to_members(room_id, &worked.new_from_replicas, now);
+        if let Some(load) = purpose.load {
+            return self.finish_load(room_id, purpose.version, load, worked, now);
+        }
+        let Some(room) = self.rooms.rooms.get_mut(room_id) else {
+            return;
+        };
         if let Some(snapshot) = worked.snapshot {
             let cached = CachedSnapshot {
                 version: purpose.version,
@@ -119,9 +141,54 @@ impl Server {
                 });
             }
         }
-        self.apply_queued_while_lent(room_id, now);
+        self.doc_came_home(room_id, now);
+    }
+
+    /// The load's job reported: the room is loaded (its joiners get the job's snapshot, or
+    /// the stored one), or storage held something Loro refuses and the joiners are refused.
+    fn finish_load(
+        &mut self,
+        room_id: &str,
+        version: u64,
+        load: LoadPurpose,
+        worked: RoomDocWorked,
+        now: Millis,
+    ) {
+        if let Some((place, error)) = worked.load_refused {
+            let message = match place.checked_sub(usize::from(load.has_snapshot)) {
+                None => format!("stored snapshot is corrupt: {error}"),
+                Some(update) => format!("logged update {} is corrupt: {error}", update + 1),
+            };
+            return self.fail_load(room_id, message, now);
+        }
+        let Some(room) = self.rooms.rooms.get_mut(room_id) else {
+            return;
+        };
+        room.load = Load::Done;
+        let snapshot = worked.snapshot.map(Bytes::from).or(load.cached);
+        room.cached_snapshot = snapshot.map(|snapshot| CachedSnapshot {
+            version,
+            snapshot,
+            waiting: worked.waiting.map(Bytes::from),
+        });
+        let joining = std::mem::take(&mut room.joining);
+        room.awaiting_snapshot.extend(joining);
+        // Replayed updates (the save compacts the log), or other replicas' changes taken
+        // while loading.
+        if room.needs_save() {
+            self.arm_save_timers(room_id, now);
+        }
+        self.doc_came_home(room_id, now);
+    }
+
+    /// A job reported and the document is home: senders held back are read again if the
+    /// imports caught up, the next job starts if there is work (or joiners get the cached
+    /// snapshot), the seeds that waited are applied once the document stays home, and an
+    /// empty room heads for its save and eviction.
+    fn doc_came_home(&mut self, room_id: &str, now: Millis) {
         self.let_senders_go(room_id);
         self.run_doc_job(room_id, now);
+        self.apply_queued_seeds(room_id, now);
         if self
             .rooms
             .rooms
@@ -154,13 +221,21 @@ impl Server {
             return;
         };
         room.members.extend(still_here.iter().copied());
-        let since = room.doc.pending().to_vec();
+        // Members' changes were relayed on acceptance; other replicas' are relayed when
+        // imported (to the members then, these joiners included).
+        let since: Vec<PendingChange> = room
+            .doc
+            .pending()
+            .iter()
+            .filter(|change| change.sender().is_some())
+            .cloned()
+            .collect();
         for conn in still_here {
             self.send_joined(conn, room_id.to_string(), cached.snapshot.to_vec(), now);
             if let Some(waiting) = &cached.waiting {
                 self.send_frame(conn, Frame::Binary(waiting.clone()), now);
             }
-            for change in since.iter().filter(|change| change.sender != Some(conn)) {
+            for change in since.iter().filter(|change| change.sender() != Some(conn)) {
                 self.send_frame(conn, Frame::Binary(change.bytes.clone()), now);
             }
         }
@@ -181,19 +256,16 @@ impl Server {
         }
     }
 
-    /// Seeds and other replicas' changes that waited for the document, in arrival order
-    /// per kind.
-    fn apply_queued_while_lent(&mut self, room_id: &str, now: Millis) {
+    /// Seeds that waited for the load or a job, in arrival order, while the document is
+    /// home (a job started meanwhile keeps them waiting for its report).
+    fn apply_queued_seeds(&mut self, room_id: &str, now: Millis) {
         let Some(room) = self.rooms.rooms.get_mut(room_id) else {
             return;
         };
-        let remote = std::mem::take(&mut room.queued_remote);
-        let seeds = std::mem::take(&mut room.queued_snapshots);
-        for update in remote {
-            // Refused now as it would have been at once (and nobody waits for an answer).
-            let _ = self.remote_room_update(room_id, update, now);
+        if !room.loaded() || room.doc.is_lent() {
+            return;
         }
-        for (conn, data) in seeds {
+        for (conn, data) in std::mem::take(&mut room.queued_snapshots) {
             self.apply_client_snapshot(conn, room_id, data, now);
         }
     }

@@ -21,14 +21,13 @@ mod doc;
 mod jobs;
 mod saving;
 
-use doc::RoomDoc;
+use doc::{ChangeFrom, RoomDoc};
 pub use doc::{RoomDocJob, RoomDocWorked};
-use jobs::{CachedSnapshot, JobPurpose};
+use jobs::{CachedSnapshot, JobPurpose, LoadPurpose};
 
 pub(crate) struct Room {
     doc: RoomDoc,
-    /// False until the stored snapshot (if any) is imported.
-    loaded: bool,
+    load: Load,
     /// Connections waiting for the load to finish.
     joining: Vec<ConnId>,
     /// Joiners of the loaded room waiting for the next job's snapshot (they become members
@@ -44,8 +43,6 @@ pub(crate) struct Room {
     /// `crdt-snapshot` seeds that arrived while loading or while a job held the document,
     /// applied in order after it.
     queued_snapshots: Vec<(ConnId, Vec<u8>)>,
-    /// Cluster mode: other replicas' changes that arrived while a job held the document.
-    queued_remote: Vec<Bytes>,
     /// Senders not read while the room's imports are behind
     /// (`Limits::max_unimported_changes_per_room`).
     held_back: BTreeSet<ConnId>,
@@ -67,6 +64,18 @@ pub(crate) struct Room {
     shared_log_position: Option<String>,
 }
 
+/// How far a room's load is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Load {
+    /// Storage (and, in cluster mode, the shared log) is being read.
+    Reading,
+    /// A job imports what storage held; other replicas' changes are taken meanwhile (they
+    /// follow the shared log's part that was read).
+    Importing,
+    /// Members may join and send changes.
+    Done,
+}
+
 /// What storage holds for a room: its last snapshot and the updates logged after it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct StoredRoom {
@@ -83,14 +92,13 @@ impl Room {
     fn new(doc: RoomDoc) -> Self {
         Room {
             doc,
-            loaded: false,
+            load: Load::Reading,
             joining: Vec::new(),
             awaiting_snapshot: Vec::new(),
             job: None,
             cached_snapshot: None,
             save_wanted: false,
             queued_snapshots: Vec::new(),
-            queued_remote: Vec::new(),
             held_back: BTreeSet::new(),
             members: BTreeSet::new(),
             version: 0,
@@ -102,6 +110,10 @@ impl Room {
             pending_acks: Vec::new(),
             shared_log_position: None,
         }
+    }
+
+    fn loaded(&self) -> bool {
+        self.load == Load::Done
     }
 
     /// Every member but `conn` (who sent what they are about to receive).
@@ -178,7 +190,7 @@ impl Server {
         self.rooms
             .rooms
             .iter_mut()
-            .filter(|(_, room)| room.loaded && room.version > room.saved_version)
+            .filter(|(_, room)| room.loaded() && room.version > room.saved_version)
             .map(|(id, room)| (id.clone(), room.doc.snapshot_now()))
             .collect()
     }
@@ -187,7 +199,7 @@ impl Server {
     /// the room accepted, the ones waiting for their import imported first.
     pub fn room_snapshot(&mut self, room_id: &str) -> Option<Vec<u8>> {
         let room = self.rooms.rooms.get_mut(room_id)?;
-        room.loaded.then(|| room.doc.snapshot_now())
+        room.loaded().then(|| room.doc.snapshot_now())
     }
 
     /// Changes that passed the check on acceptance and that their room's document refused
@@ -237,7 +249,7 @@ impl Server {
             });
         }
         let room = self.rooms.rooms.get_mut(&room_id).expect("inserted above");
-        if !room.loaded {
+        if !room.loaded() {
             if !room.joining.contains(&conn) {
                 room.joining.push(conn);
             }
@@ -279,7 +291,7 @@ impl Server {
             job.joiners.retain(|c| *c != conn);
         }
         room.queued_snapshots.retain(|(c, _)| *c != conn);
-        if room.loaded && room.is_idle() {
+        if room.loaded() && room.is_idle() {
             self.after_room_quiet(room_id, now);
         }
     }
@@ -306,6 +318,9 @@ impl Server {
         }
     }
 
+    /// What storage held for a room being loaded: a job imports it (the stored snapshot,
+    /// then every logged update, one by one), and its report finishes the load
+    /// (`finish_load`).
     pub(crate) fn room_loaded(
         &mut self,
         room_id: &str,
@@ -315,63 +330,64 @@ impl Server {
         let Some(room) = self.rooms.rooms.get_mut(room_id) else {
             return;
         };
-        if room.loaded {
+        if room.load != Load::Reading {
             return;
         }
-        let mut replayed = false;
-        let imported = result.and_then(|stored| {
-            if let Some(bytes) = &stored.snapshot {
-                room.doc
-                    .import_now(bytes)
-                    .map_err(|e| format!("stored snapshot is corrupt: {e}"))?;
-            }
-            for (i, update) in stored.updates.iter().enumerate() {
-                room.doc
-                    .import_now(update)
-                    .map_err(|e| format!("logged update {} is corrupt: {e}", i + 1))?;
-            }
-            room.log_seq = stored.last_seq;
-            room.shared_log_position = stored.shared_log_position.clone();
-            replayed = !stored.updates.is_empty();
-            // The stored snapshot is the room's state when nothing was logged after it: the
-            // joiners get it as it is, without exporting the document again.
-            if let (Some(bytes), false) = (stored.snapshot, replayed) {
-                room.cached_snapshot = Some(CachedSnapshot {
-                    version: room.version,
-                    snapshot: Bytes::from(bytes),
-                    waiting: None,
-                });
-            }
-            Ok(())
-        });
-        if let Err(message) = imported {
-            // Refuse the join rather than serve (and later overwrite) an empty room.
-            let room = self.rooms.rooms.remove(room_id).expect("present");
-            for conn in room.joining {
-                if let Some(c) = self.conns.get_mut(&conn) {
-                    c.set_room(None);
-                }
-                let error = ProtocolError::RoomLoadFailed(message.clone());
-                self.send_error(conn, error, None, now);
-            }
-            return;
+        let stored = match result {
+            Ok(stored) => stored,
+            Err(message) => return self.fail_load(room_id, message, now),
+        };
+        room.load = Load::Importing;
+        room.log_seq = stored.last_seq;
+        room.shared_log_position = stored.shared_log_position;
+        let replayed = !stored.updates.is_empty();
+        let has_snapshot = stored.snapshot.is_some();
+        // The stored snapshot is the room's state when nothing was logged after it: the
+        // joiners get it as it is, without exporting the document again.
+        let stored_snapshot = stored.snapshot.map(Bytes::from);
+        let cached = stored_snapshot.clone().filter(|_| !replayed);
+        let changes = stored_snapshot
+            .into_iter()
+            .chain(stored.updates.into_iter().map(Bytes::from));
+        for change in changes {
+            room.doc.accept(ChangeFrom::Storage, change);
         }
-        room.loaded = true;
         if replayed {
-            // The log holds changes the stored snapshot lacks: save soon, which compacts it.
+            // The log holds changes the stored snapshot lacks: the room saves once loaded,
+            // which compacts it.
             room.version += 1;
-            self.arm_save_timers(room_id, now);
         }
-        let Some(room) = self.rooms.rooms.get_mut(room_id) else {
+        let (job_id, job) = room
+            .doc
+            .lend(cached.is_none())
+            .expect("nothing holds a new room");
+        room.job = Some(JobPurpose {
+            version: room.version,
+            load: Some(LoadPurpose {
+                has_snapshot,
+                cached,
+            }),
+            ..JobPurpose::default()
+        });
+        self.push(Effect::RunRoomDocJob {
+            room_id: room_id.to_string(),
+            job_id,
+            job,
+        });
+    }
+
+    /// Storage could not give the room's state: the joiners are refused (rather than served,
+    /// and later overwritten, an empty room).
+    fn fail_load(&mut self, room_id: &str, message: String, now: Millis) {
+        let Some(room) = self.rooms.rooms.remove(room_id) else {
             return;
         };
-        // The joiners get the state from a job; seeds sent while loading wait for it (in
-        // `queued_snapshots`), so they are applied after the joiners have their snapshot.
-        let joining = std::mem::take(&mut room.joining);
-        room.awaiting_snapshot.extend(joining);
-        self.run_doc_job(room_id, now);
-        if self.rooms.rooms.get(room_id).is_some_and(Room::is_idle) {
-            self.after_room_quiet(room_id, now);
+        for conn in room.joining {
+            if let Some(c) = self.conns.get_mut(&conn) {
+                c.set_room(None);
+            }
+            let error = ProtocolError::RoomLoadFailed(message.clone());
+            self.send_error(conn, error, None, now);
         }
     }
 
@@ -386,7 +402,7 @@ impl Server {
             .and_then(|c| c.room().map(str::to_string))
             .ok_or(ProtocolError::NotJoined)?;
         match self.rooms.rooms.get(&room_id) {
-            Some(room) if room.loaded => Ok(room_id),
+            Some(room) if room.loaded() => Ok(room_id),
             Some(_) => Err(ProtocolError::RoomLoading),
             None => Err(ProtocolError::NotJoined),
         }
@@ -407,7 +423,7 @@ impl Server {
             let error = ProtocolError::InvalidUpdate(e);
             return self.send_error(conn, error, None, now);
         }
-        if room.doc.accept(Some(conn), update.clone()) {
+        if room.doc.accept(ChangeFrom::Member(conn), update.clone()) {
             self.timers.set(TimerKey::RoomImport(room_id.clone()), now);
         }
         let cap = self.config.limits.max_unimported_changes_per_room;
@@ -504,11 +520,33 @@ impl Server {
         };
         // Seeding reads and imports into the document: after the load, or after the job
         // holding it.
-        if !room.loaded || room.doc.is_lent() {
+        if !room.loaded() || room.doc.is_lent() {
             room.queued_snapshots.push((conn, data));
             return;
         }
         self.apply_client_snapshot(conn, &room_id, data, now);
+    }
+
+    /// Other replicas' changes imported on this thread (not by a job) that held something
+    /// new, to every member.
+    fn relay_new_from_replicas(&mut self, room_id: &str, now: Millis) {
+        if let Some(room) = self.rooms.rooms.get_mut(room_id) {
+            let changes = room.doc.take_new_from_replicas();
+            self.relay_to_members(room_id, &changes, now);
+        }
+    }
+
+    /// `changes` to every member of `room_id`.
+    fn relay_to_members(&mut self, room_id: &str, changes: &[Bytes], now: Millis) {
+        let Some(room) = self.rooms.rooms.get(room_id) else {
+            return;
+        };
+        let members: Vec<ConnId> = room.members.iter().copied().collect();
+        for change in changes {
+            for member in &members {
+                self.send_frame(*member, Frame::Binary(change.clone()), now);
+            }
+        }
     }
 
     /// Seeds an empty room from a client's snapshot and relays it to the other members.
@@ -516,7 +554,10 @@ impl Server {
         let Some(room) = self.rooms.rooms.get_mut(room_id) else {
             return;
         };
-        if !room.doc.is_empty() {
+        let empty = room.doc.is_empty();
+        // Other replicas' changes the emptiness check imported reach the members first.
+        self.relay_new_from_replicas(room_id, now);
+        if !empty {
             return self.send_error(conn, ProtocolError::RoomNotEmpty, None, now);
         }
         // Validate on a scratch document so a rejected snapshot cannot touch the room, then

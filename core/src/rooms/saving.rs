@@ -56,7 +56,7 @@ impl Server {
             .rooms
             .rooms
             .iter()
-            .filter(|(_, room)| room.loaded && room.needs_save() && !room.saving())
+            .filter(|(_, room)| room.loaded() && room.needs_save() && !room.saving())
             .map(|(id, _)| id.clone())
             .collect();
         for room_id in dirty {
@@ -103,7 +103,7 @@ impl Server {
             .into_iter()
             .flatten()
             .any(|at| at <= now);
-        if due && room.loaded && room.needs_save() && !room.saving() {
+        if due && room.loaded() && room.needs_save() && !room.saving() {
             self.persist_room(room_id, now);
         }
     }
@@ -117,7 +117,7 @@ impl Server {
     /// The idle-eviction timer of `room_id` fired.
     pub(crate) fn room_evict_due(&mut self, room_id: &str) {
         let evictable = self.rooms.rooms.get(room_id).is_some_and(|room| {
-            room.loaded
+            room.loaded()
                 && room.is_idle()
                 && !room.needs_save()
                 && !room.saving()

@@ -254,9 +254,24 @@ fn another_replicas_change_waits_for_the_job_then_reaches_every_member() {
         .unwrap());
     let (effects, _) = effects_holding_jobs(&mut h);
     assert!(sent_binary(&effects, 1).is_empty(), "relayed before import");
-    let (effects, _) = report(&mut h, job_id, job);
+    // The running job's report starts the next one, which imports it.
+    let (effects, mut jobs) = report(&mut h, job_id, job);
+    assert!(sent_binary(&effects, 1).is_empty(), "relayed before import");
+    let (next_id, next) = jobs.pop().expect("the remote change's import");
+    assert_eq!(next.changes(), 1);
+    let (effects, _) = report(&mut h, next_id, next);
     assert_eq!(sent_binary(&effects, 1), vec![Bytes::from(remote.clone())]);
-    assert_eq!(sent_binary(&effects, 2), vec![Bytes::from(remote)]);
+    assert_eq!(sent_binary(&effects, 2), vec![Bytes::from(remote.clone())]);
+    // Delivered again (the shared log also carries whole states): nothing new, no relay.
+    h.server
+        .handle_remote_room_update("r", Bytes::from(remote.clone()), h.now())
+        .unwrap();
+    let (again_id, again) = import_job(&mut h);
+    let (effects, _) = report(&mut h, again_id, again);
+    assert!(
+        sent_binary(&effects, 1).is_empty(),
+        "a duplicate is not relayed"
+    );
     let expected = loro::LoroDoc::new();
     expected.import(&first).unwrap();
     expected.import(&loro_update(40, "remote", 5)).unwrap();
@@ -334,7 +349,15 @@ fn a_room_loaded_from_its_stored_snapshot_alone_serves_it_without_a_job() {
     h.server
         .handle_snapshot_loaded("r", Ok(Some(stored.clone())), h.now())
         .unwrap();
-    let (effects, jobs) = effects_holding_jobs(&mut h);
+    // The load's job imports the stored snapshot without exporting it again.
+    let (effects, mut jobs) = effects_holding_jobs(&mut h);
+    assert!(
+        sent_json(&effects, 1).is_empty(),
+        "joined before the import"
+    );
+    let (load_id, load) = jobs.pop().expect("the load's job");
+    assert_eq!((load.changes(), load.exports()), (1, false));
+    let (effects, jobs) = report(&mut h, load_id, load);
     assert!(jobs.is_empty(), "{jobs:?}");
     assert_eq!(decoded_snapshot(&sent_json(&effects, 1)[1]), stored);
     // With updates logged after it, the room's state is more than the stored snapshot.
@@ -353,7 +376,73 @@ fn a_room_loaded_from_its_stored_snapshot_alone_serves_it_without_a_job() {
     };
     h.server.handle_room_loaded("r", Ok(room), h.now()).unwrap();
     let (_, jobs) = effects_holding_jobs(&mut h);
-    assert_eq!(jobs.len(), 1, "the joiner's snapshot is exported");
+    assert_eq!(jobs.len(), 1);
+    assert_eq!((jobs[0].1.changes(), jobs[0].1.exports()), (2, true));
+}
+
+/// A room's load is a job (a long log is imported off the protocol thread): nobody joins
+/// before it reports, other replicas' changes delivered meanwhile are taken and imported
+/// after it, and a corrupt logged update refuses the joiners with the update's place.
+#[test]
+fn a_room_loads_in_a_job_and_takes_other_replicas_changes_meanwhile() {
+    let mut h = Harness::new(Config {
+        replica_id: Some("b".into()),
+        ..sync_config()
+    });
+    h.text_holding(1);
+    effects_holding_jobs(&mut h);
+    let logged: Vec<Vec<u8>> = (0..3).map(|i| loro_update(10 + i, "k", i as i64)).collect();
+    let room = crate::StoredRoom {
+        updates: logged.clone(),
+        last_seq: 3,
+        ..crate::StoredRoom::default()
+    };
+    h.server.handle_room_loaded("r", Ok(room), h.now()).unwrap();
+    let (_, mut jobs) = effects_holding_jobs(&mut h);
+    let (load_id, load) = jobs.pop().expect("the load's job");
+    assert_eq!(load.changes(), 3);
+    // Joining or sending before the load finished: the room is loading.
+    let effects = h.frame(1, Frame::Binary(Bytes::from(loro_update(30, "x", 1))));
+    assert_eq!(sent_json(&effects, 1)[0]["type"], json!("error"));
+    let remote = loro_update(40, "remote", 5);
+    assert!(h
+        .server
+        .handle_remote_room_update("r", Bytes::from(remote.clone()), h.now())
+        .unwrap());
+    // The joiner's snapshot comes from the next job, which imports the remote change: it
+    // holds it, so it is not relayed to the joiner too.
+    let (effects, mut jobs) = report(&mut h, load_id, load);
+    assert!(sent_json(&effects, 1).is_empty());
+    let (import_id, import) = jobs.pop().expect("the remote change's import");
+    assert_eq!((import.changes(), import.exports()), (1, true));
+    let (effects, _) = report(&mut h, import_id, import);
+    let replies = sent_json(&effects, 1);
+    assert_eq!(replies[0]["type"], json!("crdt-joined"));
+    assert!(sent_binary(&effects, 1).is_empty());
+    let expected = loro::LoroDoc::new();
+    for update in logged.iter().chain([&remote]) {
+        expected.import(update).unwrap();
+    }
+    let snapshot = decoded_snapshot(&replies[1]);
+    assert_eq!(snapshot_value(&snapshot), expected.get_deep_value());
+
+    let mut h = Harness::new(sync_config());
+    h.text_holding(1);
+    effects_holding_jobs(&mut h);
+    let room = crate::StoredRoom {
+        updates: vec![logged[0].clone(), b"not a loro update".to_vec()],
+        last_seq: 2,
+        ..crate::StoredRoom::default()
+    };
+    h.server.handle_room_loaded("r", Ok(room), h.now()).unwrap();
+    let (_, mut jobs) = effects_holding_jobs(&mut h);
+    let (load_id, load) = jobs.pop().expect("the load's job");
+    let (effects, _) = report(&mut h, load_id, load);
+    let error = &sent_json(&effects, 1)[0];
+    assert_eq!(error["type"], json!("error"), "{error}");
+    let message = error["error"].as_str().unwrap();
+    assert!(message.contains("logged update 2 is corrupt"), "{message}");
+    assert_eq!(h.server.room_count(), 0, "the room is not kept");
 }
 
 /// Two changes of one peer: the second depends on the first.
