@@ -108,6 +108,9 @@ struct Args {
     /// cap: CRDT changes a room acknowledged and has not imported yet; at it, its senders are not read (default 64; 0/none disables)
     #[argh(option, from_str_fn(parse_cap))]
     max_unimported_changes_per_room: Option<Option<usize>>,
+    /// bytes of a CRDT change checked on the protocol thread; larger ones are checked on the blocking pool, their connection paused meanwhile (default 65536; 0/none: every change on the thread)
+    #[argh(option, from_str_fn(parse_cap))]
+    max_change_bytes_checked_inline: Option<Option<usize>>,
     /// close a kept-alive HTTP connection idle this many ms (default 30000; 0/none: never)
     #[argh(option, from_str_fn(parse_cap))]
     http_idle_timeout_ms: Option<Option<usize>>,
@@ -321,6 +324,10 @@ fn limits_from(args: &Args, defaults: &Limits) -> Limits {
         max_unimported_changes_per_room: pick(
             args.max_unimported_changes_per_room,
             defaults.max_unimported_changes_per_room,
+        ),
+        max_change_bytes_checked_inline: pick(
+            args.max_change_bytes_checked_inline,
+            defaults.max_change_bytes_checked_inline,
         ),
     }
 }
@@ -593,6 +600,10 @@ mod tests {
             (
                 "--max-unimported-changes-per-room",
                 format!("default {}", cap(limits.max_unimported_changes_per_room)),
+            ),
+            (
+                "--max-change-bytes-checked-inline",
+                format!("default {}", cap(limits.max_change_bytes_checked_inline)),
             ),
             (
                 "--stream-results-above",

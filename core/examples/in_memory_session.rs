@@ -114,6 +114,16 @@ impl Session {
                     .server
                     .handle_room_doc_worked(&room_id, job_id, job.run(), self.now)
                     .unwrap(),
+                Effect::CheckRoomChange {
+                    conn,
+                    check_id,
+                    change,
+                } => {
+                    let result = duckwire_core::check_room_change(&change);
+                    self.server
+                        .handle_room_change_checked(conn, check_id, result, self.now)
+                        .unwrap()
+                }
                 Effect::PersistSnapshot {
                     room_id,
                     snapshot,

@@ -14,6 +14,17 @@ use crate::effect::Effect;
 use crate::ids::ConnId;
 use crate::limits::Limits;
 
+/// Why a connection is not read whatever it holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum HoldBack {
+    /// It sends to a room whose imports are behind
+    /// (`Limits::max_unimported_changes_per_room`).
+    RoomBacklog,
+    /// A change it sent is being checked off the protocol thread: what it sends next waits
+    /// for the check (`rooms/checks.rs`).
+    ChangeChecked,
+}
+
 /// The budget's state, behind the methods below. It counts bytes; whether a connection is
 /// still open is its caller's knowledge, passed in where it matters.
 #[derive(Debug, Default)]
@@ -30,9 +41,9 @@ pub(crate) struct Budget {
     changed: BTreeSet<ConnId>,
     /// Connections told `PauseReading` and not resumed yet.
     paused: BTreeSet<ConnId>,
-    /// Connections not to be read whatever they hold: they send to a room whose imports
-    /// are behind (`Limits::max_unimported_changes_per_room`).
-    held_back: BTreeSet<ConnId>,
+    /// Connections not to be read whatever they hold, and why (each reason is let go on
+    /// its own).
+    held_back: BTreeSet<(ConnId, HoldBack)>,
     total_was_over: bool,
 }
 
@@ -83,19 +94,24 @@ impl Budget {
     fn should_pause(&self, conn: ConnId, total_over: bool) -> bool {
         let held = self.held_by(conn);
         let conn_over = self.per_conn_cap.is_some_and(|cap| held >= cap);
-        conn_over || (total_over && held > 0) || self.held_back.contains(&conn)
+        let held_back = self
+            .held_back
+            .range((conn, HoldBack::RoomBacklog)..=(conn, HoldBack::ChangeChecked))
+            .next()
+            .is_some();
+        conn_over || (total_over && held > 0) || held_back
     }
 
-    /// Stops reading `conn` until [`let_go`](Self::let_go), beside its own budget.
-    pub(crate) fn hold_back(&mut self, conn: ConnId) {
-        if self.held_back.insert(conn) {
+    /// Stops reading `conn` for `why` until [`let_go`](Self::let_go), beside its own budget.
+    pub(crate) fn hold_back(&mut self, conn: ConnId, why: HoldBack) {
+        if self.held_back.insert((conn, why)) {
             self.changed.insert(conn);
         }
     }
 
-    /// `conn` may be read again as far as [`hold_back`](Self::hold_back) is concerned.
-    pub(crate) fn let_go(&mut self, conn: ConnId) {
-        if self.held_back.remove(&conn) {
+    /// `conn` may be read again as far as `why` is concerned.
+    pub(crate) fn let_go(&mut self, conn: ConnId, why: HoldBack) {
+        if self.held_back.remove(&(conn, why)) {
             self.changed.insert(conn);
         }
     }
@@ -135,7 +151,8 @@ impl Budget {
     /// finishes (`release`).
     pub(crate) fn forget(&mut self, conn: ConnId) {
         self.paused.remove(&conn);
-        self.held_back.remove(&conn);
+        self.held_back.remove(&(conn, HoldBack::RoomBacklog));
+        self.held_back.remove(&(conn, HoldBack::ChangeChecked));
         self.changed.remove(&conn);
         self.held.remove(&conn);
     }

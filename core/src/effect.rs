@@ -49,6 +49,15 @@ pub enum Effect {
         job_id: u64,
         job: crate::RoomDocJob,
     },
+    /// Check a large CRDT change away from the thread that drives the core
+    /// ([`check_room_change`](crate::check_room_change)), and report the result with
+    /// `handle_room_change_checked`. At most one per connection is outstanding; the
+    /// connection is paused meanwhile.
+    CheckRoomChange {
+        conn: ConnId,
+        check_id: u64,
+        change: Bytes,
+    },
     /// Store the room's snapshot and drop its logged updates up to `log_seq` (the snapshot
     /// contains them); report with `handle_snapshot_persisted` and the same version.
     PersistSnapshot {

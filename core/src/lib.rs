@@ -37,7 +37,7 @@ pub use framing::Malformed;
 pub use http::{Dialect, HttpRequest, HttpResponse, HOST_NOT_ALLOWED, ORIGIN_NOT_ALLOWED};
 pub use ids::{ConnId, Millis, QueryHandle, QueryId};
 pub use limits::Limits;
-pub use rooms::{RoomDocJob, RoomDocWorked, StoredRoom};
+pub use rooms::{check_room_change, RoomDocJob, RoomDocWorked, StoredRoom};
 pub use server::{
     close_code, Config, ConnectionInfo, Server, DEFAULT_HTTP_IDLE_TIMEOUT_MS, MAX_AUTH_STRIKES,
 };

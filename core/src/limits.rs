@@ -37,6 +37,10 @@ pub struct Limits {
     /// read until its imports catch up, so the backlog (and what waits behind it: joiners'
     /// snapshots, saves) stays bounded.
     pub max_unimported_changes_per_room: Option<usize>,
+    /// Bytes of a CRDT change checked on the thread that drives the core; a larger one is
+    /// checked off it (`Effect::CheckRoomChange`), its connection paused meanwhile. The check
+    /// costs time in proportion to the change (`None`: every change checked on the thread).
+    pub max_change_bytes_checked_inline: Option<usize>,
 }
 
 pub const MIB: usize = 1024 * 1024;
@@ -56,6 +60,7 @@ impl Default for Limits {
             max_inbound_bytes_per_conn: Some(64 * MIB),
             max_inbound_bytes: Some(1024 * MIB),
             max_unimported_changes_per_room: Some(64),
+            max_change_bytes_checked_inline: Some(64 * 1024),
         }
     }
 }
@@ -76,6 +81,7 @@ impl Limits {
             max_inbound_bytes_per_conn: None,
             max_inbound_bytes: None,
             max_unimported_changes_per_room: None,
+            max_change_bytes_checked_inline: None,
         }
     }
 }

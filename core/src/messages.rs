@@ -21,6 +21,13 @@ impl Server {
         if !c.is_open() {
             return;
         }
+        // After a change being checked off the thread, in the order sent (`rooms/checks.rs`).
+        let Some(frame) = self.defer_while_checking(conn, frame) else {
+            return;
+        };
+        let Some(c) = self.conns.get(&conn) else {
+            return;
+        };
         let (dialect, authenticated) = (c.dialect(), c.authenticated());
         if dialect == Dialect::Http {
             return;

@@ -265,6 +265,19 @@ impl Server {
         self.guarded(|server| server.snapshot_persisted(room_id, version, result, now))
     }
 
+    /// The report of an `Effect::CheckRoomChange`: the change is accepted (relayed,
+    /// acknowledged) or refused as it would have been at once, then what the connection
+    /// sent meanwhile is handled in order.
+    pub fn handle_room_change_checked(
+        &mut self,
+        conn: ConnId,
+        check_id: u64,
+        result: Result<(), String>,
+        now: Millis,
+    ) -> Result<(), ServerError> {
+        self.guarded(|server| server.room_change_checked(conn, check_id, result, now))
+    }
+
     /// The report of an `Effect::RunRoomDocJob`: joiners waiting for the room's snapshot get
     /// it, a save goes to storage, and the room's next job may start.
     pub fn handle_room_doc_worked(
@@ -513,6 +526,7 @@ impl Server {
         } = c.release();
         self.abandon_queries(conn, inflight, &held);
         self.forget_channels_of(conn);
+        self.forget_checks_of(conn);
         if let Some(room) = room {
             self.leave_room(conn, &room, now);
         }

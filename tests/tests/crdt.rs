@@ -228,3 +228,50 @@ fn reads_planned_before_a_room_save_see_the_save() {
         );
     }
 }
+
+/// PROTOCOL §6: a change larger than `--max-change-bytes-checked-inline` is checked off the
+/// thread that answers every connection; what its sender sent next is handled after it, so
+/// acknowledgements and relays keep the order sent, and one Loro refuses is still an error.
+#[test]
+fn a_large_change_is_checked_off_the_thread_and_what_follows_it_keeps_its_order() {
+    let server = ServerProcess::start(&["--sync", "--max-change-bytes-checked-inline", "4096"]);
+    let (mut a, mut b) = (server.connect(), server.connect());
+    join_room(&mut a, "big");
+    join_room(&mut b, "big");
+    let doc = loro::LoroDoc::new();
+    doc.set_peer_id(5).unwrap();
+    doc.get_text("t").insert(0, &"x".repeat(200_000)).unwrap();
+    doc.commit();
+    let large = doc.export(loro::ExportMode::all_updates()).unwrap();
+    assert!(large.len() > 4096, "{}", large.len());
+    let before_small = doc.oplog_vv();
+    doc.get_map("m").insert("after", 1).unwrap();
+    doc.commit();
+    let small = doc
+        .export(loro::ExportMode::updates(&before_small))
+        .unwrap();
+    assert!(small.len() <= 4096);
+    a.send_binary(large.clone());
+    a.send_binary(small.clone());
+    for _ in 0..2 {
+        assert_eq!(a.recv_json()["type"], "crdt-update-ack");
+    }
+    assert_eq!(b.recv_binary(), large);
+    assert_eq!(b.recv_binary(), small);
+    let mut corrupt = large.clone();
+    let middle = corrupt.len() / 2;
+    corrupt[middle] ^= 0x5a;
+    a.send_binary(corrupt);
+    let reply = a.recv_json();
+    assert_eq!(reply["type"], "error", "{reply}");
+    assert!(
+        reply["error"]
+            .as_str()
+            .unwrap()
+            .contains("invalid CRDT update"),
+        "{reply}"
+    );
+    // The room holds both accepted changes, nothing of the refused one.
+    let mut late = server.connect();
+    assert_eq!(join_room(&mut late, "big"), json!({"after": 1}));
+}

@@ -252,7 +252,7 @@ impl Server {
             return;
         }
         for conn in std::mem::take(&mut room.held_back) {
-            self.budget.let_go(conn);
+            self.budget.let_go(conn, HoldBack::RoomBacklog);
         }
     }
 

@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use bytes::Bytes;
 use loro::LoroDoc;
 
+use crate::budget::HoldBack;
 use crate::codec::{Frame, ServerMessage};
 use crate::conn::Conn;
 use crate::effect::Effect;
@@ -16,11 +17,14 @@ use crate::server::Server;
 use crate::timers::TimerKey;
 use crate::ProtocolError;
 
+mod checks;
 mod cluster;
 mod doc;
 mod jobs;
 mod saving;
 
+pub use checks::check_room_change;
+pub(crate) use checks::ChangeChecks;
 use doc::{ChangeFrom, RoomDoc};
 pub use doc::{RoomDocJob, RoomDocWorked};
 use jobs::{CachedSnapshot, JobPurpose, LoadPurpose};
@@ -155,6 +159,8 @@ pub(crate) struct Rooms {
     rooms: BTreeMap<String, Room>,
     /// CRDT updates imported so far (for metrics).
     updates_accepted: u64,
+    /// Large changes being checked off the protocol thread, per connection.
+    checks: ChangeChecks,
     /// Changes refused when their room imported them, over every room ever loaded (each
     /// room's `RoomDoc` counts into it).
     refused_on_import: std::sync::Arc<std::sync::atomic::AtomicU64>,
@@ -285,7 +291,7 @@ impl Server {
         room.joining.retain(|c| *c != conn);
         room.awaiting_snapshot.retain(|c| *c != conn);
         if room.held_back.remove(&conn) {
-            self.budget.let_go(conn);
+            self.budget.let_go(conn, HoldBack::RoomBacklog);
         }
         if let Some(job) = &mut room.job {
             job.joiners.retain(|c| *c != conn);
@@ -413,22 +419,28 @@ impl Server {
             Ok(room_id) => room_id,
             Err(error) => return self.send_error(conn, error, None, now),
         };
-        let room = self
-            .rooms
-            .rooms
-            .get_mut(&room_id)
-            .expect("joined_room checked");
-        // Checked now, imported with the other changes accepted meanwhile (`doc.rs`).
-        if let Err(e) = RoomDoc::check(&update) {
-            let error = ProtocolError::InvalidUpdate(e);
-            return self.send_error(conn, error, None, now);
+        // Checked now (or off the thread if large: `checks.rs`), imported with the other
+        // changes accepted meanwhile (`doc.rs`).
+        match self.check_change(conn, &room_id, update) {
+            Some(Ok(update)) => self.accept_checked_change(conn, &room_id, update, now),
+            Some(Err(e)) => self.send_error(conn, ProtocolError::InvalidUpdate(e), None, now),
+            None => {}
         }
+    }
+
+    /// A member's change that Loro decodes: relayed to the other members, acknowledged (at
+    /// once, or once logged), imported by the room's next job.
+    fn accept_checked_change(&mut self, conn: ConnId, room_id: &str, update: Bytes, now: Millis) {
+        let room_id = room_id.to_string();
+        let Some(room) = self.rooms.rooms.get_mut(&room_id) else {
+            return;
+        };
         if room.doc.accept(ChangeFrom::Member(conn), update.clone()) {
             self.timers.set(TimerKey::RoomImport(room_id.clone()), now);
         }
         let cap = self.config.limits.max_unimported_changes_per_room;
         if room.doc.imports_behind(cap) && room.held_back.insert(conn) {
-            self.budget.hold_back(conn);
+            self.budget.hold_back(conn, HoldBack::RoomBacklog);
         }
         self.rooms.updates_accepted += 1;
         let others = room.members_except(conn);

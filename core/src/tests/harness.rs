@@ -70,6 +70,16 @@ impl Harness {
                     .server
                     .handle_room_doc_worked(&room_id, job_id, job.run(), self.now())
                     .unwrap(),
+                Effect::CheckRoomChange {
+                    conn,
+                    check_id,
+                    change,
+                } => {
+                    let result = crate::check_room_change(&change);
+                    self.server
+                        .handle_room_change_checked(conn, check_id, result, self.now())
+                        .unwrap()
+                }
                 effect => effects.push(effect),
             }
         }

@@ -9,6 +9,7 @@ mod http_tests;
 mod mosaic_tests;
 mod props;
 mod queries_tests;
+mod room_checks_tests;
 mod room_jobs_tests;
 mod room_log_tests;
 mod rooms_tests;

@@ -189,11 +189,13 @@ fn failed(e: duckwire_core::ServerError) -> String {
 
 impl Room {
     fn new() -> Result<Self, String> {
-        let config = Config {
+        let mut config = Config {
             sync_enabled: true,
             allow_client_snapshots: true,
             ..Config::default()
         };
+        // Most changes take the path of a large one (checked off the thread).
+        config.limits.max_change_bytes_checked_inline = Some(48);
         let mut room = Room {
             server: Server::new(config, [9; 16]),
             members: Vec::new(),
@@ -236,6 +238,17 @@ impl Room {
                         return Err("a second job on a room whose document is lent".into());
                     }
                     self.held.push((room_id, job_id, job));
+                }
+                // Checks run on the spot (their reports continue the step's effects).
+                Effect::CheckRoomChange {
+                    conn,
+                    check_id,
+                    change,
+                } => {
+                    let result = duckwire_core::check_room_change(&change);
+                    self.server
+                        .handle_room_change_checked(conn, check_id, result, Millis(self.now))
+                        .map_err(failed)?;
                 }
                 effect => effects.push(effect),
             }

@@ -367,6 +367,8 @@ pub fn limits() -> Limits {
         max_outbound_bytes_per_conn: Some(2048),
         max_inbound_bytes_per_conn: Some(160),
         max_inbound_bytes: Some(400),
+        // Most changes take the path of a large one (checked off the thread).
+        max_change_bytes_checked_inline: Some(48),
         ..Limits::default()
     }
 }
@@ -894,6 +896,7 @@ impl<'t> Session<'t> {
         let mut appends: Vec<(String, u64)> = Vec::new();
         let mut acked_update = false;
         let mut acting_closed = false;
+        let mut checks = Vec::new();
         let acting_room = step.update_room.clone();
         for effect in effects {
             match effect {
@@ -1001,6 +1004,14 @@ impl<'t> Session<'t> {
                 }
                 // Run on the spot (a driver runs it on another thread and reports later; the
                 // core's own tests hold jobs back to check what happens meanwhile).
+                Effect::CheckRoomChange {
+                    conn,
+                    check_id,
+                    change,
+                } => {
+                    // Run once this batch is observed (it holds the pause its report lifts).
+                    checks.push((*conn, *check_id, duckwire_core::check_room_change(change)));
+                }
                 Effect::RunRoomDocJob {
                     room_id,
                     job_id,
@@ -1094,6 +1105,16 @@ impl<'t> Session<'t> {
             Self::checked(self.server.handle_room_update_appended(
                 &room_id,
                 seq,
+                result,
+                self.now(),
+            ))?;
+            self.drain_and_observe(step)?;
+        }
+        // Large changes' checks report: their relays and acks belong to this step's sender.
+        for (conn, check_id, result) in checks {
+            Self::checked(self.server.handle_room_change_checked(
+                conn,
+                check_id,
                 result,
                 self.now(),
             ))?;

@@ -79,6 +79,11 @@ impl Driver {
                     job_id,
                     job,
                 } => self.run_room_doc_job(room_id, job_id, job),
+                Effect::CheckRoomChange {
+                    conn,
+                    check_id,
+                    change,
+                } => self.check_room_change(conn, check_id, change),
                 Effect::InvalidateCache => self.cache.invalidate(),
                 effect @ (Effect::Send { .. }
                 | Effect::Respond { .. }
@@ -128,6 +133,21 @@ impl Driver {
                 room_id,
                 job_id,
                 worked,
+            });
+        })
+        .detach();
+    }
+
+    /// A large CRDT change's check, on the blocking pool: it costs time in proportion to
+    /// the change (the core pauses its connection meanwhile).
+    fn check_room_change(&self, conn: ConnId, check_id: u64, change: bytes::Bytes) {
+        let back = self.inputs_back.clone();
+        smol::unblock(move || {
+            let result = duckwire_core::check_room_change(&change);
+            let _ = back.try_send(DriverInput::RoomChangeChecked {
+                conn,
+                check_id,
+                result,
             });
         })
         .detach();

@@ -50,6 +50,12 @@ pub enum DriverInput {
     },
     Executor(Completion),
     Meta(MetaDone),
+    /// A large CRDT change's check (`Effect::CheckRoomChange`) finished on the blocking pool.
+    RoomChangeChecked {
+        conn: ConnId,
+        check_id: u64,
+        result: Result<(), String>,
+    },
     /// A room document job (`Effect::RunRoomDocJob`) finished on the blocking pool.
     RoomDocWorked {
         room_id: String,
@@ -449,6 +455,12 @@ impl Driver {
                 worked,
             } => self
                 .call_core(|server| server.handle_room_doc_worked(&room_id, job_id, worked, now)),
+            DriverInput::RoomChangeChecked {
+                conn,
+                check_id,
+                result,
+            } => self
+                .call_core(|server| server.handle_room_change_checked(conn, check_id, result, now)),
             DriverInput::BrokerSubscribed { channel, token } => {
                 self.call_core(|server| server.handle_broker_subscribed(&channel, token, now))
             }
