@@ -4,7 +4,7 @@
 //!
 //!   duckwire-rooms-bench page-loads --url ws://H:P/ --peers N [--pid PID] [--csv out.csv]
 //!                        [--keep-member] [--reload-after-ms MS]
-//!   duckwire-rooms-bench fan-out --url ws://H:P/ --members M [--edits E]
+//!   duckwire-rooms-bench fan-out --url ws://H:P/ --members M [--edits E] [--resend-kib K]
 //!
 //! `page-loads`: N page loads in a row, as `@sqlrooms/crdt` does them: a new connection joins
 //! the room, imports its snapshot into a new Loro peer, makes one small map edit, sends it,
@@ -15,8 +15,12 @@
 //! room: duckwire's `--room-idle-evict-ms`, checked on its `/metrics`), joins once more and
 //! reports how long loading the room took and the resident memory the loaded room added.
 //! `fan-out`: M members joined to one room; one edits, the time until every other member
-//! received the change.
+//! received the change. With `--resend-kib`, meanwhile another client in a room of its own
+//! sends a K KiB change again and again (a client re-sending its whole history): what the
+//! server's check of large changes costs everybody else.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
@@ -212,7 +216,31 @@ fn page_loads(
     }
 }
 
-fn fan_out(url: &str, members: usize, edits: usize) {
+/// A client in a room of its own that sends one `kib` KiB change (a long text from one peer,
+/// the same bytes each time, as a client re-sending its whole history would) and waits for
+/// its ack, again and again until `stop`: what checking a large change costs the others.
+fn resend_large_change(url: &str, kib: usize, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<usize> {
+    let mut socket = connect(url);
+    join(&mut socket, &format!("resender-{}", std::process::id()));
+    let doc = loro::LoroDoc::new();
+    doc.set_peer_id(99).unwrap();
+    doc.get_text("t").insert(0, &"x".repeat(kib * 1024)).unwrap();
+    doc.commit();
+    let change = doc.export(loro::ExportMode::all_updates()).unwrap();
+    std::thread::spawn(move || {
+        let mut sent = 0;
+        while !stop.load(Ordering::Relaxed) {
+            socket.send(Message::Binary(change.clone().into())).unwrap();
+            while next_text(&mut socket)["type"] != "crdt-update-ack" {}
+            sent += 1;
+        }
+        sent
+    })
+}
+
+fn fan_out(url: &str, members: usize, edits: usize, resend_kib: Option<usize>) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let resender = resend_kib.map(|kib| resend_large_change(url, kib, stop.clone()));
     let room = format!("fan-out-{}-{members}", std::process::id());
     let mut sockets: Vec<Socket> = (0..members).map(|_| connect(url)).collect();
     for socket in &mut sockets {
@@ -237,13 +265,16 @@ fn fan_out(url: &str, members: usize, edits: usize) {
             }
         }
     }
+    stop.store(true, Ordering::Relaxed);
+    let resent = resender.map(|thread| thread.join().expect("the resender"));
     let mut sorted = samples.clone();
     sorted.sort();
     println!(
-        "| fan-out to {} | {:.2} ms | {:.2} ms |",
+        "| fan-out to {} | {:.2} ms | {:.2} ms |{}",
         members - 1,
         median(&mut samples).as_secs_f64() * 1e3,
-        sorted[sorted.len() * 99 / 100].as_secs_f64() * 1e3
+        sorted[sorted.len() * 99 / 100].as_secs_f64() * 1e3,
+        resent.map_or(String::new(), |n| format!(" {n} large changes resent meanwhile |"))
     );
 }
 
@@ -270,6 +301,7 @@ fn main() {
             &url,
             option("--members").map_or(100, |n| n.parse().expect("a number")),
             option("--edits").map_or(50, |n| n.parse().expect("a number")),
+            option("--resend-kib").map(|n| n.parse().expect("a number")),
         ),
         _ => panic!("usage: duckwire-rooms-bench page-loads|fan-out --url ws://H:P/ …"),
     }
