@@ -187,7 +187,7 @@ fn a_long_room_converges_with_a_durable_log_and_after_a_restart() {
         db.to_str().unwrap(),
     ];
     let server = ServerProcess::start(&args);
-    let state = long_room_converges(&[&server], 300);
+    let state = long_room_converges(&[&server], 2_000);
     assert!(server.terminate().success());
     let again = ServerProcess::start(&args);
     let mut after_restart = Peer::new(&again, 4);
@@ -203,5 +203,5 @@ fn a_long_room_converges_across_replicas() {
     let url = redis.url();
     let args = ["--redis-url", &url, "--sync", "--idle-timeout-ms", "none"];
     let (a, b) = (ServerProcess::start(&args), ServerProcess::start(&args));
-    long_room_converges(&[&a, &b], 400);
+    long_room_converges(&[&a, &b], 2_000);
 }
