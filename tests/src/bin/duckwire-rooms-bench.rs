@@ -19,9 +19,9 @@
 //! sends a K KiB change again and again (a client re-sending its whole history): what the
 //! server's check of large changes costs everybody else.
 
+use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
@@ -219,12 +219,18 @@ fn page_loads(
 /// A client in a room of its own that sends one `kib` KiB change (a long text from one peer,
 /// the same bytes each time, as a client re-sending its whole history would) and waits for
 /// its ack, again and again until `stop`: what checking a large change costs the others.
-fn resend_large_change(url: &str, kib: usize, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<usize> {
+fn resend_large_change(
+    url: &str,
+    kib: usize,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<usize> {
     let mut socket = connect(url);
     join(&mut socket, &format!("resender-{}", std::process::id()));
     let doc = loro::LoroDoc::new();
     doc.set_peer_id(99).unwrap();
-    doc.get_text("t").insert(0, &"x".repeat(kib * 1024)).unwrap();
+    doc.get_text("t")
+        .insert(0, &"x".repeat(kib * 1024))
+        .unwrap();
     doc.commit();
     let change = doc.export(loro::ExportMode::all_updates()).unwrap();
     std::thread::spawn(move || {
@@ -274,7 +280,9 @@ fn fan_out(url: &str, members: usize, edits: usize, resend_kib: Option<usize>) {
         members - 1,
         median(&mut samples).as_secs_f64() * 1e3,
         sorted[sorted.len() * 99 / 100].as_secs_f64() * 1e3,
-        resent.map_or(String::new(), |n| format!(" {n} large changes resent meanwhile |"))
+        resent.map_or(String::new(), |n| format!(
+            " {n} large changes resent meanwhile |"
+        ))
     );
 }
 
