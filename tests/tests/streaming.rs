@@ -89,6 +89,80 @@ fn results_past_the_threshold_arrive_whole_over_every_door() {
     assert!(streamed > 3.0 * 16_000_000.0, "{streamed}");
 }
 
+/// 300 000 rows as JSON: about 8 MB of text, far past the tests' 64 KiB threshold.
+const JSON_ROWS: &str = "select range as i, 'row ' || range as s from range(300000)";
+
+/// Rows of `[{"i":…,"s":"row …"}, …]`, and the sum of `i` (checked against each `s`).
+fn checked_json_rows(text: &str) -> (usize, i64) {
+    let rows: Vec<serde_json::Value> = serde_json::from_str(text).expect("a JSON array");
+    let mut sum = 0;
+    for row in &rows {
+        let i = row["i"].as_i64().expect("i");
+        assert_eq!(row["s"], format!("row {i}"));
+        sum += i;
+    }
+    (rows.len(), sum)
+}
+
+const JSON_ROWS_CHECK: (usize, i64) = (300_000, 44_999_850_000);
+
+/// JSON is streamed as Arrow is (PROTOCOL §3b): one fragmented text message on the sockets
+/// (SQLRooms' `json` reply with the rows escaped in its `data` string, Mosaic's bare rows),
+/// a chunked `application/json` body over HTTP, compressed where compression applies.
+#[test]
+fn json_results_past_the_threshold_arrive_whole_over_every_door() {
+    let mut flags = SMALL_THRESHOLD.to_vec();
+    flags.extend(["--ws-compression", "on", "--http-compression", "on"]);
+    let server = ServerProcess::start(&flags);
+    let mut sqlrooms = server.connect();
+    let reply = sqlrooms.request(json!({"type":"json","sql":JSON_ROWS,"queryId":"s"}));
+    assert_eq!(
+        (reply["type"].as_str(), reply["queryId"].as_str()),
+        (Some("json"), Some("s"))
+    );
+    assert_eq!(
+        checked_json_rows(reply["data"].as_str().unwrap()),
+        JSON_ROWS_CHECK
+    );
+    // The connection goes on.
+    let reply = sqlrooms.request(json!({"type":"json","sql":"select 42 as n","queryId":"t"}));
+    assert_eq!(reply["data"], "[{\"n\":42}]");
+
+    let mut mosaic = Client::connect(&server.url("/mosaic"), &[]);
+    mosaic.send_json(json!({"type":"json","sql":JSON_ROWS}));
+    let duckwire_tests::Received::Json(rows) = mosaic.recv() else {
+        panic!("a text message")
+    };
+    assert_eq!(checked_json_rows(&rows.to_string()), JSON_ROWS_CHECK);
+
+    let mut deflating = DeflateClient::connect(&server.url("/"), Some(BROWSER_OFFER)).unwrap();
+    assert!(deflating.deflate());
+    let query = json!({"type":"json","sql":JSON_ROWS,"queryId":"z"});
+    deflating.send_text(&query.to_string()).unwrap();
+    let reply: serde_json::Value = serde_json::from_str(&deflating.recv().unwrap().text()).unwrap();
+    assert_eq!(
+        checked_json_rows(reply["data"].as_str().unwrap()),
+        JSON_ROWS_CHECK
+    );
+
+    for encoding in [None, Some("gzip")] {
+        let accept = encoding.map_or(String::new(), |e| format!("Accept-Encoding: {e}\r\n"));
+        let body = json!({"type":"json","sql":JSON_ROWS}).to_string();
+        let request = format!(
+            "POST / HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\nConnection: close\r\n{accept}\r\n{body}",
+            body.len()
+        );
+        let (status, headers, body) = http(&server.addr, &request);
+        assert_eq!(status, 200);
+        assert_eq!(header(&headers, "transfer-encoding"), Some("chunked"));
+        assert_eq!(header(&headers, "content-type"), Some("application/json"));
+        let text = String::from_utf8(decode_body(encoding, &body)).unwrap();
+        assert_eq!(checked_json_rows(&text), JSON_ROWS_CHECK, "{encoding:?}");
+    }
+    assert_eq!(server.metric("duckwire_results_streamed_total"), 5.0);
+}
+
 #[test]
 fn streamed_results_are_compressed_on_the_socket_and_over_http() {
     let mut flags = SMALL_THRESHOLD.to_vec();

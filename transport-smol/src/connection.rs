@@ -160,8 +160,13 @@ async fn serve_http(
                 stream: result,
                 window,
             } => {
-                // The head of a whole Arrow answer; the body follows as it is produced.
-                let rendered = render(HttpResponse::Arrow(Bytes::new()), origin, &shared);
+                // The head of a whole answer of its kind (JSON rows or Arrow); the body follows
+                // as it is produced.
+                let kind = match result.is_text() {
+                    true => HttpResponse::Json(String::new()),
+                    false => HttpResponse::Arrow(Bytes::new()),
+                };
+                let rendered = render(kind, origin, &shared);
                 let encoding = head
                     .as_ref()
                     .and_then(|head| encoding_for(true, head, &client.peer, &shared));

@@ -24,6 +24,11 @@ impl JsonReplyHeader {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// What ends the reply after the escaped rows.
+    pub fn closing(&self) -> &'static str {
+        CLOSING
+    }
 }
 
 /// What ends every reply: the closing quote of `data` and the object's brace.
@@ -50,6 +55,21 @@ impl JsonReply {
     /// ([`JsonReplyWriter::push_escaped_rows`]).
     pub fn escaped_rows(&self) -> &str {
         &self.text[self.header_len..self.text.len() - CLOSING.len()]
+    }
+
+    /// A reply written elsewhere in one go: `header`, the rows escaped as string content,
+    /// then [`JsonReplyHeader::closing`] (what an executor that encodes into its own buffer
+    /// wrote). `None` if `text` is not framed so.
+    pub fn from_text(header: &JsonReplyHeader, text: String) -> Option<JsonReply> {
+        let framed = text.starts_with(&header.0)
+            && text.ends_with(CLOSING)
+            && text.len() >= header.0.len() + CLOSING.len();
+        let reply = JsonReply {
+            text,
+            header_len: header.0.len(),
+        };
+        debug_assert!(!framed || is_valid_string_content(reply.escaped_rows()));
+        framed.then_some(reply)
     }
 
     /// The same rows answering another query (a waiter of the same flight).

@@ -346,11 +346,11 @@ impl Server {
             json_header,
             query_id,
             gate,
-            // Only Arrow is encoded as it is produced; JSON replies are held whole.
+            // Arrow and JSON alike are encoded as they are produced (an `exec` has no rows).
             stream: self
                 .config
                 .stream_results_above
-                .filter(|_| kind == QueryKind::Arrow)
+                .filter(|_| kind != QueryKind::Exec)
                 .map(|above| StreamPolicy {
                     above,
                     window: self.config.stream_window_bytes,

@@ -67,7 +67,7 @@ fn broken_streams(effects: &[Effect]) -> Vec<(u64, String)> {
 }
 
 #[test]
-fn only_arrow_queries_carry_the_stream_policy_and_none_disables_it() {
+fn queries_with_rows_carry_the_stream_policy_and_none_disables_it() {
     let mut h = Harness::new(config());
     h.open(1);
     let arrow = arrow_query(&mut h, "select 1", "a");
@@ -79,7 +79,9 @@ fn only_arrow_queries_carry_the_stream_policy_and_none_disables_it() {
         })
     );
     let rows = runs(&h.text(1, json!({"type":"json","sql":"select 1","queryId":"j"})));
-    assert_eq!(rows[0].stream, None, "JSON replies are held whole");
+    assert_eq!(rows[0].stream, arrow.stream, "JSON is streamed as Arrow is");
+    let exec = runs(&h.text(1, json!({"type":"exec","sql":"select 1","queryId":"e"})));
+    assert_eq!(exec[0].stream, None, "an exec has no rows to stream");
 
     let mut h = Harness::new(Config {
         stream_results_above: None,

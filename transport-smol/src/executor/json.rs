@@ -76,6 +76,22 @@ pub fn for_each_chunk(
     form: RowsForm,
     mut emit: impl FnMut(&str),
 ) {
+    let batches = batches.iter().map(Ok::<_, std::convert::Infallible>);
+    let Ok(()) = try_for_each_chunk(batches, names, form, |chunk| {
+        emit(chunk);
+        Ok(())
+    });
+}
+
+/// The same, from batches as DuckDB produces them (one at a time: a result is never held
+/// whole) into an `emit` that may fail (a streamed reply's reader gone); the first error
+/// ends it.
+pub fn try_for_each_chunk<B: std::borrow::Borrow<RecordBatch>, E>(
+    batches: impl IntoIterator<Item = Result<B, E>>,
+    names: &[String],
+    form: RowsForm,
+    mut emit: impl FnMut(&str) -> Result<(), E>,
+) -> Result<(), E> {
     let keys: Vec<Vec<u8>> = names
         .iter()
         .map(|n| {
@@ -95,6 +111,8 @@ pub fn for_each_chunk(
     chunk.push(b'[');
     let mut first_row = true;
     for batch in batches {
+        let batch = batch?;
+        let batch = batch.borrow();
         let columns: Vec<ArrayRef> = batch.columns().iter().map(decode_dictionary).collect();
         for row in 0..batch.num_rows() {
             if !first_row {
@@ -123,11 +141,11 @@ pub fn for_each_chunk(
             }
             chunk.push(b'}');
         }
-        emit(std::str::from_utf8(&chunk).expect("serde_json writes UTF-8"));
+        emit(std::str::from_utf8(&chunk).expect("serde_json writes UTF-8"))?;
         chunk.clear();
     }
     chunk.push(b']');
-    emit(std::str::from_utf8(&chunk).expect("serde_json writes UTF-8"));
+    emit(std::str::from_utf8(&chunk).expect("serde_json writes UTF-8"))
 }
 
 fn put<T: serde::Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) {

@@ -24,7 +24,7 @@ use bytes::Bytes;
 use duckdb::arrow::record_batch::RecordBatch;
 use duckdb::Connection;
 use duckwire_core::{
-    Gate, JsonReplyHeader, JsonReplyWriter, QueryHandle, QueryKind, QueryOutcome, StreamPolicy,
+    Gate, JsonReply, JsonReplyHeader, QueryHandle, QueryKind, QueryOutcome, StreamPolicy,
     UploadOutcome, Verdict,
 };
 use stream::{Begin, ResultStream};

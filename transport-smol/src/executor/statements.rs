@@ -119,7 +119,7 @@ fn shape_result(
         QueryKind::Arrow => {
             // Held whole while small; past the policy's threshold it leaves as it is written
             // (a failure then drops the writer, and its stream ends without its last piece).
-            let mut frame = ResultWriter::new(arrow_header.len() + 4096, output.stream);
+            let mut frame = ResultWriter::new(arrow_header.len() + 4096, output.stream, false);
             std::io::Write::write_all(&mut frame, arrow_header)
                 .map_err(|e| format!("result buffer: {e}"))?;
             ipc::write_stream(&mut frame, &schema, batches)?;
@@ -129,19 +129,41 @@ fn shape_result(
             }
         }
         _ => {
-            let batches = batches.collect::<Result<Vec<_>, String>>()?;
+            // Encoded batch by batch as DuckDB produces them (never the whole result twice:
+            // batches and text), held whole while small and streamed past the policy's
+            // threshold, as Arrow is: a SQLRooms `json` reply (the rows escaped into its
+            // `data` string) or the bare rows array.
             let names =
                 json::unique_column_names(schema.fields().iter().map(|f| f.name().as_str()));
-            if let Some(header) = output.json_reply {
-                let mut reply = JsonReplyWriter::new(header, json::estimated_len(&batches, &names));
-                json::for_each_chunk(&batches, &names, json::RowsForm::EscapedInString, |chunk| {
-                    reply.push_escaped_rows(chunk)
-                });
-                return Ok(QueryOutcome::JsonReply(reply.finish()));
+            let header = output.json_reply;
+            let form = match header {
+                Some(_) => json::RowsForm::EscapedInString,
+                None => json::RowsForm::Json,
+            };
+            let mut text = ResultWriter::new(4096, output.stream, true);
+            let mut write = |bytes: &[u8]| {
+                std::io::Write::write_all(&mut text, bytes)
+                    .map_err(|e| format!("result buffer: {e}"))
+            };
+            if let Some(header) = header {
+                write(header.as_str().as_bytes())?;
             }
-            let mut rows = String::new();
-            json::write_rows(&batches, &names, &mut rows);
-            Ok(QueryOutcome::Json(rows))
+            json::try_for_each_chunk(batches, &names, form, |chunk| write(chunk.as_bytes()))?;
+            if let Some(header) = header {
+                write(header.closing().as_bytes())?;
+            }
+            let bytes = match text.finish().map_err(|e| e.to_string())? {
+                Finished::Whole(bytes) => bytes,
+                Finished::Streamed => return Ok(QueryOutcome::Streamed),
+            };
+            // Only whole `str`s were written.
+            let text = String::from_utf8(Vec::from(bytes)).map_err(|e| e.to_string())?;
+            match header {
+                Some(header) => JsonReply::from_text(header, text)
+                    .map(QueryOutcome::JsonReply)
+                    .ok_or_else(|| "internal error: a json reply without its frame".to_string()),
+                None => Ok(QueryOutcome::Json(text)),
+            }
         }
     }
 }

@@ -41,6 +41,8 @@ impl StreamPiece {
 #[derive(Debug)]
 pub struct ResultStream {
     pieces: async_channel::Receiver<StreamPiece>,
+    /// JSON text (a WebSocket text message, an `application/json` body), not Arrow IPC.
+    text: bool,
 }
 
 impl ResultStream {
@@ -48,7 +50,10 @@ impl ResultStream {
     /// driver no longer holds (its query was interrupted or its connection went).
     pub fn broken() -> Self {
         let (_, pieces) = async_channel::bounded(1);
-        ResultStream { pieces }
+        ResultStream {
+            pieces,
+            text: false,
+        }
     }
 
     /// A stream of these pieces, already produced (a writer's tests).
@@ -58,7 +63,16 @@ impl ResultStream {
         for piece in pieces {
             sender.try_send(piece).expect("unbounded");
         }
-        ResultStream { pieces: receiver }
+        ResultStream {
+            pieces: receiver,
+            text: false,
+        }
+    }
+
+    /// Whether the result is JSON text (sent as a text message, or an `application/json`
+    /// body) rather than Arrow IPC.
+    pub fn is_text(&self) -> bool {
+        self.text
     }
 
     /// What ends this stream from outside.
@@ -104,6 +118,7 @@ pub struct ResultWriter<'a> {
     held: ResultBuffer,
     policy: Option<(StreamPolicy, Begin<'a>)>,
     streaming: Option<Streaming>,
+    text: bool,
 }
 
 struct Streaming {
@@ -185,11 +200,13 @@ impl Streaming {
 }
 
 impl<'a> ResultWriter<'a> {
-    pub fn new(capacity: usize, policy: Option<(StreamPolicy, Begin<'a>)>) -> Self {
+    /// `text`: what is written is JSON text (its stream says so to the writers).
+    pub fn new(capacity: usize, policy: Option<(StreamPolicy, Begin<'a>)>, text: bool) -> Self {
         ResultWriter {
             held: ResultBuffer::new(capacity),
             policy,
             streaming: None,
+            text,
         }
     }
 
@@ -219,7 +236,10 @@ impl<'a> ResultWriter<'a> {
     fn begin(&mut self, policy: StreamPolicy, announce: Begin<'_>) -> io::Result<()> {
         let capacity = (policy.window / PIECE_BYTES).max(1);
         let (sender, pieces) = async_channel::bounded(capacity);
-        announce(ResultStream { pieces });
+        announce(ResultStream {
+            pieces,
+            text: self.text,
+        });
         let held = std::mem::replace(&mut self.held, ResultBuffer::new(0)).into_bytes();
         let mut start = 0;
         while start < held.len() {
@@ -307,7 +327,7 @@ mod tests {
     fn a_result_under_the_threshold_stays_whole() {
         let announced = RefCell::new(None);
         let begin = |stream| *announced.borrow_mut() = Some(stream);
-        let mut writer = ResultWriter::new(0, Some((policy(1000), &begin)));
+        let mut writer = ResultWriter::new(0, Some((policy(1000), &begin)), false);
         writer.write_all(&[1; 1000]).unwrap();
         assert!(!writer.began());
         let Finished::Whole(bytes) = writer.finish().unwrap() else {
@@ -321,7 +341,7 @@ mod tests {
     fn past_the_threshold_every_byte_arrives_in_order_and_the_end_is_marked() {
         let announced = RefCell::new(None);
         let begin = |stream| *announced.borrow_mut() = Some(stream);
-        let mut writer = ResultWriter::new(0, Some((policy(3 * PIECE_BYTES / 2), &begin)));
+        let mut writer = ResultWriter::new(0, Some((policy(3 * PIECE_BYTES / 2), &begin)), false);
         let expected: Vec<u8> = (0..5 * PIECE_BYTES + 17).map(|i| (i % 251) as u8).collect();
         for chunk in expected.chunks(7919) {
             writer.write_all(chunk).unwrap();
@@ -342,7 +362,7 @@ mod tests {
             above: 10,
             window: 4 * PIECE_BYTES,
         };
-        let mut writer = ResultWriter::new(0, Some((policy, &begin)));
+        let mut writer = ResultWriter::new(0, Some((policy, &begin)), false);
         writer.write_all(&[1; 100]).unwrap();
         let stream = announced.borrow_mut().take().expect("announced");
         // The reader takes each piece as it comes and lets it go, as a writer task does.
@@ -383,13 +403,13 @@ mod tests {
     fn a_stream_dropped_before_its_end_is_not_whole_and_a_gone_reader_stops_the_writer() {
         let announced = RefCell::new(None);
         let begin = |stream| *announced.borrow_mut() = Some(stream);
-        let mut writer = ResultWriter::new(0, Some((policy(10), &begin)));
+        let mut writer = ResultWriter::new(0, Some((policy(10), &begin)), false);
         writer.write_all(&[3; 100]).unwrap();
         let stream = announced.borrow_mut().take().expect("announced");
         drop(writer); // the worker failed midway: no `Last`
         assert_eq!(bytes_of(&stream), (vec![3; 100], false));
 
-        let mut writer = ResultWriter::new(0, Some((policy(10), &begin)));
+        let mut writer = ResultWriter::new(0, Some((policy(10), &begin)), false);
         writer.write_all(&[3; 100]).unwrap();
         drop(announced.borrow_mut().take());
         let error = (0..100)

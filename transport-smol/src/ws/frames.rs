@@ -210,6 +210,13 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         meter: &StreamMeter,
     ) -> io::Result<bool> {
         let mut first = true;
+        // A JSON result is a text message, Arrow a binary one; the fragments after the
+        // first continue it.
+        let opening = if stream.is_text() {
+            OpCode::Text
+        } else {
+            OpCode::Binary
+        };
         let whole = match self.deflaters.clone() {
             None => loop {
                 let Some(piece) = stream.next().await else {
@@ -217,11 +224,7 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
                 };
                 let (bytes, last) = piece.into_parts();
                 meter.written(bytes.len());
-                let opcode = if first {
-                    OpCode::Binary
-                } else {
-                    OpCode::Continuation
-                };
+                let opcode = if first { opening } else { OpCode::Continuation };
                 self.frame(opcode, last, false, bytes).await?;
                 first = false;
                 if last {
@@ -254,11 +257,7 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
                     let ((part, plain), last) = part.map_err(io::Error::other)?;
                     meter.written(plain);
                     self.counts.after.inc_by(part.len() as u64);
-                    let opcode = if first {
-                        OpCode::Binary
-                    } else {
-                        OpCode::Continuation
-                    };
+                    let opcode = if first { opening } else { OpCode::Continuation };
                     self.frame(opcode, last, first, part.into()).await?;
                     first = false;
                     if last {
