@@ -35,6 +35,9 @@ async function exercise(name, connector, { json }) {
   if (json) {
     const rows = asRows(await connector.query({ type: 'json', sql: `select i from ${t} order by i` }));
     assert(Array.isArray(rows) && rows.length === 5 && rows[4].i === 4, `${name}: json rows, got ${JSON.stringify(rows)}`);
+    // About 8 MB of JSON: past the server's 4 MiB threshold, so streamed as DuckDB produces it.
+    const many = asRows(await connector.query({ type: 'json', sql: 'select range as i from range(600000)' }));
+    assert(many.length === 600000 && many[599999].i === 599999, `${name}: a streamed JSON result`);
   }
 
   let failure = null;
