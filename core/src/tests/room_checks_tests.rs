@@ -8,22 +8,13 @@ use serde_json::json;
 use super::harness::{loro_update, sent_binary, sent_json, Harness};
 use crate::{Config, ConnId, Effect, Frame};
 
-use super::rooms_tests::sync_config;
+use super::rooms_tests::{joined_with, sync_config};
 
 /// Room "r" with members 1 and 2, changes over 256 bytes checked off the thread.
 fn room_checking_above_256_bytes() -> Harness {
     let mut config: Config = sync_config();
     config.limits.max_change_bytes_checked_inline = Some(256);
-    let mut h = Harness::new(config);
-    for conn in [1, 2] {
-        h.open(conn);
-        h.text(conn, json!({"type":"crdt-join","roomId":"r"}));
-    }
-    h.server
-        .handle_snapshot_loaded("r", Ok(None), h.now())
-        .unwrap();
-    h.drain();
-    h
+    joined_with(config, &[1, 2])
 }
 
 /// A change larger than 256 bytes: one map entry with a long value.

@@ -15,7 +15,12 @@ pub(super) fn sync_config() -> Config {
 
 /// Opens `conns`, joins them all to room "r", and completes the (empty) load.
 pub(super) fn joined(conns: &[u64]) -> Harness {
-    let mut h = Harness::new(sync_config());
+    joined_with(sync_config(), conns)
+}
+
+/// The same with `config`.
+pub(super) fn joined_with(config: Config, conns: &[u64]) -> Harness {
+    let mut h = Harness::new(config);
     for conn in conns {
         h.open(*conn);
         h.text(*conn, json!({"type":"crdt-join","roomId":"r"}));
