@@ -19,6 +19,9 @@ const MAPPED_FROM: usize = 1 << 20;
 
 pub struct ResultBuffer {
     small: Vec<u8>,
+    /// Whether it may move to a mapping (not for text, which must end as a `String`: a
+    /// mapping's bytes would be copied into one).
+    mappable: bool,
     #[cfg(target_os = "linux")]
     mapped: Option<Mapped>,
 }
@@ -40,6 +43,18 @@ impl ResultBuffer {
     pub fn new(capacity: usize) -> Self {
         ResultBuffer {
             small: Vec::with_capacity(capacity),
+            mappable: true,
+            #[cfg(target_os = "linux")]
+            mapped: None,
+        }
+    }
+
+    /// A buffer that stays a `Vec` whatever its size: its bytes become a `String` (a JSON
+    /// result held whole) without a copy.
+    pub fn owned(capacity: usize) -> Self {
+        ResultBuffer {
+            small: Vec::with_capacity(capacity),
+            mappable: false,
             #[cfg(target_os = "linux")]
             mapped: None,
         }
@@ -104,7 +119,7 @@ fn huge_pages(map: &memmap2::MmapMut) {
 impl Write for ResultBuffer {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         #[cfg(target_os = "linux")]
-        if self.mapped.is_some() || self.small.len() + buf.len() > MAPPED_FROM {
+        if self.mapped.is_some() || (self.mappable && self.small.len() + buf.len() > MAPPED_FROM) {
             self.write_mapped(buf)?;
             return Ok(buf.len());
         }
@@ -146,6 +161,19 @@ mod tests {
             assert_eq!(buffer.len(), expected.len());
             assert_eq!(&buffer.into_bytes()[..], &expected[..], "{total} bytes");
         }
+    }
+
+    #[test]
+    fn an_owned_buffer_stays_a_vec_past_the_threshold() {
+        let mut buffer = ResultBuffer::owned(0);
+        let big = vec![b'x'; 3 * MAPPED_FROM];
+        buffer.write_all(&big).unwrap();
+        #[cfg(target_os = "linux")]
+        assert!(buffer.mapped.is_none());
+        let start = buffer.small.as_ptr();
+        let bytes = buffer.into_bytes();
+        // The same allocation all the way to the `Vec` a `String` is made of.
+        assert_eq!(Vec::from(bytes).as_ptr(), start);
     }
 
     #[test]

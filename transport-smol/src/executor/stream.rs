@@ -202,8 +202,13 @@ impl Streaming {
 impl<'a> ResultWriter<'a> {
     /// `text`: what is written is JSON text (its stream says so to the writers).
     pub fn new(capacity: usize, policy: Option<(StreamPolicy, Begin<'a>)>, text: bool) -> Self {
+        // Text held whole ends as a `String`: kept in a `Vec`, it becomes one without a copy.
+        let held = match text {
+            true => ResultBuffer::owned(capacity),
+            false => ResultBuffer::new(capacity),
+        };
         ResultWriter {
-            held: ResultBuffer::new(capacity),
+            held,
             policy,
             streaming: None,
             text,
