@@ -173,7 +173,8 @@ mod tests {
         let start = buffer.small.as_ptr();
         let bytes = buffer.into_bytes();
         // The same allocation all the way to the `Vec` a `String` is made of.
-        assert_eq!(Vec::from(bytes).as_ptr(), start);
+        let vec = Vec::from(bytes);
+        assert_eq!(vec.as_ptr(), start);
     }
 
     #[test]
