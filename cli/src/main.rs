@@ -123,7 +123,7 @@ struct Args {
     /// answer 408 to a new connection whose request head takes longer (default 10000; 0/none: never)
     #[argh(option, from_str_fn(parse_cap))]
     http_head_timeout_ms: Option<Option<usize>>,
-    /// send an arrow result as DuckDB produces it once its encoding passes this many bytes (default 4194304; 0/none: hold every result whole)
+    /// send an arrow or json result as DuckDB produces it once its encoding passes this many bytes (default 4194304; 0/none: hold every result whole)
     #[argh(option, from_str_fn(parse_cap))]
     stream_results_above: Option<Option<usize>>,
     /// bytes of a streamed result produced ahead of its socket before its DuckDB worker waits (default 4194304)

@@ -59,7 +59,7 @@ pub struct Config {
     /// Close (1001) a WebSocket peer not heard from — no frame, no pong — for this long,
     /// unless the server itself stopped reading it (inbound budget). `None`: never.
     pub idle_timeout_ms: Option<u64>,
-    /// An `arrow` result whose encoding passes this many bytes is sent as it is produced
+    /// An `arrow` or `json` result whose encoding passes this many bytes is sent as it is produced
     /// (PROTOCOL §3b: one fragmented WebSocket message, or a chunked HTTP body) instead of
     /// being held whole first; smaller results are held, so a failure still arrives as an
     /// error. `None`: every result is held whole.

@@ -137,9 +137,11 @@ pub struct RunQuery {
     /// `handle_query_streaming`, then [`QueryOutcome::Streamed`] when whole). `None`: hold
     /// the result whole.
     pub stream: Option<StreamPolicy>,
-    /// Start of the SQLRooms `json` reply; the executor may build the whole reply with
-    /// [`crate::JsonReplyWriter`] and report it in [`QueryOutcome::JsonReply`]. `None`:
-    /// report the bare rows ([`QueryOutcome::Json`]), as HTTP answers carry them.
+    /// Start of the SQLRooms `json` reply; the executor builds the whole reply (with
+    /// [`crate::JsonReplyWriter`], or writing it itself and framing it with
+    /// [`crate::JsonReply::from_text`]) and reports it in [`QueryOutcome::JsonReply`], or
+    /// streams it past the stream policy's `above`. `None`: the bare rows
+    /// ([`QueryOutcome::Json`]), as HTTP answers and the Mosaic socket carry them.
     pub json_header: Option<JsonReplyHeader>,
 }
 
@@ -230,7 +232,7 @@ pub enum QueryOutcome {
     /// The last statement yielded no result set (DDL, INSERT…).
     NoResultSet,
     /// The whole result went out as a stream (after `handle_query_streaming`), ending with
-    /// the IPC end-of-stream marker.
+    /// the IPC end-of-stream marker (Arrow) or the reply's closing (JSON).
     Streamed,
     /// DuckDB's error message.
     Failed(String),
