@@ -40,7 +40,7 @@ pub enum Effect {
     /// Read the room's stored snapshot (and, with `durable_room_log`, the updates logged
     /// after it); report with `handle_room_loaded` (or `handle_snapshot_loaded`).
     LoadSnapshot { room_id: String },
-    /// Run Loro's work on a room's document ([`RoomDocJob::run`]: imports, then maybe a
+    /// Run Loro's work on a room's document ([`crate::RoomDocJob::run`]: imports, then maybe a
     /// snapshot) away from the thread that drives the core, and report what it did with
     /// `handle_room_doc_worked`. At most one per room is outstanding. Its cost grows with
     /// the room's history, which is why the core does not run it itself.
