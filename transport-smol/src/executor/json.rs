@@ -54,39 +54,11 @@ pub enum RowsForm {
     EscapedInString,
 }
 
-/// Appends the rows of `batches` as a JSON array to `out`.
-pub fn write_rows(batches: &[RecordBatch], names: &[String], out: &mut String) {
-    out.reserve(estimated_len(batches, names));
-    for_each_chunk(batches, names, RowsForm::Json, |chunk| out.push_str(chunk));
-}
-
-/// A rough size of the rows text, to size buffers once instead of regrowing (and copying)
-/// them while a large result is written.
-pub fn estimated_len(batches: &[RecordBatch], names: &[String]) -> usize {
-    let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
-    let key_bytes: usize = names.iter().map(|k| k.len() + 12).sum();
-    rows * (key_bytes + 2) + 2
-}
-
-/// Writes the rows of `batches` as one JSON array in `form`, handing it to `emit` a batch of
-/// rows at a time, so a consumer works on text that is still in cache.
-pub fn for_each_chunk(
-    batches: &[RecordBatch],
-    names: &[String],
-    form: RowsForm,
-    mut emit: impl FnMut(&str),
-) {
-    let batches = batches.iter().map(Ok::<_, std::convert::Infallible>);
-    let Ok(()) = try_for_each_chunk(batches, names, form, |chunk| {
-        emit(chunk);
-        Ok(())
-    });
-}
-
-/// The same, from batches as DuckDB produces them (one at a time: a result is never held
-/// whole) into an `emit` that may fail (a streamed reply's reader gone); the first error
-/// ends it.
-pub fn try_for_each_chunk<B: std::borrow::Borrow<RecordBatch>, E>(
+/// Writes the rows of `batches`, as DuckDB produces them (one at a time: a result is never
+/// held whole), as one JSON array in `form`, handing it to `emit` a batch of rows at a time
+/// so a consumer works on text that is still in cache. `emit` may fail (a streamed reply's
+/// reader gone); the first error, of a batch or of `emit`, ends it.
+pub fn for_each_chunk<B: std::borrow::Borrow<RecordBatch>, E>(
     batches: impl IntoIterator<Item = Result<B, E>>,
     names: &[String],
     form: RowsForm,
@@ -609,12 +581,16 @@ mod tests {
                 .iter()
                 .map(|f| f.name().as_str()),
         );
-        let mut plain = String::new();
-        for_each_chunk(&batches, &names, RowsForm::Json, |c| plain.push_str(c));
-        let mut one_pass = String::new();
-        for_each_chunk(&batches, &names, RowsForm::EscapedInString, |c| {
-            one_pass.push_str(c)
-        });
+        let write = |form, out: &mut String| {
+            let batches = batches.iter().map(Ok::<_, std::convert::Infallible>);
+            for_each_chunk(batches, &names, form, |c| {
+                out.push_str(c);
+                Ok(())
+            })
+        };
+        let (mut plain, mut one_pass) = (String::new(), String::new());
+        write(RowsForm::Json, &mut plain).unwrap();
+        write(RowsForm::EscapedInString, &mut one_pass).unwrap();
         let mut afterwards = Vec::new();
         duckwire_core::escape_string_content(&mut afterwards, &plain);
         assert_eq!(one_pass, String::from_utf8(afterwards).unwrap());

@@ -148,7 +148,7 @@ fn shape_result(
             if let Some(header) = header {
                 write(header.as_str().as_bytes())?;
             }
-            json::try_for_each_chunk(batches, &names, form, |chunk| write(chunk.as_bytes()))?;
+            json::for_each_chunk(batches, &names, form, |chunk| write(chunk.as_bytes()))?;
             if let Some(header) = header {
                 write(header.closing().as_bytes())?;
             }
