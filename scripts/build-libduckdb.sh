@@ -22,7 +22,7 @@ fi
 
 # The crate's sources: cargo already fetched them for this workspace, or fetches them now.
 cargo_home="${CARGO_HOME:-$HOME/.cargo}"
-find_tarball() { ls "$cargo_home"/registry/src/*/"libduckdb-sys-$version"/duckdb.tar.gz 2>/dev/null | head -n 1; }
+find_tarball() { ls "$cargo_home"/registry/src/*/"libduckdb-sys-$version"/duckdb.tar.gz 2>/dev/null | head -n 1 || true; }
 tarball=$(find_tarball)
 if [ -z "$tarball" ]; then
   probe=$(mktemp -d)
