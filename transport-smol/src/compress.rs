@@ -5,6 +5,10 @@
 use std::io::Write;
 use std::net::SocketAddr;
 
+use duckwire_core::websocket::MessageDeflater;
+
+use crate::pace::CompressionPace;
+
 /// Bodies smaller than this go as they are: headers and a round trip dominate anyway.
 pub const COMPRESS_ABOVE: usize = 4 * 1024;
 
@@ -12,12 +16,10 @@ pub const COMPRESS_ABOVE: usize = 4 * 1024;
 /// a WebSocket fragment) while the next is compressed.
 pub const COMPRESS_PART_BYTES: usize = 256 * 1024;
 
-// Levels chosen for speed (answers are made once, read once); whole or in parts alike.
-const ZSTD_LEVEL: i32 = 3;
+// Levels come from the connection's pace (`crate::pace`): fast ones until the link shows
+// it is slower than the compressor.
 const BROTLI_BUFFER_BYTES: usize = 64 * 1024;
-const BROTLI_QUALITY: u32 = 4;
 const BROTLI_WINDOW_BITS: u32 = 22;
-const GZIP_LEVEL: u32 = 4;
 
 /// Runs `produce` on the blocking pool, off the I/O thread; each part it hands to its `send`
 /// reaches the returned receiver as soon as it is ready, at most two ahead of the reader
@@ -106,38 +108,19 @@ impl Encoding {
         best.map(|(_, _, encoding)| encoding)
     }
 
-    /// Compresses at a level chosen for speed (answers are made once, read once).
-    pub fn compress(self, body: &[u8]) -> std::io::Result<Vec<u8>> {
-        match self {
-            Encoding::Zstd => zstd::bulk::compress(body, ZSTD_LEVEL),
-            Encoding::Brotli => {
-                let mut out = Vec::with_capacity(body.len() / 4);
-                {
-                    let mut writer = brotli::CompressorWriter::new(
-                        &mut out,
-                        BROTLI_BUFFER_BYTES,
-                        BROTLI_QUALITY,
-                        BROTLI_WINDOW_BITS,
-                    );
-                    writer.write_all(body)?;
-                    writer.flush()?;
-                }
-                Ok(out)
-            }
-            Encoding::Gzip => {
-                let mut encoder = flate2::write::GzEncoder::new(
-                    Vec::with_capacity(body.len() / 4),
-                    flate2::Compression::new(GZIP_LEVEL),
-                );
-                encoder.write_all(body)?;
-                encoder.finish()
-            }
-        }
+    /// Compresses a whole answer at the level the connection's pace is at.
+    pub fn compress(self, body: &[u8], pace: &CompressionPace) -> std::io::Result<Vec<u8>> {
+        let mut encoder = PartEncoder::new(self, pace)?;
+        let mut out = encoder.part(body)?;
+        out.extend(encoder.finish()?);
+        Ok(out)
     }
 }
 
 /// Compresses one answer part by part: each part comes out flushed, so it can be sent as an
-/// HTTP chunk while the next part is compressed (same levels as [`Encoding::compress`]).
+/// HTTP chunk while the next part is compressed. gzip follows the pace from part to part;
+/// zstd and brotli keep the level they started the answer with (their encoders take a level
+/// only when a frame begins).
 pub struct PartEncoder {
     inner: PartInner,
 }
@@ -145,27 +128,32 @@ pub struct PartEncoder {
 enum PartInner {
     Zstd(zstd::stream::write::Encoder<'static, Vec<u8>>),
     Brotli(Box<brotli::CompressorWriter<Vec<u8>>>),
-    Gzip(flate2::write::GzEncoder<Vec<u8>>),
+    Gzip(GzipParts),
 }
 
 impl PartEncoder {
-    pub fn new(encoding: Encoding) -> std::io::Result<Self> {
+    pub fn new(encoding: Encoding, pace: &CompressionPace) -> std::io::Result<Self> {
         let inner = match encoding {
-            Encoding::Zstd => {
-                PartInner::Zstd(zstd::stream::write::Encoder::new(Vec::new(), ZSTD_LEVEL)?)
-            }
+            Encoding::Zstd => PartInner::Zstd(zstd::stream::write::Encoder::new(
+                Vec::new(),
+                pace.zstd_level(),
+            )?),
             Encoding::Brotli => PartInner::Brotli(Box::new(brotli::CompressorWriter::new(
                 Vec::new(),
                 BROTLI_BUFFER_BYTES,
-                BROTLI_QUALITY,
+                pace.brotli_quality(),
                 BROTLI_WINDOW_BITS,
             ))),
-            Encoding::Gzip => PartInner::Gzip(flate2::write::GzEncoder::new(
-                Vec::new(),
-                flate2::Compression::new(GZIP_LEVEL),
-            )),
+            Encoding::Gzip => PartInner::Gzip(GzipParts::new(pace.deflate_level())),
         };
         Ok(PartEncoder { inner })
+    }
+
+    /// Follows the pace before the next part, where the encoding allows.
+    pub fn follow(&mut self, pace: &CompressionPace) {
+        if let PartInner::Gzip(gzip) = &mut self.inner {
+            gzip.deflater.set_level(pace.deflate_level());
+        }
     }
 
     /// The compressed bytes of `input`, flushed.
@@ -173,7 +161,7 @@ impl PartEncoder {
         match &mut self.inner {
             PartInner::Zstd(encoder) => take_flushed(encoder, input, |e| e.get_mut()),
             PartInner::Brotli(encoder) => take_flushed(encoder.as_mut(), input, |e| e.get_mut()),
-            PartInner::Gzip(encoder) => take_flushed(encoder, input, |e| e.get_mut()),
+            PartInner::Gzip(gzip) => gzip.part(input),
         }
     }
 
@@ -182,8 +170,59 @@ impl PartEncoder {
         match self.inner {
             PartInner::Zstd(encoder) => encoder.finish(),
             PartInner::Brotli(encoder) => Ok(encoder.into_inner()),
-            PartInner::Gzip(encoder) => encoder.finish(),
+            PartInner::Gzip(gzip) => gzip.finish(),
         }
+    }
+}
+
+/// A gzip member (RFC 1952) written around the WebSocket code's raw deflater, so its level
+/// can change from one flushed part to the next (flate2's `GzEncoder` keeps its level).
+struct GzipParts {
+    deflater: MessageDeflater,
+    crc: flate2::Crc,
+    header_sent: bool,
+}
+
+/// ID1 ID2, CM = deflate, no flags, no mtime, XFL 0, OS unknown.
+const GZIP_HEADER: [u8; 10] = [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff];
+
+impl GzipParts {
+    fn new(level: u32) -> Self {
+        GzipParts {
+            deflater: MessageDeflater::new(level),
+            crc: flate2::Crc::new(),
+            header_sent: false,
+        }
+    }
+
+    fn part(&mut self, input: &[u8]) -> std::io::Result<Vec<u8>> {
+        self.crc.update(input);
+        let deflated = self
+            .deflater
+            .part(input, false)
+            .map_err(std::io::Error::other)?;
+        if self.header_sent {
+            return Ok(deflated);
+        }
+        self.header_sent = true;
+        let mut out = Vec::with_capacity(GZIP_HEADER.len() + deflated.len());
+        out.extend_from_slice(&GZIP_HEADER);
+        out.extend(deflated);
+        Ok(out)
+    }
+
+    /// An empty final block, then CRC-32 and length of the input, little-endian.
+    fn finish(self) -> std::io::Result<Vec<u8>> {
+        let mut out = if self.header_sent {
+            Vec::new()
+        } else {
+            GZIP_HEADER.to_vec()
+        };
+        // A fixed-Huffman block with BFINAL set and only its end-of-block code: 0x03 0x00.
+        out.extend_from_slice(&[0x03, 0x00]);
+        out.extend_from_slice(&self.crc.sum().to_le_bytes());
+        out.extend_from_slice(&self.crc.amount().to_le_bytes());
+        Ok(out)
     }
 }
 
@@ -200,6 +239,7 @@ fn take_flushed<E: Write>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pace::Behind;
 
     #[test]
     fn the_preferred_encoding_wins() {
@@ -230,13 +270,14 @@ mod tests {
     #[test]
     fn every_encoding_round_trips() {
         let body = b"[{\"a\":1},{\"a\":2}]".repeat(1000);
-        let zstd = Encoding::Zstd.compress(&body).unwrap();
+        let pace = CompressionPace::default();
+        let zstd = Encoding::Zstd.compress(&body, &pace).unwrap();
         assert_eq!(zstd::stream::decode_all(&zstd[..]).unwrap(), body);
-        let br = Encoding::Brotli.compress(&body).unwrap();
+        let br = Encoding::Brotli.compress(&body, &pace).unwrap();
         let mut decoded = Vec::new();
         brotli::BrotliDecompress(&mut &br[..], &mut decoded).unwrap();
         assert_eq!(decoded, body);
-        let gz = Encoding::Gzip.compress(&body).unwrap();
+        let gz = Encoding::Gzip.compress(&body, &pace).unwrap();
         let mut decoded = Vec::new();
         std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&gz[..]), &mut decoded)
             .unwrap();
@@ -248,9 +289,18 @@ mod tests {
     fn an_answer_compressed_in_parts_decodes_to_the_whole() {
         let body = b"[{\"a\":1},{\"a\":2}]".repeat(20_000);
         for encoding in [Encoding::Zstd, Encoding::Brotli, Encoding::Gzip] {
-            let mut encoder = PartEncoder::new(encoding).unwrap();
+            // The pace moves between parts (gzip follows it; the others keep their start).
+            let pace = CompressionPace::default();
+            let mut encoder = PartEncoder::new(encoding, &pace).unwrap();
             let mut wire = Vec::new();
-            for part in body.chunks(70_000) {
+            for (i, part) in body.chunks(70_000).enumerate() {
+                let behind = if i % 3 == 2 {
+                    Behind::Compressor
+                } else {
+                    Behind::Link
+                };
+                pace.observe(behind);
+                encoder.follow(&pace);
                 wire.extend(encoder.part(part).unwrap());
             }
             wire.extend(encoder.finish().unwrap());

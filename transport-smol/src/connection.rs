@@ -26,6 +26,7 @@ use crate::http::{
     read_body, read_head, write_chunked_response, write_response, ChunkSource, HeadError,
     RequestHead, Response,
 };
+use crate::pace::{LinkProbe, Pacing};
 use crate::writer::StreamMeter;
 use duckwire_core::websocket::negotiate_deflate;
 use duckwire_core::Malformed;
@@ -120,6 +121,15 @@ async fn serve_http(
     let Some(queue) = open_http_connection(conn, &client, &shared).await else {
         return;
     };
+    // The compression level follows this connection's link from answer to answer; only a
+    // connection whose answers may be compressed needs the probe (its own socket handle).
+    let probe = shared
+        .config
+        .http_compression
+        .applies_to(&client.peer)
+        .then(|| LinkProbe::new(stream.tcp()))
+        .flatten();
+    let pacing = Pacing::new(probe);
     let mut next = first;
     loop {
         let (input, head) = match next {
@@ -153,7 +163,8 @@ async fn serve_http(
                 let encoding = head
                     .as_ref()
                     .and_then(|head| encoding_for(large, head, &client.peer, &shared));
-                let written = send_answer(&mut stream, rendered, encoding, keep_alive).await;
+                let written =
+                    send_answer(&mut stream, rendered, encoding, keep_alive, &pacing).await;
                 (sent, written.map(|()| true))
             }
             Answer::Streamed {
@@ -182,6 +193,7 @@ async fn serve_http(
                     keep_alive,
                     result,
                     meter,
+                    &pacing,
                 )
                 .await;
                 // The window the core counted for it is free again.
@@ -338,6 +350,7 @@ async fn send_answer(
     mut response: Response,
     encoding: Option<Encoding>,
     keep_alive: bool,
+    pacing: &Pacing,
 ) -> std::io::Result<()> {
     let Some(encoding) = encoding else {
         return write_response(stream, &response, keep_alive).await;
@@ -348,7 +361,8 @@ async fn send_answer(
     // costs nothing).
     if body.len() <= COMPRESS_PART_BYTES {
         let whole = body.clone();
-        match smol::unblock(move || encoding.compress(&whole)).await {
+        let pace = pacing.pace();
+        match smol::unblock(move || encoding.compress(&whole, &pace)).await {
             Ok(smaller) => {
                 response.body = Bytes::from(smaller);
                 add_encoding_headers(&mut response, encoding);
@@ -366,7 +380,7 @@ async fn send_answer(
         let end = ((i + 1) * COMPRESS_PART_BYTES).min(body.len());
         (body.slice(i * COMPRESS_PART_BYTES..end), i + 1 == count)
     });
-    let parts = encoded_parts(encoding, move || chunks.next());
+    let parts = encoded_parts(encoding, pacing, move || chunks.next());
     let whole = write_chunked_response(stream, &response, keep_alive, parts).await?;
     match whole {
         true => Ok(()),
@@ -379,13 +393,16 @@ async fn send_answer(
 /// Compresses what `next` yields (bytes, and whether they are the last) as one encoded body,
 /// part by part on the blocking pool, each part flushed so it can leave as a chunk while the
 /// next is compressed. The parts end without a last one if `next` ends first (a stream cut
-/// short) or compressing fails.
+/// short) or compressing fails. Each part is compressed at the level the connection's pace
+/// is at when it begins (`crate::pace`).
 fn encoded_parts(
     encoding: Encoding,
+    pacing: &Pacing,
     mut next: impl FnMut() -> Option<(Bytes, bool)> + Send + 'static,
-) -> ChunkSource {
-    ChunkSource::Parts(parts_on_blocking_pool(move |send| {
-        let mut encoder = match PartEncoder::new(encoding) {
+) -> ChunkSource<'_> {
+    let pace = pacing.pace();
+    let parts = parts_on_blocking_pool(move |send| {
+        let mut encoder = match PartEncoder::new(encoding, &pace) {
             Ok(encoder) => encoder,
             Err(e) => {
                 send(Err(e));
@@ -393,6 +410,7 @@ fn encoded_parts(
             }
         };
         while let Some((input, last)) = next() {
+            encoder.follow(&pace);
             let part = encoder.part(&input);
             if last {
                 let whole = part.and_then(|mut part| {
@@ -407,7 +425,12 @@ fn encoded_parts(
                 return;
             }
         }
-    }))
+    });
+    ChunkSource::Parts {
+        parts,
+        pacing,
+        taken: 0,
+    }
 }
 
 /// Writes an Arrow result as it is produced: a chunked body, each piece a chunk as it
@@ -420,13 +443,14 @@ async fn send_streamed_answer(
     keep_alive: bool,
     result: ResultStream,
     meter: StreamMeter,
+    pacing: &Pacing,
 ) -> std::io::Result<bool> {
     let Some(encoding) = encoding else {
         let pieces = ChunkSource::Result(result, meter);
         return write_chunked_response(stream, &response, keep_alive, pieces).await;
     };
     add_encoding_headers(&mut response, encoding);
-    let parts = encoded_parts(encoding, move || {
+    let parts = encoded_parts(encoding, pacing, move || {
         let (bytes, last) = result.next_blocking()?.into_parts();
         meter.written(bytes.len());
         Some((bytes, last))

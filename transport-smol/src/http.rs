@@ -3,6 +3,7 @@
 //! core's decision (`duckwire_core::HttpRequest`); this module only moves bytes.
 
 use crate::executor::stream::ResultStream;
+use crate::pace::Pacing;
 use crate::tls::Stream;
 use crate::writer::StreamMeter;
 use bytes::Bytes;
@@ -261,17 +262,29 @@ pub async fn write_response(
 }
 
 /// Where the parts of a chunked body come from.
-pub enum ChunkSource {
-    /// Encoded parts, each with whether it is the last.
-    Parts(async_channel::Receiver<std::io::Result<(Bytes, bool)>>),
+pub enum ChunkSource<'a> {
+    /// Encoded parts, each with whether it is the last; the connection's pacing judges the
+    /// link as they are taken (`crate::pace`).
+    Parts {
+        parts: async_channel::Receiver<std::io::Result<(Bytes, bool)>>,
+        pacing: &'a Pacing,
+        taken: usize,
+    },
     /// A streamed result's pieces as they are, counted as they are written.
     Result(ResultStream, StreamMeter),
 }
 
-impl ChunkSource {
+impl ChunkSource<'_> {
     async fn next(&mut self) -> Option<std::io::Result<(Bytes, bool)>> {
         match self {
-            ChunkSource::Parts(parts) => parts.recv().await.ok(),
+            ChunkSource::Parts {
+                parts,
+                pacing,
+                taken,
+            } => {
+                *taken += 1;
+                pacing.next_part(parts, *taken == 1).await
+            }
             ChunkSource::Result(result, meter) => {
                 let (bytes, last) = result.next().await?.into_parts();
                 meter.written(bytes.len());
@@ -290,7 +303,7 @@ pub async fn write_chunked_response(
     stream: &mut Stream,
     response: &Response,
     keep_alive: bool,
-    mut parts: ChunkSource,
+    mut parts: ChunkSource<'_>,
 ) -> std::io::Result<bool> {
     let head = response_head(response, "Transfer-Encoding: chunked", keep_alive);
     stream.write_all(head.as_bytes()).await?;

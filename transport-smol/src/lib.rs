@@ -10,6 +10,7 @@ pub mod executor;
 mod http;
 pub mod meta;
 pub mod metrics;
+pub mod pace;
 mod room_follower;
 mod server;
 mod startup;

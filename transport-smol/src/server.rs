@@ -130,10 +130,7 @@ pub fn run(
         tls,
         sent_reports,
         // Two per core: replies are compressed on the writers' tasks and the blocking pool.
-        deflaters: Arc::new(crate::ws::DeflaterPool::new(
-            crate::ws::DEFLATE_LEVEL,
-            2 * config.threads.max(1),
-        )),
+        deflaters: Arc::new(crate::ws::DeflaterPool::new(2 * config.threads.max(1))),
     });
     let stop = Stop {
         shutdown,

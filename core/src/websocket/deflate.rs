@@ -178,6 +178,7 @@ pub struct DeflateFailed(String);
 /// still being compressed).
 pub struct MessageDeflater {
     state: Compress,
+    level: u32,
 }
 
 impl MessageDeflater {
@@ -185,7 +186,26 @@ impl MessageDeflater {
     pub fn new(level: u32) -> Self {
         MessageDeflater {
             state: Compress::new(Compression::new(level.min(9)), false),
+            level: level.min(9),
         }
+    }
+
+    /// Compresses what follows at `level` (0–9), within a message too: each part ends
+    /// flushed, so the level changes between two parts without touching what was sent.
+    pub fn set_level(&mut self, level: u32) {
+        let level = level.min(9);
+        if level == self.level {
+            return;
+        }
+        if self.state.set_level(Compression::new(level)).is_err() {
+            // zlib-rs changes level in place only within one family of levels (1, 2,
+            // 3–6, 7–9): across families it would flush first, which flate2 gives it no
+            // room for. A fresh compressor continues the same message instead: after a
+            // flushed part, deflate blocks that do not reach back are valid (only the
+            // 32 KiB window is lost at that boundary).
+            self.state = Compress::new(Compression::new(level), false);
+        }
+        self.level = level;
     }
 
     /// The next part of the current message, compressed and flushed so it can be sent as a

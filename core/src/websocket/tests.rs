@@ -104,6 +104,43 @@ fn a_compressed_message_in_several_fragments_inflates_to_the_original() {
 }
 
 #[test]
+fn a_message_whose_parts_change_level_inflates_to_the_original_then_the_next_does_too() {
+    let message: String = (0..30_000)
+        .map(|i| format!("{{\"row\":{i},\"v\":\"x{}\"}},", i % 97))
+        .collect();
+    let chunks: Vec<&[u8]> = message.as_bytes().chunks(40_000).collect();
+    let mut deflater = MessageDeflater::new(2);
+    let mut sizes_by_level = Vec::new();
+    let mut wire = Vec::new();
+    for round in 0..2 {
+        for (i, chunk) in chunks.iter().enumerate() {
+            let level = [1, 9, 2, 6, 4][i % 5];
+            deflater.set_level(level);
+            let part = deflater.part(chunk, i + 1 == chunks.len()).unwrap();
+            if round == 0 {
+                sizes_by_level.push((level, part.len()));
+            }
+            let opcode = if i == 0 {
+                OpCode::Text
+            } else {
+                OpCode::Continuation
+            };
+            wire.extend(client_frame(opcode, i + 1 == chunks.len(), i == 0, &part));
+        }
+    }
+    let got = events(&mut server(Some(1 << 21), true), &wire).unwrap();
+    let whole = WsEvent::Message(Frame::Text(message));
+    assert_eq!(got, vec![whole.clone(), whole]);
+    // The levels took effect: the first part (level 1) came out larger than the second
+    // (level 9), two full chunks of the same kind of rows.
+    assert_eq!((sizes_by_level[0].0, sizes_by_level[1].0), (1, 9));
+    assert!(
+        sizes_by_level[1].1 < sizes_by_level[0].1,
+        "{sizes_by_level:?}"
+    );
+}
+
+#[test]
 fn an_empty_compressed_message_inflates_to_nothing() {
     let parts = compressed_parts(b"", 10);
     let wire = client_frame(OpCode::Binary, true, true, &parts[0]);

@@ -19,15 +19,8 @@ use prometheus_client::metrics::counter::Counter;
 use crate::compress::{parts_on_blocking_pool, COMPRESS_ABOVE, COMPRESS_PART_BYTES};
 use crate::driver::Outbound;
 use crate::executor::stream::ResultStream;
+use crate::pace::Pacing;
 use crate::writer::{PongSlot, StreamMeter};
-
-/// The deflate level of WebSocket replies. Level 2 compresses the flights table's JSON 7.1:1
-/// at 288 MB/s per core, against 5.7:1 at 441 MB/s for level 1 and 7.6:1 at 152 MB/s for
-/// level 3 (Arrow results: 5.3:1 at every level); compression and sending overlap, so on any
-/// link under a gigabit the bytes saved decide, and level 2 delivers a MB of JSON 20 % sooner
-/// than level 1 for 1.5× its CPU (BENCHMARKS.md, "Over a real network"; measured with
-/// `examples/deflate_levels.rs`).
-pub const DEFLATE_LEVEL: u32 = 2;
 
 /// Replies up to this size are compressed on the writer's task; larger ones on the blocking
 /// pool, so a large reply never holds up the I/O thread's other connections.
@@ -39,22 +32,27 @@ const COMPRESS_INLINE_BYTES: usize = 64 * 1024;
 /// reuse does not break "no context takeover". At most `keep` are kept idle.
 pub struct DeflaterPool {
     idle: std::sync::Mutex<Vec<MessageDeflater>>,
-    level: u32,
     keep: usize,
 }
 
 impl DeflaterPool {
-    pub fn new(level: u32, keep: usize) -> Self {
+    pub fn new(keep: usize) -> Self {
         DeflaterPool {
             idle: std::sync::Mutex::new(Vec::new()),
-            level,
             keep,
         }
     }
 
-    fn take(&self) -> MessageDeflater {
+    /// A deflater set to `level` (the connection's pace, `crate::pace`).
+    fn take(&self, level: u32) -> MessageDeflater {
         let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
-        idle.unwrap_or_else(|| MessageDeflater::new(self.level))
+        match idle {
+            Some(mut deflater) => {
+                deflater.set_level(level);
+                deflater
+            }
+            None => MessageDeflater::new(level),
+        }
     }
 
     /// Only a deflater whose message ended (reset) may come back.
@@ -90,6 +88,8 @@ pub(crate) struct FrameWriter<W> {
     /// `Some` when `permessage-deflate` was negotiated.
     deflaters: Option<Arc<DeflaterPool>>,
     counts: DeflateCounts,
+    /// The connection's compression level, following the link (`crate::pace`).
+    pacing: Pacing,
 }
 
 impl<W: AsyncWrite + Unpin> FrameWriter<W> {
@@ -97,12 +97,14 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         sink: W,
         deflaters: Option<Arc<DeflaterPool>>,
         counts: DeflateCounts,
+        pacing: Pacing,
     ) -> Self {
         FrameWriter {
             sink,
             pending: VecDeque::new(),
             deflaters,
             counts,
+            pacing,
         }
     }
 
@@ -165,8 +167,9 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         deflaters: Arc<DeflaterPool>,
     ) -> io::Result<()> {
         self.counts.before.inc_by(payload.len() as u64);
+        let pace = self.pacing.pace();
         if payload.len() <= COMPRESS_INLINE_BYTES {
-            let mut deflater = deflaters.take();
+            let mut deflater = deflaters.take(pace.deflate_level());
             let part = deflater.part(&payload, true).map_err(io::Error::other)?;
             deflaters.give_back(deflater);
             self.counts.after.inc_by(part.len() as u64);
@@ -174,8 +177,9 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         }
         let parts = payload.len().div_ceil(COMPRESS_PART_BYTES);
         let next_part = parts_on_blocking_pool(move |send| {
-            let mut deflater = deflaters.take();
+            let mut deflater = deflaters.take(pace.deflate_level());
             for (i, chunk) in payload.chunks(COMPRESS_PART_BYTES).enumerate() {
+                deflater.set_level(pace.deflate_level());
                 // The writer gave up (its connection closes): stop compressing. The deflater
                 // is mid-message then, so it is not given back.
                 if !send(deflater.part(chunk, i + 1 == parts)) {
@@ -185,10 +189,11 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
             deflaters.give_back(deflater);
         });
         for i in 0..parts {
-            let part = next_part
-                .recv()
+            let part = self
+                .pacing
+                .next_part(&next_part, i == 0)
                 .await
-                .map_err(|_| io::Error::other("the compressing thread stopped"))?
+                .ok_or_else(|| io::Error::other("the compressing thread stopped"))?
                 .map_err(io::Error::other)?;
             let opcode = if i == 0 { opcode } else { OpCode::Continuation };
             self.counts.after.inc_by(part.len() as u64);
@@ -234,11 +239,13 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
             },
             Some(deflaters) => {
                 let counts = self.counts.clone();
+                let pace = self.pacing.pace();
                 let parts = parts_on_blocking_pool(move |send| {
-                    let mut deflater = deflaters.take();
+                    let mut deflater = deflaters.take(pace.deflate_level());
                     while let Some(piece) = stream.next_blocking() {
                         let (bytes, last) = piece.into_parts();
                         counts.before.inc_by(bytes.len() as u64);
+                        deflater.set_level(pace.deflate_level());
                         let part = deflater.part(&bytes, last).map(|part| (part, bytes.len()));
                         if !send(part.map(|part| (part, last))) {
                             return;
@@ -251,7 +258,7 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
                     // Cut short: the deflater is mid-message, so it is not given back.
                 });
                 loop {
-                    let Ok(part) = parts.recv().await else {
+                    let Some(part) = self.pacing.next_part(&parts, first).await else {
                         break false;
                     };
                     let ((part, plain), last) = part.map_err(io::Error::other)?;
@@ -312,8 +319,13 @@ mod tests {
     fn written(frames: Vec<Frame>, deflate: bool) -> Vec<u8> {
         smol::block_on(async {
             let counts = DeflateCounts::default();
-            let deflaters = deflate.then(|| Arc::new(DeflaterPool::new(DEFLATE_LEVEL, 1)));
-            let mut writer = FrameWriter::new(Cursor::new(Vec::new()), deflaters, counts);
+            let deflaters = deflate.then(|| Arc::new(DeflaterPool::new(1)));
+            let mut writer = FrameWriter::new(
+                Cursor::new(Vec::new()),
+                deflaters,
+                counts,
+                Pacing::default(),
+            );
             for frame in frames {
                 writer.message(frame).await.unwrap();
             }
@@ -353,9 +365,13 @@ mod tests {
     ) -> (Vec<u8>, bool, usize) {
         use crate::executor::stream::ResultStream;
         smol::block_on(async {
-            let deflaters = deflate.then(|| Arc::new(DeflaterPool::new(DEFLATE_LEVEL, 1)));
-            let mut writer =
-                FrameWriter::new(Cursor::new(Vec::new()), deflaters, DeflateCounts::default());
+            let deflaters = deflate.then(|| Arc::new(DeflaterPool::new(1)));
+            let mut writer = FrameWriter::new(
+                Cursor::new(Vec::new()),
+                deflaters,
+                DeflateCounts::default(),
+                Pacing::default(),
+            );
             let (queue_tx, queue) = async_channel::unbounded();
             for outbound in queued {
                 queue_tx.try_send(outbound).unwrap();

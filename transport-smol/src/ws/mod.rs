@@ -20,10 +20,11 @@ use prometheus_client::metrics::counter::Counter;
 
 use crate::driver::{ConnectionWriter, DriverInput, Outbound, ReadGate, SentCounter, SentReports};
 use crate::metrics::Metrics;
+use crate::pace::{LinkProbe, Pacing};
 use crate::tls::Stream;
 use crate::writer::{PongSlot, StreamMeter};
+pub use frames::DeflaterPool;
 use frames::{Between, DeflateCounts, FrameWriter};
-pub use frames::{DeflaterPool, DEFLATE_LEVEL};
 
 /// How often a paused connection's socket is checked for a hang-up.
 const HANGUP_CHECK_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
@@ -134,7 +135,12 @@ pub async fn serve(
         before: settings.metrics.ws_deflated_bytes.clone(),
         after: settings.metrics.ws_deflated_wire_bytes.clone(),
     };
-    let frames = FrameWriter::new(sink, deflaters, counts);
+    // Only a compressing connection needs the probe (its own handle on the socket).
+    let probe = settings
+        .deflate
+        .then(|| LinkProbe::new(&hangup_probe))
+        .flatten();
+    let frames = FrameWriter::new(sink, deflaters, counts, Pacing::new(probe));
     let pongs = Arc::new(PongSlot::default());
     let streamed = StreamedCounts {
         results: settings.metrics.results_streamed.clone(),
