@@ -42,8 +42,8 @@ pub(crate) struct Budget {
     /// Connections told `PauseReading` and not resumed yet.
     paused: BTreeSet<ConnId>,
     /// Connections not to be read whatever they hold, and why (each reason is let go on
-    /// its own).
-    held_back: BTreeSet<(ConnId, HoldBack)>,
+    /// its own; a connection with no reason left has no entry).
+    held_back: BTreeMap<ConnId, BTreeSet<HoldBack>>,
     total_was_over: bool,
 }
 
@@ -94,24 +94,25 @@ impl Budget {
     fn should_pause(&self, conn: ConnId, total_over: bool) -> bool {
         let held = self.held_by(conn);
         let conn_over = self.per_conn_cap.is_some_and(|cap| held >= cap);
-        let held_back = self
-            .held_back
-            .range((conn, HoldBack::RoomBacklog)..=(conn, HoldBack::ChangeChecked))
-            .next()
-            .is_some();
-        conn_over || (total_over && held > 0) || held_back
+        conn_over || (total_over && held > 0) || self.held_back.contains_key(&conn)
     }
 
     /// Stops reading `conn` for `why` until [`let_go`](Self::let_go), beside its own budget.
     pub(crate) fn hold_back(&mut self, conn: ConnId, why: HoldBack) {
-        if self.held_back.insert((conn, why)) {
+        if self.held_back.entry(conn).or_default().insert(why) {
             self.changed.insert(conn);
         }
     }
 
     /// `conn` may be read again as far as `why` is concerned.
     pub(crate) fn let_go(&mut self, conn: ConnId, why: HoldBack) {
-        if self.held_back.remove(&(conn, why)) {
+        let Some(reasons) = self.held_back.get_mut(&conn) else {
+            return;
+        };
+        if reasons.remove(&why) {
+            if reasons.is_empty() {
+                self.held_back.remove(&conn);
+            }
             self.changed.insert(conn);
         }
     }
@@ -151,8 +152,7 @@ impl Budget {
     /// finishes (`release`).
     pub(crate) fn forget(&mut self, conn: ConnId) {
         self.paused.remove(&conn);
-        self.held_back.remove(&(conn, HoldBack::RoomBacklog));
-        self.held_back.remove(&(conn, HoldBack::ChangeChecked));
+        self.held_back.remove(&conn);
         self.changed.remove(&conn);
         self.held.remove(&conn);
     }
@@ -167,5 +167,44 @@ impl Budget {
 
     pub(crate) fn is_paused(&self, conn: ConnId) -> bool {
         self.paused.contains(&conn)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gates(budget: &mut Budget) -> Vec<Effect> {
+        let mut effects = Vec::new();
+        budget.apply_read_gates(|_| true, &mut effects);
+        effects
+    }
+
+    #[test]
+    fn a_connection_held_back_for_two_reasons_is_read_again_once_both_are_let_go() {
+        let mut budget = Budget::new(&Limits::default());
+        let conn = ConnId(7);
+        budget.hold_back(conn, HoldBack::RoomBacklog);
+        budget.hold_back(conn, HoldBack::ChangeChecked);
+        assert!(matches!(
+            gates(&mut budget)[..],
+            [Effect::PauseReading { .. }]
+        ));
+        budget.let_go(conn, HoldBack::ChangeChecked);
+        assert!(gates(&mut budget).is_empty(), "one reason is left");
+        assert!(budget.is_paused(conn));
+        // Letting go of a reason it is not held for changes nothing.
+        budget.let_go(conn, HoldBack::ChangeChecked);
+        assert!(gates(&mut budget).is_empty());
+        budget.let_go(conn, HoldBack::RoomBacklog);
+        assert!(matches!(
+            gates(&mut budget)[..],
+            [Effect::ResumeReading { .. }]
+        ));
+        // A closed connection's reasons go with it.
+        budget.hold_back(conn, HoldBack::RoomBacklog);
+        budget.forget(conn);
+        assert!(gates(&mut budget).is_empty());
+        assert!(!budget.is_paused(conn));
     }
 }

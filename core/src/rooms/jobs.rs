@@ -72,7 +72,6 @@ impl Server {
         }
         let joiners = std::mem::take(&mut room.awaiting_snapshot);
         let export = save || !joiners.is_empty();
-        let (job_id, job) = room.doc.lend(export).expect("not lent: checked above");
         let save = save.then(|| {
             room.save_wanted = false;
             room.persisting = Some(room.version);
@@ -82,14 +81,25 @@ impl Server {
                 covers: room.shared_log_position.clone(),
             }
         });
-        room.job = Some(JobPurpose {
+        let purpose = JobPurpose {
             joiners,
             save,
             version: room.version,
             load: None,
-        });
+        };
         self.timers
             .cancel(&TimerKey::RoomImport(room_id.to_string()));
+        self.start_doc_job(room_id, export, purpose);
+    }
+
+    /// Lends `room_id`'s document to a job for `purpose` (exporting a snapshot if `export`)
+    /// and asks the driver to run it. The caller has checked that the document is home.
+    pub(super) fn start_doc_job(&mut self, room_id: &str, export: bool, purpose: JobPurpose) {
+        let Some(room) = self.rooms.rooms.get_mut(room_id) else {
+            return;
+        };
+        let (job_id, job) = room.doc.lend(export).expect("the document is home");
+        room.job = Some(purpose);
         self.push(Effect::RunRoomDocJob {
             room_id: room_id.to_string(),
             job_id,
@@ -113,7 +123,7 @@ impl Server {
         }
         let purpose = room.job.take().unwrap_or_default();
         // Before the joiners become members: the job's snapshot holds these already.
-        self.relay_to_members(room_id, &worked.new_from_replicas, now);
+        self.relay(room_id, &worked.new_from_replicas, None, now);
         if let Some(load) = purpose.load {
             return self.finish_load(room_id, purpose.version, load, worked, now);
         }

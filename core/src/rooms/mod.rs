@@ -120,15 +120,6 @@ impl Room {
         self.load == Load::Done
     }
 
-    /// Every member but `conn` (who sent what they are about to receive).
-    fn members_except(&self, conn: ConnId) -> Vec<ConnId> {
-        self.members
-            .iter()
-            .copied()
-            .filter(|c| *c != conn)
-            .collect()
-    }
-
     fn needs_save(&self) -> bool {
         self.version > self.saved_version.max(self.persisting.unwrap_or(0))
     }
@@ -363,23 +354,17 @@ impl Server {
             // which compacts it.
             room.version += 1;
         }
-        let (job_id, job) = room
-            .doc
-            .lend(cached.is_none())
-            .expect("nothing holds a new room");
-        room.job = Some(JobPurpose {
+        // Without a snapshot to serve as it is, the job exports one for the joiners.
+        let export = cached.is_none();
+        let purpose = JobPurpose {
             version: room.version,
             load: Some(LoadPurpose {
                 has_snapshot,
                 cached,
             }),
             ..JobPurpose::default()
-        });
-        self.push(Effect::RunRoomDocJob {
-            room_id: room_id.to_string(),
-            job_id,
-            job,
-        });
+        };
+        self.start_doc_job(room_id, export, purpose);
     }
 
     /// Storage could not give the room's state: the joiners are refused (rather than served,
@@ -443,13 +428,9 @@ impl Server {
             self.budget.hold_back(conn, HoldBack::RoomBacklog);
         }
         self.rooms.updates_accepted += 1;
-        let others = room.members_except(conn);
         // Counted as a change even if it turns out to hold nothing new: a save too many.
         self.mark_changed(&room_id, now);
-        let frame = Frame::Binary(update.clone());
-        for other in others {
-            self.send_frame(other, frame.clone(), now);
-        }
+        self.relay(&room_id, std::slice::from_ref(&update), Some(conn), now);
         let ack = ServerMessage::CrdtUpdateAck {
             room_id: room_id.clone(),
         };
@@ -544,16 +525,27 @@ impl Server {
     fn relay_new_from_replicas(&mut self, room_id: &str, now: Millis) {
         if let Some(room) = self.rooms.rooms.get_mut(room_id) {
             let changes = room.doc.take_new_from_replicas();
-            self.relay_to_members(room_id, &changes, now);
+            self.relay(room_id, &changes, None, now);
         }
     }
 
-    /// `changes` to every member of `room_id`.
-    fn relay_to_members(&mut self, room_id: &str, changes: &[Bytes], now: Millis) {
+    /// `changes` to every member of `room_id` but `except` (who sent them).
+    pub(super) fn relay(
+        &mut self,
+        room_id: &str,
+        changes: &[Bytes],
+        except: Option<ConnId>,
+        now: Millis,
+    ) {
         let Some(room) = self.rooms.rooms.get(room_id) else {
             return;
         };
-        let members: Vec<ConnId> = room.members.iter().copied().collect();
+        let members: Vec<ConnId> = room
+            .members
+            .iter()
+            .copied()
+            .filter(|member| Some(*member) != except)
+            .collect();
         for change in changes {
             for member in &members {
                 self.send_frame(*member, Frame::Binary(change.clone()), now);
@@ -586,13 +578,9 @@ impl Server {
             let error = ProtocolError::InvalidSnapshot(e);
             return self.send_error(conn, error, None, now);
         }
-        let others = room.members_except(conn);
         self.mark_changed(room_id, now);
         let data = Bytes::from(data);
-        let frame = Frame::Binary(data.clone());
-        for other in others {
-            self.send_frame(other, frame.clone(), now);
-        }
+        self.relay(room_id, std::slice::from_ref(&data), Some(conn), now);
         let ack = ServerMessage::CrdtSnapshotAck {
             room_id: room_id.to_string(),
         };
