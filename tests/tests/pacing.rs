@@ -90,6 +90,7 @@ fn over_a_slow_link_rest_answers_are_compressed_harder() {
     let (fast_rows, fast_bytes) = rest_rows(&server.addr);
     let link = slow_link(server.addr.parse().unwrap()).to_string();
     let (slow_rows, slow_bytes) = rest_rows(&link);
+    eprintln!("REST: fast reader {fast_bytes} bytes, slow link {slow_bytes}");
     assert_eq!(fast_rows.len(), 200_000);
     assert_eq!(slow_rows, fast_rows);
     // The reader that keeps up gets the fastest levels (level 1 or 2); the slow link lets
@@ -120,6 +121,7 @@ fn over_a_slow_link_websocket_replies_are_compressed_harder() {
     let (fast_rows, fast_bytes) = ws_rows(&server, &server.url("/"));
     let link = slow_link(server.addr.parse().unwrap());
     let (slow_rows, slow_bytes) = ws_rows(&server, &format!("ws://{link}/"));
+    eprintln!("WebSocket: fast reader {fast_bytes} bytes, slow link {slow_bytes}");
     assert_eq!(fast_rows.len(), 200_000);
     assert_eq!(slow_rows, fast_rows);
     assert!(

@@ -8,7 +8,7 @@
 use base64::Engine;
 use duckdb::arrow::array::{
     Array, ArrayRef, AsArray, BooleanArray, GenericBinaryArray, GenericListArray,
-    GenericStringArray, OffsetSizeTrait,
+    GenericStringArray, OffsetSizeTrait, PrimitiveArray, StringViewArray,
 };
 use duckdb::arrow::datatypes::{self as dt, DataType, IntervalUnit, TimeUnit};
 use duckdb::arrow::record_batch::RecordBatch;
@@ -85,7 +85,9 @@ pub fn for_each_chunk<B: std::borrow::Borrow<RecordBatch>, E>(
     for batch in batches {
         let batch = batch?;
         let batch = batch.borrow();
-        let columns: Vec<ArrayRef> = batch.columns().iter().map(decode_dictionary).collect();
+        let arrays: Vec<ArrayRef> = batch.columns().iter().map(decode_dictionary).collect();
+        let columns: Vec<ColumnCells<'_>> =
+            arrays.iter().map(|a| ColumnCells::of(a.as_ref())).collect();
         for row in 0..batch.num_rows() {
             if !first_row {
                 chunk.push(b',');
@@ -97,13 +99,13 @@ pub fn for_each_chunk<B: std::borrow::Borrow<RecordBatch>, E>(
                     chunk.push(b',');
                 }
                 chunk.extend_from_slice(&keys[i]);
-                if !write_plain_cell(column.as_ref(), row, &mut chunk) {
+                if !column.write_plain(row, &mut chunk) {
                     // A cell whose JSON has quotes (strings, and everything value_at builds).
                     match form {
-                        RowsForm::Json => write_quoted_cell(column.as_ref(), row, &mut chunk),
+                        RowsForm::Json => column.write_quoted(row, &mut chunk),
                         RowsForm::EscapedInString => {
                             scratch.clear();
-                            write_quoted_cell(column.as_ref(), row, &mut scratch);
+                            column.write_quoted(row, &mut scratch);
                             let text =
                                 std::str::from_utf8(&scratch).expect("serde_json writes UTF-8");
                             duckwire_core::escape_string_content(&mut chunk, text);
@@ -124,61 +126,118 @@ fn put<T: serde::Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) {
     serde_json::to_writer(out, value).expect("writing JSON to memory cannot fail");
 }
 
-/// Writes a cell whose JSON has no quote, backslash or control character (null, numbers,
-/// booleans, dates as numbers) straight into `out`, without building a [`Value`]; `false`
-/// (nothing written) for the other cells. The same text [`value_at`] gives (tested below).
-fn write_plain_cell(array: &dyn Array, row: usize, out: &mut Vec<u8>) -> bool {
-    /// A float as serde_json writes it (an f32 as the shortest text that reads back as that
-    /// f32, not its widened f64), NaN and ±inf as `null`.
-    fn float(out: &mut Vec<u8>, finite: bool, value: &impl serde::Serialize) {
-        if finite {
-            put(out, value);
-        } else {
-            out.extend_from_slice(b"null");
-        }
-    }
-    if array.is_null(row) {
-        out.extend_from_slice(b"null");
-        return true;
-    }
-    match array.data_type() {
-        DataType::Boolean => {
-            let value = array.as_boolean().value(row);
-            out.extend_from_slice(if value { b"true" } else { b"false" });
-        }
-        DataType::Int8 => put(out, &array.as_primitive::<dt::Int8Type>().value(row)),
-        DataType::Int16 => put(out, &array.as_primitive::<dt::Int16Type>().value(row)),
-        DataType::Int32 => put(out, &array.as_primitive::<dt::Int32Type>().value(row)),
-        DataType::Int64 => put(out, &array.as_primitive::<dt::Int64Type>().value(row)),
-        DataType::UInt8 => put(out, &array.as_primitive::<dt::UInt8Type>().value(row)),
-        DataType::UInt16 => put(out, &array.as_primitive::<dt::UInt16Type>().value(row)),
-        DataType::UInt32 => put(out, &array.as_primitive::<dt::UInt32Type>().value(row)),
-        DataType::UInt64 => put(out, &array.as_primitive::<dt::UInt64Type>().value(row)),
-        DataType::Float32 => {
-            let value = array.as_primitive::<dt::Float32Type>().value(row);
-            float(out, value.is_finite(), &value);
-        }
-        DataType::Float64 => {
-            let value = array.as_primitive::<dt::Float64Type>().value(row);
-            float(out, value.is_finite(), &value);
-        }
-        DataType::Date32 => put(
-            out,
-            &(i64::from(array.as_primitive::<dt::Date32Type>().value(row)) * MS_PER_DAY),
-        ),
-        _ => return false,
-    }
-    true
+/// A column's cells with its type resolved once per batch: the row loop then matches a
+/// small enum and reads the typed array, instead of matching the data type and downcasting
+/// for every cell (and skips the null check of a column without nulls).
+struct ColumnCells<'a> {
+    array: &'a dyn Array,
+    has_nulls: bool,
+    typed: Typed<'a>,
 }
 
-/// Writes any other cell: strings without building a [`Value`], the rest through
-/// [`value_at`].
-fn write_quoted_cell(array: &dyn Array, row: usize, out: &mut Vec<u8>) {
-    match array.data_type() {
-        DataType::Utf8 => put(out, array.as_string::<i32>().value(row)),
-        DataType::LargeUtf8 => put(out, array.as_string::<i64>().value(row)),
-        DataType::Utf8View => put(out, array.as_string_view().value(row)),
-        _ => put(out, &value_at(array, row)),
+enum Typed<'a> {
+    Boolean(&'a BooleanArray),
+    Int8(&'a PrimitiveArray<dt::Int8Type>),
+    Int16(&'a PrimitiveArray<dt::Int16Type>),
+    Int32(&'a PrimitiveArray<dt::Int32Type>),
+    Int64(&'a PrimitiveArray<dt::Int64Type>),
+    UInt8(&'a PrimitiveArray<dt::UInt8Type>),
+    UInt16(&'a PrimitiveArray<dt::UInt16Type>),
+    UInt32(&'a PrimitiveArray<dt::UInt32Type>),
+    UInt64(&'a PrimitiveArray<dt::UInt64Type>),
+    Float32(&'a PrimitiveArray<dt::Float32Type>),
+    Float64(&'a PrimitiveArray<dt::Float64Type>),
+    Date32(&'a PrimitiveArray<dt::Date32Type>),
+    Utf8(&'a GenericStringArray<i32>),
+    LargeUtf8(&'a GenericStringArray<i64>),
+    Utf8View(&'a StringViewArray),
+    /// Everything else goes through [`value_at`].
+    Other,
+}
+
+impl<'a> ColumnCells<'a> {
+    fn of(array: &'a dyn Array) -> Self {
+        let typed = match array.data_type() {
+            DataType::Boolean => Typed::Boolean(array.as_boolean()),
+            DataType::Int8 => Typed::Int8(array.as_primitive()),
+            DataType::Int16 => Typed::Int16(array.as_primitive()),
+            DataType::Int32 => Typed::Int32(array.as_primitive()),
+            DataType::Int64 => Typed::Int64(array.as_primitive()),
+            DataType::UInt8 => Typed::UInt8(array.as_primitive()),
+            DataType::UInt16 => Typed::UInt16(array.as_primitive()),
+            DataType::UInt32 => Typed::UInt32(array.as_primitive()),
+            DataType::UInt64 => Typed::UInt64(array.as_primitive()),
+            DataType::Float32 => Typed::Float32(array.as_primitive()),
+            DataType::Float64 => Typed::Float64(array.as_primitive()),
+            DataType::Date32 => Typed::Date32(array.as_primitive()),
+            DataType::Utf8 => Typed::Utf8(array.as_string()),
+            DataType::LargeUtf8 => Typed::LargeUtf8(array.as_string()),
+            DataType::Utf8View => Typed::Utf8View(array.as_string_view()),
+            _ => Typed::Other,
+        };
+        ColumnCells {
+            array,
+            has_nulls: array.null_count() > 0,
+            typed,
+        }
+    }
+
+    /// Writes a cell whose JSON has no quote, backslash or control character (null,
+    /// numbers, booleans, dates as numbers) straight into `out`, without building a
+    /// [`Value`]; `false` (nothing written) for the other cells. The same text [`value_at`]
+    /// gives (tested below).
+    fn write_plain(&self, row: usize, out: &mut Vec<u8>) -> bool {
+        /// A float as serde_json writes it (an f32 as the shortest text that reads back as
+        /// that f32, not its widened f64), NaN and ±inf as `null`.
+        fn float(out: &mut Vec<u8>, finite: bool, value: &impl serde::Serialize) {
+            if finite {
+                put(out, value);
+            } else {
+                out.extend_from_slice(b"null");
+            }
+        }
+        fn int(out: &mut Vec<u8>, value: impl itoa::Integer) {
+            out.extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
+        }
+        if self.has_nulls && self.array.is_null(row) {
+            out.extend_from_slice(b"null");
+            return true;
+        }
+        match self.typed {
+            Typed::Boolean(a) => out.extend_from_slice(if a.value(row) { b"true" } else { b"false" }),
+            Typed::Int8(a) => int(out, a.value(row)),
+            Typed::Int16(a) => int(out, a.value(row)),
+            Typed::Int32(a) => int(out, a.value(row)),
+            Typed::Int64(a) => int(out, a.value(row)),
+            Typed::UInt8(a) => int(out, a.value(row)),
+            Typed::UInt16(a) => int(out, a.value(row)),
+            Typed::UInt32(a) => int(out, a.value(row)),
+            Typed::UInt64(a) => int(out, a.value(row)),
+            Typed::Float32(a) => {
+                let value = a.value(row);
+                float(out, value.is_finite(), &value);
+            }
+            Typed::Float64(a) => {
+                let value = a.value(row);
+                float(out, value.is_finite(), &value);
+            }
+            Typed::Date32(a) => int(out, i64::from(a.value(row)) * MS_PER_DAY),
+            Typed::Utf8(_) | Typed::LargeUtf8(_) | Typed::Utf8View(_) | Typed::Other => {
+                return false
+            }
+        }
+        true
+    }
+
+    /// Writes any other cell: strings without building a [`Value`], the rest through
+    /// [`value_at`].
+    fn write_quoted(&self, row: usize, out: &mut Vec<u8>) {
+        match self.typed {
+            Typed::Utf8(a) => put(out, a.value(row)),
+            Typed::LargeUtf8(a) => put(out, a.value(row)),
+            Typed::Utf8View(a) => put(out, a.value(row)),
+            _ => put(out, &value_at(self.array, row)),
+        }
     }
 }
 
@@ -532,8 +591,9 @@ mod tests {
         for column in &columns {
             for row in 0..column.len() {
                 let mut direct = Vec::new();
-                if !write_plain_cell(column.as_ref(), row, &mut direct) {
-                    write_quoted_cell(column.as_ref(), row, &mut direct);
+                let cells = ColumnCells::of(column.as_ref());
+                if !cells.write_plain(row, &mut direct) {
+                    cells.write_quoted(row, &mut direct);
                 }
                 let through_value = serde_json::to_vec(&value_at(column.as_ref(), row)).unwrap();
                 assert_eq!(
