@@ -21,18 +21,19 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 /// The levels of each encoding, from fastest to smallest; a connection's pace is an index
-/// into them (clamped to the ladder's length). Index [`START`] is the level used before
-/// anything is known, chosen for a fast link (BENCHMARKS.md, "over a real network").
-/// Deflate (WebSocket `permessage-deflate` and gzip, on zlib-rs): level 8 is left out, it
-/// was slower than 9 on result JSON and no smaller.
-const DEFLATE_LEVELS: [u32; 8] = [1, 2, 3, 4, 5, 6, 7, 9];
+/// into them (clamped to the ladder's length). The first is the level used before anything
+/// is known and the floor, chosen for a fast link (BENCHMARKS.md, "over a real network").
+/// Deflate (WebSocket `permessage-deflate` and gzip, on zlib-rs): level 1 is left out (its
+/// "quick" strategy compresses Arrow results 3:1 where level 2 does 5:1), and level 8 (slower
+/// than 9 on result JSON and no smaller).
+const DEFLATE_LEVELS: [u32; 7] = [2, 3, 4, 5, 6, 7, 9];
 /// zstd levels 2–4 are as fast as 3 and no smaller; from 5 on, each step trades speed
 /// for size (flights JSON: 8.3:1 at 3, 10:1 at 9, 10.4:1 at 12).
-const ZSTD_LEVELS: [i32; 8] = [1, 3, 5, 6, 7, 9, 12, 15];
-const BROTLI_QUALITIES: [u32; 5] = [1, 4, 5, 6, 7];
+const ZSTD_LEVELS: [i32; 7] = [3, 5, 6, 7, 9, 12, 15];
+const BROTLI_QUALITIES: [u32; 4] = [4, 5, 6, 7];
 
 /// The rung a connection starts on: deflate 2, zstd 3, brotli 4.
-const START: usize = 1;
+const START: usize = 0;
 
 /// Unsent bytes in the kernel past which the link is behind: a small rest is a part on its
 /// way out, not a queue.
@@ -195,6 +196,8 @@ mod tests {
         let pace = CompressionPace::default();
         assert_eq!(pace.deflate_level(), 2);
         assert_eq!(pace.zstd_level(), 3);
+        pace.observe(Behind::Compressor);
+        assert_eq!(pace.deflate_level(), 2, "the start is the floor");
         for _ in 0..3 {
             pace.observe(Behind::Link);
         }
@@ -210,7 +213,8 @@ mod tests {
         for _ in 0..20 {
             pace.observe(Behind::Compressor);
         }
-        assert_eq!(pace.deflate_level(), 1, "the bottom rung holds");
+        assert_eq!(pace.deflate_level(), 2, "the bottom rung holds");
+        assert_eq!(pace.zstd_level(), 3);
     }
 
     #[test]

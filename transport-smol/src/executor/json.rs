@@ -204,7 +204,9 @@ impl<'a> ColumnCells<'a> {
             return true;
         }
         match self.typed {
-            Typed::Boolean(a) => out.extend_from_slice(if a.value(row) { b"true" } else { b"false" }),
+            Typed::Boolean(a) => {
+                out.extend_from_slice(if a.value(row) { b"true" } else { b"false" })
+            }
             Typed::Int8(a) => int(out, a.value(row)),
             Typed::Int16(a) => int(out, a.value(row)),
             Typed::Int32(a) => int(out, a.value(row)),
