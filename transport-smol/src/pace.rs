@@ -21,19 +21,20 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 /// The levels of each encoding, from fastest to smallest; a connection's pace is an index
-/// into them (clamped to the ladder's length). The first is the level used before anything
-/// is known and the floor, chosen for a fast link (BENCHMARKS.md, "over a real network").
-/// Deflate (WebSocket `permessage-deflate` and gzip, on zlib-rs): level 1 is left out (its
-/// "quick" strategy compresses Arrow results 3:1 where level 2 does 5:1), and level 8 (slower
-/// than 9 on result JSON and no smaller).
+/// into them (clamped to the ladder's length), starting at [`START`]; the first is the floor.
+/// Deflate (WebSocket `permessage-deflate` and gzip): level 2 for a fast link (the flights
+/// JSON 7.1:1 at 288 MB/s per core), 4 to start (8.0:1, and Arrow results 3.3:1 where level 2
+/// gives 3.2:1), up to 9 (8.6:1 at about 12 MB/s, still faster than a 10 Mbit/s link needs);
+/// level 8 is left out (as slow as 9, no smaller). BENCHMARKS.md, "Compression follows the
+/// link".
 const DEFLATE_LEVELS: [u32; 7] = [2, 3, 4, 5, 6, 7, 9];
 /// zstd levels 2–4 are as fast as 3 and no smaller; from 5 on, each step trades speed
 /// for size (flights JSON: 8.3:1 at 3, 10:1 at 9, 10.4:1 at 12).
-const ZSTD_LEVELS: [i32; 7] = [3, 5, 6, 7, 9, 12, 15];
-const BROTLI_QUALITIES: [u32; 4] = [4, 5, 6, 7];
+const ZSTD_LEVELS: [i32; 7] = [1, 2, 3, 5, 7, 9, 12];
+const BROTLI_QUALITIES: [u32; 6] = [2, 3, 4, 5, 6, 7];
 
-/// The rung a connection starts on: deflate 2, zstd 3, brotli 4.
-const START: usize = 0;
+/// The rung a connection starts on, before its link is known: deflate 4, zstd 3, brotli 4.
+const START: usize = 2;
 
 /// Unsent bytes in the kernel past which the link is behind: a small rest is a part on its
 /// way out, not a queue.
@@ -194,27 +195,28 @@ mod tests {
     #[test]
     fn the_level_climbs_while_the_link_is_behind_and_falls_while_the_compressor_is() {
         let pace = CompressionPace::default();
-        assert_eq!(pace.deflate_level(), 2);
+        assert_eq!(pace.deflate_level(), 4);
         assert_eq!(pace.zstd_level(), 3);
+        assert_eq!(pace.brotli_quality(), 4);
         pace.observe(Behind::Compressor);
-        assert_eq!(pace.deflate_level(), 2, "the start is the floor");
+        assert_eq!(pace.deflate_level(), 3);
         for _ in 0..3 {
             pace.observe(Behind::Link);
         }
-        assert_eq!(pace.deflate_level(), 5);
+        assert_eq!(pace.deflate_level(), 6);
         pace.observe(Behind::Neither);
-        assert_eq!(pace.deflate_level(), 5);
+        assert_eq!(pace.deflate_level(), 6);
         for _ in 0..20 {
             pace.observe(Behind::Link);
         }
         assert_eq!(pace.deflate_level(), 9, "the top rung holds");
-        assert_eq!(pace.zstd_level(), 15);
+        assert_eq!(pace.zstd_level(), 12);
         assert_eq!(pace.brotli_quality(), 7, "a shorter ladder is clamped");
         for _ in 0..20 {
             pace.observe(Behind::Compressor);
         }
         assert_eq!(pace.deflate_level(), 2, "the bottom rung holds");
-        assert_eq!(pace.zstd_level(), 3);
+        assert_eq!(pace.zstd_level(), 1);
     }
 
     #[test]

@@ -191,21 +191,15 @@ impl MessageDeflater {
     }
 
     /// Compresses what follows at `level` (0–9), within a message too: each part ends
-    /// flushed, so the level changes between two parts without touching what was sent.
+    /// flushed, so a fresh compressor at the new level continues the same message (deflate
+    /// blocks that do not reach back into the earlier parts are valid; only the 32 KiB
+    /// window is lost at that boundary). The pure-Rust backend cannot change level in place.
     pub fn set_level(&mut self, level: u32) {
         let level = level.min(9);
-        if level == self.level {
-            return;
-        }
-        if self.state.set_level(Compression::new(level)).is_err() {
-            // zlib-rs changes level in place only within one family of levels (1, 2,
-            // 3–6, 7–9): across families it would flush first, which flate2 gives it no
-            // room for. A fresh compressor continues the same message instead: after a
-            // flushed part, deflate blocks that do not reach back are valid (only the
-            // 32 KiB window is lost at that boundary).
+        if level != self.level {
             self.state = Compress::new(Compression::new(level), false);
+            self.level = level;
         }
-        self.level = level;
     }
 
     /// The next part of the current message, compressed and flushed so it can be sent as a
