@@ -283,7 +283,10 @@ impl ChunkSource<'_> {
                 taken,
             } => {
                 *taken += 1;
-                pacing.next_part(parts, *taken == 1).await
+                let size = |part: &std::io::Result<(Bytes, bool)>| {
+                    part.as_ref().map_or(0, |(part, _)| part.len())
+                };
+                pacing.next_part(parts, *taken == 1, size).await
             }
             ChunkSource::Result(result, meter) => {
                 let (bytes, last) = result.next().await?.into_parts();

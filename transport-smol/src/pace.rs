@@ -5,19 +5,24 @@
 //! the bytes saved decide and a higher level is free; on a fast one the compressor must keep
 //! up. No fixed level is right for both (BENCHMARKS.md, "over a real network": level 2 takes
 //! 0.112 s per MB of JSON at 10 Mbit/s where level 9 takes 0.093 s, but level 6 is CPU-bound
-//! below ~230 Mbit/s). So the writer watches the two facts that say which side is behind,
-//! each time it takes a compressed part:
+//! below ~230 Mbit/s). So the writer watches which side is behind each time it takes a
+//! compressed part, from the socket's unsent bytes (`TCP_INFO`'s `tcpi_notsent_bytes`):
 //!
-//! - the kernel still holds unsent bytes of this socket (`TCP_INFO`'s `tcpi_notsent_bytes`):
-//!   the link (or the peer's reading) is slower than compression → one level up;
-//! - the writer had to wait for the part and the socket had sent everything: the link waits
-//!   for the compressor → one level down.
+//! - the backlog of unsent bytes grew since the last part by a tenth of that part or more
+//!   (compression outruns the link), or the part was ready before the writer asked while the
+//!   socket is backed up (the writer itself waited on the socket): one level up;
+//! - the writer waited for the part and the backlog shrank meanwhile (the link drains faster
+//!   than compression fills it): one level down.
+//!
+//! The change of the backlog, not its size, decides: a socket buffer of megabytes drains for
+//! a long while after compression became the slower side, and a level judged by the size
+//! alone keeps climbing through it.
 //!
 //! The level is kept between replies of the connection, so a reply compressed whole (too
 //! small to be paced) is compressed at the level the connection's larger replies found.
 
 use std::os::fd::{AsFd, OwnedFd};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 /// The levels of each encoding, from fastest to smallest; a connection's pace is an index
@@ -52,13 +57,21 @@ pub enum Behind {
 }
 
 impl Behind {
-    /// What the writer saw: whether it `waited` for the part, and the socket's unsent bytes
-    /// (`None` where the kernel does not say).
-    pub fn judge(waited: bool, unsent: Option<u32>) -> Behind {
-        match unsent {
-            Some(unsent) if unsent >= LINK_BEHIND_BYTES => Behind::Link,
-            Some(0) if waited => Behind::Compressor,
-            _ => Behind::Neither,
+    /// What the writer saw when it took a part: whether it `waited` for it, the socket's
+    /// unsent bytes when it took the previous part (`before`) and now (`None` where the
+    /// kernel does not say), and the size of the previous part (what it `added`).
+    pub fn judge(waited: bool, before: u32, now: Option<u32>, added: usize) -> Behind {
+        let Some(now) = now else {
+            return Behind::Neither;
+        };
+        let grew = i64::from(now) - i64::from(before);
+        let backed_up = now >= LINK_BEHIND_BYTES;
+        if backed_up && (!waited || (grew > 0 && grew * 10 >= added as i64)) {
+            Behind::Link
+        } else if waited && (grew < 0 || now == 0) {
+            Behind::Compressor
+        } else {
+            Behind::Neither
         }
     }
 }
@@ -113,13 +126,17 @@ impl CompressionPace {
 pub struct Pacing {
     pace: Arc<CompressionPace>,
     probe: Option<LinkProbe>,
+    /// The socket's unsent bytes when the previous part was taken.
+    unsent_before: AtomicU32,
+    /// The compressed size of the previous part.
+    previous_part: AtomicUsize,
 }
 
 impl Pacing {
     pub fn new(probe: Option<LinkProbe>) -> Self {
         Pacing {
-            pace: Arc::default(),
             probe,
+            ..Pacing::default()
         }
     }
 
@@ -128,19 +145,30 @@ impl Pacing {
         self.pace.clone()
     }
 
-    /// The next compressed part from `parts` (`None` once they ended), judging on the way
-    /// which side is behind. Not for an answer's `first` part: the writer always waits for
-    /// that one, whatever the link.
-    pub async fn next_part<T>(&self, parts: &async_channel::Receiver<T>, first: bool) -> Option<T> {
+    /// The next compressed part from `parts` (`None` once they ended; `size` tells a part's
+    /// compressed bytes), judging on the way which side is behind. An answer's `first` part
+    /// is not judged (the writer always waits for it), only noted.
+    pub async fn next_part<T>(
+        &self,
+        parts: &async_channel::Receiver<T>,
+        first: bool,
+        size: impl Fn(&T) -> usize,
+    ) -> Option<T> {
         let (part, waited) = match parts.try_recv() {
             Ok(part) => (part, false),
             Err(async_channel::TryRecvError::Closed) => return None,
             Err(async_channel::TryRecvError::Empty) => (parts.recv().await.ok()?, true),
         };
+        let unsent = self.probe.as_ref().and_then(LinkProbe::unsent_bytes);
         if !first {
-            let unsent = self.probe.as_ref().and_then(LinkProbe::unsent_bytes);
-            self.pace.observe(Behind::judge(waited, unsent));
+            let before = self.unsent_before.load(Ordering::Relaxed);
+            let added = self.previous_part.load(Ordering::Relaxed);
+            self.pace
+                .observe(Behind::judge(waited, before, unsent, added));
         }
+        self.unsent_before
+            .store(unsent.unwrap_or(0), Ordering::Relaxed);
+        self.previous_part.store(size(&part), Ordering::Relaxed);
         Some(part)
     }
 }
@@ -221,13 +249,33 @@ mod tests {
 
     #[test]
     fn only_clear_facts_move_it() {
-        assert_eq!(Behind::judge(false, Some(200_000)), Behind::Link);
-        assert_eq!(Behind::judge(true, Some(200_000)), Behind::Link);
-        assert_eq!(Behind::judge(true, Some(0)), Behind::Compressor);
-        // Not waited: the part was ready before the writer asked, whatever the socket says.
-        assert_eq!(Behind::judge(false, Some(0)), Behind::Neither);
-        assert_eq!(Behind::judge(true, Some(100)), Behind::Neither);
-        assert_eq!(Behind::judge(true, None), Behind::Neither);
+        let part = 64 * 1024;
+        // The backlog grew by more than a tenth of the part: compression outruns the link.
+        assert_eq!(
+            Behind::judge(true, 100_000, Some(120_000), part),
+            Behind::Link
+        );
+        // Grew, but by less: about even, keep the level.
+        assert_eq!(
+            Behind::judge(true, 100_000, Some(103_000), part),
+            Behind::Neither
+        );
+        // The part was ready and the socket is backed up: the writer waited on the socket.
+        assert_eq!(
+            Behind::judge(false, 200_000, Some(200_000), part),
+            Behind::Link
+        );
+        // A backlog left from before that drains while the writer waits: the link is faster
+        // than compression now, however large the backlog still is.
+        assert_eq!(
+            Behind::judge(true, 900_000, Some(800_000), part),
+            Behind::Compressor
+        );
+        assert_eq!(Behind::judge(true, 0, Some(0), part), Behind::Compressor);
+        // Not waited and nothing backed up: the part was ready early, nothing to say.
+        assert_eq!(Behind::judge(false, 0, Some(0), part), Behind::Neither);
+        assert_eq!(Behind::judge(true, 0, Some(100), part), Behind::Neither);
+        assert_eq!(Behind::judge(true, 50_000, None, part), Behind::Neither);
     }
 
     #[test]

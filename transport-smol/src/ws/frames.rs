@@ -191,7 +191,7 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         for i in 0..parts {
             let part = self
                 .pacing
-                .next_part(&next_part, i == 0)
+                .next_part(&next_part, i == 0, |part| part.as_ref().map_or(0, Vec::len))
                 .await
                 .ok_or_else(|| io::Error::other("the compressing thread stopped"))?
                 .map_err(io::Error::other)?;
@@ -258,7 +258,10 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
                     // Cut short: the deflater is mid-message, so it is not given back.
                 });
                 loop {
-                    let Some(part) = self.pacing.next_part(&parts, first).await else {
+                    let size = |part: &Result<((Vec<u8>, usize), bool), _>| {
+                        part.as_ref().map_or(0, |((part, _), _)| part.len())
+                    };
+                    let Some(part) = self.pacing.next_part(&parts, first, size).await else {
                         break false;
                     };
                     let ((part, plain), last) = part.map_err(io::Error::other)?;
