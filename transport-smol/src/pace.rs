@@ -29,14 +29,16 @@ use std::sync::Arc;
 /// into them (clamped to the ladder's length), starting at [`START`]; the first is the floor.
 /// Deflate (WebSocket `permessage-deflate` and gzip): level 2 for a fast link (the flights
 /// JSON 7.1:1 at 288 MB/s per core), 4 to start (8.0:1, and Arrow results 3.3:1 where level 2
-/// gives 3.2:1), up to 9 (8.6:1 at about 12 MB/s, still faster than a 10 Mbit/s link needs);
-/// level 8 is left out (as slow as 9, no smaller). BENCHMARKS.md, "Compression follows the
-/// link".
-const DEFLATE_LEVELS: [u32; 7] = [2, 3, 4, 5, 6, 7, 9];
+/// gives 3.2:1), up to 6 (8.5:1 at 36 MB/s; zlib's default, and Mosaic's). Not 7–9: 1 % smaller
+/// JSON at half the speed, and Arrow results no smaller at all (5.3:1 at every level) at a
+/// fifth of it, so on a slow link they only made Arrow replies CPU-bound (WAN benchmark:
+/// 1M-row Arrow at 10 Mbit/s 2.69 s against 2.57 s at a fixed level). BENCHMARKS.md,
+/// "Compression follows the link".
+const DEFLATE_LEVELS: [u32; 5] = [2, 3, 4, 5, 6];
 /// zstd levels 2–4 are as fast as 3 and no smaller; from 5 on, each step trades speed
 /// for size (flights JSON: 8.3:1 at 3, 10:1 at 9, 10.4:1 at 12).
-const ZSTD_LEVELS: [i32; 7] = [1, 2, 3, 5, 7, 9, 12];
-const BROTLI_QUALITIES: [u32; 6] = [2, 3, 4, 5, 6, 7];
+const ZSTD_LEVELS: [i32; 5] = [1, 2, 3, 5, 7];
+const BROTLI_QUALITIES: [u32; 5] = [2, 3, 4, 5, 6];
 
 /// The rung a connection starts on, before its link is known: deflate 4, zstd 3, brotli 4.
 const START: usize = 2;
@@ -237,9 +239,9 @@ mod tests {
         for _ in 0..20 {
             pace.observe(Behind::Link);
         }
-        assert_eq!(pace.deflate_level(), 9, "the top rung holds");
-        assert_eq!(pace.zstd_level(), 12);
-        assert_eq!(pace.brotli_quality(), 7, "a shorter ladder is clamped");
+        assert_eq!(pace.deflate_level(), 6, "the top rung holds");
+        assert_eq!(pace.zstd_level(), 7);
+        assert_eq!(pace.brotli_quality(), 6);
         for _ in 0..20 {
             pace.observe(Behind::Compressor);
         }
