@@ -35,10 +35,15 @@ use std::sync::Arc;
 /// 1M-row Arrow at 10 Mbit/s 2.69 s against 2.57 s at a fixed level). BENCHMARKS.md,
 /// "Compression follows the link".
 const DEFLATE_LEVELS: [u32; 5] = [2, 3, 4, 5, 6];
-/// zstd levels 2–4 are as fast as 3 and no smaller; from 5 on, each step trades speed
-/// for size (flights JSON: 8.3:1 at 3, 10:1 at 9, 10.4:1 at 12).
+/// zstd 1–3 are about as fast and as small on result JSON (8.3–8.5:1 on flights in 256 KiB
+/// flushed parts); 5 and 7 trade speed for size (8.8:1, 9.6:1 at a fifth of the speed).
 const ZSTD_LEVELS: [i32; 5] = [1, 2, 3, 5, 7];
 const BROTLI_QUALITIES: [u32; 5] = [2, 3, 4, 5, 6];
+
+// One rung means the same step for every encoding.
+const _: () = assert!(
+    DEFLATE_LEVELS.len() == ZSTD_LEVELS.len() && DEFLATE_LEVELS.len() == BROTLI_QUALITIES.len()
+);
 
 /// The rung a connection starts on, before its link is known: deflate 4, zstd 3, brotli 4.
 const START: usize = 2;
@@ -50,9 +55,10 @@ const LINK_BEHIND_BYTES: u32 = 16 * 1024;
 /// Which side was behind when the writer took a part.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Behind {
-    /// The socket still held unsent bytes: the link waits for nothing.
+    /// Compression outruns the link: the socket's backlog grew, or the writer itself waited
+    /// on the backed-up socket.
     Link,
-    /// The writer waited for the part and the socket had sent everything.
+    /// The writer waited for the part while the socket's backlog drained (or was empty).
     Compressor,
     /// Neither clearly: keep the level.
     Neither,
@@ -94,7 +100,8 @@ impl Default for CompressionPace {
 }
 
 impl CompressionPace {
-    /// One step up or down (at most one per part, so a blip moves the level by one).
+    /// One step up or down (at most one per part, so a blip moves the level by one). The
+    /// ladders have the same length, so one rung means the same for every encoding.
     pub fn observe(&self, behind: Behind) {
         let step = |rung: usize| match behind {
             Behind::Link => Some((rung + 1).min(DEFLATE_LEVELS.len() - 1)),

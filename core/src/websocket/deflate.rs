@@ -190,6 +190,11 @@ impl MessageDeflater {
         }
     }
 
+    /// The level it compresses at.
+    pub fn level(&self) -> u32 {
+        self.level
+    }
+
     /// Compresses what follows at `level` (0–9), within a message too: each part ends
     /// flushed, so a fresh compressor at the new level continues the same message (deflate
     /// blocks that do not reach back into the earlier parts are valid; only the 32 KiB

@@ -43,10 +43,17 @@ impl DeflaterPool {
         }
     }
 
-    /// A deflater set to `level` (the connection's pace, `crate::pace`).
+    /// A deflater set to `level` (the connection's pace, `crate::pace`): an idle one of that
+    /// level if there is one (changing the level of another sets up a new compressor).
     fn take(&self, level: u32) -> MessageDeflater {
-        let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
-        match idle {
+        let taken = {
+            let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+            match idle.iter().rposition(|deflater| deflater.level() == level) {
+                Some(at) => Some(idle.swap_remove(at)),
+                None => idle.pop(),
+            }
+        };
+        match taken {
             Some(mut deflater) => {
                 deflater.set_level(level);
                 deflater
