@@ -26,7 +26,7 @@ use crate::http::{
     read_body, read_head, write_chunked_response, write_response, ChunkSource, HeadError,
     RequestHead, Response,
 };
-use crate::pace::{LinkProbe, Pacing};
+use crate::pace::Pacing;
 use crate::writer::StreamMeter;
 use duckwire_core::websocket::negotiate_deflate;
 use duckwire_core::Malformed;
@@ -121,15 +121,9 @@ async fn serve_http(
     let Some(queue) = open_http_connection(conn, &client, &shared).await else {
         return;
     };
-    // The compression level follows this connection's link from answer to answer; only a
-    // connection whose answers may be compressed needs the probe (its own socket handle).
-    let probe = shared
-        .config
-        .http_compression
-        .applies_to(&client.peer)
-        .then(|| LinkProbe::new(stream.tcp()))
-        .flatten();
-    let pacing = Pacing::new(probe);
+    // The compression level follows this connection's link from answer to answer.
+    let compressed = shared.config.http_compression.applies_to(&client.peer);
+    let pacing = Pacing::for_socket(stream.tcp(), compressed);
     let mut next = first;
     loop {
         let (input, head) = match next {

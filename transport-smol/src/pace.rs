@@ -21,7 +21,7 @@
 //! The level is kept between replies of the connection, so a reply compressed whole (too
 //! small to be paced) is compressed at the level the connection's larger replies found.
 
-use std::os::fd::{AsFd, OwnedFd};
+use smol::net::TcpStream;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -142,9 +142,13 @@ pub struct Pacing {
 }
 
 impl Pacing {
-    pub fn new(probe: Option<LinkProbe>) -> Self {
+    /// The pacing of a connection on `socket`; only one whose replies are `compressed`
+    /// reads the socket's facts.
+    pub fn for_socket(socket: &TcpStream, compressed: bool) -> Self {
         Pacing {
-            probe,
+            probe: compressed.then(|| LinkProbe {
+                socket: socket.clone(),
+            }),
             ..Pacing::default()
         }
     }
@@ -182,32 +186,27 @@ impl Pacing {
     }
 }
 
-/// Reads a socket's unsent bytes from the kernel (the facts [`Behind::judge`] needs).
+/// Reads a socket's unsent bytes from the kernel (the facts [`Behind::judge`] needs). It
+/// holds a clone of the connection's `TcpStream` (the same descriptor, shared), so it stays
+/// valid however the connection's halves are split, at no descriptor of its own.
 #[derive(Debug)]
-pub struct LinkProbe {
-    fd: OwnedFd,
+struct LinkProbe {
+    socket: TcpStream,
 }
 
 impl LinkProbe {
-    /// A probe on its own handle to the socket (a `dup`), so it stays valid however the
-    /// connection's halves are split and dropped. `None` if the handle cannot be had.
-    pub fn new(socket: &impl AsFd) -> Option<LinkProbe> {
-        let fd = socket.as_fd().try_clone_to_owned().ok()?;
-        Some(LinkProbe { fd })
-    }
-
     /// Bytes written to the socket that the kernel has not sent yet (`tcpi_notsent_bytes`,
     /// Linux 4.6+); `None` where the kernel does not say.
     #[cfg(target_os = "linux")]
-    pub fn unsent_bytes(&self) -> Option<u32> {
+    fn unsent_bytes(&self) -> Option<u32> {
         use std::os::fd::AsRawFd;
-        // SAFETY: `tcp_info` is plain data the kernel fills up to `len` bytes; the fd is
-        // ours (a dup) and open for as long as `self`.
+        // SAFETY: `tcp_info` is plain data the kernel fills up to `len` bytes; the
+        // descriptor is open for as long as `self` holds the stream.
         let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
         let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
         let done = unsafe {
             libc::getsockopt(
-                self.fd.as_raw_fd(),
+                self.socket.as_raw_fd(),
                 libc::IPPROTO_TCP,
                 libc::TCP_INFO,
                 (&mut info as *mut libc::tcp_info).cast(),
@@ -220,7 +219,7 @@ impl LinkProbe {
     }
 
     #[cfg(not(target_os = "linux"))]
-    pub fn unsent_bytes(&self) -> Option<u32> {
+    fn unsent_bytes(&self) -> Option<u32> {
         None
     }
 }
@@ -290,14 +289,14 @@ mod tests {
     #[test]
     fn the_kernel_counts_unsent_bytes_of_a_socket_nobody_reads() {
         use std::io::Write;
-        use std::net::TcpStream;
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let mut sender = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let mut sender = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (_unread, _) = listener.accept().unwrap();
-        let probe = LinkProbe::new(&sender).expect("a probe on Linux");
+        let socket = TcpStream::try_from(sender.try_clone().unwrap()).unwrap();
+        let probe = LinkProbe { socket };
         assert_eq!(probe.unsent_bytes(), Some(0));
-        // More than the peer's receive window: the rest stays in our send queue, unsent.
-        sender.set_nonblocking(true).unwrap();
+        // More than the peer's receive window: the rest stays in our send queue, unsent
+        // (`try_from` made the socket non-blocking, so the loop ends when it is full).
         let chunk = vec![7u8; 64 * 1024];
         let mut written = 0usize;
         while written < 64 * 1024 * 1024 {

@@ -20,7 +20,7 @@ use prometheus_client::metrics::counter::Counter;
 
 use crate::driver::{ConnectionWriter, DriverInput, Outbound, ReadGate, SentCounter, SentReports};
 use crate::metrics::Metrics;
-use crate::pace::{LinkProbe, Pacing};
+use crate::pace::Pacing;
 use crate::tls::Stream;
 use crate::writer::{PongSlot, StreamMeter};
 pub use frames::DeflaterPool;
@@ -135,12 +135,8 @@ pub async fn serve(
         before: settings.metrics.ws_deflated_bytes.clone(),
         after: settings.metrics.ws_deflated_wire_bytes.clone(),
     };
-    // Only a compressing connection needs the probe (its own handle on the socket).
-    let probe = settings
-        .deflate
-        .then(|| LinkProbe::new(&hangup_probe))
-        .flatten();
-    let frames = FrameWriter::new(sink, deflaters, counts, Pacing::new(probe));
+    let pacing = Pacing::for_socket(&hangup_probe, settings.deflate);
+    let frames = FrameWriter::new(sink, deflaters, counts, pacing);
     let pongs = Arc::new(PongSlot::default());
     let streamed = StreamedCounts {
         results: settings.metrics.results_streamed.clone(),
