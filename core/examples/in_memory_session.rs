@@ -70,6 +70,8 @@ impl Session {
                 Effect::SendStream { conn, window, .. } => {
                     self.server.handle_sent(conn, window).unwrap()
                 }
+                // Nor does it share one: a driver gives each reader the source's pieces.
+                Effect::ShareStream { .. } => {}
                 Effect::Close { conn, code, .. } => {
                     self.transport.closed.insert(conn, code);
                     self.server.handle_closed(conn, self.now).unwrap();

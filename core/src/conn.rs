@@ -162,6 +162,18 @@ impl Conn {
         self.outbound_bytes = self.outbound_bytes.saturating_sub(bytes);
     }
 
+    /// Whether a reply for `slot` (or, unordered, any reply) would be written at once:
+    /// open, nothing queued that its writer has not reported written, and no earlier answer
+    /// still due. A reader of a shared stream must be one (the stream waits for its slowest
+    /// reader, so a reader stuck behind another stream could hold up every reader).
+    pub(crate) fn would_write_at_once(&self, slot: Option<Slot>) -> bool {
+        let first_due = match slot {
+            None => true,
+            Some(slot) => self.answers.keys().next() == Some(&slot),
+        };
+        self.open && self.outbound_bytes == 0 && first_due
+    }
+
     // ----- ordered answers ------------------------------------------------------------------
 
     pub(crate) fn reserve_answer_slot(&mut self) -> Slot {

@@ -31,6 +31,18 @@ pub enum Effect {
         query: QueryHandle,
         window: usize,
     },
+    /// One streamed result read by several queries (identical persisted reads that waited
+    /// for `source`, PROTOCOL §3b): the stream the executor reported for `source` becomes one
+    /// stream per reader, `source`'s own and one for each of `readers`, and a `SendStream`
+    /// (or a streamed `Respond`) for each follows. Every piece goes to every reader; a
+    /// reader's stream begins with its own `header` in place of the source's first `cut`
+    /// bytes (the source's reply header). The executor waits for the slowest reader; a
+    /// reader whose connection is gone stops receiving, and the others go on.
+    ShareStream {
+        source: QueryHandle,
+        cut: usize,
+        readers: Vec<StreamReader>,
+    },
     /// Interrupt a running query (its result, if any still comes, is dropped or answered
     /// as cancelled).
     Interrupt { query: QueryHandle },
@@ -143,6 +155,15 @@ pub struct RunQuery {
     /// streams it past the stream policy's `above`. `None`: the bare rows
     /// ([`QueryOutcome::Json`]), as HTTP answers and the Mosaic socket carry them.
     pub json_header: Option<JsonReplyHeader>,
+}
+
+/// A query that reads another's streamed result ([`Effect::ShareStream`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamReader {
+    pub query: QueryHandle,
+    pub conn: ConnId,
+    /// What its reply starts with (its own query id's header; empty for bare results).
+    pub header: Bytes,
 }
 
 /// When and how far a result is streamed (PROTOCOL §3b), from `Config`.

@@ -30,7 +30,8 @@ pub use codec::{
 };
 pub use config::{Refusal, DEFAULT_STREAM_RESULTS_ABOVE, DEFAULT_STREAM_WINDOW_BYTES};
 pub use effect::{
-    Effect, Gate, QueryOutcome, RunQuery, StreamPolicy, UploadOutcome, UploadTable, Verdict,
+    Effect, Gate, QueryOutcome, RunQuery, StreamPolicy, StreamReader, UploadOutcome, UploadTable,
+    Verdict,
 };
 pub use error::{ProtocolError, ServerError};
 pub use framing::Malformed;

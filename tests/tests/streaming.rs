@@ -163,6 +163,88 @@ fn json_results_past_the_threshold_arrive_whole_over_every_door() {
     assert_eq!(server.metric("duckwire_results_streamed_total"), 5.0);
 }
 
+/// A result DuckDB starts producing after a second or more (an uncorrelated subquery that
+/// counts 3·10^8 rows runs first), long enough for identical requests sent right after the
+/// first to find it running; then 1M rows, streamed.
+const SLOW_THEN_MILLION_ROWS: &str = "select range as i, range * 2 as j from range(1000000) \
+     where (select count(*) from range(300000000) t(k) where k % 7 = 3) > 0";
+
+/// The same as JSON text, fewer rows (about 5 MB).
+const SLOW_THEN_JSON_ROWS: &str = "select range as i, range * 2 as j from range(200000) \
+     where (select count(*) from range(300000000) t(k) where k % 7 = 3) > 0";
+
+/// Identical persisted reads waiting for a result that streams read its stream (PROTOCOL
+/// §3b): DuckDB runs once, every reader gets every row under its own query id, Arrow and
+/// JSON alike, with or without compression.
+#[test]
+fn identical_persisted_reads_share_one_streamed_result() {
+    let mut flags = SMALL_THRESHOLD.to_vec();
+    flags.extend(["--ws-compression", "on"]);
+    let server = ServerProcess::start(&flags);
+    let persisted = |kind: &str, id: &str| {
+        let sql = match kind {
+            "json" => SLOW_THEN_JSON_ROWS,
+            _ => SLOW_THEN_MILLION_ROWS,
+        };
+        json!({"type":kind,"sql":sql,"queryId":id,"persist":true})
+    };
+    let mut readers: Vec<Client> = (0..3).map(|_| server.connect()).collect();
+    for (reader, id) in readers.iter_mut().zip(["a", "b", "c"]) {
+        reader.send_json(persisted("arrow", id));
+    }
+    // Each reader reads as a browser tab does, at once and on its own: the stream goes at
+    // the pace of the slowest, so one client reading its connections one after the other
+    // would wait for itself.
+    std::thread::scope(|scope| {
+        for (reader, id) in readers.iter_mut().zip(["a", "b", "c"]) {
+            scope.spawn(move || {
+                let frame = reader.recv_binary();
+                let (frame_header, ipc) = split_arrow_frame(&frame);
+                assert_eq!(frame_header["queryId"], id);
+                assert_eq!(checked_rows(ipc), MILLION_ROWS_CHECK, "{id}");
+            });
+        }
+    });
+    assert_eq!(server.metric("duckwire_queries_shared_total"), 2.0);
+    assert_eq!(
+        server.metric("duckwire_cache_misses_total"),
+        1.0,
+        "run once"
+    );
+
+    // JSON: the rows escaped into each reply's `data`, one reader compressing.
+    let mut deflating = DeflateClient::connect(&server.url("/"), Some(BROWSER_OFFER)).unwrap();
+    assert!(deflating.deflate());
+    readers[0].send_json(persisted("json", "j1"));
+    let query = persisted("json", "j2").to_string();
+    deflating.send_text(&query).unwrap();
+    let (plain, compressed) = std::thread::scope(|scope| {
+        let plain = scope.spawn(|| readers[0].recv_json());
+        let compressed: serde_json::Value =
+            serde_json::from_str(&deflating.recv().unwrap().text()).unwrap();
+        (plain.join().unwrap(), compressed)
+    });
+    for (reply, id) in [(plain, "j1"), (compressed, "j2")] {
+        assert_eq!(reply["queryId"], id);
+        let rows = checked_json_rows_of(reply["data"].as_str().unwrap());
+        assert_eq!(rows, (200_000, 19_999_900_000), "{id}");
+    }
+    assert_eq!(server.metric("duckwire_queries_shared_total"), 3.0);
+    assert_eq!(server.metric("duckwire_cache_misses_total"), 2.0);
+}
+
+/// Rows of `[{"i":…,"j":…}, …]` with `j = 2i`, and the sum of `i`.
+fn checked_json_rows_of(text: &str) -> (usize, i64) {
+    let rows: Vec<serde_json::Value> = serde_json::from_str(text).expect("a JSON array");
+    let mut sum = 0;
+    for row in &rows {
+        let i = row["i"].as_i64().expect("i");
+        assert_eq!(row["j"].as_i64(), Some(2 * i));
+        sum += i;
+    }
+    (rows.len(), sum)
+}
+
 #[test]
 fn streamed_results_are_compressed_on_the_socket_and_over_http() {
     let mut flags = SMALL_THRESHOLD.to_vec();

@@ -7,6 +7,10 @@
 //! after a write was acknowledged never shares a result computed before it. A leader whose
 //! result cannot be shared (its client cancelled it, it wrote, or its connection went away)
 //! releases its waiters to run on their own.
+//!
+//! A leader whose result streams (PROTOCOL §3b) lands its flight as it starts: the waiters
+//! whose replies would be written at once read its stream (`shared_streams`), the others run
+//! on their own, and the flight can no longer be joined (a reply cannot begin midway).
 
 use std::collections::BTreeMap;
 
@@ -35,8 +39,20 @@ pub(crate) struct Flights {
     joinable: BTreeMap<FlightKey, QueryHandle>,
     by_leader: BTreeMap<QueryHandle, Flight>,
     leader_of: BTreeMap<QueryHandle, QueryHandle>,
+    /// Streams read by several queries: the stream's source (the leader's handle, which the
+    /// executor reports under) and the queries still reading it, the leader's while it stays.
+    shared_streams: BTreeMap<QueryHandle, Vec<QueryHandle>>,
+    reading: BTreeMap<QueryHandle, QueryHandle>,
     /// Waiters answered from a leader's result since the server started.
     pub(super) shared: u64,
+}
+
+/// A reader that stopped reading a shared stream ([`Flights::stop_reading`]).
+pub(super) enum StoppedReading {
+    /// Others still read it: its source runs on.
+    OthersRead,
+    /// It was the last reader: nobody wants the source's result any more.
+    Last { source: QueryHandle },
 }
 
 impl Flights {
@@ -102,6 +118,45 @@ impl Flights {
 
     pub(super) fn is_waiting(&self, handle: QueryHandle) -> bool {
         self.leader_of.contains_key(&handle)
+    }
+
+    /// `readers` (the source first) read the stream `source` began.
+    pub(super) fn share_stream(&mut self, source: QueryHandle, readers: Vec<QueryHandle>) {
+        for reader in &readers {
+            self.reading.insert(*reader, source);
+        }
+        self.shared_streams.insert(source, readers);
+    }
+
+    /// `reader` stops reading its shared stream; `None` if it reads none.
+    pub(super) fn stop_reading(&mut self, reader: QueryHandle) -> Option<StoppedReading> {
+        let source = self.reading.remove(&reader)?;
+        let readers = self.shared_streams.get_mut(&source)?;
+        readers.retain(|r| *r != reader);
+        if !readers.is_empty() {
+            return Some(StoppedReading::OthersRead);
+        }
+        self.shared_streams.remove(&source);
+        Some(StoppedReading::Last { source })
+    }
+
+    /// The shared stream `source` ended (whole or not): the queries still reading it.
+    pub(super) fn end_stream(&mut self, source: QueryHandle) -> Option<Vec<QueryHandle>> {
+        let readers = self.shared_streams.remove(&source)?;
+        for reader in &readers {
+            self.reading.remove(reader);
+        }
+        Some(readers)
+    }
+
+    /// Whether `reader` reads a shared stream.
+    pub(super) fn reads_shared_stream(&self, reader: QueryHandle) -> bool {
+        self.reading.contains_key(&reader)
+    }
+
+    /// Whether `source` began a stream others read.
+    pub(super) fn is_shared_stream(&self, source: QueryHandle) -> bool {
+        self.shared_streams.contains_key(&source)
     }
 
     /// Requests waiting.

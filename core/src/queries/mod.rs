@@ -20,7 +20,7 @@ use crate::timers::TimerKey;
 use crate::ProtocolError;
 pub(crate) use barrier::InOrder;
 use barrier::KnownReads;
-use flights::{Flight, FlightKey};
+use flights::{Flight, FlightKey, StoppedReading};
 
 mod outcomes;
 mod streaming;
@@ -296,6 +296,11 @@ impl Server {
             self.start_held_queries(now);
             return;
         }
+        let timeout = ProtocolError::QueryTimeout(limit);
+        if self.stop_reading_shared(query, timeout, now) {
+            self.start_held_queries(now);
+            return;
+        }
         if let Some(entry) = self.queries.get_mut(query) {
             if !entry.timed_out {
                 entry.timed_out = true;
@@ -390,6 +395,15 @@ impl Server {
             if self.flights.leave(handle) {
                 continue; // a waiter: nothing runs
             }
+            match self.flights.stop_reading(handle) {
+                // Others still read the stream it read: it runs on for them.
+                Some(StoppedReading::OthersRead) => continue,
+                Some(StoppedReading::Last { source }) => {
+                    self.push(Effect::Interrupt { query: source });
+                    continue;
+                }
+                None => {}
+            }
             if let Some(flight) = self.flights.land(handle) {
                 // Its waiters belong to other connections: they run on their own now.
                 self.release_waiters(flight);
@@ -416,6 +430,21 @@ impl Server {
                 now,
             );
             self.send_error(conn, ProtocolError::Cancelled, Some(query_id), now);
+            return;
+        }
+        if let Some(reader) = handle.filter(|h| self.flights.reads_shared_stream(*h)) {
+            // Others read the same stream: it stops reading alone, its connection closing
+            // as a stream cut by a cancel does.
+            self.send(
+                conn,
+                ServerMessage::CancelAck {
+                    query_id,
+                    cancelled: true,
+                },
+                now,
+            );
+            self.stop_reading_shared(reader, ProtocolError::Cancelled, now);
+            self.start_held_queries(now);
             return;
         }
         let cancelled = match handle.and_then(|h| self.queries.get_mut(h).map(|q| (h, q))) {

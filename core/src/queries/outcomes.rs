@@ -21,7 +21,7 @@ impl Server {
             };
             return self.upload_done(handle, outcome, now);
         }
-        if self.is_streaming(handle) {
+        if self.is_streaming(handle) || self.is_shared_stream(handle) {
             return self.streamed_query_done(handle, outcome, wrote, now);
         }
         // The end of a stream the core never began: `query_streaming` refused it because the

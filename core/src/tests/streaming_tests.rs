@@ -6,10 +6,11 @@ use serde_json::json;
 
 use super::harness::*;
 use super::http_tests::{http_info, post};
+use crate::codec::encode_arrow_frame_header;
 use crate::server::close_code;
 use crate::{
-    Config, ConnId, ConnectionInfo, Dialect, Effect, HttpResponse, Limits, QueryHandle,
-    QueryOutcome, RunQuery, StreamPolicy,
+    Config, ConnId, ConnectionInfo, Dialect, Effect, HttpResponse, Limits, QueryHandle, QueryId,
+    QueryOutcome, RunQuery, StreamPolicy, StreamReader,
 };
 
 const WINDOW: usize = 1 << 20;
@@ -220,20 +221,242 @@ fn a_query_timed_out_before_its_stream_began_answers_the_timeout() {
     );
 }
 
+fn persisted(id: &str) -> serde_json::Value {
+    json!({"type":"arrow","sql":"select big","queryId":id,"persist":true})
+}
+
+fn shares(effects: &[Effect]) -> Vec<(QueryHandle, usize, Vec<StreamReader>)> {
+    effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::ShareStream {
+                source,
+                cut,
+                readers,
+            } => Some((*source, *cut, readers.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn interrupts(effects: &[Effect]) -> Vec<QueryHandle> {
+    effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Interrupt { query } => Some(*query),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Connection 1 leads "a", 2 and 3 wait with "b" and "c"; the leader's result streams.
+/// Returns the leader's handle and the readers' (in connection order).
+fn one_stream_three_readers(h: &mut Harness) -> (QueryHandle, Vec<QueryHandle>) {
+    for conn in 1..=3 {
+        h.open(conn);
+    }
+    let leader = runs(&h.text(1, persisted("a")))[0].query;
+    assert!(runs(&h.text(2, persisted("b"))).is_empty(), "waits");
+    assert!(runs(&h.text(3, persisted("c"))).is_empty(), "waits");
+    let started = streaming(h, leader);
+    let shared = shares(&started);
+    assert_eq!(shared.len(), 1);
+    let (source, cut, readers) = shared[0].clone();
+    assert_eq!(source, leader);
+    assert_eq!(
+        cut,
+        encode_arrow_frame_header(&QueryId::Str("a".into())).len()
+    );
+    let heads: Vec<(u64, Bytes)> = readers
+        .iter()
+        .map(|r| (r.conn.0, r.header.clone()))
+        .collect();
+    assert_eq!(
+        heads,
+        vec![
+            (2, encode_arrow_frame_header(&QueryId::Str("b".into()))),
+            (3, encode_arrow_frame_header(&QueryId::Str("c".into()))),
+        ],
+        "each reply keeps its own query id"
+    );
+    // The readers are announced before any reply starts (the driver splits the stream
+    // first), and nothing runs again.
+    let share_at = started
+        .iter()
+        .position(|e| matches!(e, Effect::ShareStream { .. }));
+    let first_send = started
+        .iter()
+        .position(|e| matches!(e, Effect::SendStream { .. }));
+    assert!(share_at < first_send);
+    assert!(runs(&started).is_empty());
+    let readers: Vec<QueryHandle> = readers.iter().map(|r| r.query).collect();
+    assert_eq!(
+        stream_sends(&started),
+        vec![
+            (1, leader, WINDOW),
+            (2, readers[0], WINDOW),
+            (3, readers[1], WINDOW)
+        ]
+    );
+    (leader, readers)
+}
+
 #[test]
-fn waiters_for_a_result_that_streams_run_on_their_own() {
+fn waiters_for_a_result_that_streams_read_the_same_stream() {
+    let mut h = Harness::new(config());
+    let (leader, readers) = one_stream_three_readers(&mut h);
+    assert!(readers.iter().all(|r| h.server.is_streaming(*r)));
+    assert_eq!(h.server.queries_shared(), 2);
+    let ended = done(&mut h, leader, QueryOutcome::Streamed);
+    assert!(
+        ended.is_empty(),
+        "whole: nothing more for anyone: {ended:?}"
+    );
+    assert!(!h.server.is_streaming(leader));
+    assert!(readers.iter().all(|r| !h.server.is_streaming(*r)));
+}
+
+#[test]
+fn a_shared_stream_that_fails_closes_every_readers_connection_with_its_own_id() {
+    let mut h = Harness::new(config());
+    let (leader, _) = one_stream_three_readers(&mut h);
+    let failed = done(&mut h, leader, QueryOutcome::Failed("boom".into()));
+    let reason = |id: &str| format!("query {id} failed after its result began: boom");
+    assert_eq!(
+        broken_streams(&failed),
+        vec![(1, reason("a")), (2, reason("b")), (3, reason("c"))]
+    );
+}
+
+#[test]
+fn a_reader_that_cancels_leaves_the_others_reading() {
+    let mut h = Harness::new(config());
+    let (leader, _) = one_stream_three_readers(&mut h);
+    let cancel = h.text(2, json!({"type":"cancel","queryId":"b"}));
+    assert!(interrupts(&cancel).is_empty(), "the others still read");
+    assert_eq!(
+        sent_json(&cancel, 2),
+        vec![json!({"type":"cancelAck","queryId":"b","cancelled":true})]
+    );
+    let reason = "query b failed after its result began: Query was cancelled";
+    assert_eq!(broken_streams(&cancel), vec![(2, reason.into())]);
+    // The leader itself cancels: the last reader still reads, the run goes on.
+    let cancel = h.text(1, json!({"type":"cancel","queryId":"a"}));
+    assert!(interrupts(&cancel).is_empty());
+    assert_eq!(broken_streams(&cancel).len(), 1);
+    let ended = done(&mut h, leader, QueryOutcome::Streamed);
+    assert!(closes(&ended).is_empty(), "c's reply is whole: {ended:?}");
+}
+
+#[test]
+fn the_run_stops_once_nobody_reads_its_stream() {
+    let mut h = Harness::new(config());
+    let (leader, _) = one_stream_three_readers(&mut h);
+    for conn in [1, 3] {
+        h.server.handle_closed(ConnId(conn), h.now()).unwrap();
+        assert!(interrupts(&h.drain()).is_empty(), "a reader is left");
+    }
+    h.server.handle_closed(ConnId(2), h.now()).unwrap();
+    assert_eq!(interrupts(&h.drain()), vec![leader]);
+    // Its worker then ends interrupted: nobody is left to tell.
+    assert!(done(&mut h, leader, QueryOutcome::Cancelled).is_empty());
+}
+
+#[test]
+fn a_reader_that_times_out_leaves_alone() {
+    let mut h = Harness::new(Config {
+        query_timeout_ms: Some(100),
+        ..config()
+    });
+    h.open(1);
+    let leader = runs(&h.text(1, persisted("a")))[0].query;
+    h.now += 60;
+    h.open(2);
+    h.text(2, persisted("b"));
+    streaming(&mut h, leader);
+    // The leader's deadline comes first: it leaves, the run goes on for "b".
+    h.now += 50;
+    h.server.handle_timeout(h.now()).unwrap();
+    let timed_out = h.drain();
+    assert!(interrupts(&timed_out).is_empty());
+    let reason = "query a failed after its result began: query timeout (100 ms) exceeded";
+    assert_eq!(broken_streams(&timed_out), vec![(1, reason.into())]);
+    // Then b's: nobody reads, the run is interrupted.
+    h.now += 60;
+    h.server.handle_timeout(h.now()).unwrap();
+    let timed_out = h.drain();
+    assert_eq!(interrupts(&timed_out), vec![leader]);
+    assert_eq!(broken_streams(&timed_out).len(), 1);
+}
+
+#[test]
+fn a_waiter_whose_connection_has_replies_queued_runs_on_its_own() {
     let mut h = Harness::new(config());
     h.open(1);
     h.open(2);
-    let persisted =
-        |id: &str| json!({"type":"arrow","sql":"select big","queryId":id,"persist":true});
-    let leader = runs(&h.text(1, persisted("a")))[0].clone();
+    let leader = runs(&h.text(1, persisted("a")))[0].query;
+    // Connection 2 has a reply its writer has not yet reported written: a stream for it
+    // would wait behind it, so it does not read the leader's.
+    let other = runs(&h.text(2, json!({"type":"json","sql":"select 1","queryId":"x"})))[0].query;
+    h.classified_read(other);
+    assert_eq!(
+        done(&mut h, other, QueryOutcome::Json("[]".into())).len(),
+        1
+    );
     assert!(runs(&h.text(2, persisted("b"))).is_empty(), "waits");
-    let started = streaming(&mut h, leader.query);
-    assert_eq!(stream_sends(&started).len(), 1);
+    let started = streaming(&mut h, leader);
+    assert!(shares(&started).is_empty());
     let rerun = runs(&started);
     assert_eq!(rerun.len(), 1, "the waiter runs its own query");
     assert_eq!(rerun[0].conn, ConnId(2));
+    assert_eq!(stream_sends(&started), vec![(1, leader, WINDOW)]);
+}
+
+#[test]
+fn an_http_waiter_reads_the_stream_in_its_turn_and_bare() {
+    let mut h = Harness::new(config());
+    h.open_with(1, http_info());
+    h.open_with(2, http_info());
+    let body = json!({"type":"arrow","sql":"select big","persist":true});
+    h.server
+        .handle_http_request(ConnId(1), post(body.clone()), h.now())
+        .unwrap();
+    let leader = runs(&h.drain())[0].query;
+    h.server
+        .handle_http_request(ConnId(2), post(body), h.now())
+        .unwrap();
+    assert!(runs(&h.drain()).is_empty(), "waits");
+    let started = streaming(&mut h, leader);
+    let shared = shares(&started);
+    assert_eq!(shared.len(), 1);
+    let (_, cut, readers) = shared[0].clone();
+    assert_eq!((cut, readers[0].header.len()), (0, 0), "bare: no header");
+    let answers: Vec<(u64, HttpResponse)> = started
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Respond { conn, response } => Some((conn.0, response.clone())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        answers,
+        vec![
+            (
+                1,
+                HttpResponse::Streamed {
+                    query: leader,
+                    window: WINDOW
+                }
+            ),
+            (
+                2,
+                HttpResponse::Streamed {
+                    query: readers[0].query,
+                    window: WINDOW
+                }
+            ),
+        ]
+    );
 }
 
 #[test]

@@ -956,6 +956,11 @@ impl<'t> Session<'t> {
                     query,
                     window,
                 } => self.observe_stream(conn.0, *query, *window, step)?,
+                // Only identical persisted reads share a stream; this session sends none
+                // (`ordered` and the core's tests cover them).
+                Effect::ShareStream { .. } => {
+                    return violation("a shared stream in a session without persisted reads");
+                }
                 Effect::AppendRoomUpdate { room_id, seq, .. } => {
                     ensure!(self.cluster, "a log append while durable_room_log is off");
                     appends.push((room_id.clone(), *seq));

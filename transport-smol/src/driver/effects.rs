@@ -3,6 +3,7 @@
 //! once), rooms to meta storage or the cluster broker. (A child of `driver`.)
 
 use super::*;
+use duckwire_core::StreamReader;
 
 impl Driver {
     /// Carries out the core's effects, and answers persisted reads the in-memory cache holds
@@ -64,6 +65,11 @@ impl Driver {
                     // A worker waiting to hand over its next piece stops too.
                     streams.remove(&query);
                 }
+                Effect::ShareStream {
+                    source,
+                    cut,
+                    readers,
+                } => share_stream(streams, source, cut, readers),
                 Effect::SendStream {
                     conn,
                     query,
@@ -253,6 +259,25 @@ impl Driver {
 /// A streamed result to its connection's writer. One the driver no longer holds (its
 /// query was interrupted) reaches the writer as a broken stream, which ends the connection's
 /// output as a failed stream does: the core is closing it.
+/// The stream `source`'s worker reported becomes one per reader (each taken by its
+/// `SendStream` or streamed answer, which follow).
+fn share_stream(
+    streams: &mut HashMap<QueryHandle, (ConnId, ResultStream)>,
+    source: QueryHandle,
+    cut: usize,
+    readers: Vec<StreamReader>,
+) {
+    let Some((conn, stream)) = streams.remove(&source) else {
+        return;
+    };
+    let headers = readers.iter().map(|r| r.header.clone()).collect();
+    let (own, theirs) = stream.share(cut, headers);
+    streams.insert(source, (conn, own));
+    for (reader, stream) in readers.into_iter().zip(theirs) {
+        streams.insert(reader.query, (reader.conn, stream));
+    }
+}
+
 fn stream_to_connection(
     writers: &HashMap<ConnId, ConnectionWriter>,
     streams: &mut HashMap<QueryHandle, (ConnId, ResultStream)>,

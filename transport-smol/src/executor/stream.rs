@@ -91,6 +91,94 @@ impl ResultStream {
     }
 }
 
+impl ResultStream {
+    /// The same pieces for several readers (identical persisted reads, PROTOCOL §3b): the
+    /// stream for the source's own reply, and one for each of `headers`, whose reply
+    /// starts with that header in place of the source's first `cut` bytes. A task hands
+    /// every piece to every reader (the bytes are shared, not copied, except a reader's
+    /// first piece, which carries its header). Each reader may fall a window behind the
+    /// fastest (its channel holds as many pieces as the source's), so readers of
+    /// different speeds do not wait for each other at every piece; past that the executor
+    /// goes at the pace of the slowest, and the pieces held stay within two windows
+    /// whatever the number of readers. A reader that is gone stops receiving, and once none
+    /// is left the source is dropped and its worker stops at its next piece.
+    pub fn share(self, cut: usize, headers: Vec<Bytes>) -> (ResultStream, Vec<ResultStream>) {
+        let text = self.text;
+        let window_pieces = self.pieces.capacity().unwrap_or(1);
+        let mut readers = Vec::with_capacity(headers.len() + 1);
+        let mut streams = Vec::with_capacity(headers.len() + 1);
+        for header in std::iter::once(None).chain(headers.into_iter().map(Some)) {
+            let (sender, pieces) = async_channel::bounded(window_pieces);
+            streams.push(ResultStream { pieces, text });
+            readers.push(SharedReader {
+                sender,
+                header: header.map(|header| (header, cut)),
+            });
+        }
+        crate::spawn(hand_out(self, readers)).detach();
+        let own = streams.remove(0);
+        (own, streams)
+    }
+}
+
+/// One reader of a shared stream, as [`hand_out`] feeds it.
+struct SharedReader {
+    sender: async_channel::Sender<StreamPiece>,
+    /// Its own header and how many of the source's bytes it replaces (still to skip), until
+    /// its first piece went.
+    header: Option<(Bytes, usize)>,
+}
+
+impl SharedReader {
+    /// `piece` as this reader gets it: the source's header swapped for its own in the first
+    /// bytes; `None` when the whole piece was header.
+    fn reheaded(&mut self, piece: &Bytes) -> Option<Bytes> {
+        let Some((header, skip)) = self.header.take() else {
+            return Some(piece.clone());
+        };
+        if piece.len() < skip {
+            // A source header split across pieces (not how the executor writes one, but
+            // nothing here depends on it): skip the rest in the next.
+            self.header = Some((header, skip - piece.len()));
+            return None;
+        }
+        let mut first = Vec::with_capacity(header.len() + piece.len() - skip);
+        first.extend_from_slice(&header);
+        first.extend_from_slice(&piece[skip..]);
+        Some(Bytes::from(first))
+    }
+}
+
+/// The task behind [`ResultStream::share`]: each piece of `source` to every reader still
+/// there, in order.
+async fn hand_out(source: ResultStream, mut readers: Vec<SharedReader>) {
+    while let Some(piece) = source.next().await {
+        let (bytes, last) = piece.into_parts();
+        let mut kept = Vec::with_capacity(readers.len());
+        for mut reader in readers.drain(..) {
+            let piece = match reader.reheaded(&bytes) {
+                Some(bytes) if last => StreamPiece::Last(bytes),
+                Some(bytes) => StreamPiece::More(bytes),
+                None if last => StreamPiece::Last(Bytes::new()),
+                None => {
+                    kept.push(reader);
+                    continue;
+                }
+            };
+            // The slowest reader decides the pace; one whose writer is gone is let go.
+            if reader.sender.send(piece).await.is_ok() {
+                kept.push(reader);
+            }
+        }
+        readers = kept;
+        if last || readers.is_empty() {
+            return;
+        }
+    }
+    // The source ended without its last piece: the readers' channels close with `readers`,
+    // and each writer sees its stream cut short.
+}
+
 /// Ends a stream from outside (an interrupt): its worker's wait for room in the window ends
 /// with an error, its reader gets what was produced and then the end without the last piece.
 /// Weak: it keeps the stream alive for neither side.
@@ -257,7 +345,8 @@ impl<'a> ResultWriter<'a> {
         let buffers = Arc::new(PieceBuffers {
             free: Mutex::new(Vec::new()),
             allocated: Default::default(),
-            keep: capacity + 4,
+            // A shared stream's readers hold up to two windows of pieces (`share`).
+            keep: 2 * capacity + 4,
         });
         self.streaming = Some(Streaming {
             piece: buffers.take(),
@@ -402,6 +491,93 @@ mod tests {
             allocated <= 4 + 6,
             "{allocated} buffers allocated for {pieces} pieces"
         );
+    }
+
+    /// A source of these pieces, fed from outside (the worker's side).
+    fn fed_stream() -> (async_channel::Sender<StreamPiece>, ResultStream) {
+        let (sender, pieces) = async_channel::bounded(4);
+        (
+            sender,
+            ResultStream {
+                pieces,
+                text: false,
+            },
+        )
+    }
+
+    async fn read_all(stream: ResultStream) -> (Vec<u8>, bool) {
+        let mut all = Vec::new();
+        while let Some(piece) = stream.next().await {
+            let (bytes, last) = piece.into_parts();
+            all.extend_from_slice(&bytes);
+            if last {
+                return (all, true);
+            }
+        }
+        (all, false)
+    }
+
+    #[test]
+    fn a_shared_stream_gives_every_reader_every_byte_under_its_own_header() {
+        smol::block_on(crate::EXECUTOR.run(async {
+            let (source, stream) = fed_stream();
+            let (own, theirs) = stream.share(4, vec![Bytes::from("b:"), Bytes::from("ccc:")]);
+            let readers: Vec<_> = std::iter::once(own)
+                .chain(theirs)
+                .map(|s| crate::spawn(read_all(s)))
+                .collect();
+            let mut rest = Vec::new();
+            for i in 0..50u32 {
+                let piece = vec![(i % 251) as u8; 1000 + i as usize];
+                rest.extend_from_slice(&piece);
+                source.send(StreamPiece::More(piece.into())).await.unwrap();
+            }
+            source
+                .send(StreamPiece::Last(Bytes::from("end")))
+                .await
+                .unwrap();
+            rest.extend_from_slice(b"end");
+            let mut got = Vec::new();
+            for reader in readers {
+                got.push(reader.await);
+            }
+            let with = |header: &[u8]| ([header, &rest[4..]].concat(), true);
+            assert_eq!(got, vec![with(&rest[..4]), with(b"b:"), with(b"ccc:")]);
+        }));
+    }
+
+    #[test]
+    fn a_gone_reader_leaves_the_others_and_with_none_left_the_worker_stops() {
+        smol::block_on(crate::EXECUTOR.run(async {
+            let (source, stream) = fed_stream();
+            let (own, mut theirs) = stream.share(0, vec![Bytes::new()]);
+            let other = theirs.pop().unwrap();
+            drop(own);
+            source
+                .send(StreamPiece::More(Bytes::from("x")))
+                .await
+                .unwrap();
+            source
+                .send(StreamPiece::More(Bytes::from("y")))
+                .await
+                .unwrap();
+            assert_eq!(other.next().await.unwrap().into_parts().0, "x");
+            assert_eq!(other.next().await.unwrap().into_parts().0, "y");
+            drop(other);
+            // The source is dropped once nobody reads: the worker's sends fail.
+            let mut failed = false;
+            for _ in 0..100 {
+                if source
+                    .send(StreamPiece::More(Bytes::from("z")))
+                    .await
+                    .is_err()
+                {
+                    failed = true;
+                    break;
+                }
+            }
+            assert!(failed, "the worker would write on for nobody");
+        }));
     }
 
     #[test]
