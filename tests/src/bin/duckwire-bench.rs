@@ -52,6 +52,9 @@ struct Options {
     /// `--wan`: the scenarios of the shaped-link benchmark (scripts/bench/wan.sh), with
     /// repetitions a slow link can afford.
     wan: bool,
+    /// `--readers-at-once N`: only the scenarios of N clients sending the same big read at
+    /// once (identical persisted reads sharing one run).
+    readers_at_once: Option<usize>,
 }
 
 /// `--ws-deflate`: WebSocket clients offer permessage-deflate as a browser does.
@@ -75,6 +78,7 @@ fn parse_args() -> Result<Options, String> {
         connections: 16,
         replicas: Vec::new(),
         wan: false,
+        readers_at_once: None,
     };
     while let Some(arg) = args.next() {
         let mut value = || args.next().ok_or(format!("{arg} needs a value"));
@@ -87,6 +91,12 @@ fn parse_args() -> Result<Options, String> {
             "--floor" => options.floor = true,
             "--quick" => options.quick = true,
             "--wan" => options.wan = true,
+            "--readers-at-once" => {
+                let readers = value()?
+                    .parse()
+                    .map_err(|e| format!("--readers-at-once: {e}"))?;
+                options.readers_at_once = Some(readers);
+            }
             "--ws-deflate" => WS_DEFLATE.store(true, std::sync::atomic::Ordering::Relaxed),
             "--accept-encoding" => {
                 let _ = ACCEPT_ENCODING.set(value()?);
@@ -570,8 +580,12 @@ impl RestClient {
 
     /// `POST /` and reads the whole answer (Content-Length or chunked); returns the body's
     /// size. Panics unless the status is 200.
-    fn query(&mut self, kind: &str, sql: &str) -> usize {
-        let body = json!({"type":kind,"sql":sql}).to_string();
+    fn query(&mut self, kind: &str, sql: &str, persist: bool) -> usize {
+        let mut body = json!({"type":kind,"sql":sql});
+        if persist {
+            body["persist"] = json!(true);
+        }
+        let body = body.to_string();
         let accept = ACCEPT_ENCODING
             .get()
             .map(|encoding| format!("Accept-Encoding: {encoding}\r\n"))
@@ -725,7 +739,7 @@ impl Connection {
     fn query(&mut self, kind: &str, sql: &str, persist: bool) -> usize {
         match self {
             Connection::Ws(client) => client.query(kind, sql, persist),
-            Connection::Rest(client) => client.query(kind, sql),
+            Connection::Rest(client) => client.query(kind, sql, persist),
         }
     }
 }
@@ -841,6 +855,50 @@ fn repeated(
     }
     let operations = (reps * queries.len() * clients) as u64;
     Scenario::ended(name, samples, operations, bytes, started, rss)
+}
+
+/// `readers` connections send the same query at the same moment, `reps` times; a sample is
+/// one reader's time to its whole result. With `persist`, identical requests may share one
+/// run (duckwire: one DuckDB run whose stream every reader reads).
+#[allow(clippy::too_many_arguments)]
+fn readers_at_once(
+    name: &str,
+    door: &Door,
+    rss: &Rss,
+    kind: &str,
+    sql: &str,
+    persist: bool,
+    readers: usize,
+    reps: usize,
+) -> Scenario {
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(readers));
+    let mut conns: Vec<Connection> = (0..readers).map(|_| Connection::open(door)).collect();
+    conns[0].query(kind, sql, false); // warm-up
+    rss.reset();
+    let started = Instant::now();
+    let threads: Vec<_> = conns
+        .into_iter()
+        .map(|mut conn| {
+            let (kind, sql, barrier) = (kind.to_string(), sql.to_string(), barrier.clone());
+            std::thread::spawn(move || {
+                let (mut samples, mut bytes) = (Vec::new(), 0u64);
+                for _ in 0..reps {
+                    barrier.wait();
+                    let t = Instant::now();
+                    bytes += conn.query(&kind, &sql, persist) as u64;
+                    samples.push(t.elapsed());
+                }
+                (samples, bytes)
+            })
+        })
+        .collect();
+    let (mut samples, mut bytes) = (Vec::new(), 0);
+    for thread in threads {
+        let (s, b) = thread.join().expect("a reader thread");
+        samples.extend(s);
+        bytes += b;
+    }
+    Scenario::ended(name, samples, (reps * readers) as u64, bytes, started, rss)
 }
 
 fn cache_hits(name: &str, door: &Door, rss: &Rss, reps: usize) -> Scenario {
@@ -1190,6 +1248,30 @@ fn run_all(options: &Options) -> Vec<Scenario> {
         doors.push(("rest", Door::Rest(base.clone())));
     }
     for (protocol, door) in &doors {
+        if let Some(readers) = options.readers_at_once {
+            // Identical big reads from several clients at once, each running on its own
+            // (persist: false) and allowed to share (persist: true).
+            for persist in [false, true] {
+                add(
+                    format!(
+                        "{protocol} | big Arrow, {readers} readers at once, persist: {persist}"
+                    ),
+                    &mut |name| {
+                        readers_at_once(
+                            name,
+                            door,
+                            &rss,
+                            "arrow",
+                            BIG_ARROW,
+                            persist,
+                            readers,
+                            scale(10),
+                        )
+                    },
+                );
+            }
+            continue;
+        }
         if options.wan {
             // Time to result over a shaped link: three runs of each (after one warm-up).
             add(
