@@ -108,9 +108,13 @@ impl CompressionPace {
             Behind::Compressor => Some(rung.saturating_sub(1)),
             Behind::Neither => None,
         };
-        let _ = self
+        if let Ok(was) = self
             .rung
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, step);
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, step)
+        {
+            // `RUST_LOG=duckwire::pace=trace` shows how a connection's level moves.
+            tracing::trace!(target: "duckwire::pace", ?behind, from = was, to = self.rung(), "pace");
+        }
     }
 
     fn rung(&self) -> usize {
