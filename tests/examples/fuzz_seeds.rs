@@ -366,6 +366,37 @@ fn main() -> std::io::Result<()> {
         "mosaic-and-http".into(),
         fuzzing::encode(&ordered),
     )?;
+    // A persisted read three connections ask for at once, whose result streams: the
+    // waiters read the leader's stream, one goes mid-stream, then it ends whole.
+    let shared_stream = [
+        O::Open {
+            conn: 0,
+            http: false,
+        },
+        O::Open {
+            conn: 1,
+            http: true,
+        },
+        O::Open {
+            conn: 2,
+            http: true,
+        },
+        O::Request { conn: 0, what: 3 },
+        O::Request { conn: 1, what: 3 },
+        O::Request { conn: 2, what: 3 },
+        O::Finish { nth: 0, outcome: 4 },
+        O::Finish { nth: 0, outcome: 6 },
+        O::Request { conn: 1, what: 0 },
+        O::Close { conn: 2 },
+        O::Finish { nth: 0, outcome: 0 },
+        O::Finish { nth: 0, outcome: 4 },
+        O::Finish { nth: 0, outcome: 0 },
+    ];
+    write(
+        "ordered",
+        "shared-stream".into(),
+        fuzzing::encode(&shared_stream),
+    )?;
 
     // upload: real Arrow IPC streams of the column types clients upload.
     for (i, stream) in fuzzing::upload::seed_streams().into_iter().enumerate() {

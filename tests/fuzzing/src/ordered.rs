@@ -1,6 +1,7 @@
 //! The ordered-dialects harness: Mosaic socket and HTTP connections sending queries (and
-//! things that are refused), the executor finishing them in any order with any outcome,
-//! identical persisted reads sharing one run, closes, time passing. After every step:
+//! things that are refused), the executor finishing them in any order with any outcome or
+//! starting to stream their results, identical persisted reads sharing one run (and one
+//! stream), closes, time passing. After every step:
 //! the k-th answer on a connection belongs to its k-th request (in-order replies), every
 //! request is answered at most once, and nothing reaches a closed connection; at the end,
 //! once every query finished, every request of an open connection was answered.
@@ -36,9 +37,11 @@ pub enum Op {
         conn: u8,
         what: u8,
     },
-    /// The executor reports on the `nth` running query: `outcome % 6` = result, failure,
+    /// The executor reports on the `nth` running query: `outcome % 7` = result, failure,
     /// cancelled, no result set, DuckDB's verdict "a read" (it keeps running), "not a read"
-    /// (not run: the core hands it back to its write barrier or refuses it).
+    /// (not run: the core hands it back to its write barrier or refuses it), its result
+    /// passed the stream threshold (its reply starts, it keeps running; once streaming, a
+    /// result ends the stream whole).
     Finish {
         nth: u8,
         outcome: u8,
@@ -63,7 +66,7 @@ impl Op {
             },
             3 => Op::Finish {
                 nth: byte(u),
-                outcome: byte(u) % 4,
+                outcome: byte(u) % 7,
             },
             _ => Op::Tick {
                 ms: u16::from(byte(u)) * 40,
@@ -108,6 +111,9 @@ struct Session {
     open: BTreeMap<u8, (bool, VecDeque<Asked>)>,
     /// Queries the executor runs: handle, and the tag its result carries.
     running: Vec<(QueryHandle, String)>,
+    /// Queries whose reply is a stream that may start (the executor said so), with the tag
+    /// their stream carries: the runs themselves, and the readers of a shared one.
+    streaming: BTreeMap<QueryHandle, (u64, Option<ConnId>)>,
     next_tag: u64,
 }
 
@@ -123,6 +129,7 @@ impl Session {
             now: 0,
             open: BTreeMap::new(),
             running: Vec::new(),
+            streaming: BTreeMap::new(),
             next_tag: 1,
         }
     }
@@ -210,15 +217,24 @@ impl Session {
                     return Ok(());
                 }
                 let nth = usize::from(nth) % self.running.len();
-                if outcome % 6 == 4 {
+                let (handle, sql) = self.running[nth].clone();
+                let tag = tag_of(&sql).unwrap_or(0);
+                if outcome % 7 == 6 {
+                    if !self.streaming.contains_key(&handle) {
+                        self.streaming.insert(handle, (tag, None));
+                        Self::checked(self.server.handle_query_streaming(handle, now))?;
+                    }
+                    return self.observe();
+                }
+                if outcome % 7 == 4 {
                     let handle = self.running[nth].0;
                     let verdict = duckwire_core::Verdict::Read;
                     Self::checked(self.server.handle_query_classified(handle, verdict, now))?;
                     return self.observe();
                 }
-                let (handle, sql) = self.running.remove(nth);
-                let tag = tag_of(&sql).unwrap_or(0);
-                let outcome = match outcome % 6 {
+                self.running.remove(nth);
+                let outcome = match outcome % 7 {
+                    0 if self.streaming.contains_key(&handle) => QueryOutcome::Streamed,
                     0 if sql.contains("arrow") => {
                         QueryOutcome::Arrow(Bytes::from(format!("[{tag}]")))
                     }
@@ -258,6 +274,24 @@ impl Session {
                     self.answered(conn, &answer)?;
                     Self::checked(self.server.handle_sent(conn, len))?;
                 }
+                Effect::SendStream {
+                    conn,
+                    query,
+                    window,
+                }
+                | Effect::Respond {
+                    conn,
+                    response: HttpResponse::Streamed { query, window },
+                } => {
+                    let Some(&(tag, reader_conn)) = self.streaming.get(&query) else {
+                        return Err(format!("a stream for {query:?}, which never began one"));
+                    };
+                    if reader_conn.is_some_and(|c| c != conn) {
+                        return Err(format!("{query:?}'s stream reached {}", conn.0));
+                    }
+                    self.answered(conn, &format!("[{tag}]"))?;
+                    Self::checked(self.server.handle_sent(conn, window))?;
+                }
                 Effect::Respond { conn, response } => {
                     let len = response.len();
                     let answer = match response {
@@ -267,6 +301,19 @@ impl Session {
                     };
                     self.answered(conn, &answer)?;
                     Self::checked(self.server.handle_sent(conn, len))?;
+                }
+                Effect::ShareStream {
+                    source, readers, ..
+                } => {
+                    let Some(&(tag, _)) = self.streaming.get(&source) else {
+                        return Err(format!("{source:?} shared a stream it never began"));
+                    };
+                    if tag != 0 {
+                        return Err(format!("a stream of request {tag} shared (not persisted)"));
+                    }
+                    for reader in readers {
+                        self.streaming.insert(reader.query, (0, Some(reader.conn)));
+                    }
                 }
                 Effect::Close { conn, .. } => {
                     let key = conn.0 as u8;
