@@ -220,8 +220,10 @@ impl Session {
                 let (handle, sql) = self.running[nth].clone();
                 let tag = tag_of(&sql).unwrap_or(0);
                 if outcome % 7 == 6 {
-                    if !self.streaming.contains_key(&handle) {
-                        self.streaming.insert(handle, (tag, None));
+                    if let std::collections::btree_map::Entry::Vacant(entry) =
+                        self.streaming.entry(handle)
+                    {
+                        entry.insert((tag, None));
                         Self::checked(self.server.handle_query_streaming(handle, now))?;
                     }
                     return self.observe();
