@@ -41,18 +41,29 @@ impl Server {
 
     /// Which of a streaming leader's waiters read its stream (announced with
     /// `Effect::ShareStream`, before any reply starts); the others run on their own. A waiter
-    /// reads it when its reply would be written at once: the stream goes at the pace of its
-    /// slowest reader, and a reader whose reply waits behind another stream could, through
-    /// that stream's readers, end up waiting for itself.
+    /// reads it when its reply would be written at once, and only when the leader's would
+    /// too: the stream goes at the pace of its slowest reader, and a reader whose reply waits
+    /// behind another stream could, through that stream's readers, end up waiting for
+    /// itself.
     fn readers_of_stream(&mut self, source: QueryHandle, flight: Flight) -> Vec<StreamingReader> {
-        let Some(leader_id) = self
+        let Some((leader_id, leader_conn, leader_slot)) = self
             .queries
             .by_handle
             .get(&source)
-            .map(|e| e.query_id.clone())
+            .map(|e| (e.query_id.clone(), e.conn, e.slot))
         else {
             return Vec::new();
         };
+        // The leader reads its own stream: were its reply to wait behind another, every
+        // reader would wait with it.
+        let leader_at_once = self
+            .conns
+            .get(&leader_conn)
+            .is_some_and(|c| c.would_write_at_once(leader_slot));
+        if !leader_at_once {
+            self.release_waiters(flight);
+            return Vec::new();
+        }
         let (kind, bare) = (flight.key.kind, flight.key.bare);
         let mut readers = Vec::new();
         let mut on_their_own = Vec::new();

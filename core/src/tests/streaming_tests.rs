@@ -413,6 +413,22 @@ fn a_waiter_whose_connection_has_replies_queued_runs_on_its_own() {
 }
 
 #[test]
+fn waiters_of_a_leader_whose_reply_waits_run_on_their_own() {
+    let mut h = Harness::new(config());
+    h.open(1);
+    h.open(2);
+    // The leader's connection has a reply its writer has not reported written.
+    let other = runs(&h.text(1, json!({"type":"json","sql":"select 1","queryId":"x"})))[0].query;
+    h.classified_read(other);
+    done(&mut h, other, QueryOutcome::Json("[]".into()));
+    let leader = runs(&h.text(1, persisted("a")))[0].query;
+    assert!(runs(&h.text(2, persisted("b"))).is_empty(), "waits");
+    let started = streaming(&mut h, leader);
+    assert!(shares(&started).is_empty());
+    assert_eq!(runs(&started).len(), 1, "the waiter runs its own query");
+}
+
+#[test]
 fn an_http_waiter_reads_the_stream_in_its_turn_and_bare() {
     let mut h = Harness::new(config());
     h.open_with(1, http_info());
