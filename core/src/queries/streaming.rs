@@ -41,10 +41,10 @@ impl Server {
 
     /// Which of a streaming leader's waiters read its stream (announced with
     /// `Effect::ShareStream`, before any reply starts); the others run on their own. A waiter
-    /// reads it when its reply would be written at once, and only when the leader's would
-    /// too: the stream goes at the pace of its slowest reader, and a reader whose reply waits
-    /// behind another stream could, through that stream's readers, end up waiting for
-    /// itself.
+    /// reads it when its reply would be written at once (on a connection no other reader of
+    /// it uses), and only when the leader's would too: the stream goes at the pace of its
+    /// slowest reader, and a reader whose reply waits behind another stream (this one
+    /// included) could, through that stream's readers, end up waiting for itself.
     fn readers_of_stream(&mut self, source: QueryHandle, flight: Flight) -> Vec<StreamingReader> {
         let Some((leader_id, leader_conn, leader_slot)) = self
             .queries
@@ -67,18 +67,23 @@ impl Server {
         let (kind, bare) = (flight.key.kind, flight.key.bare);
         let mut readers = Vec::new();
         let mut on_their_own = Vec::new();
+        // One reader per connection: a second reply on a connection waits for the first
+        // to end, and the first could not end while the stream waits for the second.
+        let mut reading_conns = std::collections::BTreeSet::from([leader_conn]);
         for waiter in flight.waiters.iter().copied() {
             let Some(entry) = self.queries.get_mut(waiter) else {
                 continue;
             };
-            let at_once = self
-                .conns
-                .get(&entry.conn)
-                .is_some_and(|c| c.would_write_at_once(entry.slot));
+            let at_once = !reading_conns.contains(&entry.conn)
+                && self
+                    .conns
+                    .get(&entry.conn)
+                    .is_some_and(|c| c.would_write_at_once(entry.slot));
             if !at_once {
                 on_their_own.push(waiter);
                 continue;
             }
+            reading_conns.insert(entry.conn);
             entry.streaming = true;
             readers.push(StreamingReader {
                 query: waiter,

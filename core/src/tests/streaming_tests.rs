@@ -413,6 +413,30 @@ fn a_waiter_whose_connection_has_replies_queued_runs_on_its_own() {
 }
 
 #[test]
+fn a_waiter_on_a_connection_already_reading_the_stream_runs_on_its_own() {
+    let mut h = Harness::new(config());
+    h.open(1);
+    h.open(2);
+    let leader = runs(&h.text(1, persisted("a")))[0].query;
+    // The same client asks twice on one socket (its second reply would wait for the first,
+    // which could not end while the stream waits for the second), and once elsewhere.
+    assert!(runs(&h.text(1, persisted("a2"))).is_empty(), "waits");
+    assert!(runs(&h.text(2, persisted("b"))).is_empty(), "waits");
+    assert!(runs(&h.text(2, persisted("b2"))).is_empty(), "waits");
+    let started = streaming(&mut h, leader);
+    let shared = shares(&started);
+    assert_eq!(shared.len(), 1);
+    let reading: Vec<u64> = shared[0].2.iter().map(|r| r.conn.0).collect();
+    assert_eq!(reading, vec![2], "one reader per connection");
+    let rerun: Vec<u64> = runs(&started).iter().map(|r| r.conn.0).collect();
+    assert_eq!(
+        rerun,
+        vec![1, 2],
+        "the second of each connection runs on its own"
+    );
+}
+
+#[test]
 fn waiters_of_a_leader_whose_reply_waits_run_on_their_own() {
     let mut h = Harness::new(config());
     h.open(1);
