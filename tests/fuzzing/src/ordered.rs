@@ -114,6 +114,8 @@ struct Session {
     /// Queries whose reply is a stream that may start (the executor said so), with the tag
     /// their stream carries: the runs themselves, and the readers of a shared one.
     streaming: BTreeMap<QueryHandle, (u64, Option<ConnId>)>,
+    /// The connection each query the executor was asked to run belongs to.
+    conn_of: BTreeMap<QueryHandle, ConnId>,
     next_tag: u64,
 }
 
@@ -130,6 +132,7 @@ impl Session {
             open: BTreeMap::new(),
             running: Vec::new(),
             streaming: BTreeMap::new(),
+            conn_of: BTreeMap::new(),
             next_tag: 1,
         }
     }
@@ -265,6 +268,7 @@ impl Session {
                         duckwire_core::QueryKind::Arrow => format!("{} arrow", run.sql),
                         _ => run.sql,
                     };
+                    self.conn_of.insert(run.query, run.conn);
                     self.running.push((run.query, sql));
                 }
                 Effect::Send { conn, frame } => {
@@ -313,7 +317,18 @@ impl Session {
                     if tag != 0 {
                         return Err(format!("a stream of request {tag} shared (not persisted)"));
                     }
+                    // One reader per connection, the source's included: a second reply on a
+                    // connection waits for the first, which the stream would wait for.
+                    let mut conns: Vec<ConnId> =
+                        self.conn_of.get(&source).copied().into_iter().collect();
                     for reader in readers {
+                        if conns.contains(&reader.conn) {
+                            return Err(format!(
+                                "two readers of {source:?}'s stream on {}",
+                                reader.conn.0
+                            ));
+                        }
+                        conns.push(reader.conn);
                         self.streaming.insert(reader.query, (0, Some(reader.conn)));
                     }
                 }
