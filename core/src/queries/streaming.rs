@@ -189,16 +189,7 @@ impl Server {
             return false;
         };
         if let Some(entry) = self.finish(reader) {
-            let reason = ProtocolError::StreamBroken {
-                query_id: entry.query_id.to_string(),
-                why: why.to_string(),
-            };
-            self.close(
-                entry.conn,
-                close_code::INTERNAL_ERROR,
-                &reason.to_string(),
-                now,
-            );
+            self.close_cut_stream(&entry, why.to_string(), now);
         }
         if let StoppedReading::Last { source } = stopped {
             self.push(Effect::Interrupt { query: source });
@@ -247,17 +238,23 @@ impl Server {
             other => Some(format!("unexpected end: {other:?}")),
         };
         if let Some(why) = why {
-            let reason = ProtocolError::StreamBroken {
-                query_id: entry.query_id.to_string(),
-                why,
-            };
-            self.close(
-                entry.conn,
-                close_code::INTERNAL_ERROR,
-                &reason.to_string(),
-                now,
-            );
+            self.close_cut_stream(&entry, why, now);
         }
+    }
+
+    /// A streamed reply that will never be whole: its connection closes (1011) saying which
+    /// query's result was cut and why.
+    fn close_cut_stream(&mut self, entry: &InFlight, why: String, now: Millis) {
+        let reason = ProtocolError::StreamBroken {
+            query_id: entry.query_id.to_string(),
+            why,
+        };
+        self.close(
+            entry.conn,
+            close_code::INTERNAL_ERROR,
+            &reason.to_string(),
+            now,
+        );
     }
 }
 
